@@ -1,0 +1,63 @@
+"""``gfa taper``: print a CascadeFormer width schedule."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import ConfigError
+from ..taper import SCHEDULES, TaperConfig, match, plan
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("taper", help="per-block heads and FFN width of a CascadeFormer schedule",
+                       description="Per-block widths of a depth-tapered Transformer (residual width constant).")
+    p.add_argument("--blocks", type=int, required=True, help="number of Transformer blocks B")
+    p.add_argument("--schedule", choices=SCHEDULES, default="linear")
+    p.add_argument("--n-embd", type=int, default=128, help="residual width C (kept constant)")
+    p.add_argument("--heads", type=int, default=4, help="heads of the uniform model")
+    p.add_argument("--d-ff", type=int, default=512, help="FFN hidden size of the uniform model")
+    p.add_argument("--r", type=float, default=0.5, help="width multiplier of the last block")
+    p.add_argument("--alpha", type=float, default=1.0, help="exponent of the fan-in schedule")
+    p.add_argument("--step-at", type=float, default=0.5, help="step schedule: fraction kept full width")
+    p.add_argument("--quantum", type=int, default=32, help="FFN sizes are multiples of this")
+    p.add_argument("--supervision", choices=("final", "all"), default="final")
+    p.add_argument("--match", metavar="BUDGET=FRACTION",
+                   help="solve the strength for a budget, e.g. params=0.8 or flops=0.9")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=run)
+
+
+def _parse_match(text: str) -> tuple[str, float]:
+    try:
+        budget, frac = text.split("=", 1)
+        value = float(frac)
+    except ValueError:
+        raise ConfigError(f"--match must look like params=0.8 or flops=0.9, got {text!r}") from None
+    if budget not in ("params", "flops"):
+        raise ConfigError(f"--match budget must be 'params' or 'flops', got {budget!r}")
+    return budget, value
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = TaperConfig(B=args.blocks, n_embd=args.n_embd, n_head=args.heads, d_ff=args.d_ff,
+                      schedule=args.schedule, r=args.r, alpha=args.alpha, step_at=args.step_at,
+                      quantum=args.quantum, supervision=args.supervision)
+    if args.match:
+        budget, frac = _parse_match(args.match)
+        p = match(cfg, frac, budget)
+    else:
+        p = plan(cfg)
+    d = p.to_dict()
+    if args.format == "json":
+        print(json.dumps(d, indent=2))
+        return 0
+    c = p.config
+    print(f"CascadeFormer schedule '{c.schedule}' B={c.B} C={c.n_embd} head_dim={p.head_dim} "
+          f"r={c.r:g} alpha={c.alpha:g} quantum={c.quantum}")
+    print(f"{'block':>5} {'fan-in':>7} {'mult':>7} {'heads':>6} {'attn':>6} {'d_ff':>6}")
+    for row in d["blocks"]:
+        print(f"{row['block']:>5} {row['fan_in']:>7} {row['multiplier']:>7.3f} {row['n_head']:>6} "
+              f"{row['attn_width']:>6} {row['d_ff']:>6}")
+    print(f"params {d['params']:,} ({d['params_ratio']:.3f} x uniform), "
+          f"FLOPs/token {d['flops_per_token']:,.0f} ({d['flops_ratio']:.3f} x uniform)")
+    return 0

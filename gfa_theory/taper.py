@@ -1,0 +1,222 @@
+"""CascadeFormer width schedules: attention heads and FFN width that shrink with depth.
+
+The residual width ``C`` stays constant so every identity path stays exact; only the branch
+widths taper. A schedule maps block ``b = 1..B`` to a width multiplier ``s_b`` in (0, 1]:
+
+* ``uniform``: ``s_b = 1`` (the baseline);
+* ``linear``:  ``s_b = 1 - (1 - r) (b-1)/(B-1)``;
+* ``fanin``:   ``s_b = max(r, (F(b)/F(1))^alpha)`` with ``F(b)`` the block fan-in derived by
+  :mod:`gfa_theory.symbolic` for the B-block layout (width follows the gradient it receives);
+* ``cosine``:  ``s_b = r + (1 - r)(1 + cos(pi (b-1)/(B-1)))/2``;
+* ``step``:    ``s_b = 1`` for the first ``ceil(step_at * B)`` blocks, ``r`` after.
+
+Widths are rounded to hardware-friendly sizes: whole heads of a fixed ``head_dim`` and FFN
+sizes that are multiples of ``quantum``. ``match`` finds the strength ``r`` (or ``alpha``)
+whose tapered model has a target fraction of the uniform model's parameters or FLOPs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .errors import ConfigError
+
+Schedule = Literal["uniform", "linear", "fanin", "cosine", "step"]
+SCHEDULES: tuple[str, ...] = ("uniform", "linear", "fanin", "cosine", "step")
+
+
+@dataclass(frozen=True)
+class TaperConfig:
+    """What to taper: a uniform model of ``B`` blocks with ``n_head`` heads and ``d_ff`` FFN."""
+
+    B: int = 8
+    n_embd: int = 128
+    n_head: int = 4
+    d_ff: int = 512
+    schedule: Schedule = "linear"
+    r: float = 0.5  # width multiplier of the last block (the taper strength)
+    alpha: float = 1.0  # exponent of the fan-in schedule
+    step_at: float = 0.5  # step schedule: fraction of blocks kept at full width
+    quantum: int = 32  # FFN sizes are multiples of this
+    min_heads: int = 1
+    supervision: Literal["final", "all"] = "final"  # which fan-in profile the fanin schedule follows
+    vocab_size: int = 96
+    block_size: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("B", "n_embd", "n_head", "d_ff", "quantum", "min_heads", "vocab_size", "block_size"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"taper '{name}' must be a positive integer, got {v!r}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"n_head={self.n_head} does not divide n_embd={self.n_embd}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r} (choose from {', '.join(SCHEDULES)})")
+        if not 0 < self.r <= 1:
+            raise ConfigError(f"taper strength r must be in (0, 1], got {self.r}")
+        if not 0 <= self.step_at <= 1:
+            raise ConfigError(f"step_at must be in [0, 1], got {self.step_at}")
+        if self.alpha < 0:
+            raise ConfigError(f"alpha must be >= 0, got {self.alpha}")
+        if self.min_heads > self.n_head:
+            raise ConfigError(f"min_heads={self.min_heads} exceeds n_head={self.n_head}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+@dataclass(frozen=True)
+class TaperPlan:
+    """Per-block widths of a (tapered) model; ``multipliers`` before rounding."""
+
+    config: TaperConfig
+    multipliers: tuple[float, ...]
+    n_head: tuple[int, ...]
+    d_ff: tuple[int, ...]
+    fan_in: tuple[int, ...] = field(default=())
+
+    @property
+    def head_dim(self) -> int:
+        return self.config.head_dim
+
+    def params(self) -> int:
+        return count_params(self.config.n_embd, self.n_head, self.head_dim, self.d_ff,
+                            self.config.vocab_size, self.config.block_size)
+
+    def flops_per_token(self) -> float:
+        return flops_per_token(self.config.n_embd, self.n_head, self.head_dim, self.d_ff,
+                               self.config.vocab_size, self.config.block_size)
+
+    def model_overrides(self) -> dict:
+        """The GPT config fields that realize this plan."""
+        return {"n_blocks": self.config.B, "n_embd": self.config.n_embd, "head_dim": self.head_dim,
+                "n_head": list(self.n_head), "d_ff": list(self.d_ff)}
+
+    def rows(self) -> list[dict]:
+        return [{"block": b + 1, "multiplier": round(self.multipliers[b], 4),
+                 "fan_in": self.fan_in[b] if self.fan_in else None,
+                 "n_head": self.n_head[b], "attn_width": self.n_head[b] * self.head_dim,
+                 "d_ff": self.d_ff[b]} for b in range(self.config.B)]
+
+    def to_dict(self) -> dict:
+        uniform = uniform_plan(self.config)
+        return {"config": self.config.__dict__, "blocks": self.rows(), "params": self.params(),
+                "flops_per_token": self.flops_per_token(),
+                "params_ratio": self.params() / uniform.params(),
+                "flops_ratio": self.flops_per_token() / uniform.flops_per_token()}
+
+
+def block_fan_in(B: int, supervision: str = "final") -> list[int]:
+    """Fan-in of each of ``B`` sequential two-branch Transformer blocks (from the symbolic module)."""
+    from .layout import Layout
+    from .symbolic import analyze
+
+    res = analyze(Layout.transformer(B, supervision=supervision), max_order=1)
+    return [int(row["fan_in"]) for row in res.to_dict()["blocks"]]
+
+
+def multipliers(cfg: TaperConfig) -> tuple[list[float], list[int]]:
+    """Width multipliers ``s_b`` (unrounded) and, for reference, the block fan-in."""
+    B, r = cfg.B, cfg.r
+    pos = [(b / (B - 1)) if B > 1 else 0.0 for b in range(B)]  # 0 at the first block, 1 at the last
+    fan = block_fan_in(B, cfg.supervision)
+    if cfg.schedule == "uniform":
+        s = [1.0] * B
+    elif cfg.schedule == "linear":
+        s = [1 - (1 - r) * u for u in pos]
+    elif cfg.schedule == "cosine":
+        s = [r + (1 - r) * (1 + math.cos(math.pi * u)) / 2 for u in pos]
+    elif cfg.schedule == "step":
+        keep = math.ceil(cfg.step_at * B)
+        s = [1.0 if b < keep else r for b in range(B)]
+    else:  # fanin
+        s = [max(r, (f / fan[0]) ** cfg.alpha) for f in fan]
+    return s, fan
+
+
+def _round_to(x: float, q: int) -> int:
+    return max(q, int(q * round(x / q)))
+
+
+def plan(cfg: TaperConfig) -> TaperPlan:
+    """Round the schedule to whole heads and FFN multiples of ``quantum``."""
+    s, fan = multipliers(cfg)
+    heads = tuple(max(cfg.min_heads, min(cfg.n_head, round(cfg.n_head * m))) for m in s)
+    d_ff = tuple(min(_round_to(cfg.d_ff, cfg.quantum), _round_to(cfg.d_ff * m, cfg.quantum)) for m in s)
+    return TaperPlan(cfg, tuple(s), heads, d_ff, tuple(fan))
+
+
+def uniform_plan(cfg: TaperConfig) -> TaperPlan:
+    from dataclasses import replace
+
+    return plan(replace(cfg, schedule="uniform"))
+
+
+def match(cfg: TaperConfig, target: float, budget: Literal["params", "flops"] = "params",
+          iters: int = 40) -> TaperPlan:
+    """Bisect the taper strength so the plan has ``target`` x the uniform budget (rounded sizes
+    make the result approximate: the closest achievable plan not above the target is returned)."""
+    from dataclasses import replace
+
+    if cfg.schedule == "uniform":
+        raise ConfigError("the uniform schedule has no strength to match a budget with")
+    if not 0 < target <= 1:
+        raise ConfigError(f"budget target must be a fraction in (0, 1], got {target}")
+    base = uniform_plan(cfg)
+    cost = (lambda p: p.params() / base.params()) if budget == "params" else \
+        (lambda p: p.flops_per_token() / base.flops_per_token())
+    if cfg.schedule == "fanin":
+        # strength = alpha (larger alpha tapers harder); r is the floor
+        lo, hi = 0.0, 16.0
+        make = lambda a: plan(replace(cfg, alpha=a))  # noqa: E731
+        best = make(lo)
+        for _ in range(iters):
+            mid = (lo + hi) / 2
+            p = make(mid)
+            if cost(p) > target:
+                lo = mid
+            else:
+                hi, best = mid, p
+        if cost(best) > target + 1e-9:
+            raise ConfigError(f"cannot reach {target:.3f} x uniform {budget} with floor r={cfg.r}")
+        return best
+    lo, hi = 1e-3, 1.0  # r: smaller tapers harder
+    make = lambda r: plan(replace(cfg, r=r))  # noqa: E731
+    if cost(make(lo)) > target:
+        raise ConfigError(f"cannot reach {target:.3f} x uniform {budget} with schedule {cfg.schedule}")
+    best = make(lo)
+    for _ in range(iters):
+        mid = (lo + hi) / 2
+        p = make(mid)
+        if cost(p) > target:
+            hi = mid
+        else:
+            lo, best = mid, p
+    return best
+
+
+# ---- analytic cost model (what the tables report next to measured latency) ------------------
+def count_params(C: int, n_head: tuple[int, ...], head_dim: int, d_ff: tuple[int, ...],
+                 vocab_size: int, block_size: int, bias: bool = True) -> int:
+    """Parameters of a GPT with per-block widths (tied embeddings, LayerNorms with bias)."""
+    total = vocab_size * C + block_size * C + 2 * C  # token + position embeddings, final LN
+    for h, f in zip(n_head, d_ff):
+        a = h * head_dim
+        total += 2 * 2 * C  # two LayerNorms
+        total += 3 * C * a + a * C + (3 * a + C if bias else 0)  # qkv + output projection
+        total += 2 * C * f + (f + C if bias else 0)  # FFN
+    return int(total)
+
+
+def flops_per_token(C: int, n_head: tuple[int, ...], head_dim: int, d_ff: tuple[int, ...],
+                    vocab_size: int, block_size: int) -> float:
+    """Forward FLOPs per token (2 per multiply-add; causal attention averaged over the context)."""
+    total = 2.0 * C * vocab_size  # LM head
+    for h, f in zip(n_head, d_ff):
+        a = h * head_dim
+        total += 2.0 * (3 * C * a + a * C)  # projections
+        total += 2.0 * 2 * a * (block_size + 1) / 2  # QK^T and AV over ~T/2 keys on average
+        total += 2.0 * 2 * C * f  # FFN
+    return total
