@@ -108,7 +108,7 @@ def rank_correlations(x: Iterable[float], y: Iterable[float], label: str = "") -
     return rows
 
 
-def per_run_correlation(data: pd.DataFrame, x: str, y: str, run: str = "run",
+def per_run_correlation(data: pd.DataFrame, x: str, y: str, run: str = "run_id",
                         kind: str = "spearman", test: str | None = None) -> dict:
     """Correlation within each run, then the mean across runs with a t interval over runs.
 
@@ -127,7 +127,8 @@ def per_run_correlation(data: pd.DataFrame, x: str, y: str, run: str = "run",
         return _row(test or f"mean per-run {kind} {x} vs {y}", np.nan, (np.nan, np.nan), np.nan, 0, n_groups=0)
     mean = r.mean()
     if k > 1 and r.std(ddof=1) > 0:
-        ci = sps.t.interval(1 - ALPHA, k - 1, loc=mean, scale=sps.sem(r))
+        lo, hi = sps.t.interval(1 - ALPHA, k - 1, loc=mean, scale=sps.sem(r))
+        ci = (max(lo, -1.0), min(hi, 1.0))  # a correlation lives in [-1, 1]
         p = float(sps.ttest_1samp(r, 0.0).pvalue)
     else:
         ci, p = (mean, mean), float("nan")

@@ -73,7 +73,7 @@ def test_per_run_correlation_t_interval():
         rng = np.random.default_rng(run)
         for k in range(10):
             rows.append({"run": run, "x": k, "y": k + noise * rng.normal() * 5})
-    row = stats.per_run_correlation(pd.DataFrame(rows), "x", "y")
+    row = stats.per_run_correlation(pd.DataFrame(rows), "x", "y", run="run")
     per = [float(v) for v in row["per_run"].split(";")]
     assert row["estimate"] == pytest.approx(np.mean(per), abs=1e-4)
     assert row["n_groups"] == 3 and row["ci_low"] <= row["estimate"] <= row["ci_high"]

@@ -1,0 +1,13 @@
+"""Worked GFA studies, one module per claim, in teaching order.
+
+1. :mod:`experiments.fanin_vs_gradients` — accumulated training gradients follow fan-in.
+2. :mod:`experiments.gradients_vs_importance` — and they are associated with post hoc importance.
+3. :mod:`experiments.equalization` — equalizing gradient norms does not restore late layers.
+4. :mod:`experiments.repetition` — parameter-shared repetition raises late-layer fan-in and value.
+
+Each module has a docstring (hypothesis, prediction, method, how to read the result), a
+``run(profile)`` returning a tidy DataFrame (the key statistics in ``df.attrs["summary"]``) and a
+``__main__`` entry: ``python -m experiments.<name> --profile smoke|default|full``.
+"""
+
+STUDIES = ("fanin_vs_gradients", "gradients_vs_importance", "equalization", "repetition")

@@ -1,0 +1,36 @@
+"""Study sizes per profile. Studies share these so that identical runs are trained once.
+
+``smoke`` finishes in seconds (tests only: the numbers mean nothing), ``default`` gives a
+meaningful answer on 2 CPU cores in minutes, ``full`` is sized for one GPU.
+"""
+from __future__ import annotations
+
+SIZES: dict[str, dict] = {
+    "smoke": dict(
+        n_embd=16, n_head=2, d_ff=32, block_size=16, steps=8, batch_size=4, lr=3e-3, sgd_lr=0.1,
+        eval_interval=0, checkpoint_interval=0, eval_batches=1, series_points=4, warmup_steps=2,
+        depths=[2, 3], seeds=[0, 1],
+        widths=[4, 8, 16], resnet_steps=6, resnet_batch=16, resnet_depths=[[1, 1], [2, 2]],
+        importance_batches=1, importance_batch_size=4,
+        equalize_depth=3, repetition_base=2, repeats=[2], controls=[1]),
+    "default": dict(
+        n_embd=64, n_head=4, d_ff=256, block_size=64, steps=400, batch_size=16, lr=3e-3, sgd_lr=0.3,
+        eval_interval=100, checkpoint_interval=100, eval_batches=4, series_points=40, warmup_steps=20,
+        depths=[4, 8, 12], seeds=[0, 1, 2],
+        widths=[16, 32, 64], resnet_steps=300, resnet_batch=64,
+        resnet_depths=[[1, 1, 1], [2, 2, 2], [3, 3, 3]],
+        importance_batches=8, importance_batch_size=32,
+        equalize_depth=8, repetition_base=4, repeats=[2, 3], controls=[1, 2]),
+    "full": dict(
+        n_embd=256, n_head=8, d_ff=1024, block_size=128, steps=5000, batch_size=64, lr=1e-3, sgd_lr=0.3,
+        eval_interval=500, checkpoint_interval=500, eval_batches=20, series_points=100, warmup_steps=200,
+        depths=[6, 12, 24], seeds=[0, 1, 2, 3, 4],
+        widths=[32, 64, 128], resnet_steps=3000, resnet_batch=128,
+        resnet_depths=[[2, 2, 2], [4, 4, 4], [6, 6, 6]],
+        importance_batches=32, importance_batch_size=64,
+        equalize_depth=12, repetition_base=8, repeats=[2, 3], controls=[1, 2]),
+}
+
+
+def sizes(profile: str) -> dict:
+    return SIZES[profile]
