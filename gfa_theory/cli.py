@@ -22,11 +22,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"gfa: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or with ``only`` just that subcommand (so ``gfa fanin`` does not pay
+    for importing torch through the training commands)."""
     parser = _Parser(prog="gfa", description="Gradient Fan-in Asymmetry toolkit.")
     parser.add_argument("--version", action="version", version=f"gfa-theory {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
+        if only is not None and name != only:
+            continue
         try:
             mod = importlib.import_module(f"gfa_theory.commands.{name}")
         except ModuleNotFoundError as exc:
@@ -38,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only=argv[0] if argv and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)

@@ -11,6 +11,8 @@ against each other in the tests.
 """
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -53,6 +55,221 @@ def first_order_counts(loss_fn: Callable[[], torch.Tensor], t: torch.Tensor,
             order1.append(0.0)
             continue
         order0.append(float(g.detach()))
+        if not g.requires_grad:  # G(t) does not depend on t (e.g. the last branch): no order-1 path
+            order1.append(0.0)
+            continue
         (dg,) = torch.autograd.grad(g, t, retain_graph=True, allow_unused=True)
         order1.append(0.0 if dg is None else float(dg))
     return order0, order1
+
+
+# ---- surrogates of a Layout ----------------------------------------------------------------------
+# float64 counts are exact integers up to 2**53; beyond that they carry a relative rounding
+# error of a few ulps per stream position (all terms are positive, so nothing cancels).
+EXACT_LIMIT = 2**53
+FLOAT64_MAX = sys.float_info.max  # larger counts overflow to inf and cannot be compared
+
+
+def counts_agree(exact: int, counted: float, rel: float = 1e-9) -> bool:
+    """Whether an autograd count matches an exact integer count.
+
+    Exactly below :data:`EXACT_LIMIT` (float64 holds those integers exactly), else to relative
+    tolerance ``rel``.
+    """
+    if exact < EXACT_LIMIT:
+        return counted == exact
+    return abs(counted - exact) <= rel * exact
+
+
+class FormalT:
+    """The indeterminate ``t`` acting on truncated power series in ``t``.
+
+    A stream value is the coefficient vector ``(c_0, ..., c_K)`` of a series in ``t``;
+    ``t * x`` shifts it up one order and drops ``t^(K+1)``. Used as the gain of
+    :class:`ScalarGain`, it turns the surrogate into a computation on formal series, so a single
+    backward pass reads every coefficient of ``G_i(t)`` (see :func:`count_paths`).
+    """
+
+    def __init__(self, max_order: int, dtype: torch.dtype = torch.float64) -> None:
+        self.max_order = max_order
+        self.dtype = dtype
+
+    def __mul__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(x[..., :1]), x[..., :-1]], dim=-1)
+
+    __rmul__ = __mul__
+
+    def zeros(self, requires_grad: bool = False) -> torch.Tensor:
+        return torch.zeros(self.max_order + 1, dtype=self.dtype, requires_grad=requires_grad)
+
+
+class LayoutSurrogate(nn.Module):
+    """The stream computation of a :class:`~gfa_theory.layout.Layout` with scalar-gain branches.
+
+    Sequential block: ``x <- x + f(x)`` per branch; parallel block: ``x <- x + sum_k f_k(x)``;
+    the loss is the sum of the stream at the head positions. With ``share=True`` one
+    :class:`ScalarGain` per parameter group and slot is applied at every application (as a real
+    shared module is), so its own probe collects the group sum; with ``share=False`` every
+    application gets its own gain, ``gain[i-1]`` when ``gain`` is a vector of ``N`` gains.
+    ``branch_probes[i-1]`` is added to branch ``i``'s output at that application only, like a
+    tensor hook on the output.
+    """
+
+    def __init__(self, layout, gain, probe_shape: tuple[int, ...] = (),
+                 share: bool = True, dtype: torch.dtype = torch.float64) -> None:
+        super().__init__()
+        self.layout = layout
+        per_branch = isinstance(gain, torch.Tensor) and gain.dim() == 1
+        if per_branch and share:
+            raise ValueError("per-branch gains need share=False (a shared module has one gain)")
+
+        def zero() -> torch.Tensor:
+            return torch.zeros(probe_shape, dtype=dtype, requires_grad=True)
+
+        branches = layout.branches()
+        groups = layout.groups() if share else [(blk,) for blk in range(1, layout.B + 1)]
+        by_block: dict[int, list[int]] = {}
+        for br in branches:
+            by_block.setdefault(br.block, []).append(br.index)
+        gains, self.applications, self.group_blocks = [], [], []
+        self.module_of: dict[int, int] = {}  # branch index i -> its ScalarGain
+        for group in groups:
+            for slot in range(len(by_block[group[0]])):
+                apps = tuple(by_block[blk][slot] for blk in group)
+                g = gain[apps[0] - 1] if per_branch else gain
+                for ix in apps:
+                    self.module_of[ix] = len(gains)
+                gains.append(ScalarGain(g, zero()))
+                self.applications.append(apps)
+                self.group_blocks.append(tuple(group))
+        self.gains = nn.ModuleList(gains)
+        self.branch_probes = [zero() for _ in branches]
+        self._by_block = by_block
+
+    def module_probes(self) -> list[torch.Tensor]:
+        return [g.probe for g in self.gains]
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        x, heads = x0, []
+        for b, blk in enumerate(self.layout.blocks, start=1):
+            outs = []
+            for ix in self._by_block[b]:
+                f = self.gains[self.module_of[ix]]
+                y = f(x) + self.branch_probes[ix - 1]
+                if blk.parallel:
+                    outs.append(y)  # siblings all read the block input
+                else:
+                    x = x + y
+            if blk.parallel:
+                x = x + torch.stack(outs).sum(0)
+            if b in self.layout.supervision:
+                heads.append(x)
+        return torch.stack(heads).sum(0)
+
+
+@dataclass
+class FirstOrderCounts:
+    """``G(0)`` and ``G'(0)`` per branch and per parameter group (summed over applications)."""
+
+    order0: list[float]
+    order1: list[float]
+    groups: list[tuple[int, ...]]  # blocks of each parameter group
+    group_order0: list[float]
+    group_order1: list[float]
+
+    @property
+    def fan_in(self) -> list[float]:
+        return [a + c for a, c in zip(self.order0, self.order1)]
+
+    @property
+    def group_fan_in(self) -> list[float]:
+        return [a + c for a, c in zip(self.group_order0, self.group_order1)]
+
+
+def first_order(layout) -> FirstOrderCounts:
+    """``F(i) = G_i(0) + G_i'(0)`` by double backward through a shared scalar gain at ``t = 0``."""
+    t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    model = LayoutSurrogate(layout, t)
+    x0 = torch.ones((), dtype=torch.float64)
+    probes = model.branch_probes + model.module_probes()
+    order0, order1 = first_order_counts(lambda: model(x0), t, probes)
+    n = layout.N
+    groups, g0 = _sum_slots(model.group_blocks, [[v] for v in order0[n:]])
+    _, g1 = _sum_slots(model.group_blocks, [[v] for v in order1[n:]])
+    return FirstOrderCounts(order0[:n], order1[:n], groups, [v[0] for v in g0], [v[0] for v in g1])
+
+
+@dataclass
+class PathCounts:
+    """Every path-order coefficient of ``G_i(t)`` up to ``max_order``, counted by autograd."""
+
+    max_order: int
+    paths_by_order: list[list[float]]  # per branch i, orders 0..max_order
+    groups: list[tuple[int, ...]]
+    group_paths_by_order: list[list[float]]  # per parameter group, summed over slots
+
+    @property
+    def fan_in(self) -> list[float]:
+        return [c[0] + c[1] for c in self.paths_by_order]
+
+    @property
+    def group_fan_in(self) -> list[float]:
+        return [c[0] + c[1] for c in self.group_paths_by_order]
+
+
+def count_paths(layout, max_order: int | None = None) -> PathCounts:
+    """All path counts of ``layout`` by one backward pass through a formal-series surrogate.
+
+    The stream carries coefficient vectors of length ``K + 1`` and every branch multiplies by
+    the formal ``t`` (:class:`FormalT`). The loss ``L(t)`` is linear in each probe series ``z``:
+    ``L(t) = G_i(t) z(t) + ...``, so ``d L_K / d z_j = [t^(K-j)] G_i``; the gradient of the single
+    top coefficient ``L_K``, read backwards, is every coefficient of every ``G_i`` at once.
+    ``K`` defaults to ``P - 1`` (the largest possible order) and is at least 1.
+    """
+    K = max(layout.P - 1 if max_order is None else max_order, 1)
+    t = FormalT(K)
+    model = LayoutSurrogate(layout, t, probe_shape=(K + 1,))
+    x0 = torch.zeros(K + 1, dtype=torch.float64)
+    x0[0] = 1.0  # x_0 = 1
+    probes = model.branch_probes + model.module_probes()
+    loss = model(x0)  # (K+1,) coefficients of L(t)
+    grads = torch.autograd.grad(loss[K], probes)
+    series = [g.flip(0).tolist() for g in grads]
+    n = layout.N
+    groups, total = _sum_slots(model.group_blocks, series[n:])
+    return PathCounts(K, series[:n], groups, total)
+
+
+def order1_through(layout) -> list[list[float]]:
+    """``D[i-1][k-1]``: order-1 paths to branch ``i`` that pass through branch ``k``.
+
+    Every application gets its own gain ``t_k`` (``share=False``); ``D[i][k] = d G_i / d t_k`` at
+    ``t = 0`` by double backward. Zero exactly when ``k`` is not downstream of ``i`` (``k``
+    upstream, ``k = i``, or a sibling in the same parallel block).
+    """
+    n = layout.N
+    t = torch.zeros(n, dtype=torch.float64, requires_grad=True)
+    model = LayoutSurrogate(layout, t, share=False)
+    loss = model(torch.ones((), dtype=torch.float64))
+    grads = torch.autograd.grad(loss, model.branch_probes, create_graph=True)
+    D = []
+    for g in grads:
+        if not g.requires_grad:
+            D.append([0.0] * n)
+            continue
+        (dg,) = torch.autograd.grad(g, t, retain_graph=True, allow_unused=True)
+        D.append([0.0] * n if dg is None else dg.tolist())
+    return D
+
+
+def _sum_slots(group_blocks: list[tuple[int, ...]],
+               series: list[list[float]]) -> tuple[list[tuple[int, ...]], list[list[float]]]:
+    """Sum per-(group, slot) series over the slots of each group (a group's slots are adjacent)."""
+    groups: list[tuple[int, ...]] = []
+    sums: list[list[float]] = []
+    for blocks, sr in zip(group_blocks, series):
+        if not groups or groups[-1] != blocks:
+            groups.append(blocks)
+            sums.append([0.0] * len(sr))
+        sums[-1] = [u + v for u, v in zip(sums[-1], sr)]
+    return groups, sums

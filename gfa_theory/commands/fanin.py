@@ -1,0 +1,296 @@
+"""``gfa fanin``: gradient fan-in of a residual layout, exact and symbolic.
+
+Layout sources (exactly one): ``--branches N`` (a sequential stack), ``--layout FILE.json``, or
+``--symbolic`` (the closed forms in ``N`` and ``i``). A new source (e.g. a real model) adds one
+argument in :func:`add_source_arguments` and one case in :func:`layout_from_args`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .. import symbolic
+from ..errors import ConfigError
+from ..layout import Layout
+
+FORMATS = ("table", "json", "latex")
+TABLE_ORDERS = 4  # path orders k = 0..3 shown in table and LaTeX output
+SYMBOLIC_CHECK_N = range(1, 17)  # sequential stacks on which --symbolic --check runs autograd
+# Every order of every branch is ~P^2/2 integers of up to P bits: beyond this many stream
+# positions the JSON would run to gigabytes, so --max-order is required.
+FULL_ORDER_LIMIT = 2048
+
+
+def add_source_arguments(source: argparse._MutuallyExclusiveGroup) -> None:
+    """Where the layout comes from; ``source`` is a required mutually exclusive group."""
+    source.add_argument("--branches", type=int, metavar="N",
+                        help="a sequential stack of N single-branch blocks")
+    source.add_argument("--layout", metavar="FILE.json",
+                        help='a layout file: {"blocks": [{"branches": 2, "parallel": false}, ...], '
+                             '"supervision": [block indices], "shared": [[block indices], ...]}')
+    source.add_argument("--symbolic", action="store_true",
+                        help="closed forms in N and i for a sequential stack")
+    source.add_argument("--model", metavar="NAME",
+                        help="a real module: gpt, resnet, torchvision:resnet18 (any torchvision "
+                             "ResNet) or hf:gpt2; its layout's fan-in is checked against autograd "
+                             "path counts on the module itself (exit 1 on disagreement)")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "fanin", help="gradient fan-in of a residual layout",
+        description="Exact gradient fan-in F(i) and path counts by order of every branch, "
+                    "block and shared parameter group; or the symbolic closed forms.")
+    source = p.add_mutually_exclusive_group(required=True)
+    add_source_arguments(source)
+    p.add_argument("--supervision", choices=("final", "all"), default=None,
+                   help="heads on the last branch only (default) or on every branch "
+                        "(with --branches or --symbolic; a layout file has its own)")
+    p.add_argument("--set", dest="overrides", action="append", default=None, metavar="KEY=VALUE",
+                   help="model config override for --model (repeatable), e.g. n_blocks=6, "
+                        "supervision=all, n_layer=4")
+    p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument("--max-order", type=int, default=None, metavar="K",
+                   help="report path counts of orders 0..K only (default: every order in JSON, "
+                        f"orders 0..{TABLE_ORDERS - 1} in table and LaTeX)")
+    p.add_argument("--check", action="store_true",
+                   help="also count the paths by autograd on scalar-gain surrogates and "
+                        "report agreement (exit 1 on disagreement)")
+    p.set_defaults(func=run)
+    return p
+
+
+def layout_from_args(args: argparse.Namespace) -> Layout:
+    """The :class:`Layout` the arguments describe (``--branches``, ``--layout`` or ``--model``)."""
+    if getattr(args, "overrides", None) and getattr(args, "model", None) is None:
+        raise ConfigError("--set applies to --model only")
+    if getattr(args, "model", None) is not None:
+        if args.supervision is not None:
+            raise ConfigError("--supervision applies to --branches and --symbolic; "
+                              "set a model's heads with --set supervision=all")
+        from ..adapters import module_layout
+        return module_layout(model_from_args(args))
+    if getattr(args, "branches", None) is not None:
+        return Layout.sequential(args.branches, args.supervision or "final")
+    if getattr(args, "layout", None) is not None:
+        if args.supervision is not None:
+            raise ConfigError("--supervision applies to --branches and --symbolic; "
+                              "a layout file carries its own 'supervision' list")
+        return Layout.from_file(args.layout)
+    raise ConfigError("no layout given: use --branches N or --layout FILE.json")
+
+
+def model_from_args(args: argparse.Namespace):
+    """The ``nn.Module`` named by ``--model`` and ``--set`` (built once per ``args``)."""
+    if getattr(args, "_module", None) is None:
+        from ..adapters import parse_model_spec
+        args._module = parse_model_spec(args.model, args.overrides)
+    return args._module
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.max_order is not None and args.max_order < 0:
+        raise ConfigError(f"--max-order must be >= 0, got {args.max_order}")
+    if args.symbolic:
+        if args.max_order is not None:
+            raise ConfigError("--max-order applies to --branches and --layout, not --symbolic")
+        if getattr(args, "overrides", None):
+            raise ConfigError("--set applies to --model only")
+        return _run_symbolic(args)
+    layout = layout_from_args(args)
+    max_order = args.max_order
+    if args.format != "json":
+        max_order = TABLE_ORDERS - 1 if max_order is None else min(max_order, TABLE_ORDERS - 1)
+    elif max_order is None and layout.P > FULL_ORDER_LIMIT:
+        raise ConfigError(f"the layout writes {layout.P} stream positions: every path order would "
+                          f"be ~{layout.P ** 2 // 2} integers; pass --max-order K")
+    result = symbolic.analyze(layout, max_order=max_order)
+    if getattr(args, "model", None) is not None:  # a real module: always count on its wiring
+        check = module_check(model_from_args(args), result)
+    else:
+        check = autograd_check(layout, result) if args.check else None
+
+    if args.format == "json":
+        out = result.to_dict()
+        if check is not None:
+            out["check"] = check
+        print(json.dumps(out))
+    elif args.format == "latex":
+        if args.branches is not None:
+            expr = symbolic.fan_in_closed_form(args.supervision or "final")
+            print(rf"\[ {symbolic.latex(expr, 'F(i)')}, \quad N = {layout.N} \]")
+        print(symbolic.latex_table(result, orders=TABLE_ORDERS))
+        if check is not None:
+            print(f"% {_check_line(check)}")
+    else:
+        print(_table(result, closed_form=args.supervision or "final"
+                     if args.branches is not None else None))
+        if check is not None:
+            print(_check_line(check))
+    return _check_status(check)
+
+
+# ---- autograd check ----------------------------------------------------------------------------
+def autograd_check(layout: Layout, result: symbolic.FanInResult) -> dict[str, Any]:
+    """Compare ``result`` with autograd counts on the scalar-gain surrogate of ``layout``.
+
+    Counts below 2**53 must match exactly, larger ones to a relative 1e-9 (float64 rounding);
+    counts beyond the float64 range are skipped and reported.
+    """
+    from .. import paths  # torch is imported only when a check is asked for
+    K = result.max_order if result.max_order is not None else max(layout.P - 1, 1)
+    counted = paths.count_paths(layout, max_order=K)
+    pairs = []
+    for br, series in zip(result.branches, counted.paths_by_order):
+        pairs.append((br.fan_in, series[0] + series[1]))
+        pairs += [(c, series[k]) for k, c in enumerate(br.paths_by_order)]
+    for g, series in zip(result.groups, counted.group_paths_by_order):
+        pairs.append((g.fan_in, series[0] + series[1]))
+        pairs += [(c, series[k]) for k, c in enumerate(g.paths_by_order)]
+    return _agreement(pairs, method="count_paths: one backward through a formal-series surrogate")
+
+
+def module_check(model, result: symbolic.FanInResult) -> dict[str, Any]:
+    """Compare ``result`` (the model's layout) with autograd counts on the real module, its
+    branches swapped for scalar gains (:func:`gfa_theory.adapters.module_fan_in`)."""
+    from ..adapters import module_fan_in
+    counted = module_fan_in(model)
+    pairs = []
+    for br, row in zip(result.branches, counted["branches"]):
+        pairs.append((br.fan_in, row["fan_in"]))
+        pairs += [(c, row["paths_by_order"][k]) for k, c in enumerate(br.paths_by_order[:2])]
+    for g, row in zip(result.groups, counted["groups"]):
+        pairs += [(g.fan_in, row["fan_in"])] + list(zip(g.fan_in_by_slot, row["fan_in_by_slot"]))
+    return _agreement(pairs, method=f"module_fan_in: autograd on the {counted['model']} module "
+                                    "with scalar-gain branches")
+
+
+def _agreement(pairs: list[tuple[int, float]], method: str) -> dict[str, Any]:
+    from .. import paths
+    compared = [(e, a) for e, a in pairs if e < paths.FLOAT64_MAX]
+    mismatches = sum(not paths.counts_agree(e, a) for e, a in compared)
+    max_rel = max((abs(a - e) / e for e, a in compared if e), default=0.0)
+    return {"agree": mismatches == 0, "method": method, "compared": len(compared),
+            "skipped_beyond_float64": len(pairs) - len(compared), "mismatches": mismatches,
+            "max_relative_difference": max_rel,
+            "exact": all(e < paths.EXACT_LIMIT for e, _ in compared)}
+
+
+def _check_line(check: dict[str, Any]) -> str:
+    verdict = "agrees" if check["agree"] else f"DISAGREES ({check['mismatches']} mismatches)"
+    line = (f"autograd check: {verdict} on {check['compared']} counts "
+            f"(max relative difference {check['max_relative_difference']:.2g}"
+            f"{', all exact' if check['exact'] else ''})")
+    if check["skipped_beyond_float64"]:
+        line += f"; {check['skipped_beyond_float64']} counts beyond float64 not compared"
+    return line
+
+
+def _check_status(check: dict[str, Any] | None) -> int:
+    if check is None or check["agree"]:
+        return 0
+    print(f"gfa: autograd check failed: {_check_line(check)}", file=sys.stderr)
+    return 1
+
+
+# ---- symbolic ----------------------------------------------------------------------------------
+def _run_symbolic(args: argparse.Namespace) -> int:
+    import sympy as sp
+
+    supervision = args.supervision or "final"
+    forms = symbolic.closed_forms(supervision)
+    attn_mlp = symbolic.block_stack_closed_form(2, False, supervision)
+    check = _symbolic_check(supervision) if args.check else None
+    if args.format == "json":
+        out: dict[str, Any] = {
+            "supervision": supervision,
+            "variables": {"N": "number of branches", "i": "branch index (1-based)",
+                          "t": "path-order variable", "r": "applications of a shared last block",
+                          "B": "number of blocks", "b": "block index", "s": "slot in the block"},
+            # plain strings read back with sympy.parse_expr(text, local_dict=symbols), since a bare
+            # sympify maps "N" to sympy's numeric-evaluation function; "srepr" round-trips as is
+            "parse": "sympy.parse_expr(text, local_dict={name: sympy.Symbol(name) "
+                     "for name in variables})",
+            **{key: str(expr) for key, expr in forms.items()},
+            "transformer_branch_fan_in": str(attn_mlp[0]),
+            "transformer_block_fan_in": str(attn_mlp[1]),
+            "srepr": {key: sp.srepr(expr) for key, expr in forms.items()},
+            "latex": {key: symbolic.latex(expr, symbolic.CLOSED_FORM_LHS[key])
+                      for key, expr in forms.items()},
+        }
+        if check is not None:
+            out["check"] = check
+        print(json.dumps(out))
+    elif args.format == "latex":
+        for key, expr in forms.items():
+            print(rf"\[ {symbolic.latex(expr, symbolic.CLOSED_FORM_LHS[key])} \]")
+        print(rf"\[ {symbolic.latex(attn_mlp[1], 'F(b)')} \]")
+        if check is not None:
+            print(f"% {_check_line(check)}")
+    else:
+        heads = "S = {N}" if supervision == "final" else "S = {1..N}"
+        print(f"sequential stack of N branches, heads {heads}")
+        for key, expr in forms.items():
+            print(f"  {symbolic.CLOSED_FORM_LHS[key]:8s} = {expr}")
+        print(f"Transformer blocks (attention slot s=0, MLP s=1), heads on "
+              f"{'the last block' if supervision == 'final' else 'every block'}:")
+        print(f"  F(b, s)  = {attn_mlp[0]}\n  F(b)     = {attn_mlp[1]}")
+        if check is not None:
+            print(_check_line(check))
+    return _check_status(check)
+
+
+def _symbolic_check(supervision: str) -> dict[str, Any]:
+    """The closed forms against autograd path counts on sequential stacks ``N = 1..16``."""
+    import sympy as sp
+
+    from .. import paths
+
+    G = symbolic.generating_function_closed_form(supervision)
+    pairs = []
+    for n_value in SYMBOLIC_CHECK_N:
+        layout = Layout.sequential(n_value, supervision)
+        counted = paths.count_paths(layout)
+        profile = symbolic.closed_form_profile(n_value, supervision)
+        for i_value, (F, series) in enumerate(zip(profile, counted.paths_by_order), start=1):
+            pairs.append((F, series[0] + series[1]))
+            poly = sp.Poly(sp.cancel(G.subs({symbolic.N: n_value, symbolic.i: i_value})),
+                           symbolic.t)
+            coeffs = [int(c) for c in reversed(poly.all_coeffs())]
+            pairs += [(c, series[k]) for k, c in enumerate(coeffs)]
+    return _agreement(pairs, method=f"closed forms vs count_paths, N = 1..{SYMBOLIC_CHECK_N[-1]}")
+
+
+# ---- table -------------------------------------------------------------------------------------
+def _table(result: symbolic.FanInResult, closed_form: str | None = None) -> str:
+    layout = result.layout
+    shown = TABLE_ORDERS if result.max_order is None else min(TABLE_ORDERS, result.max_order + 1)
+    lines = [f"N = {layout.N} branches, B = {layout.B} blocks, heads on blocks "
+             f"S = {{{', '.join(map(str, layout.supervision))}}}"]
+    if closed_form is not None:
+        lines.append(f"closed form: F(i) = {symbolic.fan_in_closed_form(closed_form)}")
+    header = ["i", "block", "slot", "F(i)", "F/max"] + [f"k={k}" for k in range(shown)]
+    rows = [[str(br.index), str(br.block), str(br.slot), str(br.fan_in), f"{nf:.3f}"]
+            + [str(br.paths_by_order[k]) if k < len(br.paths_by_order) else "0"
+               for k in range(shown)]
+            for br, nf in zip(result.branches, result.fan_in_normalized)]
+    lines += _aligned(header, rows)
+    lines.append("")
+    lines += _aligned(["block", "branches", "F(b)"],
+                      [[str(bl.block), ",".join(map(str, bl.branches)), str(bl.fan_in)]
+                       for bl in result.blocks])
+    shared = [g for g in result.groups if g.shared]
+    if shared:
+        lines.append("")
+        lines += _aligned(["shared blocks", "F(P)", "F(P) by slot"],
+                          [[",".join(map(str, g.blocks)), str(g.fan_in),
+                            ",".join(map(str, g.fan_in_by_slot))] for g in shared])
+    return "\n".join(lines)
+
+
+def _aligned(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[c]) for r in [header] + rows) for c in range(len(header))]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    return [fmt.format(*header)] + [fmt.format(*r) for r in rows]
