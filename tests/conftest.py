@@ -28,3 +28,10 @@ def random_layouts(draw, max_blocks: int = 24, max_branches: int = 3) -> Layout:
 def layouts():
     """The :func:`random_layouts` strategy factory (use with ``st.data()``)."""
     return random_layouts
+
+
+@pytest.fixture(scope="session")
+def smoke_root(tmp_path_factory):
+    """One results root for every smoke-profile study in the session: runs are trained once and
+    shared between the study tests and the reproduce test, exactly as the result cache does."""
+    return tmp_path_factory.mktemp("smoke_results")
