@@ -50,8 +50,11 @@ class ResNetConfig:
             values = getattr(self, name)
             if not isinstance(values, (list, tuple)) or not values:
                 raise ConfigError(f"{name} must be a non-empty list of positive integers")
-            for v in values:
-                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            for k, v in enumerate(values):
+                # The first stage may be empty when later stages exist (the stem then feeds the
+                # first stage change): what pruning every identity block of stage 1 leaves.
+                low = 0 if name == "blocks_per_stage" and k == 0 and len(values) > 1 else 1
+                if isinstance(v, bool) or not isinstance(v, int) or v < low:
                     raise ConfigError(f"{name} entries must be positive integers, got {v!r}")
         if len(self.blocks_per_stage) != len(self.widths):
             raise ConfigError(f"blocks_per_stage has {len(self.blocks_per_stage)} stages "

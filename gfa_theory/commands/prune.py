@@ -1,0 +1,134 @@
+"""``gfa prune``: rank the blocks of a finished run, remove the k least important, evaluate."""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..data import BatchSampler, load_data
+from ..errors import ConfigError, DataError
+from ..pruning import (METHODS, NEEDS_BATCHES, calibration_batches, evaluate_model, heal, held_out_batches,
+                       num_params, prune, rank, removable_blocks, save_pruned)
+from ..runs import (CHECKPOINT_FILE, GRADIENTS_FILE, is_complete, load_run, read_config,
+                    write_json_atomic)
+
+EVALUATION_FILE = "evaluation.json"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "prune", help="remove the k least important blocks of a trained run and evaluate it",
+        description="Rank the blocks of a finished run (gfa train) by METHOD, physically remove the k "
+                    "lowest, evaluate before/after on the run's held-out batches, and write the pruned "
+                    f"checkpoint and {EVALUATION_FILE} to --out.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (written by gfa train)")
+    p.add_argument("--method", required=True, choices=METHODS,
+                   help="cascadeflow: accumulated training gradient (no extra pass); the others are baselines")
+    p.add_argument("-k", type=int, required=True, help="number of blocks to remove")
+    p.add_argument("--out", required=True, metavar="DIR", help="where the pruned checkpoint and evaluation go")
+    p.add_argument("--quantity", choices=("A", "A_rms"), default="A",
+                   help="cascadeflow: raw accumulated gradient A or its per-parameter RMS variant")
+    p.add_argument("--heal-steps", type=int, default=0, help="AdamW healing steps after pruning (0: none)")
+    p.add_argument("--heal-lr", type=float, default=1e-3, help="learning rate of the healing fine-tune")
+    p.add_argument("--calib-batches", type=int, default=8,
+                   help="training-split batches the data-based methods (bi, angular, taylor, ablation) score on")
+    p.add_argument("--seed", type=int, default=0, help="seed of random rankings, calibration draws and healing")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.set_defaults(func=run)
+
+
+def _load(run_dir: str):
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise DataError(f"run directory not found: {path}")
+    if not is_complete(path):
+        raise DataError(f"run {path} is not complete (no DONE marker): finish it with gfa train first")
+    for name in (CHECKPOINT_FILE, GRADIENTS_FILE):
+        if not (path / name).is_file():
+            raise DataError(f"run {path} has no {name}: it is incomplete")
+    meta = read_config(path)
+    run = load_run(path)
+    data = load_data(run.config.data)
+    recorded = meta.get("data", {}).get("sha256")
+    if recorded and recorded != data.sha256:
+        raise DataError(f"the data of run {path.name} (sha256 {recorded[:12]}) differs from what its data "
+                        f"config loads here ({data.sha256[:12]}): cannot evaluate on the same held-out set")
+    return meta, run, data
+
+
+def run(args: argparse.Namespace) -> int:
+    meta, loaded, data = _load(args.run_dir)
+    out = Path(args.out)
+    if out.resolve() == Path(args.run_dir).resolve():
+        raise ConfigError("--out must not be the run directory (its checkpoint would be overwritten)")
+    cfg, model = loaded.config, loaded.model
+    names = removable_blocks(model)
+    if not 0 <= args.k < len(names):
+        raise ConfigError(f"-k must be in 0..{len(names) - 1}: the model has {len(names)} removable blocks "
+                          "and one must stay")
+    if args.heal_steps < 0:
+        raise ConfigError(f"--heal-steps must be >= 0, got {args.heal_steps}")
+    if args.calib_batches < 1:
+        raise ConfigError(f"--calib-batches must be >= 1, got {args.calib_batches}")
+
+    held_out = held_out_batches(cfg, data)
+    needs_data = args.method in NEEDS_BATCHES
+    calib = calibration_batches(cfg, data, args.calib_batches, args.seed) if needs_data else None
+    ranking = rank(args.method, model, gradients=loaded.gradients, batches=calib, seed=args.seed,
+                   k=args.k, quantity=args.quantity)
+    removed = ranking.lowest(args.k)
+    pruned = prune(model, removed)
+    before, after = evaluate_model(model, held_out), evaluate_model(pruned, held_out)
+    after_heal, heal_losses = None, []
+    if args.heal_steps:
+        sampler = BatchSampler(data, cfg.train.batch_size, args.seed,
+                               cfg.model.block_size if cfg.model_name == "gpt" else None)
+        heal_losses = heal(pruned, sampler, args.heal_steps, args.heal_lr, seed=args.seed)
+        after_heal = evaluate_model(pruned, held_out)
+    pruned.eval()
+
+    run_id = meta.get("run_id", Path(args.run_dir).name)
+    report = {
+        "source_run": run_id, "model_name": cfg.model_name, "method": args.method, "k": args.k,
+        "quantity": args.quantity if args.method == "cascadeflow" else None, "seed": args.seed,
+        "calibration_batches": args.calib_batches if needs_data else 0,
+        "removed": removed, "ranking": ranking.to_dict(), "cost": ranking.to_dict()["cost"],
+        "before": before.to_dict(), "after": after.to_dict(),
+        "after_heal": None if after_heal is None else after_heal.to_dict(),
+        "heal": {"steps": args.heal_steps, "lr": args.heal_lr if args.heal_steps else None,
+                 "losses": heal_losses},
+        "params": {"before": num_params(model), "after": num_params(pruned),
+                   "ratio": num_params(pruned) / num_params(model)},
+        "blocks": {"before": len(model.layout().blocks), "after": len(pruned.layout().blocks)},
+        "layout": pruned.layout().to_dict(),
+        "held_out": {"split": "val", "batches": len(held_out), "count": before.count},
+        "versions": {"gfa_theory": __version__, "torch": torch.__version__,
+                     "python": platform.python_version()},
+    }
+    # The checkpoint first, the evaluation last: a directory with evaluation.json is complete
+    # (a stale one from an earlier prune goes first, so a crash in between never mixes the two).
+    (out / EVALUATION_FILE).unlink(missing_ok=True)
+    save_pruned(pruned, out, source_run=run_id, method=args.method, k=args.k, removed=removed,
+                healed=bool(args.heal_steps))
+    write_json_atomic(out / EVALUATION_FILE, report)
+
+    if args.format == "json":
+        print(json.dumps(report, indent=2, sort_keys=True))
+        return 0
+    what = args.method + (f" ({args.quantity})" if args.method == "cascadeflow" else "")
+    print(f"pruned {args.k} of {len(names)} removable blocks of run {run_id} by {what}: "
+          f"removed {', '.join(removed) or 'none'}")
+    print("ranking, least important first: " + ", ".join(f"{n} ({ranking.scores[n]:.4g})" for n in ranking.order))
+    c = ranking.cost
+    print(f"scoring cost: {c.forward_passes} forward, {c.backward_passes} backward passes, {c.seconds:.2f} s")
+    print(f"{'':<11} {'loss':>8} {'ppl':>9} {'accuracy':>9}")
+    rows = [("before", before), ("after", after)] + ([("after heal", after_heal)] if after_heal else [])
+    for label, ev in rows:
+        print(f"{label:<11} {ev.loss:>8.4f} {ev.perplexity:>9.3f} {ev.accuracy:>9.4f}")
+    p = report["params"]
+    print(f"params {p['before']:,} -> {p['after']:,} ({p['ratio']:.3f} x); written to {out}")
+    return 0
