@@ -252,7 +252,35 @@ def write_report(tables: dict, metas: dict, ctx, out: Path) -> list[Path]:
         for tex in out.glob("T*.tex"):
             (tex_dir / tex.name).write_text(tex.read_text())
         paths.append(paper / "REPORT.md")
+        paths.append(update_readme(claims, out, st))
     return paths
+
+
+def _between(text: str, name: str, body: str) -> str:
+    start, end = f"<!-- BEGIN GENERATED: {name} -->", f"<!-- END GENERATED: {name} -->"
+    if start not in text or end not in text:
+        return text
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{start}\n{body}\n{end}{tail}"
+
+
+def update_readme(claims: pd.DataFrame, out: Path, st: dict) -> Path:
+    """Refresh the generated sections of the README (default profile only)."""
+    readme = REPO / "README.md"
+    table = claims[["claim", "paper", "measured here", "verdict"]].copy()
+    table["verdict"] = "**" + table["verdict"] + "**"
+    body = f"_{stamps.line(st)}_\n\n" + table.to_markdown(index=False)
+    figs = []
+    from .make_all import OUTPUTS  # noqa: PLC0415  (make_all imports this module lazily)
+
+    for key, o in OUTPUTS.items():
+        if o.kind == "figure" and (out / f"{key}.png").is_file():
+            figs.append(f"**{key}. {o.title}**\n\n![{key}]({_rel(out / f'{key}.png')})\n")
+    text = _between(readme.read_text(), "claims", body)
+    text = _between(text, "figures", "\n".join(figs))
+    readme.write_text(text)
+    return readme
 
 
 def _rel(p: Path) -> str:

@@ -1,0 +1,103 @@
+"""``gfa bench <name>``: timing benchmarks (code in :mod:`gfa_theory.bench`).
+
+Each benchmark is one entry of :data:`BENCHMARKS`: a help line, a function adding its own
+options to its sub-parser, and a function ``run(args) -> dict`` whose result is printed as JSON
+(``--format json``) or as ``key: value`` lines. To add ``gfa bench taper``, add an entry.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from typing import Callable
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], dict]
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _tracker_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repeats", type=_positive, default=50, help="interleaved timing repeats")
+    p.add_argument("--steps", type=_positive, default=2, help="training steps per timed block")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps per variant first")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
+                   help="override the default GPT run config (e.g. train.device=cuda)")
+
+
+def _tracker_run(args: argparse.Namespace) -> dict:
+    from ..bench import tracker_overhead  # noqa: PLC0415
+    from ..training import build_run_config  # noqa: PLC0415
+
+    if args.warmup < 0:
+        raise ConfigError(f"--warmup must be >= 0, got {args.warmup}")
+    cfg = build_run_config("gpt", overrides=args.overrides)
+    return tracker_overhead(cfg, repeats=args.repeats, block=args.steps, warmup=args.warmup)
+
+
+def _taper_arguments(p: argparse.ArgumentParser) -> None:
+    from ..taper import SCHEDULES  # noqa: PLC0415
+
+    p.add_argument("--schedule", choices=[s for s in SCHEDULES if s != "uniform"], default="linear",
+                   help="taper schedule of the model timed against the uniform one")
+    p.add_argument("--r", type=float, default=0.5, help="width multiplier of the last block")
+    p.add_argument("--blocks", type=_positive, default=8, help="number of Transformer blocks B")
+    p.add_argument("--repeats", type=_positive, default=30, help="interleaved timing repeats")
+    p.add_argument("--warmup", type=int, default=5, help="untimed forward passes per model and mode first")
+    p.add_argument("--batch", type=_positive, default=64, help="batch of the throughput measurement")
+    p.add_argument("--context", type=_positive, default=64, help="tokens per sequence (fixed context)")
+    p.add_argument("--threads", type=_positive, default=1, help="torch threads while timing")
+    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+
+
+def _taper_run(args: argparse.Namespace) -> dict:
+    from ..bench_taper import TimingConfig, bench_taper  # noqa: PLC0415
+    from ..taper import TaperConfig  # noqa: PLC0415
+
+    taper = TaperConfig(B=args.blocks, schedule=args.schedule, r=args.r, block_size=args.context)
+    timing = TimingConfig(context=args.context, batch=args.batch, repeats=args.repeats, warmup=args.warmup,
+                          threads=args.threads, device=args.device)
+    return bench_taper(taper, timing)
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "tracker": Benchmark("training-step time of the default GPT with and without the gradient tracker",
+                         _tracker_arguments, _tracker_run),
+    "taper": Benchmark("latency and throughput of the default CascadeFormer (tapered) vs uniform Transformer",
+                       _taper_arguments, _taper_run),
+}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="timing benchmarks", description=__doc__.splitlines()[0])
+    names = p.add_subparsers(dest="bench", metavar="BENCHMARK", required=True,
+                             parser_class=type(p))
+    for name, bench in BENCHMARKS.items():
+        q = names.add_parser(name, help=bench.help, description=bench.help)
+        q.add_argument("--format", choices=("text", "json"), default="text")
+        bench.add_arguments(q)
+        q.set_defaults(func=run, bench_run=bench.run)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = args.bench_run(args)
+    if args.format == "json":
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value:.6g}" if isinstance(value, float) else f"{key}: {value}")
+    return 0

@@ -1,0 +1,84 @@
+"""``gfa train``: train a model, then print accumulated gradient ``A`` next to fan-in ``F``."""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import warnings
+
+import pandas as pd
+
+from ..training import MODEL_TASKS, build_run_config, train
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "train", help="train a model and compare its accumulated gradients with fan-in",
+        description="Train a model (resumable; results keyed by the config hash under --out) and "
+                    "print, per layer, fan-in F and accumulated gradient A with their Spearman correlation.")
+    p.add_argument("--model", required=True, choices=sorted(MODEL_TASKS), help="model family")
+    p.add_argument("--config", metavar="FILE.json",
+                   help='JSON config: {"model": {...}, "data": {...}, "train": {...}} (partial is fine)')
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
+                   help="override a config key, e.g. model.n_blocks=8 train.steps=200 data.text_file=a.txt")
+    p.add_argument("--out", metavar="DIR", help="results root (default: $GFA_RESULTS or ./results)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--restart", action="store_true",
+                   help="train from scratch even if a checkpoint or a finished run exists")
+    p.set_defaults(func=run)
+
+
+def layer_table(gradients: pd.DataFrame, kind: str = "branch", quantity: str = "A") -> pd.DataFrame:
+    """Per unit of ``kind``: fan-in ``F``, accumulated ``quantity``, both divided by their max."""
+    g = gradients[(gradients["kind"] == kind) & (gradients["quantity"] == quantity)
+                  & gradients["step"].isna()]
+    table = g[["unit", "index", "fan_in", "value"]].rename(columns={"fan_in": "F", "value": "A"})
+    table = table.sort_values("index").reset_index(drop=True)
+    table["F_norm"] = table["F"].astype(float) / table["F"].astype(float).max()
+    table["A_norm"] = table["A"] / table["A"].max()
+    return table[["unit", "F", "F_norm", "A", "A_norm"]]
+
+
+def spearman(table: pd.DataFrame) -> tuple[float, float]:
+    """Spearman rho and p-value between A and F over the table's units (NaN when undefined)."""
+    from scipy.stats import spearmanr
+
+    t = table.dropna(subset=["F", "A"])
+    if len(t) < 3:
+        return float("nan"), float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant F (a single supervised block...) gives NaN
+        res = spearmanr(t["A"].to_numpy(float), t["F"].to_numpy(float))
+    return float(res.statistic), float(res.pvalue)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = build_run_config(args.model, args.config, args.overrides)
+    start = time.perf_counter()
+    result = train(cfg, args.out, resume=not args.restart, progress=not args.no_progress)
+    elapsed = time.perf_counter() - start
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return 0
+    how = f"trained in {elapsed:.1f} s" if result.trained else "read from an earlier run"
+    print(f"run {result.run_dir.name} ({how}): {result.run_dir}")
+    val = result.metrics[result.metrics["split"] == "val"]
+    if len(val):
+        last = val.iloc[-1]
+        print(f"step {int(last['step'])}: val loss {last['loss']:.4f}, accuracy {last['accuracy']:.4f}")
+    grads = result.gradients
+    kinds = [k for k in ("branch", "block") if k in set(grads["kind"])] if len(grads) else []
+    if not kinds:
+        print("gradient tracking was off (train.track=none): no per-layer table")
+        return 0
+    kind = kinds[0]
+    table = layer_table(grads, kind)
+    print(f"\naccumulated gradient A per {kind} vs fan-in F (normalized by the max):")
+    print(f"{'unit':<16} {'F':>6} {'F/max':>7} {'A':>12} {'A/max':>7}")
+    for row in table.itertuples(index=False):
+        F = "-" if pd.isna(row.F) else str(int(row.F))
+        Fn = "-" if pd.isna(row.F_norm) else f"{row.F_norm:.3f}"
+        print(f"{row.unit:<16} {F:>6} {Fn:>7} {row.A:>12.5g} {row.A_norm:>7.3f}")
+    for k in kinds:
+        rho, p = spearman(layer_table(grads, k))
+        print(f"Spearman rho(A, F) over {len(layer_table(grads, k))} {k} units: {rho:.3f} (p = {p:.3g})")
+    return 0

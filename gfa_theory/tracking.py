@@ -1,0 +1,380 @@
+"""Accumulated training gradient ``A`` of every branch / block, at almost no cost (SPEC 3).
+
+:class:`GradientTracker` is called once per optimizer step, between ``loss.backward()`` and
+``optimizer.step()``. It reads the gradient the loss delivered to each unit's parameters
+**before** any gradient clipping or intervention (gradient-norm equalization, user hooks): ``A``
+measures what the network's wiring delivers, not what the optimizer was allowed to apply. Under
+DDP it runs after the all-reduce, so it reads the synchronized (global-batch) gradient.
+
+Per unit it accumulates, on the gradients' device and without any host synchronization:
+
+==============  ==============================================================================
+quantity        meaning
+==============  ==============================================================================
+``A``           ``sum_t ||g_t||_2`` over steps, ``g_t`` the unit's parameter gradient
+``A_sq``        ``sum_t ||g_t||_2^2``
+``A_rms``       ``sum_t ||g_t||_2 / sqrt(numel)``: per-parameter RMS, comparable across widths
+``A_stream``    ``sum_t sum_a ||dL/dy_a||_2``: the gradient arriving at the unit's branch
+                output ``y_a`` (the stream position it writes), summed over its applications
+                ``a`` (shared units, several output modules) — only with ``stream=True``
+``numel``       number of parameters of the unit (each shared parameter counted once)
+``grad_norm``   series: mean of ``||g_t||_2`` over each window of ``series_every`` steps
+``stream_grad_norm``  series: the same for the stream gradient
+==============  ==============================================================================
+
+A parameter used by several applications of a unit (parameter-shared repetition) appears once
+in the unit: its ``.grad`` already sums the applications. The per-step work is one fused
+``torch._foreach_norm`` over all tracked gradients, one small matrix product mapping parameter
+norms to unit norms, and a few vector additions.
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import Literal, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .errors import ConfigError
+from .units import Unit
+
+Kind = Literal["branch", "block", "both"]
+# quantity names in the long frame: totals (step is NA) and per-step series
+TOTALS = ("A", "A_sq", "A_rms", "A_stream", "numel")
+SERIES = ("grad_norm", "stream_grad_norm")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def discover_units(model: nn.Module, kind: Kind = "branch") -> list[Unit]:
+    """Units of a supported model: its own ``units(kind)``, else :mod:`gfa_theory.adapters`."""
+    if kind not in ("branch", "block", "both"):
+        raise ConfigError(f"unit kind must be 'branch', 'block' or 'both', got {kind!r}")
+    model = unwrap(model)
+    kinds = ("branch", "block") if kind == "both" else (kind,)
+    if callable(getattr(model, "units", None)):
+        return [u for k in kinds for u in model.units(k)]
+    from . import adapters  # noqa: PLC0415  (optional families: torchvision, transformers)
+
+    return [u for k in kinds for u in adapters.get_units(model, k)]
+
+
+def discover_layout(model: nn.Module):
+    """The model's :class:`~gfa_theory.layout.Layout` when it (or an adapter) can tell, else None."""
+    model = unwrap(model)
+    if callable(getattr(model, "layout", None)):
+        return model.layout()
+    try:
+        from . import adapters  # noqa: PLC0415
+    except ImportError:
+        return None
+    get_layout = getattr(adapters, "get_layout", None)
+    if get_layout is None:
+        return None
+    try:
+        return get_layout(model)
+    except Exception:  # an unsupported family has no layout: fan-in is then simply unknown
+        return None
+
+
+def unit_fan_in(layout, units: Sequence[Unit]) -> list[int]:
+    """Fan-in of each unit: ``F(P) = sum`` over the branches where its parameters are applied.
+
+    A branch unit applied at branches ``i in applications`` has ``sum_i F(i)``; a block unit
+    applied at blocks ``b`` has the sum over those blocks' branches (SPEC section 2).
+    """
+    from .symbolic import fan_in  # noqa: PLC0415
+
+    F = fan_in(layout)
+    by_block: dict[int, list[int]] = {}
+    for br in layout.branches():
+        by_block.setdefault(br.block, []).append(br.index)
+    out = []
+    for u in units:
+        apps = u.applications or (u.index,)
+        branches = list(apps) if u.kind == "branch" else [i for b in apps for i in by_block[b]]
+        out.append(sum(F[i - 1] for i in branches))
+    return out
+
+
+class UnitNorms:
+    """Per-unit gradient norms of a fixed list of units, computed in one fused pass.
+
+    ``M`` maps the (deduplicated) parameters to units: ``||g_unit||^2 = M @ ||g_param||^2``, so
+    a parameter listed by several units (e.g. a branch and its block) is read once.
+    """
+
+    def __init__(self, units: Sequence[Unit], dtype: torch.dtype = torch.float64) -> None:
+        params: list[nn.Parameter] = []
+        where: dict[int, int] = {}
+        rows: list[list[int]] = []
+        for u in units:
+            cols = []
+            for p in u.params:
+                if id(p) not in where:
+                    where[id(p)] = len(params)
+                    params.append(p)
+                if where[id(p)] not in cols:  # shared parameters count once per unit
+                    cols.append(where[id(p)])
+            rows.append(cols)
+        if not params:
+            raise ConfigError("the units to track have no parameters")
+        self.params = params
+        self.device = params[0].device
+        self.dtype = dtype if self.device.type != "mps" else torch.float32
+        M = torch.zeros(len(units), len(params), dtype=self.dtype)
+        for r, cols in enumerate(rows):
+            M[r, cols] = 1.0
+        self.M = M.to(self.device)
+        self.numel = torch.tensor([sum(params[c].numel() for c in cols) for cols in rows],
+                                  dtype=self.dtype, device=self.device)
+        self._zero = torch.zeros((), device=self.device)
+
+    def grads(self) -> list[torch.Tensor]:
+        return [p.grad if p.grad is not None else self._zero for p in self.params]
+
+    def squared(self) -> torch.Tensor:
+        """``||g_unit||^2`` for every unit, a (U,) tensor on the device (no host sync)."""
+        norms = torch._foreach_norm(self.grads(), 2, dtype=torch.float32)
+        sq = torch.stack(norms).to(self.dtype).square()  # (P,)
+        return self.M @ sq  # (U,)
+
+
+class GradientTracker:
+    """Accumulate per-unit gradient statistics during training (see the module docstring).
+
+    ``units``: the units to track (default: discovered from the model for ``kind``).
+    ``stream``: also hook each unit's ``outputs`` modules to read the residual-stream gradient.
+    ``series_every``: window of the downsampled per-step series (1 keeps every step).
+    ``max_steps``: preallocates the series buffer (it grows on device when exceeded).
+    ``fan_in``: per-unit fan-in (a list aligned with the units, or ``{name: F}``); by default
+    computed from the model's layout when it has one.
+    ``process_group``: the DDP group whose ranks each hold part of the batch (default: the
+    initialized default group, if any); only needed for the stream gradient, which is local
+    to each rank, while parameter gradients are already all-reduced.
+    """
+
+    def __init__(self, model: nn.Module, units: Sequence[Unit] | None = None, kind: Kind = "branch",
+                 stream: bool = False, series_every: int = 1, max_steps: int | None = None,
+                 fan_in: Sequence[int] | dict[str, int] | None = None, process_group=None) -> None:
+        if isinstance(series_every, bool) or not isinstance(series_every, int) or series_every < 1:
+            raise ConfigError(f"series_every must be a positive integer, got {series_every!r}")
+        model = unwrap(model)
+        self.units = list(units) if units is not None else discover_units(model, kind)
+        if not self.units:
+            raise ConfigError(f"model {type(model).__name__} has no units to track")
+        names = [u.name for u in self.units]
+        keys = [(u.kind, u.name) for u in self.units]
+        if len(set(keys)) != len(keys):
+            raise ConfigError(f"duplicate unit names to track: {names}")
+        self.norms = UnitNorms(self.units)
+        self.device, self.dtype = self.norms.device, self.norms.dtype
+        self.series_every = series_every
+        self.stream = stream
+        self.steps = 0  # optimizer steps recorded (host-side counter: no sync)
+        U = len(self.units)
+        zeros = partial(torch.zeros, dtype=self.dtype, device=self.device)
+        self.A, self.A_sq, self.A_stream = zeros(U), zeros(U), zeros(U)
+        cap = max(1, math.ceil((max_steps or 64) / series_every))
+        self.series = zeros(U, cap)  # window sums of ||g||
+        self.stream_series = zeros(U, cap if stream else 0)
+        self.fan_in = self._resolve_fan_in(model, fan_in)
+        self._group = process_group
+        self._handles: list = []
+        if stream:
+            # One hook per distinct output module (a branch unit and its block unit share them);
+            # ``_out_map`` sums module norms into unit norms like ``UnitNorms.M`` does for params.
+            mods: list[nn.Module] = []
+            where: dict[int, int] = {}
+            out_map = []
+            for u in self.units:
+                if not u.outputs:
+                    raise ConfigError(f"unit {u.name} names no output module: cannot hook its stream gradient")
+                row = set()
+                for mod in u.outputs:
+                    if id(mod) not in where:
+                        where[id(mod)] = len(mods)
+                        mods.append(mod)
+                    row.add(where[id(mod)])
+                out_map.append(sorted(row))
+            self._out_map = torch.zeros(U, len(mods), dtype=self.dtype)
+            for k, cols in enumerate(out_map):
+                self._out_map[k, cols] = 1.0
+            self._out_map = self._out_map.to(self.device)
+            # ||dL/dy|| of each (module, application) this step, written once by its tensor hook
+            self._stream_buf = torch.zeros(len(mods), 4, dtype=torch.float32, device=self.device)
+            self._apps = [0] * len(mods)
+            for j, mod in enumerate(mods):
+                self._handles.append(mod.register_forward_hook(partial(self._on_forward, j)))
+
+    # ---- configuration helpers ------------------------------------------------------------
+    def _resolve_fan_in(self, model: nn.Module, fan_in) -> list[int] | None:
+        if fan_in is None:
+            layout = discover_layout(model)
+            return None if layout is None else unit_fan_in(layout, self.units)
+        if isinstance(fan_in, dict):
+            return [fan_in.get(u.name) for u in self.units]
+        fan_in = list(fan_in)
+        if len(fan_in) != len(self.units):
+            raise ConfigError(f"fan_in has {len(fan_in)} entries for {len(self.units)} units")
+        return fan_in
+
+    def remove_hooks(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    # ---- stream-gradient hooks ------------------------------------------------------------
+    def _on_forward(self, j: int, module: nn.Module, inputs, output) -> None:
+        y = output if torch.is_tensor(output) else next((o for o in output if torch.is_tensor(o)), None)
+        if y is None or not torch.is_grad_enabled() or not y.requires_grad:
+            return  # evaluation passes do not count
+        slot = self._apps[j]
+        self._apps[j] += 1
+        if slot >= self._stream_buf.shape[1]:  # more applications than foreseen: grow on device
+            self._stream_buf = _grow(self._stream_buf)
+        y.register_hook(partial(self._on_stream_grad, j, slot))
+
+    def _on_stream_grad(self, j: int, slot: int, grad: torch.Tensor) -> None:
+        torch.linalg.vector_norm(grad, dtype=torch.float32, out=self._stream_buf[j, slot])
+
+    def _stream_norms(self) -> torch.Tensor:
+        """Per-unit stream gradient of this step: ``sum_a ||dL/dy_a||`` over the global batch."""
+        norms = self._stream_buf.to(self.dtype)  # (module, application)
+        world = 1
+        if self._group is not None or (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            world = torch.distributed.get_world_size(self._group)
+        if world > 1:
+            # Each rank's loss is the mean over its share of the batch: its stream gradient is
+            # `world` times its slice of the global-batch gradient.
+            sq = norms.square()
+            torch.distributed.all_reduce(sq, group=self._group)
+            norms = sq.sqrt() / world
+        self._stream_buf.zero_()
+        self._apps = [0] * len(self._apps)
+        return self._out_map @ norms.sum(dim=1)
+
+    # ---- per step ------------------------------------------------------------------------------
+    def _slot(self) -> int:
+        slot = (self.steps - 1) // self.series_every
+        if slot >= self.series.shape[1]:
+            self.series = _grow(self.series)
+            if self.stream:
+                self.stream_series = _grow(self.stream_series)
+        return slot
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Record the current ``.grad`` of every unit (call after backward, before the update)."""
+        self.steps += 1
+        sq = self.norms.squared()
+        norm = sq.sqrt()
+        self.A += norm
+        self.A_sq += sq
+        slot = self._slot()
+        self.series[:, slot] += norm
+        if self.stream:
+            s = self._stream_norms()
+            self.A_stream += s
+            self.stream_series[:, slot] += s
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        n = self._used()
+        state = {"units": [u.name for u in self.units], "kinds": [u.kind for u in self.units],
+                 "steps": self.steps, "series_every": self.series_every, "stream": self.stream,
+                 "A": self.A, "A_sq": self.A_sq, "A_stream": self.A_stream,
+                 "series": self.series[:, :n], "stream_series": self.stream_series[:, :n]}
+        return {k: v.detach().cpu().clone() if torch.is_tensor(v) else v for k, v in state.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        names = [u.name for u in self.units]
+        if state["units"] != names or state["series_every"] != self.series_every \
+                or state["stream"] != self.stream:
+            raise ConfigError("tracker checkpoint does not match the tracked units/settings")
+        self.steps = int(state["steps"])
+        for key in ("A", "A_sq", "A_stream"):
+            getattr(self, key).copy_(state[key])
+        for key in ("series", "stream_series"):
+            buf = getattr(self, key)
+            saved = state[key]
+            while buf.shape[1] < saved.shape[1]:
+                buf = _grow(buf)
+            buf.zero_()
+            buf[:, :saved.shape[1]] = saved.to(buf)
+            setattr(self, key, buf)
+
+    def _used(self) -> int:
+        return math.ceil(self.steps / self.series_every)
+
+    # ---- export --------------------------------------------------------------------------------
+    def to_frame(self) -> pd.DataFrame:
+        """Long format: unit, kind, index, quantity, step (NA for totals), value, fan_in."""
+        A = self.A.cpu().double().numpy()
+        numel = self.norms.numel.cpu().double().numpy()
+        totals = {"A": A, "A_sq": self.A_sq.cpu().double().numpy(), "A_rms": A / np.sqrt(numel)}
+        if self.stream:
+            totals["A_stream"] = self.A_stream.cpu().double().numpy()
+        totals["numel"] = numel
+        n = self._used()
+        ends = np.minimum(np.arange(1, n + 1) * self.series_every, self.steps)  # window ends
+        counts = ends - np.arange(n) * self.series_every  # the last window may be partial
+        series = {"grad_norm": self.series[:, :n].cpu().double().numpy() / counts}
+        if self.stream:
+            series["stream_grad_norm"] = self.stream_series[:, :n].cpu().double().numpy() / counts
+        rows = []
+        fan = self.fan_in or [None] * len(self.units)
+        for k, u in enumerate(self.units):
+            for q, values in totals.items():
+                rows.append((u.name, u.kind, u.index, q, None, float(values[k]), fan[k]))
+            for q, values in series.items():
+                for w in range(n):
+                    rows.append((u.name, u.kind, u.index, q, int(ends[w]), float(values[k, w]), fan[k]))
+        df = pd.DataFrame(rows, columns=["unit", "kind", "index", "quantity", "step", "value", "fan_in"])
+        df["step"] = df["step"].astype("Int64")
+        df["fan_in"] = df["fan_in"].astype("Int64")
+        return df
+
+    def totals(self, quantity: str = "A", kind: str | None = None) -> pd.DataFrame:
+        """One row per unit: unit, kind, index, fan_in and the accumulated ``quantity``."""
+        df = self.to_frame()
+        df = df[(df["quantity"] == quantity) & df["step"].isna()]
+        if kind is not None:
+            df = df[df["kind"] == kind]
+        return df.drop(columns=["quantity", "step"]).rename(columns={"value": quantity}).reset_index(drop=True)
+
+
+def _grow(buf: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros(buf.shape[0], max(1, 2 * buf.shape[1]), dtype=buf.dtype, device=buf.device)
+    out[:, :buf.shape[1]] = buf
+    return out
+
+
+@torch.no_grad()
+def equalize_gradients_(norms: UnitNorms, eps: float = 1e-12) -> torch.Tensor:
+    """Gradient-norm equalization: rescale each unit's gradient to the mean unit norm, in place.
+
+    Used with the block units (SPEC study 3). Parameters outside the units (embeddings, heads)
+    are left alone; a unit with a zero gradient stays zero. Returns the (U,) scale factors.
+    """
+    norm = norms.squared().sqrt()
+    scale = torch.where(norm > eps, norm.mean() / norm.clamp_min(eps), torch.ones_like(norm))
+    # a parameter in one unit gets that unit's scale (units of one kind do not overlap)
+    per_param = (norms.M.T @ scale) / norms.M.sum(dim=0).clamp_min(1.0)  # (P,)
+    grads = [p.grad for p in norms.params if p.grad is not None]
+    factors = [f.to(p.grad.dtype) for f, p in zip(per_param.unbind(), norms.params) if p.grad is not None]
+    torch._foreach_mul_(grads, factors)
+    return scale
+

@@ -1,0 +1,138 @@
+"""Data: the fixed corpus and its hash, deterministic splits and batches, clear errors."""
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from gfa_theory.data import (BatchSampler, DataConfig, eval_batches, load_data, make_text_data,
+                             pydoc_corpus)
+from gfa_theory.errors import ConfigError, DataError
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return load_data(DataConfig())
+
+
+def test_pydoc_corpus_is_fixed_and_hashed(corpus):
+    from pydoc_data.topics import topics
+
+    text = "".join(topics[k] for k in sorted(topics))
+    assert pydoc_corpus() == text
+    assert corpus.sha256 == hashlib.sha256(text.encode("utf-8")).hexdigest()
+    assert corpus.vocab == "".join(sorted(set(text)))
+    # contiguous split: the last 10 % validates, nothing lost or reordered
+    assert len(corpus.val) == round(0.1 * len(text))
+    assert corpus.decode(torch.cat([corpus.train, corpus.val])) == text
+    assert corpus.decode(corpus.encode("def f(x):")) == "def f(x):"
+
+
+def test_text_file_roundtrip_and_split(tmp_path):
+    p = tmp_path / "c.txt"
+    p.write_text("abcabcabcd" * 10, encoding="utf-8")
+    d = load_data(DataConfig(text_file=str(p), val_fraction=0.2))
+    assert d.vocab == "abcd" and d.vocab_size == 4
+    assert len(d.train) == 80 and len(d.val) == 20
+    assert d.decode(d.val) == ("abcabcabcd" * 10)[-20:]
+    assert d.sha256 == hashlib.sha256(p.read_bytes()).hexdigest()
+    # a changed file is reloaded, not served from the cache
+    p.write_text("xyzxyzxyz" * 20, encoding="utf-8")
+    assert load_data(DataConfig(text_file=str(p), val_fraction=0.2)).vocab == "xyz"
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, "not found"),
+    (b"", "is empty"),
+    (b"ok \xff\xfe bad", "not UTF-8"),
+], ids=["missing", "empty", "not-utf8"])
+def test_text_file_errors(tmp_path, content, match):
+    p = tmp_path / "corpus.txt"
+    if content is not None:
+        p.write_bytes(content)
+    with pytest.raises(DataError, match=match):
+        load_data(DataConfig(text_file=str(p)))
+
+
+def test_text_batches_seeded_resumable_and_shifted(corpus):
+    a = BatchSampler(corpus, 8, seed=3, seq_len=16)
+    b = BatchSampler(corpus, 8, seed=3, seq_len=16)
+    xa, ya = a.next()
+    xb, yb = b.next()
+    assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert xa.shape == (8, 16) and torch.equal(xa[:, 1:], ya[:, :-1])  # next-token targets
+    state = a.state_dict()
+    want = [a.next() for _ in range(3)]
+    c = BatchSampler(corpus, 8, seed=99, seq_len=16)
+    c.load_state_dict(state)
+    for (x1, y1), (x2, y2) in zip(want, [c.next() for _ in range(3)]):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert not torch.equal(BatchSampler(corpus, 8, seed=4, seq_len=16).next()[0], xa)
+
+
+@pytest.mark.parametrize("dataset", ["text", "digits"])
+def test_ranks_split_the_global_batch(corpus, dataset):
+    data = corpus if dataset == "text" else load_data(DataConfig(dataset="digits"))
+    seq = 16 if dataset == "text" else None
+    whole = BatchSampler(data, 8, seed=0, seq_len=seq).next()
+    parts = [BatchSampler(data, 8, seed=0, seq_len=seq, rank=r, world_size=2).next() for r in range(2)]
+    for k in range(2):
+        assert torch.equal(torch.cat([p[k] for p in parts]), whole[k])
+    with pytest.raises(ConfigError, match="not divisible"):
+        BatchSampler(data, 7, seed=0, seq_len=seq, world_size=2)
+
+
+def test_digits_split_is_stratified_seeded_and_normalized():
+    d = load_data(DataConfig(dataset="digits"))
+    assert d.x_train.shape[1:] == (1, 8, 8) and d.n_classes == 10 and d.in_channels == 1
+    assert len(d.y_train) + len(d.y_val) == 1797
+    # stratified: every class keeps its share in the validation split
+    val_share = np.bincount(d.y_val.numpy(), minlength=10) / len(d.y_val)
+    all_share = np.bincount(np.concatenate([d.y_train.numpy(), d.y_val.numpy()]), minlength=10) / 1797
+    assert np.abs(val_share - all_share).max() < 0.01
+    x, _ = d.items("train", torch.arange(len(d.y_train)))
+    assert abs(float(x.mean())) < 1e-5 and abs(float(x.std()) - 1) < 1e-3
+    again = load_data(DataConfig(dataset="digits", split_seed=0))
+    other = load_data(DataConfig(dataset="digits", split_seed=1))
+    assert torch.equal(again.y_val, d.y_val) and not torch.equal(other.y_val, d.y_val)
+    assert other.sha256 == d.sha256  # the hash identifies the data, not the split
+
+
+def test_image_epochs_without_replacement():
+    d = load_data(DataConfig(dataset="digits"))
+    n = len(d.y_train)
+    s = BatchSampler(d, n // 4 + 1, seed=0)
+    seen = torch.cat([s._global_index() for _ in range(4)])
+    first_epoch = seen[:n]
+    assert torch.equal(first_epoch.sort().values, torch.arange(n))
+
+
+def test_eval_batches_are_fixed(corpus):
+    a = list(eval_batches(corpus, "val", 4, 3, seq_len=8))
+    b = list(eval_batches(corpus, "val", 4, 3, seq_len=8))
+    assert len(a) == 3 and all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a, b))
+    d = load_data(DataConfig(dataset="digits"))
+    batches = list(eval_batches(d, "val", 64, 0))  # 0: the whole split
+    assert sum(len(y) for _, y in batches) == len(d.y_val)
+
+
+def test_cifar10_missing_files_named(tmp_path):
+    with pytest.raises(DataError, match=r"cifar-10-batches-py/data_batch_1\.\.5, test_batch"):
+        load_data(DataConfig(dataset="cifar10", data_dir=str(tmp_path)))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"dataset": "cifar10"}, "needs data.data_dir"),
+    ({"dataset": "digits", "text_file": "a.txt"}, "only applies to dataset 'text'"),
+    ({"val_fraction": 0.0}, "val_fraction"),
+    ({"download": True}, "download only applies"),
+], ids=["cifar-no-dir", "text-file-on-images", "val-fraction", "download-on-text"])
+def test_data_config_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        DataConfig(**kwargs)
+
+
+def test_too_short_corpus():
+    d = make_text_data("abcdefghij" * 3, 0.1, "short")
+    with pytest.raises(DataError, match="too short"):
+        BatchSampler(d, 2, seed=0, seq_len=8)

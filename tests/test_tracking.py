@@ -1,0 +1,211 @@
+"""GradientTracker against hand-computed references on a tiny model with a shared branch."""
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from gfa_theory.errors import ConfigError
+from gfa_theory.layout import Layout
+from gfa_theory.models import GPTConfig, ResNetConfig, build_model
+from gfa_theory.symbolic import block_fan_in, fan_in
+from gfa_theory.tracking import GradientTracker, UnitNorms, equalize_gradients_
+from gfa_theory.units import Unit
+
+
+class Toy(nn.Module):
+    """x_1 = x_0 + f1(x_0); x_2 = x_1 + f2(x_1); x_3 = x_2 + f2(x_2): f2 applied twice, shared."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Linear(3, 4)
+        self.f1 = nn.Linear(4, 4)
+        self.f2 = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+        self.outs: list[tuple[str, torch.Tensor]] = []  # branch outputs, for the hand reference
+
+    def forward(self, x, y):
+        self.outs = []
+        h = self.emb(x)
+        for name, f in (("f1", self.f1), ("f2", self.f2), ("f2", self.f2)):
+            out = f(torch.tanh(h))
+            if out.requires_grad:
+                out.retain_grad()
+                self.outs.append((name, out))
+            h = h + out
+        return nn.functional.mse_loss(self.head(h), y)
+
+    def toy_units(self):
+        f1, f2 = self.f1, self.f2
+        return [
+            Unit("f1", "branch", 1, [f1.weight, f1.bias], [f1], (1,)),
+            # f2's weight listed twice on purpose: a shared parameter must count once
+            Unit("f2", "branch", 2, [f2.weight, f2.bias, f2.weight], [f2], (2, 3)),
+            Unit("f12", "block", 1, list(f1.parameters()) + list(f2.parameters()), [f1, f2], (1,)),
+        ]
+
+
+def _norm(tensors):
+    return float(torch.cat([t.reshape(-1) for t in tensors]).double().norm())
+
+
+def test_tracker_matches_hand_reference():
+    torch.manual_seed(0)
+    model = Toy()
+    units = model.toy_units()
+    tracker = GradientTracker(model, units=units, stream=True, series_every=3, max_steps=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    steps = 7
+    ref = {u: {"A": 0.0, "A_sq": 0.0, "stream": 0.0, "per_step": []} for u in ("f1", "f2", "f12")}
+    params = {"f1": list(model.f1.parameters()), "f2": list(model.f2.parameters()),
+              "f12": list(model.f1.parameters()) + list(model.f2.parameters())}
+    for _ in range(steps):
+        x, y = torch.randn(5, 3), torch.randn(5, 2)
+        opt.zero_grad()
+        model(x, y).backward()
+        tracker.step()
+        stream = {"f1": 0.0, "f2": 0.0}
+        for name, out in model.outs:  # one term per application
+            stream[name] += float(out.grad.double().norm())
+        stream["f12"] = stream["f1"] + stream["f2"]
+        for u in ref:
+            g = _norm([p.grad for p in params[u]])
+            ref[u]["A"] += g
+            ref[u]["A_sq"] += g * g
+            ref[u]["stream"] += stream[u]
+            ref[u]["per_step"].append(g)
+        with torch.no_grad():  # an evaluation pass must not count
+            model(x, y)
+        opt.step()
+    df = tracker.to_frame()
+    tot = df[df["step"].isna()].set_index(["unit", "quantity"])["value"]
+    numel = {"f1": 20, "f2": 20, "f12": 40}
+    for u, r in ref.items():
+        assert tot[(u, "A")] == pytest.approx(r["A"], rel=1e-6)
+        assert tot[(u, "A_sq")] == pytest.approx(r["A_sq"], rel=1e-6)
+        assert tot[(u, "A_rms")] == pytest.approx(r["A"] / math.sqrt(numel[u]), rel=1e-6)
+        assert tot[(u, "A_stream")] == pytest.approx(r["stream"], rel=1e-6)
+        assert tot[(u, "numel")] == numel[u]
+        # series: mean over windows of 3 steps, ending at steps 3, 6, 7 (the last is partial)
+        series = df[(df["unit"] == u) & (df["quantity"] == "grad_norm")]
+        assert list(series["step"]) == [3, 6, 7]
+        s = r["per_step"]
+        want = [sum(s[0:3]) / 3, sum(s[3:6]) / 3, s[6]]
+        assert list(series["value"]) == pytest.approx(want, rel=1e-6)
+    assert set(df.columns) == {"unit", "kind", "index", "quantity", "step", "value", "fan_in"}
+    assert df["fan_in"].isna().all()  # the toy has no layout
+
+
+def test_tracker_state_roundtrip_continues_identically():
+    torch.manual_seed(1)
+    model = Toy()
+    a = GradientTracker(model, units=model.toy_units(), stream=True, series_every=2)
+    data = [(torch.randn(4, 3), torch.randn(4, 2)) for _ in range(5)]
+
+    def run(tracker, batches):
+        for x, y in batches:
+            model.zero_grad()
+            model(x, y).backward()
+            tracker.step()
+
+    run(a, data[:3])
+    state = a.state_dict()
+    a.remove_hooks()
+    b = GradientTracker(model, units=model.toy_units(), stream=True, series_every=2)
+    b.load_state_dict(state)
+    run(b, data[3:])
+    b.remove_hooks()
+    c = GradientTracker(model, units=model.toy_units(), stream=True, series_every=2)
+    run(c, data)
+    assert b.to_frame().equals(c.to_frame())
+
+
+def test_gpt_units_and_fan_in_column():
+    model = build_model("gpt", GPTConfig.tiny(n_blocks=3))
+    tracker = GradientTracker(model, kind="both")
+    x = torch.randint(0, 11, (2, 8))
+    model(x, x)[1].backward()
+    tracker.step()
+    df = tracker.totals("A")
+    layout = Layout.transformer(3)
+    assert list(df[df["kind"] == "branch"]["fan_in"]) == fan_in(layout) == [6, 5, 4, 3, 2, 1]
+    assert list(df[df["kind"] == "block"]["fan_in"]) == block_fan_in(layout)
+    # a block's parameter gradient norm is the root-sum-square of its two branches'
+    br = df[df["kind"] == "branch"]["A"].to_numpy()
+    bl = df[df["kind"] == "block"]["A"].to_numpy()
+    assert bl == pytest.approx((br[0::2] ** 2 + br[1::2] ** 2) ** 0.5, rel=1e-6)
+
+
+def test_shared_repetition_fan_in_is_summed_over_applications():
+    model = build_model("gpt", GPTConfig.tiny(n_blocks=2, block_schedule=[0, 1, 1, 1]))
+    tracker = GradientTracker(model, kind="branch")
+    F = fan_in(model.layout())  # 8 branches: block 1 applied at blocks 2, 3, 4
+    got = dict(zip([u.name for u in tracker.units], tracker.fan_in))
+    assert got["h.1.attn"] == F[2] + F[4] + F[6]
+    assert got["h.1.mlp"] == F[3] + F[5] + F[7]
+    assert got["h.0.attn"] == F[0]
+
+
+def test_resnet_units_discovered():
+    model = build_model("resnet", ResNetConfig.tiny())
+    tracker = GradientTracker(model, kind="branch", stream=True)
+    assert [u.name for u in tracker.units] == ["blocks.0.branch", "blocks.1.branch", "blocks.2.branch"]
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    model(x, y)[1].backward()
+    tracker.step()
+    tot = tracker.totals("A_stream")
+    assert (tot["A_stream"] > 0).all() and list(tot["fan_in"]) == [3, 2, 1]
+
+
+def test_equalize_sets_every_block_to_the_mean_norm():
+    torch.manual_seed(0)
+    model = build_model("gpt", GPTConfig.tiny(n_blocks=3))
+    x = torch.randint(0, 11, (2, 8))
+    model(x, x)[1].backward()
+    norms = UnitNorms(model.units("block"))
+    before = norms.squared().sqrt()
+    head_grad = model.wte.weight.grad.clone()
+    equalize_gradients_(norms)
+    after = norms.squared().sqrt()
+    assert torch.allclose(after, before.mean().expand_as(after), rtol=1e-5)
+    assert torch.equal(model.wte.weight.grad, head_grad)  # outside the blocks: untouched
+
+
+def test_tracker_rejects_bad_settings():
+    model = build_model("gpt", GPTConfig.tiny())
+    with pytest.raises(ConfigError, match="series_every"):
+        GradientTracker(model, series_every=0)
+    with pytest.raises(ConfigError, match="kind"):
+        GradientTracker(model, kind="layer")
+
+
+def test_torchvision_resnet18_through_adapters():
+    tvm = pytest.importorskip("torchvision.models")
+    torch.manual_seed(0)
+    model = tvm.resnet18(num_classes=10)
+    tracker = GradientTracker(model, kind="branch", stream=True)
+    x, y = torch.randn(2, 3, 32, 32), torch.randint(0, 10, (2,))
+    nn.functional.cross_entropy(model(x), y).backward()
+    tracker.step()
+    tot = tracker.totals("A")
+    assert len(tot) == 8 and list(tot["fan_in"]) == list(range(8, 0, -1))
+    ref = _norm([p.grad for p in model.layer1[0].conv1.parameters()] +
+                [p.grad for m in (model.layer1[0].bn1, model.layer1[0].conv2, model.layer1[0].bn2)
+                 for p in m.parameters()])
+    assert tot["A"].iloc[0] == pytest.approx(ref, rel=1e-6)
+    assert (tracker.totals("A_stream")["A_stream"] > 0).all()
+
+
+def test_hf_gpt2_tuple_outputs_through_adapters():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=2, n_embd=16, n_head=2, n_positions=16, vocab_size=50)
+    model = transformers.GPT2LMHeadModel(cfg)
+    tracker = GradientTracker(model, kind="both", stream=True)
+    x = torch.randint(0, 50, (2, 8))
+    model(input_ids=x, labels=x).loss.backward()
+    tracker.step()
+    tot = tracker.totals("A_stream")
+    assert list(tot["unit"][:4]) == ["transformer.h.0.attn", "transformer.h.0.mlp",
+                                     "transformer.h.1.attn", "transformer.h.1.mlp"]
+    assert list(tot["fan_in"][:4]) == [4, 3, 2, 1] and (tot["A_stream"] > 0).all()
