@@ -34,3 +34,36 @@ SIZES: dict[str, dict] = {
 
 def sizes(profile: str) -> dict:
     return SIZES[profile]
+
+
+# CascadeFormer study (experiments/cascadeformer.py): tapered vs uniform models of one depth at the
+# same training budget. Each schedule is a dict of gfa_theory.taper.TaperConfig fields; the
+# residual width, heads and FFN of the uniform model are the profile's n_embd / n_head / d_ff.
+# cascade_timing holds gfa_theory.bench_taper.TimingConfig fields (the context is block_size).
+_CASCADE: dict[str, dict] = {
+    "smoke": dict(
+        cascade_depth=3, cascade_steps=8, cascade_quantum=8, cascade_eval_batches=1, cascade_eval_batch_size=4,
+        cascade_schedules=[{"schedule": "uniform"}, {"schedule": "linear", "r": 0.5},
+                           {"schedule": "fanin", "r": 0.5}, {"schedule": "cosine", "r": 0.5},
+                           {"schedule": "step", "r": 0.5}],
+        cascade_timing=dict(batch=4, repeats=3, warmup=1, latency_calls=1, throughput_calls=1, threads=1)),
+    "default": dict(
+        cascade_depth=8, cascade_steps=300, cascade_quantum=32, cascade_eval_batches=16,
+        cascade_eval_batch_size=32,
+        cascade_schedules=[{"schedule": "uniform"},
+                           {"schedule": "linear", "r": 0.75}, {"schedule": "linear", "r": 0.5},
+                           {"schedule": "linear", "r": 0.25},
+                           {"schedule": "fanin", "r": 0.75}, {"schedule": "fanin", "r": 0.5},
+                           {"schedule": "fanin", "r": 0.25},
+                           {"schedule": "cosine", "r": 0.5}, {"schedule": "step", "r": 0.5}],
+        cascade_timing=dict(batch=64, repeats=25, warmup=5, latency_calls=10, throughput_calls=2, threads=1)),
+    "full": dict(
+        cascade_depth=12, cascade_steps=5000, cascade_quantum=64, cascade_eval_batches=64,
+        cascade_eval_batch_size=64,
+        cascade_schedules=[{"schedule": "uniform"}]
+        + [{"schedule": s, "r": r} for s in ("linear", "fanin", "cosine") for r in (0.75, 0.5, 0.25)]
+        + [{"schedule": "step", "r": 0.5}, {"schedule": "step", "r": 0.25}],
+        cascade_timing=dict(batch=64, repeats=50, warmup=10, latency_calls=10, throughput_calls=2, threads=4)),
+}
+for _profile, _keys in _CASCADE.items():
+    SIZES[_profile].update(_keys)

@@ -1,0 +1,245 @@
+"""Study 5 — CascadeFormer: do Transformers whose width shrinks with depth lose anything?
+
+**Hypothesis (GFA: width where the gradient is).** A block's gradient fan-in falls with depth
+(``F(b)`` of :mod:`gfa_theory.symbolic`), so late blocks receive fewer gradient paths and, by the
+fan-in account, contribute less. Giving them fewer attention heads and a narrower FFN (the
+residual width stays constant, so every identity path stays exact) should cost little loss while
+saving parameters, FLOPs and time.
+
+**Prediction (the paper's claim).** At the same depth and training budget, a tapered model reaches
+a perplexity comparable to the uniform model's while cutting latency by 8.6 % and raising
+throughput by 9.4 %.
+
+**Method.** Character-level Transformers of one depth (``cascade_depth`` blocks), every schedule of
+:mod:`gfa_theory.taper` (uniform, linear, fan-in-proportional ``max(r, F(b)/F(1))``, cosine, step)
+with a sweep of the taper strength ``r`` (the last block's width multiplier), sizes rounded to
+whole heads and FFN multiples of ``cascade_quantum``. Every model trains with the same budget:
+the same steps, batch, token stream (per seed), optimizer, learning rate and schedule; the
+profile's seeds (3 in ``default``). After training: held-out loss and perplexity on fixed
+validation batches (the same for every model), parameters, analytic forward FLOPs per token.
+Speed: one trained model per schedule (the first seed's; speed depends on the architecture, not
+on the weights) is timed with every other one in one process, interleaved, median of repeats
+after warm-up, with a fixed torch thread count (:mod:`gfa_theory.bench_taper`): latency is a
+forward pass at batch 1 and the full context, throughput the tokens per second of a forward pass
+at a large batch. Ratios are per-repeat ratios against the uniform model (median and IQR). A
+copy of the uniform model is timed alongside as an A/A control (``timing_summary.csv`` and
+``meta.json``): its ratios should be 1 up to the timing noise.
+
+**Reading the result.** ``summary`` has one row per schedule: perplexity (mean, 95 % t-interval
+over seeds), the loss gap to uniform (paired by seed, t-interval) and the same gap as a perplexity
+change in percent, params / FLOPs / latency / throughput ratios. A schedule is *comparable* when
+the upper end of its perplexity-gap interval is at most +2 % (a non-inferiority margin: with few
+seeds a wide interval is not evidence of "comparable"); it *matches the paper* when it is
+comparable and its median latency ratio is <= 0.914 and throughput ratio >= 1.094. CPU timing
+of small models is noisy and overhead-bound at batch 1: read the IQR columns, and expect the
+batch-1 latency to follow the FLOPs ratio far less than the large-batch throughput does.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+
+from gfa_theory import importance, stats
+from gfa_theory.bench_taper import TimingConfig, time_models, timing_summary
+from gfa_theory.data import load_data
+from gfa_theory.errors import ConfigError
+from gfa_theory.taper import TaperConfig, TaperPlan, plan
+
+from .common import Context, gpt_run, heldout_batches, main_for, run_many, stamp, write_study
+from .profiles import sizes
+
+NAME = "cascadeformer"
+AA_CONTROL = "uniform (A/A copy)"  # timed as a noise control, not a schedule
+
+# The paper's result and the margin that counts as "comparable perplexity" here.
+PAPER_LATENCY_RATIO = 1 - 0.086  # latency -8.6 %
+PAPER_THROUGHPUT_RATIO = 1 + 0.094  # throughput +9.4 %
+PPL_TOLERANCE_PCT = 2.0  # tapered perplexity at most 2 % above uniform (upper CI bound)
+
+
+# ---- schedules ---------------------------------------------------------------------------------
+
+def schedule_label(spec: dict) -> str:
+    """``uniform``, ``linear r=0.5``, ``fanin r=0.25``, ``fanin r=0.5 a=2``, ``step r=0.5 at=0.5``."""
+    s = spec["schedule"]
+    if s == "uniform":
+        return s
+    label = f"{s} r={spec.get('r', TaperConfig.r):g}"
+    if s == "fanin" and spec.get("alpha", 1.0) != 1.0:
+        label += f" a={spec['alpha']:g}"
+    if s == "step" and spec.get("step_at", 0.5) != 0.5:
+        label += f" at={spec['step_at']:g}"
+    return label
+
+
+def taper_plans(profile: str) -> dict[str, TaperPlan]:
+    """The rounded per-block widths of every schedule of the profile, by label (uniform first)."""
+    s = sizes(profile)
+    vocab = load_data(gpt_run(s, n_blocks=1, seed=0).data).vocab_size  # for params / FLOPs only
+    base = TaperConfig(B=s["cascade_depth"], n_embd=s["n_embd"], n_head=s["n_head"], d_ff=s["d_ff"],
+                       quantum=s["cascade_quantum"], vocab_size=vocab, block_size=s["block_size"])
+    plans: dict[str, TaperPlan] = {}
+    for spec in s["cascade_schedules"]:
+        unknown = set(spec) - {"schedule", "r", "alpha", "step_at", "supervision"}
+        if unknown:
+            raise ConfigError(f"cascade schedule {spec} has unknown keys {sorted(unknown)}")
+        label = schedule_label(spec)
+        if label in plans:
+            raise ConfigError(f"cascade schedule '{label}' is listed twice")
+        plans[label] = plan(replace(base, **spec))
+    if "uniform" not in plans:
+        raise ConfigError("cascade_schedules must include the uniform baseline")
+    return {"uniform": plans.pop("uniform"), **plans}
+
+
+def configs(profile: str) -> list[tuple[dict, object]]:
+    """(descriptors, RunConfig) of every run: each schedule x seed, one training budget."""
+    s = sizes(profile)
+    budget = {**s, "steps": s["cascade_steps"]}
+    out = []
+    for label, p in taper_plans(profile).items():
+        c = p.config
+        desc = {"schedule": c.schedule, "label": label, "r": c.r if c.schedule != "uniform" else 1.0,
+                "alpha": c.alpha, "step_at": c.step_at, "depth_B": c.B}
+        overrides = p.model_overrides()
+        overrides.pop("n_blocks")
+        for seed in s["seeds"]:
+            if c.schedule == "uniform":  # the plain config: shared with other studies' runs
+                cfg = gpt_run(budget, n_blocks=c.B, seed=seed)
+            else:
+                cfg = gpt_run(budget, n_blocks=c.B, seed=seed, **overrides)
+            out.append((desc, cfg))
+    return out
+
+
+# ---- the verdict rules (shared with figures/efficiency_cascade.py) -----------------------------
+
+def _finite(*values) -> bool:
+    return all(v is not None and np.isfinite(float(v)) for v in values)
+
+
+def is_comparable(row) -> bool:
+    """Perplexity no more than ``PPL_TOLERANCE_PCT`` % above uniform at the upper 95 % bound."""
+    return _finite(row["ppl_gap_pct_ci_high"]) and row["ppl_gap_pct_ci_high"] <= PPL_TOLERANCE_PCT
+
+
+def has_paper_speedup(row) -> bool:
+    """Median latency ratio <= 0.914 and median throughput ratio >= 1.094."""
+    return (_finite(row["latency_ratio"], row["throughput_ratio"])
+            and row["latency_ratio"] <= PAPER_LATENCY_RATIO and row["throughput_ratio"] >= PAPER_THROUGHPUT_RATIO)
+
+
+def has_speedup(row) -> bool:
+    """A measured speedup of any size: the IQR of the per-repeat latency ratio lies below 1, or
+    that of the throughput ratio above 1."""
+    return ((_finite(row["latency_ratio_q75"]) and row["latency_ratio_q75"] < 1)
+            or (_finite(row["throughput_ratio_q25"]) and row["throughput_ratio_q25"] > 1))
+
+
+def paper_match(row) -> str:
+    """``yes`` or ``no: <why>`` (the paper: comparable perplexity, latency -8.6 %, throughput +9.4 %)."""
+    if row["schedule"] == "uniform":
+        return "baseline"
+    why = []
+    if not is_comparable(row):
+        why.append(f"perplexity {row['ppl_gap_pct']:+.2f}% (upper bound {row['ppl_gap_pct_ci_high']:+.2f}% "
+                   f"> +{PPL_TOLERANCE_PCT:g}%)")
+    if not has_paper_speedup(row):
+        why.append(f"latency {100 * (row['latency_ratio'] - 1):+.1f}% (paper -8.6%), "
+                   f"throughput {100 * (row['throughput_ratio'] - 1):+.1f}% (paper +9.4%)")
+    return "yes" if not why else "no: " + "; ".join(why)
+
+
+# ---- measurement -------------------------------------------------------------------------------
+
+def summarize(runs: pd.DataFrame, timing: pd.DataFrame) -> pd.DataFrame:
+    """One row per schedule: loss/perplexity over seeds, paired gaps to uniform, cost ratios."""
+    base = runs[runs.schedule == "uniform"].set_index("seed")
+    tim = timing.set_index("model")
+    rows = []
+    for label, d in runs.groupby("label", sort=False):
+        d = d.set_index("seed")
+        seeds = sorted(set(d.index) & set(base.index))
+        first = d.iloc[0]
+        row = {"label": label, "schedule": first.schedule, "r": first.r, "n_seeds": len(d),
+               "params": int(first.params), "params_ratio": first.params / base["params"].iloc[0],
+               "flops_per_token": first.flops_per_token,
+               "flops_ratio": first.flops_per_token / base["flops_per_token"].iloc[0]}
+        for col in ("val_loss", "val_ppl"):
+            m, lo, hi = stats.mean_ci(d[col])
+            row.update({col: m, f"{col}_ci_low": lo, f"{col}_ci_high": hi})
+        gap = stats.paired_difference(d.loc[seeds, "val_loss"], base.loc[seeds, "val_loss"])
+        if len(seeds) < 2 and label != "uniform":  # one pair has no interval (mean_ci would collapse it)
+            gap["ci_low"] = gap["ci_high"] = float("nan")
+        row.update(loss_gap=gap["estimate"], loss_gap_ci_low=gap["ci_low"], loss_gap_ci_high=gap["ci_high"],
+                   loss_gap_p=gap["p"])
+        # the loss is log-perplexity: a loss gap g is a perplexity ratio exp(g)
+        for k in ("", "_ci_low", "_ci_high"):
+            row[f"ppl_gap_pct{k}"] = 100 * math.expm1(row[f"loss_gap{k}"])
+        t = tim.loc[label]
+        for col in ("latency_ms", "latency_ratio", "latency_ratio_q25", "latency_ratio_q75", "throughput_tok_s",
+                    "throughput_ratio", "throughput_ratio_q25", "throughput_ratio_q75"):
+            row[col] = float(t[col])
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out["comparable"] = [is_comparable(r) for _, r in out.iterrows()]
+    out["speedup"] = [has_speedup(r) for _, r in out.iterrows()]
+    out["matches_paper"] = [paper_match(r) for _, r in out.iterrows()]
+    return out
+
+
+def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
+    ctx = ctx or Context(profile)
+    started = time.time()
+    s = sizes(ctx.profile)
+    plans = taper_plans(ctx.profile)
+    todo = configs(ctx.profile)
+    results = run_many([c for _, c in todo], ctx, desc=NAME)
+
+    rows, timed = [], {}
+    batches = heldout_batches(results[0], s["cascade_eval_batches"], s["cascade_eval_batch_size"])
+    for (desc, cfg), res in zip(todo, results):
+        p = plans[desc["label"]]
+        model = res.model
+        loss = importance.evaluate(model, batches)  # the same held-out tokens for every model
+        rows.append({"run_id": res.run_dir.name, "seed": cfg.train.seed, **desc,
+                     "params": sum(q.numel() for q in model.parameters()), "params_analytic": p.params(),
+                     "flops_per_token": p.flops_per_token(), "val_loss": loss, "val_ppl": math.exp(loss),
+                     "steps": cfg.train.steps, "batch_size": cfg.train.batch_size,
+                     "tokens": cfg.train.steps * cfg.train.batch_size * cfg.model.block_size,
+                     "optimizer": cfg.train.optimizer, "lr": cfg.train.lr, "quantum": p.config.quantum,
+                     "head_dim": p.head_dim, "n_head": ",".join(map(str, p.n_head)),
+                     "d_ff": ",".join(map(str, p.d_ff))})
+        timed.setdefault(desc["label"], model)  # first seed of each schedule
+    runs = pd.DataFrame(rows)
+
+    # A/A control: a copy of the uniform model timed like the others; its ratios (ideally 1) show
+    # the timing noise and any position bias of the interleaving
+    timed[AA_CONTROL] = copy.deepcopy(timed["uniform"])
+    tcfg = TimingConfig(context=s["block_size"], **s["cascade_timing"])
+    times = time_models(timed, results[0].config.model.vocab_size, tcfg)
+    tsum = timing_summary(times, baseline="uniform")
+    aa = tsum.set_index("model").loc[AA_CONTROL]
+    summary = summarize(runs, tsum)
+    widths = pd.DataFrame([{"label": label, "schedule": p.config.schedule, "r": p.config.r, **r}
+                           for label, p in plans.items() for r in p.rows()])
+    meta = stamp(ctx, results, NAME, started, timing={**s["cascade_timing"], "context": s["block_size"],
+                                                      "threads": int(times["threads"].iloc[0])},
+                 paper={"latency_ratio": PAPER_LATENCY_RATIO, "throughput_ratio": PAPER_THROUGHPUT_RATIO},
+                 ppl_tolerance_pct=PPL_TOLERANCE_PCT, depth_B=s["cascade_depth"], steps=s["cascade_steps"],
+                 aa_control={k: float(aa[k]) for k in ("latency_ratio", "latency_ratio_q25", "latency_ratio_q75",
+                                                       "throughput_ratio", "throughput_ratio_q25",
+                                                       "throughput_ratio_q75")})
+    write_study(ctx, NAME, {"runs": runs, "schedules": widths, "timing": times, "timing_summary": tsum,
+                            "summary": summary}, meta)
+    runs.attrs["summary"] = summary
+    return runs
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_for(run, NAME))

@@ -1,0 +1,169 @@
+"""CascadeFormer: the study's smoke profile, the timing summary, `gfa bench taper`, T1, F8 panels, C8."""
+import json
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+from experiments import cascadeformer as cf
+from experiments.common import Context, load_study
+from experiments.profiles import sizes
+from gfa_theory.bench_taper import timing_summary
+from gfa_theory.cli import main as gfa
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture(scope="module")
+def study(smoke_root):
+    ctx = Context("smoke", smoke_root, jobs=1, progress=False)
+    runs = cf.run(ctx=ctx)
+    return ctx, runs
+
+
+def test_smoke_study_columns_values_and_files(study):
+    ctx, runs = study
+    s = sizes("smoke")
+    labels = [cf.schedule_label(spec) for spec in s["cascade_schedules"]]
+    assert {"run_id", "seed", "schedule", "label", "r", "params", "params_analytic", "flops_per_token",
+            "val_loss", "val_ppl", "steps", "tokens", "n_head", "d_ff"} <= set(runs.columns)
+    assert len(runs) == len(labels) * len(s["seeds"])
+    for c in ("val_loss", "val_ppl", "params", "flops_per_token"):
+        assert np.isfinite(runs[c].to_numpy(float)).all(), c
+    np.testing.assert_allclose(runs["val_ppl"], np.exp(runs["val_loss"]))
+    # the analytic parameter count is the built model's, and every model has the same budget
+    assert (runs["params"] == runs["params_analytic"]).all()
+    assert runs[["steps", "batch_size", "tokens", "optimizer", "lr"]].drop_duplicates().shape[0] == 1
+    assert runs.groupby("label")["params"].first()["uniform"] == runs["params"].max()
+
+    summary = runs.attrs["summary"]
+    assert summary["label"].tolist() == labels
+    for c in ("ppl_gap_pct", "ppl_gap_pct_ci_high", "latency_ratio", "throughput_ratio", "flops_ratio",
+              "latency_ratio_q25", "throughput_ratio_q75", "val_ppl_ci_low"):
+        assert np.isfinite(summary[c].to_numpy(float)).all(), c
+    uni = summary.set_index("label").loc["uniform"]
+    assert uni.latency_ratio == 1 and uni.throughput_ratio == 1 and uni.loss_gap == 0
+    assert (summary.loc[summary.schedule != "uniform", "flops_ratio"] < 1).all()
+    assert (summary.latency_ratio > 0).all() and (summary.throughput_ratio > 0).all()
+    assert set(summary["matches_paper"].str.split(":").str[0]) <= {"yes", "no", "baseline"}
+
+    tables = load_study(ctx, cf.NAME)
+    assert {"runs", "summary", "timing", "timing_summary", "schedules"} <= set(tables)
+    timing = tables["timing"]
+    assert set(timing["mode"]) == {"latency", "throughput"} and (timing["threads"] == 1).all()
+    assert timing.groupby(["model", "mode"]).size().eq(s["cascade_timing"]["repeats"]).all()
+    widths = tables["schedules"]
+    assert (widths.groupby("label").size() == s["cascade_depth"]).all()
+    assert (widths["d_ff"] % s["cascade_quantum"] == 0).all()
+    assert cf.AA_CONTROL in set(tables["timing_summary"]["model"])  # timed, but not a schedule
+    assert cf.AA_CONTROL not in set(summary["label"])
+    meta = json.loads((ctx.study_dir(cf.NAME) / "meta.json").read_text())
+    assert meta["timing"]["threads"] == 1 and meta["seeds"] == s["seeds"] and meta["data_sha256"]
+    assert meta["aa_control"]["latency_ratio"] > 0 and meta["aa_control"]["throughput_ratio"] > 0
+
+
+def test_timing_summary_pairs_repeats_against_the_baseline():
+    # repeat r: uniform takes 2 s, the tapered model 1 s (latency) / 4 s (throughput)
+    rows = []
+    for r, drift in enumerate((1.0, 3.0, 1.5)):  # machine drift hits both models of a repeat alike
+        rows += [{"model": "uniform", "mode": m, "repeat": r, "seconds": 2 * drift, "tokens_per_s": 8 / (2 * drift),
+                  "threads": 1} for m in ("latency", "throughput")]
+        rows += [{"model": "tapered", "mode": "latency", "repeat": r, "seconds": 1 * drift,
+                  "tokens_per_s": 8 / drift, "threads": 1},
+                 {"model": "tapered", "mode": "throughput", "repeat": r, "seconds": 4 * drift,
+                  "tokens_per_s": 8 / (4 * drift), "threads": 1}]
+    s = timing_summary(pd.DataFrame(rows)).set_index("model")
+    assert s.loc["tapered", "latency_ratio"] == pytest.approx(0.5)
+    assert s.loc["tapered", "latency_ratio_q25"] == s.loc["tapered", "latency_ratio_q75"] == pytest.approx(0.5)
+    assert s.loc["tapered", "throughput_ratio"] == pytest.approx(0.5)
+    assert s.loc["uniform", "latency_ratio"] == 1.0
+    assert s.loc["uniform", "latency_ms"] == pytest.approx(3000.0)  # median of 2, 6, 3 s
+
+
+def test_bench_taper_json_and_text(capsys):
+    small = ["--repeats", "2", "--warmup", "1", "--batch", "2", "--context", "8", "--blocks", "3"]
+    assert gfa(["bench", "taper", "--format", "json", *small]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["latency_ratio"] > 0 and result["throughput_ratio"] > 0
+    assert result["repeats"] == 2 and result["threads"] == 1 and result["blocks"] == 3
+    assert result["params_tapered"] < result["params_uniform"] and 0 < result["flops_ratio"] < 1
+    assert len(result["n_head"].split(",")) == 3
+    assert gfa(["bench", "taper", *small, "--schedule", "fanin"]) == 0
+    out = capsys.readouterr().out
+    assert "latency_ratio: " in out and "throughput_ratio: " in out and "schedule: fanin" in out
+
+
+@pytest.mark.parametrize("args,message", [(["--r", "1.5"], "taper strength"),
+                                          (["--warmup", "-1"], "warmup")], ids=["bad-r", "bad-warmup"])
+def test_bench_taper_user_errors_are_one_line(capsys, args, message):
+    assert gfa(["bench", "taper", "--repeats", "1", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gfa: error: ") and message in err[0]
+
+
+def test_t1_and_f8_panels(study):
+    from figures import efficiency_cascade as ec
+
+    ctx, _ = study
+    tables = {cf.NAME: load_study(ctx, cf.NAME)}
+    t1 = ec.t1(tables)
+    labels = [cf.schedule_label(s) for s in sizes("smoke")["cascade_schedules"]]
+    assert t1["schedule"].tolist() == labels + ["A/A control (uniform copy)"]
+    assert {"params", "FLOPs/token", "perplexity [CI95]", "loss gap vs uniform [paired CI95]",
+            "latency ratio [IQR]", "throughput ratio [IQR]", "matches paper"} <= set(t1.columns)
+    assert t1.set_index("schedule").loc["uniform", "matches paper"] == "baseline"
+    assert "%" not in t1.to_csv()  # a bare % would comment out the rest of a LaTeX row
+    for plot in (ec.plot_cascade_tradeoff, ec.plot_cascade_speed):
+        ax = plot(tables)
+        assert ax.has_data()
+        assert not plot({}).axison  # a missing study draws a note, not an error
+    text, verdict = ec.measure_c8(tables)
+    assert verdict in (ec.HOLDS, ec.MIXED, ec.FAILS, ec.UNDEFINED) and "tapered schedules" in text
+
+
+def test_register_adds_t1_f8_and_c8():
+    from figures import efficiency_cascade as ec
+    from figures.make_all import Output
+    from figures.report import CLAIMS
+
+    outputs = {"F8": Output("F8", "figure", "full F8", ("cascadeformer", "pruning"), lambda t: None)}
+    ec.register(outputs, Output)
+    assert outputs["T1"].studies == (cf.NAME,) and outputs["F8"].title == "full F8"  # an existing F8 is kept
+    fresh: dict = {}
+    ec.register(fresh, Output)
+    assert fresh["F8"].build is ec.f8_cascade
+    assert [c.key for c in CLAIMS].count("C8") == 1
+
+
+def _row(label, ppl, ppl_hi, lat, thr, lat_q75=None, thr_q25=None):
+    return {"label": label, "schedule": label.split()[0], "ppl_gap_pct": ppl, "ppl_gap_pct_ci_low": ppl - 1.0,
+            "ppl_gap_pct_ci_high": ppl_hi, "latency_ratio": lat, "latency_ratio_q25": lat - 0.01,
+            "latency_ratio_q75": lat + 0.01 if lat_q75 is None else lat_q75, "throughput_ratio": thr,
+            "throughput_ratio_q25": thr - 0.01 if thr_q25 is None else thr_q25, "throughput_ratio_q75": thr + 0.01,
+            "params_ratio": 0.8, "flops_ratio": 0.8}
+
+
+UNIFORM = _row("uniform", 0.0, 0.0, 1.0, 1.0, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("rows,expected", [
+    # comparable (upper bound +1.5 % <= +2 %) and the paper's speedups: holds
+    ([_row("linear r=0.5", 0.5, 1.5, 0.90, 1.12), _row("fanin r=0.25", 6.0, 8.0, 0.80, 1.30)], "holds"),
+    # comparable and measurably faster, but less than the paper: mixed
+    ([_row("linear r=0.75", 0.2, 1.9, 0.96, 1.05)], "mixed"),
+    # the paper's speedups only where perplexity is worse than the margin: does not hold
+    ([_row("fanin r=0.25", 4.0, 5.0, 0.85, 1.20), _row("linear r=0.75", 0.0, 1.0, 1.00, 1.00, 1.02, 0.98)],
+     "does not hold"),
+    # point estimate within the margin but the interval reaches past it: not comparable
+    ([_row("linear r=0.5", 1.0, 2.5, 0.90, 1.12)], "does not hold"),
+    # no interval (one seed): inconclusive
+    ([_row("linear r=0.5", 0.5, float("nan"), 0.90, 1.12)], "inconclusive"),
+], ids=["holds", "mixed-smaller-speedup", "fails-speed-costs-perplexity", "fails-wide-interval", "undefined"])
+def test_c8_verdict_rule(rows, expected):
+    from figures import efficiency_cascade as ec
+
+    text, verdict = ec.c8_verdict(pd.DataFrame([UNIFORM, *rows]))
+    assert verdict.startswith(expected), (verdict, text)
+    if expected == "holds":
+        assert "best: linear r=0.5" in text and "1 also match" in text
