@@ -33,6 +33,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
 GRADIENTS_FILE = "gradients.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
+SNAPSHOT_DIR = "snapshots"  # model weights at each checkpoint step: step-<s>.pt
 DONE_FILE = "DONE"
 
 
@@ -159,3 +160,9 @@ def get_or_train(cfg, root: str | os.PathLike | None = None, progress: bool = Fa
     from .training import train  # noqa: PLC0415
 
     return train(cfg, root, resume=True, progress=progress, **kwargs)
+
+
+def snapshots(path: str | os.PathLike) -> dict[int, Path]:
+    """``{step: file}`` of the model-weight snapshots a run kept at its checkpoint steps."""
+    d = Path(path) / SNAPSHOT_DIR
+    return {int(p.stem.split("-")[1]): p for p in sorted(d.glob("step-*.pt"))} if d.is_dir() else {}

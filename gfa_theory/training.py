@@ -43,7 +43,7 @@ from .config import _merge, apply_overrides, config_hash, from_dict, load_json, 
 from .data import BatchSampler, DataConfig, Dataset, TextData, eval_batches, load_data
 from .errors import ConfigError, TrainingError
 from .models import MODELS, build_model
-from .runs import (CHECKPOINT_FILE, CONFIG_FILE, DONE_FILE, GRADIENTS_FILE, METRICS_FILE,
+from .runs import (CHECKPOINT_FILE, CONFIG_FILE, SNAPSHOT_DIR, DONE_FILE, GRADIENTS_FILE, METRICS_FILE,
                    load_run, results_root, save_torch_atomic, write_csv_atomic, write_json_atomic,
                    write_text_atomic)
 from .tracking import GradientTracker, UnitNorms, equalize_gradients_
@@ -565,6 +565,10 @@ def _train(cfg: RunConfig, data: Dataset, key: str, rdir: Path, resume: bool, pr
         if world.main:
             state.update(run_id=key, metrics=rows)
             save_torch_atomic(ckpt_path, state)
+            # model weights at every checkpoint step, kept (small): rank stability across
+            # training checkpoints is measured on these (pruning study)
+            save_torch_atomic(rdir / SNAPSHOT_DIR / f"step-{trainer.step}.pt",
+                              {"step": trainer.step, "model": trainer.raw_model.state_dict()})
             write_csv_atomic(rdir / METRICS_FILE, pd.DataFrame(rows, columns=METRIC_COLUMNS))
         world.barrier()
 
