@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -181,6 +180,42 @@ def heldout_batches(run: RunResult, n_batches: int, batch_size: int = 32, seed: 
     data = load_data(cfg.data)
     seq = cfg.model.block_size if cfg.model_name == "gpt" else None
     return list(eval_batches(data, "val", batch_size, n_batches, seq_len=seq, seed=seed))
+
+
+def ablation_units(plan, results: Sequence[RunResult], s: dict) -> pd.DataFrame:
+    """Block unit tables of ``results`` with held-out ablation importance and validation loss."""
+    from gfa_theory import importance
+
+    frames = []
+    for (desc, _), res in zip(plan, results):
+        units = unit_table(res, "block", **desc)
+        batches = heldout_batches(res, s["importance_batches"], s["importance_batch_size"])
+        abl = importance.ablation(res.model, batches).set_index("unit")["score"]
+        units["imp_ablation"] = units["unit"].map(abl)
+        units["val_loss"] = importance.evaluate(res.model, batches)
+        frames.append(units)
+    return pd.concat(frames, ignore_index=True)
+
+
+def summary_row(test: str, values, method: str = "mean over seeds, t-interval") -> dict:
+    """A tidy summary row holding the mean of ``values`` with its t-interval."""
+    from gfa_theory.stats import mean_ci
+
+    values = list(values)
+    m, lo, hi = mean_ci(values)
+    return {"test": test, "estimate": m, "ci_low": lo, "ci_high": hi, "p": np.nan, "r2": np.nan,
+            "n": len(values), "n_groups": len(values), "method": method}
+
+
+SUMMARY_COLUMNS = ["test", "estimate", "ci_low", "ci_high", "p", "r2", "n", "n_groups", "method"]
+
+
+def finish(ctx: Context, name: str, units: pd.DataFrame, summary: pd.DataFrame, results, started: float,
+           **tables: pd.DataFrame) -> pd.DataFrame:
+    """Write a study's tables with its stamp; return the unit table with the summary attached."""
+    write_study(ctx, name, {"units": units, **tables, "summary": summary}, stamp(ctx, results, name, started))
+    units.attrs["summary"] = summary
+    return units
 
 
 # ---- writing ----------------------------------------------------------------------------------

@@ -27,9 +27,9 @@ import time
 import numpy as np
 import pandas as pd
 
-from gfa_theory import importance, stats
+from gfa_theory import stats
 
-from .common import Context, gpt_run, heldout_batches, main_for, run_many, stamp, unit_table, write_study
+from .common import Context, ablation_units, finish, gpt_run, main_for, run_many, summary_row, SUMMARY_COLUMNS
 from .profiles import sizes
 
 NAME = "equalization"
@@ -71,14 +71,10 @@ def summarize(shares: pd.DataFrame) -> pd.DataFrame:
         seeds = sorted(set(base.index) & set(eq.index))
         for col in ("late_half_share", "last_block_share", "val_loss"):
             for name, frame in (("baseline", base), ("equalized", eq)):
-                m, lo, hi = stats.mean_ci(frame.loc[seeds, col])
-                rows.append({"test": f"{opt}: {col} ({name})", "estimate": m, "ci_low": lo, "ci_high": hi,
-                             "p": np.nan, "r2": np.nan, "n": len(seeds), "n_groups": len(seeds),
-                             "method": "mean over seeds, t-interval"})
+                rows.append(summary_row(f"{opt}: {col} ({name})", frame.loc[seeds, col]))
             rows.append(stats.paired_difference(eq.loc[seeds, col], base.loc[seeds, col],
                                                 test=f"{opt}: {col} equalized - baseline"))
-    out = pd.DataFrame(rows)
-    return out[["test", "estimate", "ci_low", "ci_high", "p", "r2", "n", "n_groups", "method"]]
+    return pd.DataFrame(rows)[SUMMARY_COLUMNS]
 
 
 def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
@@ -87,21 +83,10 @@ def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
     s = sizes(ctx.profile)
     plan = configs(ctx.profile)
     results = run_many([c for _, c in plan], ctx, desc=NAME)
-    frames = []
-    for (desc, _), res in zip(plan, results):
-        units = unit_table(res, "block", **desc)
-        batches = heldout_batches(res, s["importance_batches"], s["importance_batch_size"])
-        abl = importance.ablation(res.model, batches).set_index("unit")["score"]
-        units["imp_ablation"] = units["unit"].map(abl)
-        units["val_loss"] = importance.evaluate(res.model, batches)
-        frames.append(units)
-    units = pd.concat(frames, ignore_index=True)
+    units = ablation_units(plan, results, s)
     shares = late_shares(units)
     summary = summarize(shares)
-    write_study(ctx, NAME, {"units": units, "shares": shares, "summary": summary},
-                stamp(ctx, results, NAME, started))
-    units.attrs["summary"] = summary
-    return units
+    return finish(ctx, NAME, units, summary, results, started, shares=shares)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ import pandas as pd
 from gfa_theory import stats
 from gfa_theory.layout import Layout
 
-from .common import Context, block_fan_in, gpt_run, main_for, resnet_run, run_many, stamp, unit_table, write_study
+from .common import (SUMMARY_COLUMNS, Context, block_fan_in, finish, gpt_run, main_for, resnet_run, run_many,
+                     unit_table)
 from .profiles import sizes
 
 NAME = "fanin_vs_gradients"
@@ -81,8 +82,7 @@ def summarize(units: pd.DataFrame) -> pd.DataFrame:
         if "A_stream" in d:
             rows.append(stats.per_run_correlation(d, "F", "A_stream",
                                                   test=f"{tag}: per-run Spearman A_stream vs F"))
-    out = pd.DataFrame(rows)
-    return out[["test", "estimate", "ci_low", "ci_high", "p", "r2", "n", "n_groups", "method"]]
+    return pd.DataFrame(rows)[SUMMARY_COLUMNS]
 
 
 def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
@@ -98,10 +98,7 @@ def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
     summary = summarize(units)
     branch = pd.concat([unit_table(res, "branch", **desc) for (desc, _), res in zip(plan, results)
                         if desc["family"] == "transformer"], ignore_index=True)
-    write_study(ctx, NAME, {"units": units, "branch_units": branch, "summary": summary},
-                stamp(ctx, results, NAME, started))
-    units.attrs["summary"] = summary
-    return units
+    return finish(ctx, NAME, units, summary, results, started, branch_units=branch)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import pandas as pd
 from gfa_theory import importance, stats
 
 from . import fanin_vs_gradients
-from .common import Context, heldout_batches, main_for, run_many, stamp, unit_table, write_study
+from .common import SUMMARY_COLUMNS, Context, finish, heldout_batches, main_for, run_many, unit_table
 from .profiles import sizes
 
 NAME = "gradients_vs_importance"
@@ -72,8 +72,7 @@ def summarize(units: pd.DataFrame) -> pd.DataFrame:
             for kind in ("spearman", "kendall"):
                 rows.append(stats.per_run_correlation(d, "A", col, kind=kind,
                                                       test=f"{family}: per-run {kind} {m} vs A"))
-    out = pd.DataFrame(rows)
-    return out[["test", "estimate", "ci_low", "ci_high", "p", "r2", "n", "n_groups", "method"]]
+    return pd.DataFrame(rows)[SUMMARY_COLUMNS]
 
 
 def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
@@ -87,9 +86,7 @@ def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
               for (desc, _), res in tqdm(list(zip(plan, results)), desc="importance", disable=not ctx.progress)]
     units = pd.concat(frames, ignore_index=True)
     summary = summarize(units)
-    write_study(ctx, NAME, {"units": units, "summary": summary}, stamp(ctx, results, NAME, started))
-    units.attrs["summary"] = summary
-    return units
+    return finish(ctx, NAME, units, summary, results, started)
 
 
 if __name__ == "__main__":

@@ -29,9 +29,9 @@ import time
 import numpy as np
 import pandas as pd
 
-from gfa_theory import importance, stats
+from gfa_theory import stats
 
-from .common import Context, gpt_run, heldout_batches, main_for, run_many, stamp, unit_table, write_study
+from .common import Context, ablation_units, finish, gpt_run, main_for, run_many, summary_row, SUMMARY_COLUMNS
 from .profiles import sizes
 
 NAME = "repetition"
@@ -74,9 +74,7 @@ def summarize(groups: pd.DataFrame, controls: list[int], repeats: list[int]) -> 
     by = {v: d.set_index("seed") for v, d in groups.groupby("variant")}
     for v, d in by.items():
         for col in ("last_share", "last_F_share", "last_A_share", "last_importance", "val_loss"):
-            m, lo, hi = stats.mean_ci(d[col])
-            rows.append({"test": f"{v}: {col}", "estimate": m, "ci_low": lo, "ci_high": hi, "p": np.nan,
-                         "r2": np.nan, "n": len(d), "n_groups": len(d), "method": "mean over seeds, t-interval"})
+            rows.append(summary_row(f"{v}: {col}", d[col]))
     base = by["baseline"]
     for r in repeats:
         rep = by[f"repeat r={r}"]
@@ -91,8 +89,7 @@ def summarize(groups: pd.DataFrame, controls: list[int], repeats: list[int]) -> 
             for col in ("last_share", "last_importance", "val_loss"):
                 rows.append(stats.paired_difference(rep.loc[seeds, col], ctl.loc[seeds, col],
                                                     test=f"repeat r={r} - control +{c}: {col}"))
-    out = pd.DataFrame(rows)
-    return out[["test", "estimate", "ci_low", "ci_high", "p", "r2", "n", "n_groups", "method"]]
+    return pd.DataFrame(rows)[SUMMARY_COLUMNS]
 
 
 def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
@@ -101,21 +98,10 @@ def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
     s = sizes(ctx.profile)
     plan = configs(ctx.profile)
     results = run_many([c for _, c in plan], ctx, desc=NAME)
-    frames = []
-    for (desc, _), res in zip(plan, results):
-        units = unit_table(res, "block", **desc)
-        batches = heldout_batches(res, s["importance_batches"], s["importance_batch_size"])
-        abl = importance.ablation(res.model, batches).set_index("unit")["score"]
-        units["imp_ablation"] = units["unit"].map(abl)
-        units["val_loss"] = importance.evaluate(res.model, batches)
-        frames.append(units)
-    units = pd.concat(frames, ignore_index=True)
+    units = ablation_units(plan, results, s)
     groups = last_group(units)
     summary = summarize(groups, s["controls"], s["repeats"])
-    write_study(ctx, NAME, {"units": units, "last_group": groups, "summary": summary},
-                stamp(ctx, results, NAME, started))
-    units.attrs["summary"] = summary
-    return units
+    return finish(ctx, NAME, units, summary, results, started, last_group=groups)
 
 
 if __name__ == "__main__":

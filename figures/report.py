@@ -14,7 +14,6 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from gfa_theory import __version__
 from gfa_theory.layout import Layout
 from gfa_theory.paths import count_paths
 from gfa_theory.symbolic import analyze, closed_form_profile
