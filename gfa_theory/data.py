@@ -39,8 +39,9 @@ class DataConfig:
 
     ``dataset``: "text" (Transformer), "digits" or "cifar10" (ResNet). ``text_file``: a UTF-8
     file for "text" (None: the CPython docs corpus). ``data_dir``: the folder that holds
-    ``cifar-10-batches-py/`` for "cifar10". ``split_seed`` fixes the image train/validation
-    split independently of the training seed, so every seed is scored on the same held-out set.
+    ``cifar-10-batches-py/`` for "cifar10". ``split_seed`` fixes the digits train/validation
+    split and the text evaluation windows independently of the training seed, so every seed is
+    scored on the same held-out data.
     """
 
     dataset: Literal["text", "digits", "cifar10"] = "text"

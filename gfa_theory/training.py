@@ -281,7 +281,8 @@ def _device(tc: TrainConfig, world: World) -> torch.device:
             raise ConfigError(f"train.device={tc.device!r} but no CUDA device is available")
         if world.size > 1:
             dev = torch.device("cuda", world.local_rank)
-        torch.cuda.set_device(dev)
+        if dev.index is not None:
+            torch.cuda.set_device(dev)
     return dev
 
 
@@ -485,7 +486,7 @@ def _run_lock(path: Path, enabled: bool):
         yield
         return
     path.mkdir(parents=True, exist_ok=True)
-    with open(path / ".lock", "w") as fh:
+    with open(path / ".lock", "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -514,9 +515,11 @@ def train(cfg: RunConfig, out_root: str | os.PathLike | None = None, resume: boo
         resolved, data = resolve(cfg)
         key = run_key(resolved, hooks)
         rdir = results_root(out_root) / key
+        if resume and (rdir / DONE_FILE).is_file():  # finished: read back, no lock (read-only is fine)
+            return _loaded(rdir, trained=False)
         with _run_lock(rdir, world.main):
             world.barrier()
-            if resume and (rdir / DONE_FILE).is_file():
+            if resume and (rdir / DONE_FILE).is_file():  # finished while we waited for the lock
                 return _loaded(rdir, trained=False)
             world.barrier()  # every rank has looked before rank 0 may remove DONE below
             return _train(resolved, data, key, rdir, resume, progress, hooks, world)
@@ -545,7 +548,7 @@ def _train(cfg: RunConfig, data: Dataset, key: str, rdir: Path, resume: bool, pr
         for name in (DONE_FILE, CHECKPOINT_FILE, METRICS_FILE, GRADIENTS_FILE):
             (rdir / name).unlink(missing_ok=True)
     if world.main:  # temporary files of a writer that was killed mid-write
-        for tmp in rdir.glob(".*.tmp"):
+        for tmp in rdir.rglob(".*.tmp"):
             tmp.unlink(missing_ok=True)
     n_params = sum(p.numel() for p in trainer.raw_model.parameters())
     info = _run_info(key, cfg, data, hooks, world, n_params)
