@@ -67,3 +67,24 @@ _CASCADE: dict[str, dict] = {
 }
 for _profile, _keys in _CASCADE.items():
     SIZES[_profile].update(_keys)
+
+# Pruning study (experiments/pruning.py): reuses study 1's single-head runs at these depths (they
+# must be among `depths` / `resnet_depths`). Calibration batches come from the training split
+# (batch size of the run), held-out batches from the validation split (ResNet: 0 = all of it);
+# healing is prune_heal_steps AdamW steps at prune_heal_lr.
+_PRUNE: dict[str, dict] = {
+    "smoke": dict(
+        prune_depths=[3], prune_resnet_depths=[[2, 2]], prune_calib_batches=1, prune_calib_subsets=2,
+        prune_random_draws=2, prune_heal_steps=2, prune_heal_lr=3e-4, prune_eval_batches=1,
+        prune_eval_batch_size=4, prune_resnet_eval_batches=1),
+    "default": dict(
+        prune_depths=[8], prune_resnet_depths=[[3, 3, 3]], prune_calib_batches=4, prune_calib_subsets=3,
+        prune_random_draws=3, prune_heal_steps=20, prune_heal_lr=3e-4, prune_eval_batches=8,
+        prune_eval_batch_size=16, prune_resnet_eval_batches=0),
+    "full": dict(
+        prune_depths=[12, 24], prune_resnet_depths=[[4, 4, 4]], prune_calib_batches=16, prune_calib_subsets=5,
+        prune_random_draws=10, prune_heal_steps=200, prune_heal_lr=1e-4, prune_eval_batches=32,
+        prune_eval_batch_size=64, prune_resnet_eval_batches=0),
+}
+for _profile, _keys in _PRUNE.items():
+    SIZES[_profile].update(_keys)

@@ -1,0 +1,536 @@
+"""Study 6 — CascadeFlow Pruning: is the accumulated training gradient a good, stable pruning signal?
+
+**Hypothesis (GFA).** A block's accumulated training gradient ``A = sum_t ||grad||`` follows its
+gradient fan-in and is associated with its post hoc importance (studies 1 and 2). If so, the
+blocks with the smallest ``A`` are the ones a network misses least: ranking blocks by ``A``
+("CascadeFlow") should prune as well as the post hoc heuristics, for free (``A`` is recorded
+during ordinary training: no calibration data, no extra forward or backward pass), and its
+ranking should be stable, because it integrates the whole of training rather than one snapshot of
+the weights scored on a few calibration batches.
+
+**Prediction (the paper's claim).** Removing the ``k`` blocks of smallest ``A`` gives a lower
+held-out perplexity than the standard heuristics (Block Influence, angular distance of a
+contiguous span, Taylor, weight magnitude, random, last-k), with a more stable layer ranking, and
+a competitive downstream accuracy. The greedy ablation oracle (SLEB-style) is the reference every
+method, CascadeFlow included, is expected to trail.
+
+**Method.** No new training: the single-head Transformer runs of study 1 at ``prune_depths``
+blocks and its digits ResNets at ``prune_resnet_depths`` (every profile seed) are read from the
+result cache. For every run and method, blocks are ranked (CascadeFlow by ``A`` and by the
+per-parameter ``A_rms``; the post hoc scorers on ``prune_calib_batches`` seeded batches of the
+*training* split; ``random`` averaged over ``prune_random_draws`` seeded draws) and the ``k``
+lowest physically removed, for ``k = 1 .. B/2`` (ResNet: half of the blocks with an identity
+shortcut; projection blocks cannot go). Each pruned model is scored on fixed held-out batches
+(the same for every method and seed: loss, perplexity = exp(loss), next-token accuracy or top-1),
+then healed by ``prune_heal_steps`` seeded AdamW steps on training batches and scored again.
+``k = 0`` (method ``none``) is the unpruned model, also healed, so the effect of healing alone is
+visible. Rank stability of each method's full layer ranking is Kendall tau (and the overlap of the
+``k`` lowest blocks, averaged over ``k = 1 .. K``) between
+
+* (a) **seeds**: the models of every pair of training seeds (same architecture);
+* (b) **calibration subsets**: ``prune_calib_subsets`` different calibration subsets, same model;
+  CascadeFlow, magnitude and last use no calibration data, so they are identical by construction
+  (tau = 1, flagged ``by_construction``): this is not evidence for them and no claim counts it;
+* (c) **checkpoints**: the ranking at each earlier training checkpoint against the final one:
+  CascadeFlow from ``A`` accumulated up to that step (the tracker's per-step ``grad_norm``
+  series), the post hoc methods on the model-weight snapshot of that step. ``A`` up to a step is a
+  prefix of the final sum, so part of its agreement is mechanical; read it as "would pruning early
+  pick the same blocks", which is the practical question.
+
+``random`` uses a fresh draw in every comparison (the chance floor, tau near 0); ``last`` is the
+same fixed order everywhere (tau = 1 by construction). Scoring cost is each method's extra
+forward / backward passes over calibration batches and its wall time (one CPU thread).
+
+**Reading the result.** ``results.csv``: one row per run, method, ``k`` and stage (``pruned`` /
+``healed``), random averaged over draws (``raw.csv`` keeps every draw). ``stability.csv``: one row
+per compared pair; ``stability_summary.csv`` its means per method and comparison. ``cost.csv``:
+scoring cost per method. ``comparisons.csv``: CascadeFlow (``A``) minus every other method, paired
+by seed (perplexity as the mean held-out loss over ``k``, accuracy at each ``k``) or by compared
+pair (Kendall tau), with t-intervals; the claims C9-C11 of the report apply their stated rules to
+these rows. ``summary.csv``: one row per model and method (means over ``k`` and seeds).
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import multiprocessing as mp
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats as sps
+
+from gfa_theory import pruning, stats
+from gfa_theory.data import load_data
+from gfa_theory.errors import ConfigError
+from gfa_theory.models import build_model
+from gfa_theory.runs import load_run, snapshots
+
+from . import fanin_vs_gradients
+from .common import Context, heldout_batches, main_for, run_many, stamp, write_study
+from .profiles import sizes
+
+NAME = "pruning"
+# study methods: label -> (gfa_theory.pruning method, gradient quantity)
+VARIANTS: dict[str, tuple[str, str]] = {
+    "cascadeflow": ("cascadeflow", "A"), "cascadeflow_rms": ("cascadeflow", "A_rms"),
+    "bi": ("bi", "A"), "angular": ("angular", "A"), "taylor": ("taylor", "A"),
+    "magnitude": ("magnitude", "A"), "random": ("random", "A"), "last": ("last", "A"),
+    "ablation": ("ablation", "A")}
+METHODS = tuple(VARIANTS)
+CASCADEFLOW = "cascadeflow"  # the variant the claims test (A, the paper's signal)
+HEURISTICS = ("bi", "angular", "taylor", "magnitude", "random", "last")  # what C9 must beat
+ORACLE = "ablation"  # reported, not a heuristic to beat
+# ranking does not read calibration data: identical across calibration subsets by construction
+CALIBRATION_FREE = ("cascadeflow", "cascadeflow_rms", "magnitude", "last")
+STAGES = ("pruned", "healed")
+CONTEXTS = ("seeds", "calibration", "checkpoints")
+CALIB_SEED, HEAL_SEED = 1000, 2000  # seeds of calibration subset j (CALIB_SEED + j) and healing batches
+
+
+# ---- rank-stability measures (pure) ---------------------------------------------------------
+
+def _positions(a: Sequence[str], b: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    if len(set(a)) != len(a) or set(a) != set(b) or len(a) != len(b):
+        raise ConfigError(f"rankings must order the same blocks once each: {list(a)} vs {list(b)}")
+    pos_b = {n: p for p, n in enumerate(b)}
+    return np.arange(len(a)), np.array([pos_b[n] for n in a])
+
+
+def kendall_tau(a: Sequence[str], b: Sequence[str]) -> float:
+    """Kendall tau between two orderings of the same blocks (1 identical, -1 reversed, NaN for
+    fewer than two blocks)."""
+    x, y = _positions(a, b)
+    if len(x) < 2:
+        return float("nan")
+    return float(sps.kendalltau(x, y).statistic)
+
+
+def top_k_overlap(a: Sequence[str], b: Sequence[str], k: int) -> float:
+    """Fraction of the ``k`` least important blocks (``order[:k]``, what pruning removes) the two
+    rankings share."""
+    _positions(a, b)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(a):
+        raise ConfigError(f"k must be an integer in 1..{len(a)}, got {k!r}")
+    return len(set(a[:k]) & set(b[:k])) / k
+
+
+def mean_overlap(a: Sequence[str], b: Sequence[str], K: int) -> float:
+    """:func:`top_k_overlap` averaged over ``k = 1 .. K`` (every pruning size of the study)."""
+    return float(np.mean([top_k_overlap(a, b, k) for k in range(1, K + 1)]))
+
+
+def gradients_until(gradients: pd.DataFrame, step: int) -> pd.DataFrame:
+    """Block totals ``A`` and ``A_rms`` accumulated over optimizer steps ``1 .. step``.
+
+    Built from the tracker's per-step series ``grad_norm`` (the mean of ``||g_t||`` over windows
+    of ``series_every`` steps, stamped with each window's last step): each window contributes its
+    mean times the number of its steps at or before ``step`` (exact at window ends; inside a window
+    the window mean stands in for the steps). The result has the tracker frame's columns, so
+    ``pruning.rank("cascadeflow", model, gradients=...)`` reads it like the final totals.
+    """
+    g = gradients[gradients["kind"] == "block"]
+    series = g[g["quantity"] == "grad_norm"].dropna(subset=["step"])
+    if series.empty:
+        raise ConfigError("the gradients frame has no per-step 'grad_norm' series of blocks (train with "
+                          "train.track=block or both)")
+    numel = g[(g["quantity"] == "numel") & g["step"].isna()].set_index("unit")["value"].astype(float)
+    last = int(series["step"].max())
+    if isinstance(step, bool) or not 1 <= int(step) <= last:
+        raise ConfigError(f"step must be in 1..{last} (the series' last step), got {step!r}")
+    rows = []
+    for unit, d in series.groupby("unit", sort=False):
+        d = d.sort_values("step")
+        ends = d["step"].to_numpy(dtype=np.int64)
+        starts = np.concatenate([[0], ends[:-1]])
+        covered = np.clip(int(step) - starts, 0, ends - starts)  # steps of each window up to `step`
+        A = float((d["value"].to_numpy(float) * covered).sum())
+        rows += [(unit, "block", "A", A), (unit, "block", "A_rms", A / math.sqrt(float(numel[unit])))]
+    out = pd.DataFrame(rows, columns=["unit", "kind", "quantity", "value"])
+    out["step"] = pd.array([pd.NA] * len(out), dtype="Int64")  # totals, like the tracker's
+    return out
+
+
+# ---- plan ----------------------------------------------------------------------------------------
+
+def _label(family: str, B: int) -> str:
+    return f"{family} B={B}"
+
+
+def configs(profile: str) -> list[tuple[dict, object]]:
+    """(descriptors, RunConfig) of the study-1 runs this study prunes: single-head Transformers at
+    ``prune_depths`` and ResNets at ``prune_resnet_depths``, every seed (the same configs, hence the
+    same cached runs, as :mod:`experiments.fanin_vs_gradients`)."""
+    s = sizes(profile)
+    depths, resnets = list(s["prune_depths"]), [list(b) for b in s["prune_resnet_depths"]]
+    bad = [B for B in depths if B not in s["depths"]] + [b for b in resnets if b not in s["resnet_depths"]]
+    if bad:
+        raise ConfigError(f"pruning reuses study 1's runs: {bad[0]} is not among its depths "
+                          f"({s['depths']}, {s['resnet_depths']})")
+    out = []
+    for desc, cfg in fanin_vs_gradients.configs(profile):
+        if desc["supervision"] != "final":
+            continue
+        keep = (desc["depth_B"] in depths if desc["family"] == "transformer"
+                else list(cfg.model.blocks_per_stage) in resnets)
+        if keep:
+            out.append(({"family": desc["family"], "depth_B": desc["depth_B"],
+                         "model": _label(desc["family"], desc["depth_B"])}, cfg))
+    return out
+
+
+def _random_seed(run_seed: int, draw: int, subset: int = 0, step: int = 0) -> int:
+    """A distinct, reproducible seed per (training seed, draw, calibration subset, checkpoint): a
+    random ranking is never reused across a comparison (it is the chance floor)."""
+    return int(np.random.SeedSequence([run_seed, draw, subset, step, 0x5EED]).generate_state(1)[0])
+
+
+# ---- one run --------------------------------------------------------------------------------------
+
+def _rank(variant: str, model, grads, batches, k: int | None = None, seed: int = 0) -> pruning.Ranking:
+    method, quantity = VARIANTS[variant]
+    return pruning.rank(method, model, gradients=grads if method == "cascadeflow" else None,
+                        batches=batches if method in pruning.NEEDS_BATCHES else None,
+                        k=k if method in ("angular", "ablation") else None, seed=seed, quantity=quantity)
+
+
+def _stability_rankings(model, grads, batches, K: int, run_seed: int, draws: int, subset: int,
+                        step: int, variants: Sequence[str]) -> list[dict]:
+    """Each method's full ranking of the removable blocks in one context (angular: its per-block
+    distances; ablation: the greedy order of ``K`` removals, then the last round's losses)."""
+    rows = []
+    for v in variants:
+        for d in range(draws if v == "random" else 1):
+            r = _rank(v, model, grads, batches, k=1 if v == "angular" else K,
+                      seed=_random_seed(run_seed, d, subset, step))
+            rows.append({"method": v, "draw": d, "subset": subset, "step": step, "order": ";".join(r.order)})
+    return rows
+
+
+def analyze_run(desc: dict, run_dir: str, profile: str) -> dict[str, list[dict]]:
+    """Everything the study measures on one run: rankings (for stability), scoring cost, and the
+    evaluations of every pruned (and healed) model. Rows of plain values (runs in worker processes)."""
+    s = sizes(profile)
+    cfg, model, _, grads = run = load_run(run_dir)
+    seed, steps = cfg.train.seed, cfg.train.steps
+    data = load_data(cfg.data)
+    text = cfg.model_name == "gpt"
+    heldout = heldout_batches(run, s["prune_eval_batches"] if text else s["prune_resnet_eval_batches"],
+                              s["prune_eval_batch_size"])
+    calib = [pruning.calibration_batches(cfg, data, s["prune_calib_batches"], seed=CALIB_SEED + j)
+             for j in range(s["prune_calib_subsets"])]
+    heal_batches = pruning.calibration_batches(cfg, data, s["prune_heal_steps"], seed=HEAL_SEED)
+    names = pruning.removable_blocks(model)
+    K = len(names) // 2
+    if K < 1:
+        raise ConfigError(f"{desc['model']} has {len(names)} removable block(s): nothing to prune")
+    base = {"run_id": Path(run_dir).name, "seed": seed, **desc, "n_removable": len(names), "K": K,
+            "heal_steps": s["prune_heal_steps"]}
+    draws = s["prune_random_draws"]
+
+    # -- rankings on the final model, calibration subset 0: what pruning uses; their cost
+    rankings, cost = [], []
+    removal: dict[tuple[str, int, int], list[str]] = {}  # (method, k, draw) -> blocks removed
+    for v in METHODS:
+        for d in range(draws if v == "random" else 1):
+            rseed = _random_seed(seed, d, 0, steps)
+            if v == "angular":  # one contiguous span per k; its full ranking: the per-block distances
+                for k in range(1, K + 1):
+                    r = _rank(v, model, grads, calib[0], k=k)
+                    removal[(v, k, d)] = r.lowest(k)
+                order = _rank(v, model, grads, calib[0], k=1).order
+            else:  # greedy ablation stops after K removals; every other order is k-independent
+                r = _rank(v, model, grads, calib[0], k=K, seed=rseed)
+                for k in range(1, K + 1):
+                    removal[(v, k, d)] = r.lowest(k)
+                order = r.order
+            rankings.append({**base, "context": "final", "method": v, "draw": d, "subset": 0, "step": steps,
+                             "order": ";".join(order)})
+            # the cost of ranking for the largest k (ablation: K greedy rounds; angular: K-spans)
+            cost.append({**base, "method": v, "draw": d, "forward_passes": r.cost.forward_passes,
+                         "backward_passes": r.cost.backward_passes, "seconds": r.cost.seconds,
+                         "calib_batches": len(calib[0]) if VARIANTS[v][0] in pruning.NEEDS_BATCHES else 0})
+
+    # -- (b) other calibration subsets, same model
+    for j in range(1, len(calib)):
+        for row in _stability_rankings(model, grads, calib[j], K, seed, draws, j, steps, METHODS):
+            rankings.append({**base, "context": "calibration", **row})
+
+    # -- (c) earlier checkpoints: A up to the step, post hoc scores on that step's weights
+    for step, path in snapshots(run_dir).items():
+        if step >= steps:
+            continue
+        snap = build_model(cfg.model_name, cfg.model)
+        snap.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
+        snap.eval()
+        for row in _stability_rankings(snap, gradients_until(grads, step), calib[0], K, seed, draws, 0, step,
+                                       METHODS):
+            rankings.append({**base, "context": "checkpoint", **row})
+
+    # -- prune, evaluate, heal, evaluate (a removal set shared by several methods is done once)
+    done: dict[tuple[str, ...], tuple] = {}
+
+    def measure(remove: list[str]) -> tuple:
+        key = tuple(sorted(remove))
+        if key not in done:
+            pruned = pruning.prune(model, remove) if remove else copy.deepcopy(model)
+            before = pruning.evaluate_model(pruned, heldout)
+            pruning.heal(pruned, heal_batches, s["prune_heal_steps"], s["prune_heal_lr"], seed=seed)
+            after = pruning.evaluate_model(pruned, heldout)
+            done[key] = (before, after, pruning.num_params(pruned))
+        return done[key]
+
+    evals = []
+    plan = [("none", 0, 0, [])] + [(v, k, d, removal[(v, k, d)]) for v in METHODS
+                                   for k in range(1, K + 1) for d in range(draws if v == "random" else 1)]
+    for v, k, d, remove in plan:
+        before, after, params = measure(remove)
+        for stage, e in zip(STAGES, (before, after)):
+            evals.append({**base, "method": v, "k": k, "draw": d, "removed": ";".join(remove), "stage": stage,
+                          "loss": e.loss, "perplexity": e.perplexity, "accuracy": e.accuracy, "count": e.count,
+                          "params": params})
+    return {"raw": evals, "rankings": rankings, "cost": cost}
+
+
+def _analyze_worker(desc: dict, run_dir: str, profile: str) -> dict[str, list[dict]]:
+    torch.set_num_threads(1)  # one core per run, as in training
+    return analyze_run(desc, run_dir, profile)
+
+
+def _analyze_all(plan: list[tuple[dict, object]], results, ctx: Context) -> dict[str, pd.DataFrame]:
+    from tqdm.auto import tqdm
+
+    tasks = [(desc, str(res.run_dir), ctx.profile) for (desc, _), res in zip(plan, results)]
+    parts: list[dict] = [None] * len(tasks)  # type: ignore[list-item]
+    jobs = min(ctx.jobs, len(tasks))
+    with tqdm(total=len(tasks), desc=f"{NAME}: score, prune, heal", disable=not ctx.progress,
+              dynamic_ncols=True) as bar:
+        if jobs <= 1:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # the same arithmetic as the worker processes
+            try:
+                for i, t in enumerate(tasks):
+                    parts[i] = analyze_run(*t)
+                    bar.update(1)
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+                futs = {pool.submit(_analyze_worker, *t): i for i, t in enumerate(tasks)}
+                for f in as_completed(futs):
+                    parts[futs[f]] = f.result()
+                    bar.update(1)
+    return {name: pd.DataFrame([row for p in parts for row in p[name]]) for name in ("raw", "rankings", "cost")}
+
+
+# ---- tables ----------------------------------------------------------------------------------------
+
+RUN_KEYS = ["model", "family", "depth_B", "run_id", "seed"]
+
+
+def aggregate_draws(raw: pd.DataFrame) -> pd.DataFrame:
+    """One row per run, method, k and stage: random's loss, perplexity and accuracy are the means
+    over its draws (the expected value under a random pick)."""
+    keys = RUN_KEYS + ["method", "k", "stage"]
+    agg = raw.groupby(keys, sort=False).agg(
+        loss=("loss", "mean"), perplexity=("perplexity", "mean"), accuracy=("accuracy", "mean"),
+        params=("params", "mean"), n_draws=("draw", "nunique"), removed=("removed", "first"),
+        heal_steps=("heal_steps", "first")).reset_index()
+    agg.loc[agg["n_draws"] > 1, "removed"] = ""  # several sets: see raw.csv
+    return agg
+
+
+def stability_pairs(rankings: pd.DataFrame) -> pd.DataFrame:
+    """Kendall tau and mean top-k overlap (k = 1..K) of every compared pair of rankings.
+
+    seeds: every pair of runs of one model (final rankings); calibration: every pair of
+    calibration subsets of one run; checkpoints: each earlier checkpoint of a run vs its final
+    ranking. Random compares draw ``d`` with draw ``d`` (different seeds), then averages draws.
+    """
+    rows = []
+    final = rankings[rankings["context"] == "final"]
+    for (model, method), d in final.groupby(["model", "method"], sort=False):
+        runs = d.groupby("draw")
+        for draw, dd in runs:
+            dd = dd.sort_values("seed")
+            for (_, a), (_, b) in itertools.combinations(dd.iterrows(), 2):
+                rows.append(_pair(a, b, "seeds", f"seed {a.seed} vs {b.seed}", method, draw))
+    calib = pd.concat([final, rankings[rankings["context"] == "calibration"]])
+    for (run_id, method, draw), d in calib.groupby(["run_id", "method", "draw"], sort=False):
+        d = d.sort_values("subset")
+        for (_, a), (_, b) in itertools.combinations(d.iterrows(), 2):
+            rows.append(_pair(a, b, "calibration", f"{run_id}: subset {a.subset} vs {b.subset}", method, draw))
+    ckpt = rankings[rankings["context"] == "checkpoint"]
+    ref = final.set_index(["run_id", "method", "draw"])
+    for _, a in ckpt.iterrows():
+        b = ref.loc[(a.run_id, a.method, a.draw)]
+        rows.append(_pair(a, b, "checkpoints", f"{a.run_id}: step {a.step} vs final", a.method, a.draw))
+    cols = ["model", "family", "depth_B", "method", "context", "pair", "draw", "tau", "overlap", "by_construction"]
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    per_draw = pd.DataFrame(rows)
+    keys = ["model", "family", "depth_B", "method", "context", "pair"]
+    out = per_draw.groupby(keys, sort=False).agg(tau=("tau", "mean"), overlap=("overlap", "mean"),
+                                                 n_draws=("draw", "nunique"),
+                                                 by_construction=("by_construction", "first")).reset_index()
+    return out
+
+
+def _pair(a: pd.Series, b: pd.Series, context: str, pair: str, method: str, draw: int) -> dict:
+    oa, ob = a["order"].split(";"), b["order"].split(";")
+    return {"model": a["model"], "family": a["family"], "depth_B": int(a["depth_B"]), "method": method,
+            "context": context, "pair": pair, "draw": int(draw), "tau": kendall_tau(oa, ob),
+            "overlap": mean_overlap(oa, ob, int(a["K"])),
+            # identical by construction: a fixed order, or no calibration data when only that varies
+            "by_construction": method == "last" or (context == "calibration" and method in CALIBRATION_FREE)}
+
+
+def stability_summary(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Mean, min and max of tau and overlap per model, method and comparison."""
+    if pairs.empty:
+        return pd.DataFrame(columns=["model", "method", "context", "tau_mean", "tau_min", "tau_max",
+                                     "overlap_mean", "n_pairs", "by_construction"])
+    g = pairs.groupby(["model", "family", "depth_B", "method", "context"], sort=False)
+    return g.agg(tau_mean=("tau", "mean"), tau_min=("tau", "min"), tau_max=("tau", "max"),
+                 overlap_mean=("overlap", "mean"), n_pairs=("pair", "nunique"),
+                 by_construction=("by_construction", "first")).reset_index()
+
+
+def _stat_row(test: str, diff: dict, **extra) -> dict:
+    if diff["n"] < 2:  # one pair has no interval (mean_ci would collapse it onto the estimate)
+        diff = {**diff, "ci_low": float("nan"), "ci_high": float("nan")}
+    return {"test": test, "estimate": diff["estimate"], "ci_low": diff["ci_low"], "ci_high": diff["ci_high"],
+            "p": diff["p"], "n": diff["n"], **extra}
+
+
+def comparisons(results: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    """CascadeFlow (``A``) minus every other method, with paired t-intervals (stats rows).
+
+    * ``loss``: per seed, the mean held-out loss (log-perplexity) over ``k = 1..K``, per stage;
+      negative = CascadeFlow prunes better.
+    * ``accuracy``: at each ``k`` and stage, per seed; and a ``best heuristic`` row per ``k``:
+      CascadeFlow minus the heuristic with the highest mean accuracy there.
+    * ``tau`` / ``overlap``: per compared pair, per comparison (seeds, calibration, checkpoints);
+      positive = CascadeFlow more stable. ``by_construction`` marks rows where either side is
+      identical by construction.
+    """
+    rows = []
+    pruned = results[results["k"] > 0]
+    for model, d in pruned.groupby("model", sort=False):
+        fam, B = d["family"].iloc[0], int(d["depth_B"].iloc[0])
+        info = {"model": model, "family": fam, "depth_B": B}
+        for stage in STAGES:
+            ds = d[d["stage"] == stage]
+            per_seed = ds.groupby(["method", "seed"])["loss"].mean().unstack("seed")
+            cf = per_seed.loc[CASCADEFLOW]
+            for m in METHODS:
+                if m == CASCADEFLOW or m not in per_seed.index:
+                    continue
+                seeds = cf.index[cf.notna() & per_seed.loc[m].notna()]
+                diff = stats.paired_difference(cf[seeds], per_seed.loc[m, seeds])
+                rows.append(_stat_row(f"{model} {stage}: mean loss over k, cascadeflow - {m}", diff, **info,
+                                      quantity="loss", stage=stage, context="", k=np.nan, method=m,
+                                      by_construction=False))
+            for k, dk in ds.groupby("k"):
+                acc = dk.pivot_table(index="method", columns="seed", values="accuracy")
+                cfa = acc.loc[CASCADEFLOW]
+                for m in METHODS:
+                    if m == CASCADEFLOW or m not in acc.index:
+                        continue
+                    diff = stats.paired_difference(cfa, acc.loc[m])
+                    rows.append(_stat_row(f"{model} {stage} k={k}: accuracy, cascadeflow - {m}", diff, **info,
+                                          quantity="accuracy", stage=stage, context="", k=int(k), method=m,
+                                          by_construction=False))
+                heur = acc.loc[[h for h in HEURISTICS if h in acc.index]]
+                best = heur.mean(axis=1).idxmax()
+                diff = stats.paired_difference(cfa, acc.loc[best])
+                rows.append(_stat_row(f"{model} {stage} k={k}: accuracy, cascadeflow - best heuristic ({best})",
+                                      diff, **info, quantity="accuracy_vs_best", stage=stage, context="", k=int(k),
+                                      method=best, by_construction=False))
+    for (model, context), d in pairs.groupby(["model", "context"], sort=False):
+        fam, B = d["family"].iloc[0], int(d["depth_B"].iloc[0])
+        for q in ("tau", "overlap"):
+            wide = d.pivot_table(index="pair", columns="method", values=q)
+            flags = d.groupby("method")["by_construction"].first()
+            if CASCADEFLOW not in wide:
+                continue
+            for m in METHODS:
+                if m == CASCADEFLOW or m not in wide:
+                    continue
+                ok = wide[[CASCADEFLOW, m]].dropna()
+                diff = stats.paired_difference(ok[CASCADEFLOW], ok[m])
+                rows.append(_stat_row(f"{model} {context}: {q}, cascadeflow - {m}", diff, model=model,
+                                      family=fam, depth_B=B, quantity=q, stage="", context=context, k=np.nan,
+                                      method=m, by_construction=bool(flags[CASCADEFLOW] or flags[m])))
+    cols = ["test", "model", "family", "depth_B", "quantity", "stage", "context", "k", "method", "estimate",
+            "ci_low", "ci_high", "p", "n", "by_construction"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def cost_table(cost: pd.DataFrame) -> pd.DataFrame:
+    """Scoring cost per model and method: extra passes over calibration batches and seconds
+    (mean over runs and random draws)."""
+    g = cost.groupby(["model", "family", "depth_B", "method"], sort=False)
+    out = g.agg(forward_passes=("forward_passes", "mean"), backward_passes=("backward_passes", "mean"),
+                calib_batches=("calib_batches", "first"), seconds=("seconds", "mean"),
+                seconds_max=("seconds", "max")).reset_index()
+    free = "training gradients (already recorded)"
+    needs = {"cascadeflow": free, "cascadeflow_rms": free, "magnitude": "weights", "random": "nothing",
+             "last": "nothing"}
+    out["needs"] = [needs.get(m, "calibration batches") for m in out["method"]]
+    return out
+
+
+def summarize(results: pd.DataFrame, stab: pd.DataFrame, cost: pd.DataFrame) -> pd.DataFrame:
+    """One row per model and method: means over k = 1..K and seeds (Transformer: perplexity;
+    ResNet: loss), accuracy, rank stability (mean tau) and scoring cost."""
+    pruned = results[results["k"] > 0]
+    rows = []
+    for (model, method), d in pruned.groupby(["model", "method"], sort=False):
+        text = d["family"].iloc[0] == "transformer"
+        metric = "perplexity" if text else "loss"
+        row = {"model": model, "method": method, "metric": metric}
+        for stage in STAGES:
+            ds = d[d["stage"] == stage]
+            row[stage] = ds[metric].mean()  # the metric's mean over k and seeds
+            row[f"{stage}_acc"] = ds["accuracy"].mean()
+        for context in CONTEXTS:
+            hit = stab[(stab["model"] == model) & (stab["method"] == method) & (stab["context"] == context)]
+            row[f"tau_{context}"] = float(hit["tau_mean"].iloc[0]) if len(hit) else float("nan")
+        c = cost[(cost["model"] == model) & (cost["method"] == method)]
+        row.update(fwd=float(c["forward_passes"].iloc[0]), bwd=float(c["backward_passes"].iloc[0]),
+                   seconds=float(c["seconds"].iloc[0]))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
+    ctx = ctx or Context(profile)
+    started = time.time()
+    s = sizes(ctx.profile)
+    plan = configs(ctx.profile)
+    results_runs = run_many([c for _, c in plan], ctx, desc=NAME)
+    parts = _analyze_all(plan, results_runs, ctx)
+    raw, rankings = parts["raw"], parts["rankings"]
+    results = aggregate_draws(raw)
+    pairs = stability_pairs(rankings)
+    stab = stability_summary(pairs)
+    cost = cost_table(parts["cost"])
+    comp = comparisons(results, pairs)
+    summary = summarize(results, stab, cost)
+    meta = stamp(ctx, results_runs, NAME, started, **{k: v for k, v in s.items() if k.startswith("prune_")},
+                 calib_seed=CALIB_SEED, heal_seed=HEAL_SEED,
+                 checkpoint_steps=sorted({int(x) for x in rankings.loc[rankings.context == "checkpoint", "step"]}))
+    write_study(ctx, NAME, {"results": results, "raw": raw, "rankings": rankings, "stability": pairs,
+                            "stability_summary": stab, "cost": cost, "comparisons": comp, "summary": summary}, meta)
+    results.attrs["summary"] = summary
+    return results
+
+
+if __name__ == "__main__":
+    raise SystemExit(main_for(run, NAME))

@@ -1,0 +1,364 @@
+"""The pruning study (experiments/pruning.py): smoke run, stability helpers, checkpoint rankings,
+T2-T4 / F8 builders and the C9-C11 verdict rules."""
+import json
+import math
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+from experiments import pruning as pr
+from experiments.common import Context, gpt_run, load_study
+from experiments.profiles import sizes
+from gfa_theory.errors import ConfigError
+from gfa_theory.runs import load_run, snapshots
+from gfa_theory.training import train
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture(scope="module")
+def study(smoke_root):
+    ctx = Context("smoke", smoke_root, jobs=1, progress=False)
+    results = pr.run(ctx=ctx)
+    return ctx, results, load_study(ctx, pr.NAME)
+
+
+# ---- the smoke study -------------------------------------------------------------------------
+
+def test_smoke_study_tables(study):
+    ctx, results, tables = study
+    s = sizes("smoke")
+    assert {"model", "family", "depth_B", "run_id", "seed", "method", "k", "stage", "loss", "perplexity",
+            "accuracy", "params", "n_draws", "removed"} <= set(results.columns)
+    for c in ("loss", "perplexity", "accuracy", "params"):
+        assert np.isfinite(results[c].to_numpy(float)).all(), c
+    assert set(results["model"]) == {f"transformer B={B}" for B in s["prune_depths"]} | {
+        f"resnet B={sum(b)}" for b in s["prune_resnet_depths"]}
+    assert results.groupby("model")["seed"].nunique().eq(len(s["seeds"])).all()
+    assert set(results["stage"]) == set(pr.STAGES)
+    # k = 0 is the unpruned model only; every method at every k >= 1, both stages
+    assert set(results.loc[results.k == 0, "method"]) == {"none"}
+    pruned = results[results.k > 0]
+    counts = pruned.groupby(["run_id", "k", "stage"])["method"].apply(set)
+    assert all(m == set(pr.METHODS) for m in counts)
+    det = pruned[pruned.method != "random"]
+    np.testing.assert_allclose(det["perplexity"], np.exp(det["loss"]))
+    assert (det["removed"].str.split(";").str.len() == det["k"]).all()
+    assert (pruned.loc[pruned.method == "random", "n_draws"] == s["prune_random_draws"]).all()
+    base = results[results.k == 0].set_index(["run_id", "stage"])["params"]
+    assert (pruned["params"].to_numpy() < base.loc[list(zip(pruned.run_id, pruned.stage))].to_numpy()).all()
+
+    assert {"results", "raw", "rankings", "stability", "stability_summary", "cost", "comparisons",
+            "summary"} <= set(tables)
+    raw = tables["raw"]
+    assert (raw[raw.method == "random"].groupby(["run_id", "k", "stage"])["draw"].nunique()
+            == s["prune_random_draws"]).all()
+    meta = json.loads((ctx.study_dir(pr.NAME) / "meta.json").read_text())
+    assert meta["prune_heal_steps"] == s["prune_heal_steps"] and meta["seeds"] == s["seeds"]
+    assert meta["checkpoint_steps"] == []  # smoke runs keep only their final snapshot
+
+
+def test_smoke_stability_and_cost(study):
+    _, _, tables = study
+    stab = tables["stability"]
+    assert set(stab["context"]) == {"seeds", "calibration"}  # no earlier checkpoints in smoke runs
+    assert stab["tau"].between(-1, 1).all() and stab["overlap"].between(0, 1).all()
+    calib = stab[stab.context == "calibration"]
+    free = calib[calib.method.isin(pr.CALIBRATION_FREE)]
+    # no calibration data: identical across subsets by construction, and flagged as such
+    assert (free["tau"] == 1).all() and free["by_construction"].all()
+    assert not calib.loc[~calib.method.isin(pr.CALIBRATION_FREE), "by_construction"].any()
+    assert stab.loc[stab.method == "last", "by_construction"].all()
+    cost = tables["cost"].set_index(["model", "method"])
+    for model in cost.index.get_level_values(0).unique():
+        c = cost.loc[model]
+        assert c.loc["cascadeflow", "forward_passes"] == 0 and c.loc["cascadeflow", "backward_passes"] == 0
+        assert c.loc["taylor", "backward_passes"] > 0 and c.loc["bi", "forward_passes"] > 0
+        assert c.loc["ablation", "forward_passes"] > c.loc["bi", "forward_passes"]
+    comp = tables["comparisons"]
+    assert {"loss", "accuracy", "accuracy_vs_best", "tau", "overlap"} <= set(comp["quantity"])
+    assert not (comp["method"] == pr.CASCADEFLOW).any()
+    summary = tables["summary"]
+    assert len(summary) == len(pr.METHODS) * summary["model"].nunique()
+    assert np.isfinite(summary[["pruned", "healed", "pruned_acc", "tau_seeds"]].to_numpy(float)).all()
+
+
+def test_configs_reuse_study_one_runs():
+    from experiments import fanin_vs_gradients
+
+    ours = {c.hash() for _, c in pr.configs("default")}
+    theirs = {c.hash() for d, c in fanin_vs_gradients.configs("default") if d["supervision"] == "final"}
+    assert ours <= theirs and len(ours) == 2 * len(sizes("default")["seeds"])
+
+
+# ---- pure helpers ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("a,b,tau", [
+    (["a", "b", "c", "d"], ["a", "b", "c", "d"], 1.0),
+    (["a", "b", "c", "d"], ["d", "c", "b", "a"], -1.0),
+    (["a", "b", "c", "d"], ["b", "a", "c", "d"], 2 / 3),  # one discordant pair of six
+], ids=["identical", "reversed", "one-swap"])
+def test_kendall_tau_known_rankings(a, b, tau):
+    assert pr.kendall_tau(a, b) == pytest.approx(tau)
+
+
+def test_top_k_overlap_known_rankings():
+    a, b = ["a", "b", "c", "d"], ["b", "d", "a", "c"]
+    assert pr.top_k_overlap(a, b, 1) == 0.0
+    assert pr.top_k_overlap(a, b, 2) == 0.5
+    assert pr.top_k_overlap(a, b, 3) == pytest.approx(2 / 3)
+    assert pr.top_k_overlap(a, b, 4) == 1.0
+    assert pr.mean_overlap(a, b, 2) == 0.25
+    assert pr.top_k_overlap(a, a, 2) == 1.0
+    with pytest.raises(ConfigError, match="same blocks"):
+        pr.kendall_tau(a, ["a", "b", "c", "x"])
+    with pytest.raises(ConfigError, match="k must be"):
+        pr.top_k_overlap(a, b, 0)
+
+
+def test_gradients_until_sums_the_series():
+    # unit u: windows ending at steps 2, 4, 5 with mean norms 1, 2, 4 (the last window has 1 step)
+    rows = [("u", "block", "grad_norm", s, v) for s, v in ((2, 1.0), (4, 2.0), (5, 4.0))]
+    rows += [("u", "block", "numel", None, 4.0), ("u", "block", "A", None, 2 + 4 + 4.0)]
+    g = pd.DataFrame(rows, columns=["unit", "kind", "quantity", "step", "value"])
+    g["step"] = g["step"].astype("Int64")
+    A = lambda step: pr.gradients_until(g, step).set_index("quantity").loc["A", "value"]  # noqa: E731
+    assert A(2) == 2.0 and A(4) == 6.0 and A(5) == 10.0
+    assert A(3) == 4.0  # inside a window: its mean stands in for the step
+    assert pr.gradients_until(g, 4).set_index("quantity").loc["A_rms", "value"] == 3.0  # 6 / sqrt(4)
+    with pytest.raises(ConfigError, match="step must be"):
+        pr.gradients_until(g, 6)
+
+
+def test_gradients_until_final_step_is_the_tracker_total(study):
+    _, results, _ = study
+    run = load_run(study[0].root / results["run_id"].iloc[0])
+    steps = run.config.train.steps
+    mine = pr.gradients_until(run.gradients, steps).set_index(["quantity", "unit"])["value"]
+    g = run.gradients
+    tot = g[(g.kind == "block") & g.step.isna()].set_index(["quantity", "unit"])["value"]
+    for q in ("A", "A_rms"):
+        np.testing.assert_allclose(mine.loc[q].sort_index(), tot.loc[q].sort_index(), rtol=1e-9)
+
+
+def test_checkpoint_rankings_use_snapshots_and_partial_gradients(tmp_path):
+    # a tiny run that keeps a snapshot at step 4 of 8 (smoke runs only keep the final one)
+    s = sizes("smoke")
+    cfg = gpt_run({**s, "checkpoint_interval": 4}, n_blocks=3, seed=0)
+    res = train(cfg, tmp_path, progress=False)
+    assert sorted(snapshots(res.run_dir)) == [4, 8]
+    desc = {"family": "transformer", "depth_B": 3, "model": "transformer B=3"}
+    out = pr.analyze_run(desc, str(res.run_dir), "smoke")
+    rk = pd.DataFrame(out["rankings"])
+    ck = rk[rk.context == "checkpoint"]
+    assert set(ck["step"]) == {4} and set(ck["method"]) == set(pr.METHODS)
+    # CascadeFlow at step 4: blocks ordered by A accumulated over the first 4 steps
+    A4 = pr.gradients_until(res.gradients, 4).query("quantity == 'A'").set_index("unit")["value"]
+    assert ck.set_index("method").loc["cascadeflow", "order"] == ";".join(A4.sort_values().index)
+    pairs = pr.stability_pairs(rk)
+    cp = pairs[pairs.context == "checkpoints"]
+    assert set(cp["method"]) == set(pr.METHODS) and cp["tau"].between(-1, 1).all()
+    assert (cp.loc[cp.method == "last", "tau"] == 1).all()
+
+
+def _results_frame(losses: dict, seeds=(0, 1, 2), K: int = 2) -> pd.DataFrame:
+    """Synthetic per-run results: ``losses[method]`` is the loss at every k (+ 0.01 * seed)."""
+    rows = []
+    for seed in seeds:
+        for k in range(0, K + 1):
+            for m, loss in ({"none": 1.0} if k == 0 else losses).items():
+                for stage in pr.STAGES:
+                    rows.append({"model": "transformer B=4", "family": "transformer", "depth_B": 4,
+                                 "run_id": f"r{seed}", "seed": seed, "method": m, "k": k, "stage": stage,
+                                 "loss": loss + 0.01 * seed, "perplexity": math.exp(loss), "accuracy": 0.5 - loss / 10})
+    return pd.DataFrame(rows)
+
+
+def test_comparisons_signs_and_pairing():
+    losses = {m: 2.0 for m in pr.METHODS}
+    losses["bi"] = 2.5  # CascadeFlow 0.5 nats better than BI at every k and seed
+    comp = pr.comparisons(_results_frame(losses), pd.DataFrame(columns=["model", "context"]))
+    row = comp[(comp.quantity == "loss") & (comp.method == "bi") & (comp.stage == "pruned")].iloc[0]
+    assert row["estimate"] == pytest.approx(-0.5) and row["n"] == 3
+    acc = comp[(comp.quantity == "accuracy_vs_best") & (comp.k == 1) & (comp.stage == "healed")].iloc[0]
+    assert acc["estimate"] == pytest.approx(0.0) and acc["method"] != "bi"  # BI is the worst heuristic here
+
+
+def test_stability_pairs_on_known_rankings():
+    rows = []
+    orders = {0: "a;b;c;d", 1: "d;c;b;a"}  # CascadeFlow reverses between seeds; BI agrees
+    for seed in (0, 1):
+        base = {"run_id": f"r{seed}", "seed": seed, "family": "transformer", "depth_B": 4, "model": "m", "K": 2,
+                "context": "final", "draw": 0, "subset": 0, "step": 10}
+        rows.append({**base, "method": "cascadeflow", "order": orders[seed]})
+        rows.append({**base, "method": "bi", "order": "a;b;c;d"})
+    pairs = pr.stability_pairs(pd.DataFrame(rows)).set_index("method")
+    assert pairs.loc["cascadeflow", "tau"] == -1.0 and pairs.loc["bi", "tau"] == 1.0
+    assert pairs.loc["cascadeflow", "overlap"] == 0.0 and pairs.loc["bi", "overlap"] == 1.0
+    assert (pairs["context"] == "seeds").all()
+
+
+# ---- outputs -----------------------------------------------------------------------------------
+
+def test_t2_t3_t4_tables(study):
+    from figures import efficiency as ef
+
+    ctx, results, tables = study
+    t = {pr.NAME: tables}
+    n_k = results.groupby("model")["k"].max().sum()  # pruned k values over models
+    t2 = ef.t2(t)
+    assert {"model", "metric", "k", "method", "seeds", "no healing [CI95]", "healed [CI95]"} <= set(t2.columns)
+    assert len(t2) == results["model"].nunique() + n_k * len(pr.METHODS)
+    assert set(t2.loc[t2.model.str.startswith("resnet"), "metric"]) == {"loss"}
+    t3 = ef.t3(t)
+    assert set(t3["task"]) == {"next-token accuracy pct", "top-1 accuracy pct"} and len(t3) == len(t2)
+    t4 = ef.t4(t)
+    assert len(t4) == results["model"].nunique() * len(pr.METHODS)
+    cf_row = t4[t4.method == "cascadeflow"].iloc[0]
+    assert cf_row["tau calibration [min, max]"].endswith("(by construction)") and cf_row["forward passes"] == "0"
+    assert (t4["tau checkpoints [min, max]"] == "n/a").all()  # not measured in smoke
+    for df in (t2, t3, t4):
+        assert "%" not in df.to_csv()  # a bare % would comment out the rest of a LaTeX row
+
+
+def test_f8_and_pruning_panels(study):
+    import matplotlib.pyplot as plt
+
+    from figures import efficiency as ef
+
+    ctx, _, tables = study
+    t = {pr.NAME: tables}
+    for stage in pr.STAGES:
+        ax = ef.plot_pruning_curve(t, stage)
+        assert ax.has_data() and ax.get_yscale() == "log"
+        assert len(ax.get_legend_handles_labels()[1]) == len(pr.METHODS)
+    ax = ef.plot_pruning_curve(t, "healed", model=f"resnet B={sum(sizes('smoke')['prune_resnet_depths'][0])}",
+                               metric="accuracy")
+    assert ax.get_ylabel() == "top-1 accuracy"
+    assert not ef.plot_pruning_curve({}).axison  # a missing study draws a note, not an error
+    fig = ef.f8(t)  # the CascadeFormer panels note their missing study
+    assert len(fig.axes) == 4 and fig.legends
+    plt.close("all")
+
+
+def test_register_adds_f8_t1_to_t4_and_claims():
+    from figures import efficiency as ef
+    from figures.make_all import OUTPUTS, Output
+    from figures.report import CLAIMS
+
+    assert OUTPUTS["F8"].build is ef.f8 and set(OUTPUTS["F8"].studies) == {"cascadeformer", "pruning"}
+    for key in ("T2", "T3", "T4"):
+        assert OUTPUTS[key].studies == ("pruning",) and OUTPUTS[key].kind == "table"
+        assert "%" not in OUTPUTS[key].title  # the title is the LaTeX caption
+    assert OUTPUTS["T1"].studies == ("cascadeformer",)
+    fresh: dict = {}
+    ef.register(fresh, Output)
+    assert list(fresh) == ["T1", "F8", "T2", "T3", "T4"]
+    keys = [c.key for c in CLAIMS]
+    assert all(keys.count(k) == 1 for k in ("C8", "C9", "C10", "C11"))
+
+
+def test_claims_measure_the_smoke_study(study):
+    from figures.report import evaluate_claims
+
+    _, _, tables = study
+    claims = evaluate_claims({pr.NAME: tables}).set_index("claim")
+    for key in ("C9", "C10", "C11"):
+        assert claims.loc[key, "verdict"] in ("holds", "mixed", "does not hold at this scale",
+                                              "inconclusive (a statistic is undefined)")
+    assert "by construction" in claims.loc["C10", "measured here"]
+
+
+# ---- claim rules on synthetic comparisons ---------------------------------------------------
+
+def _comp(quantity, method, est, lo, hi, model="transformer B=8", family="transformer", stage="", context="",
+          k=float("nan"), by_construction=False):
+    return {"test": f"{model} {quantity} {method}", "model": model, "family": family, "depth_B": 8,
+            "quantity": quantity, "stage": stage, "context": context, "k": k, "method": method,
+            "estimate": est, "ci_low": lo, "ci_high": hi, "p": 0.01, "n": 3, "by_construction": by_construction}
+
+
+def _c9(better: set, undefined: bool = False):
+    rows = []
+    for stage in pr.STAGES:
+        for m in (*pr.HEURISTICS, "ablation"):
+            if m in better:
+                rows.append(_comp("loss", m, -0.1, -0.15, -0.05, stage=stage))
+            else:
+                rows.append(_comp("loss", m, 0.01, -0.02, 0.04, stage=stage))
+    if undefined:
+        rows[0].update(ci_low=float("nan"), ci_high=float("nan"))
+    # ResNet rows never count for C9 (perplexity is a Transformer claim)
+    rows.append(_comp("loss", "bi", 0.5, 0.4, 0.6, model="resnet B=9", family="resnet", stage="pruned"))
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("better,undefined,expected", [
+    (set(pr.HEURISTICS), False, "holds"),
+    ({"random", "last"}, False, "mixed"),
+    (set(), False, "does not hold"),
+    (set(pr.HEURISTICS), True, "inconclusive"),
+], ids=["holds", "mixed", "fails", "undefined"])
+def test_c9_rule(better, undefined, expected):
+    from figures import efficiency as ef
+
+    text, verdict = ef.c9_verdict(_c9(better, undefined))
+    assert verdict.startswith(expected), (verdict, text)
+    assert "ablation" in text  # the oracle is reported
+
+
+def _c10(better: set, extra=()):
+    rows = []
+    for context in ("seeds", "checkpoints"):
+        for m in ef_rivals():
+            est = (0.3, 0.1, 0.5) if (m, context) in better else (-0.1, -0.3, 0.1)
+            rows.append(_comp("tau", m, *est, context=context))
+        # excluded by the rule: a fixed order and the chance floor
+        rows.append(_comp("tau", "last", -0.5, -0.6, -0.4, context=context, by_construction=True))
+        rows.append(_comp("tau", "random", 0.9, 0.8, 1.0, context=context))
+    rows.extend(extra)
+    return pd.DataFrame(rows)
+
+
+def ef_rivals():
+    from figures import efficiency as ef
+
+    return ef.STABILITY_RIVALS
+
+
+ALL_RIVALS = {(m, c) for m in ("bi", "angular", "taylor", "magnitude") for c in ("seeds", "checkpoints")}
+
+
+@pytest.mark.parametrize("better,extra,expected", [
+    (ALL_RIVALS, (), "holds"),
+    ({("bi", "seeds")}, (), "mixed"),
+    # a calibration-subset "win" is by construction: it must not turn a failure into a win
+    (set(), [_comp("tau", m, 1.0, 0.9, 1.1, context="calibration", by_construction=True)
+             for m in ("bi", "angular", "taylor", "magnitude")], "does not hold"),
+    (ALL_RIVALS, [_comp("tau", "bi", 0.3, float("nan"), float("nan"), context="seeds", model="resnet B=9",
+                        family="resnet")], "inconclusive"),
+], ids=["holds", "mixed", "calibration-does-not-count", "undefined"])
+def test_c10_rule(better, extra, expected):
+    from figures import efficiency as ef
+
+    text, verdict = ef.c10_verdict(_c10(better, extra))
+    assert verdict.startswith(expected), (verdict, text)
+    assert "by construction" in text
+
+
+@pytest.mark.parametrize("shortfalls,expected", [
+    ([0.0, -0.01, 0.02], "holds"),  # within 2 points everywhere
+    ([0.0, -0.05, -0.01], "mixed"),
+    ([-0.03, -0.05, -0.1], "does not hold"),
+    ([], "inconclusive"),
+], ids=["holds", "mixed", "fails", "undefined"])
+def test_c11_rule(shortfalls, expected):
+    from figures import efficiency as ef
+
+    rows = [_comp("accuracy_vs_best", "taylor", d, d - 0.01, d + 0.01, stage="pruned", k=i + 1)
+            for i, d in enumerate(shortfalls)]
+    rows.append(_comp("accuracy", "bi", -0.5, -0.6, -0.4, stage="pruned", k=1))  # per-method rows: not the rule
+    text, verdict = ef.c11_verdict(pd.DataFrame(rows))
+    assert verdict.startswith(expected), (verdict, text)
