@@ -16,6 +16,8 @@ with errors clustered by run, the same with relative depth as a control, and a l
 model with a random intercept per run.
 
 **Reading the result.** ``summary`` lists every test; the first rows (ablation) answer the claim.
+In small models the first block often carries most of the importance and most of ``A``; the
+rows marked "first block excluded" check that the association is not that one block alone.
 A slope whose CI excludes 0 after the depth control means ``A`` carries information beyond
 position. ``random`` is the floor every metric should beat.
 """
@@ -65,6 +67,15 @@ def summarize(units: pd.DataFrame) -> pd.DataFrame:
                                       test=f"{family}: MixedLM ablation_norm ~ A_norm | run"))
         rows.append(stats.mixed_slope(d, "imp_ablation_norm", "A_norm", group="run_id", controls=["depth"],
                                       test=f"{family}: MixedLM ablation_norm ~ A_norm + depth | run"))
+        # robustness: the first block often dominates importance in small models; does the
+        # association survive without it?
+        rest = d[d["order"] > 1].copy()
+        rest["imp_ablation_norm"] = rest["imp_ablation"] / rest.groupby("run_id")["imp_ablation"].transform("mean")
+        rest["A_norm"] = rest["A"] / rest.groupby("run_id")["A"].transform("mean")
+        rows.append(stats.ols_slope(rest, "imp_ablation_norm", "A_norm", cluster="run_id", controls=["depth"],
+                                    test=f"{family}: OLS ablation_norm ~ A_norm + depth, first block excluded"))
+        rows.append(stats.per_run_correlation(rest, "A", "imp_ablation",
+                                              test=f"{family}: per-run spearman ablation vs A, first block excluded"))
         for m in importance.METRICS:
             col = f"imp_{m}"
             if col not in d:

@@ -153,8 +153,9 @@ def plot_equalization(units: pd.DataFrame, optimizer: str, ax=None):
         lambda s: s.clip(lower=0).sum())
     for k, (inter, label) in enumerate((("none", "baseline"), ("equalize", "equalized gradient norms"))):
         _band(ax, None, d[d.intervention == inter].groupby("order"), "share", label, PALETTE[k])
+    ax.set_yscale("symlog", linthresh=1e-2)  # the first block dominates; late blocks need resolution
     ax.set_xlabel("block")
-    ax.set_ylabel("share of ablation importance")
+    ax.set_ylabel("share of ablation importance (symlog)")
     ax.set_title(f"Gradient-norm equalization ({optimizer.upper() if optimizer == 'sgd' else 'AdamW'})")
     ax.legend(fontsize=7)
     return ax
@@ -172,8 +173,9 @@ def plot_repetition(units: pd.DataFrame, ax=None):
     for k, v in enumerate(variants):
         ls = ":" if v.startswith("control") else "-"
         _band(ax, None, d[d.variant == v].groupby("order"), "share", v, PALETTE[k], ls=ls)
+    ax.set_yscale("symlog", linthresh=1e-2)
     ax.set_xlabel("unique block (the last one is shared in 'repeat')")
-    ax.set_ylabel("share of ablation importance")
+    ax.set_ylabel("share of ablation importance (symlog)")
     ax.set_title("Parameter-shared repetition")
     ax.legend(fontsize=7)
     return ax

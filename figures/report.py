@@ -74,7 +74,9 @@ def _follows(family: str, sup: str, label: str):
         s = t["fanin_vs_gradients"]["summary"]
         r = _row(s, f"{family}/{sup}: per-run Spearman A vs {label}")
         ll = _row(s, f"{family}/{sup}: log-log slope A ~ {label}")
-        text = f"mean per-run Spearman rho(A, F) = {_fmt(r)}; log-log slope of A on F = {ll.estimate:.2f} [{ll.ci_low:.2f}, {ll.ci_high:.2f}]"
+        text = (f"mean per-run Spearman rho(A, F) = {_fmt(r)}; log-log slope of A on F = {ll.estimate:.2f} "
+                f"[{ll.ci_low:.2f}, {ll.ci_high:.2f}] (A grows like F^{ll.estimate:.2f}: the depth ordering follows "
+                f"fan-in{'' if ll.ci_low > 0.8 else ', the magnitude much less than proportionally'})")
         if not _defined(r):
             return text, UNDEFINED
         if r.ci_low > 0 and r.estimate >= 0.5:
@@ -104,9 +106,14 @@ def importance_assoc(t) -> tuple[str, str]:
         a = _row(s, f"{fam}: OLS ablation_norm ~ A_norm")
         b = _row(s, f"{fam}: OLS ablation_norm ~ A_norm + depth")
         sp = _row(s, f"{fam}: per-run spearman ablation vs A")
+        try:
+            ex = _row(s, f"{fam}: per-run spearman ablation vs A, first block excluded")
+            ex_txt = f"; without the first block: per-run Spearman {ex.estimate:.2f} [{ex.ci_low:.2f}, {ex.ci_high:.2f}]"
+        except KeyError:
+            ex_txt = ""
         parts.append(f"{fam}: OLS slope {a.estimate:.2f} [{a.ci_low:.2f}, {a.ci_high:.2f}] (p = {a.p:.2g}); "
                      f"controlling for depth {b.estimate:.2f} [{b.ci_low:.2f}, {b.ci_high:.2f}]; "
-                     f"per-run Spearman {sp.estimate:.2f} [{sp.ci_low:.2f}, {sp.ci_high:.2f}]")
+                     f"per-run Spearman {sp.estimate:.2f} [{sp.ci_low:.2f}, {sp.ci_high:.2f}]{ex_txt}")
         if not _defined(a, b, sp):
             verdicts.append(UNDEFINED)
             continue
@@ -269,6 +276,8 @@ def update_readme(claims: pd.DataFrame, out: Path, st: dict) -> Path:
     readme = REPO / "README.md"
     table = claims[["claim", "paper", "measured here", "verdict"]].copy()
     table["verdict"] = "**" + table["verdict"] + "**"
+    # the headline number only (up to the first ';'); the report has the rest
+    table["measured here"] = table["measured here"].str.split("; ").str[0]
     body = f"_{stamps.line(st)}_\n\n" + table.to_markdown(index=False)
     figs = []
     from .make_all import OUTPUTS  # noqa: PLC0415  (make_all imports this module lazily)
