@@ -236,6 +236,12 @@ def write_report(tables: dict, metas: dict, ctx, out: Path) -> list[Path]:
     for r in claims.itertuples():
         lines += [f"### {r.claim}. {r.paper}", "", f"- **Measured here:** {r._3}", f"- **Evidence:** {r.evidence}",
                   f"- **Verdict:** **{r.verdict}**", f"- _Rule:_ {r.rule}", ""]
+    from .make_all import OUTPUTS  # noqa: PLC0415
+
+    lines += ["## Figures", ""]
+    for key, o in OUTPUTS.items():
+        if o.kind == "figure" and (out / f"{key}.png").is_file():
+            lines += [f"**{key}. {o.title}** ([PDF]({key}.pdf))", "", f"![{key}]({key}.png)", ""]
     lines += ["## Tables", "", "LaTeX versions of every table (`T*.tex`) sit next to the figures in "
               f"`{_rel(out)}`.", ""]
     for key in sorted(p.stem for p in out.glob("T*.md")):
