@@ -182,6 +182,17 @@ def heldout_batches(run: RunResult, n_batches: int, batch_size: int = 32, seed: 
     return list(eval_batches(data, "val", batch_size, n_batches, seq_len=seq, seed=seed))
 
 
+def start(name: str, configs: Callable[[str], list], profile: str, ctx: Context | None):
+    """The common opening of a study's ``run``: context, clock, sizes, plan and its (cached) runs."""
+    from .profiles import sizes
+
+    ctx = ctx or Context(profile)
+    started = time.time()
+    plan = configs(ctx.profile)
+    results = run_many([c for _, c in plan], ctx, desc=name)
+    return ctx, started, sizes(ctx.profile), plan, results
+
+
 def ablation_units(plan, results: Sequence[RunResult], s: dict) -> pd.DataFrame:
     """Block unit tables of ``results`` with held-out ablation importance and validation loss."""
     from gfa_theory import importance

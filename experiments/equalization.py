@@ -22,14 +22,13 @@ restore late layers (against the claim); a CI covering 0 or below 0 supports the
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pandas as pd
 
 from gfa_theory import stats
 
-from .common import Context, ablation_units, finish, gpt_run, main_for, run_many, summary_row, SUMMARY_COLUMNS
+from .common import Context, ablation_units, finish, start, gpt_run, main_for, summary_row, SUMMARY_COLUMNS
 from .profiles import sizes
 
 NAME = "equalization"
@@ -78,11 +77,7 @@ def summarize(shares: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
-    ctx = ctx or Context(profile)
-    started = time.time()
-    s = sizes(ctx.profile)
-    plan = configs(ctx.profile)
-    results = run_many([c for _, c in plan], ctx, desc=NAME)
+    ctx, started, s, plan, results = start(NAME, configs, profile, ctx)
     units = ablation_units(plan, results, s)
     shares = late_shares(units)
     summary = summarize(shares)

@@ -24,14 +24,13 @@ is what figures F2-F4 plot against depth.
 """
 from __future__ import annotations
 
-import time
 
 import pandas as pd
 
 from gfa_theory import stats
 from gfa_theory.layout import Layout
 
-from .common import (SUMMARY_COLUMNS, Context, block_fan_in, finish, gpt_run, main_for, resnet_run, run_many,
+from .common import (SUMMARY_COLUMNS, Context, start, block_fan_in, finish, gpt_run, main_for, resnet_run,
                      unit_table)
 from .profiles import sizes
 
@@ -86,10 +85,7 @@ def summarize(units: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
-    ctx = ctx or Context(profile)
-    started = time.time()
-    plan = configs(ctx.profile)
-    results = run_many([c for _, c in plan], ctx, desc=NAME)
+    ctx, started, s, plan, results = start(NAME, configs, profile, ctx)
     frames = []
     for (desc, _), res in zip(plan, results):
         df = unit_table(res, "block", **desc)

@@ -23,15 +23,13 @@ position. ``random`` is the floor every metric should beat.
 """
 from __future__ import annotations
 
-import time
 
 import pandas as pd
 
 from gfa_theory import importance, stats
 
 from . import fanin_vs_gradients
-from .common import SUMMARY_COLUMNS, Context, finish, heldout_batches, main_for, run_many, unit_table
-from .profiles import sizes
+from .common import SUMMARY_COLUMNS, Context, finish, start, heldout_batches, main_for, unit_table
 
 NAME = "gradients_vs_importance"
 
@@ -87,11 +85,7 @@ def summarize(units: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
-    ctx = ctx or Context(profile)
-    started = time.time()
-    s = sizes(ctx.profile)
-    plan = configs(ctx.profile)
-    results = run_many([c for _, c in plan], ctx, desc=NAME)
+    ctx, started, s, plan, results = start(NAME, configs, profile, ctx)
     from tqdm.auto import tqdm
     frames = [score_run(res, s, desc, seed=res.config.train.seed)
               for (desc, _), res in tqdm(list(zip(plan, results)), desc="importance", disable=not ctx.progress)]

@@ -24,14 +24,13 @@ to the baseline (and to the control) has a CI above 0.
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pandas as pd
 
 from gfa_theory import stats
 
-from .common import Context, ablation_units, finish, gpt_run, main_for, run_many, summary_row, SUMMARY_COLUMNS
+from .common import Context, ablation_units, finish, start, gpt_run, main_for, summary_row, SUMMARY_COLUMNS
 from .profiles import sizes
 
 NAME = "repetition"
@@ -93,11 +92,7 @@ def summarize(groups: pd.DataFrame, controls: list[int], repeats: list[int]) -> 
 
 
 def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
-    ctx = ctx or Context(profile)
-    started = time.time()
-    s = sizes(ctx.profile)
-    plan = configs(ctx.profile)
-    results = run_many([c for _, c in plan], ctx, desc=NAME)
+    ctx, started, s, plan, results = start(NAME, configs, profile, ctx)
     units = ablation_units(plan, results, s)
     groups = last_group(units)
     summary = summarize(groups, s["controls"], s["repeats"])

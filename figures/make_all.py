@@ -141,7 +141,8 @@ def save_figure(fig, out: Path, key: str, title: str, stamp: dict) -> list[Path]
     meta = json.dumps(stamp)
     paths = [out / f"{key}.png", out / f"{key}.pdf"]
     fig.savefig(paths[0], dpi=170, metadata={"Description": meta}, bbox_inches="tight")
-    fig.savefig(paths[1], metadata={"Subject": meta, "Title": f"{key}. {title}"}, bbox_inches="tight")
+    fig.savefig(paths[1], metadata={"Subject": meta, "Title": f"{key}. {title}", "CreationDate": None},
+                bbox_inches="tight")  # no date: regenerating identical results gives identical files
     plt.close(fig)
     return paths + [stamps.write_sidecar(p, stamp) for p in paths]
 
