@@ -32,7 +32,8 @@ def _positive(text: str) -> int:
 
 
 def _tracker_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--repeats", type=_positive, default=50, help="interleaved timing repeats")
+    p.add_argument("--repeats", type=_positive, default=150,
+                   help="interleaved timing repeats (fewer than ~150 is noisier than the effect on a shared machine)")
     p.add_argument("--steps", type=_positive, default=2, help="training steps per timed block")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per variant first")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
