@@ -167,33 +167,24 @@ def match(cfg: TaperConfig, target: float, budget: Literal["params", "flops"] = 
     base = uniform_plan(cfg)
     cost = (lambda p: p.params() / base.params()) if budget == "params" else \
         (lambda p: p.flops_per_token() / base.flops_per_token())
-    if cfg.schedule == "fanin":
-        # strength = alpha (larger alpha tapers harder); r is the floor
-        lo, hi = 0.0, 16.0
-        make = lambda a: plan(replace(cfg, alpha=a))  # noqa: E731
-        best = make(lo)
-        for _ in range(iters):
-            mid = (lo + hi) / 2
-            p = make(mid)
-            if cost(p) > target:
-                lo = mid
-            else:
-                hi, best = mid, p
-        if cost(best) > target + 1e-9:
-            raise ConfigError(f"cannot reach {target:.3f} x uniform {budget} with floor r={cfg.r}")
-        return best
-    lo, hi = 1e-3, 1.0  # r: smaller tapers harder
-    make = lambda r: plan(replace(cfg, r=r))  # noqa: E731
-    if cost(make(lo)) > target:
-        raise ConfigError(f"cannot reach {target:.3f} x uniform {budget} with schedule {cfg.schedule}")
-    best = make(lo)
+    # one strength s in [0, 1] (0: no taper, 1: the strongest); cost falls as s grows, so bisect
+    # for the mildest taper that meets the budget
+    if cfg.schedule == "fanin":  # s scales alpha; r stays the floor
+        make = lambda s: plan(replace(cfg, alpha=16.0 * s))  # noqa: E731
+    else:  # s lowers the last block's width r
+        make = lambda s: plan(replace(cfg, r=1.0 - (1.0 - 1e-3) * s))  # noqa: E731
+    best = make(1.0)
+    if cost(best) > target + 1e-9:
+        floor = f" and floor r={cfg.r}" if cfg.schedule == "fanin" else ""
+        raise ConfigError(f"cannot reach {target:.3f} x uniform {budget} with schedule {cfg.schedule}{floor}")
+    lo, hi = 0.0, 1.0
     for _ in range(iters):
         mid = (lo + hi) / 2
         p = make(mid)
         if cost(p) > target:
-            hi = mid
+            lo = mid
         else:
-            lo, best = mid, p
+            hi, best = mid, p
     return best
 
 
