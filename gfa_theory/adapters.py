@@ -31,6 +31,8 @@ Subclass :class:`Adapter`, implement its four methods and call :func:`register_a
 """
 from __future__ import annotations
 
+import abc
+
 import copy
 import sys
 from typing import Any, Callable
@@ -107,22 +109,26 @@ def _check_kind(kind: str) -> None:
         raise ConfigError(f"unit kind must be 'branch' or 'block', got {kind!r}")
 
 
-class Adapter:
+class Adapter(abc.ABC):
     """How to read one model family's residual wiring (see the module docstring)."""
 
     name = "adapter"
 
+    @abc.abstractmethod
     def matches(self, model: nn.Module) -> bool:
-        raise NotImplementedError
+        """Whether this adapter reads ``model``."""
 
+    @abc.abstractmethod
     def layout(self, model: nn.Module) -> Layout:
-        raise NotImplementedError
+        """The model's residual layout."""
 
+    @abc.abstractmethod
     def units(self, model: nn.Module, kind: str = "branch") -> list[Unit]:
-        raise NotImplementedError
+        """The model's branch or block units, in layout order."""
 
+    @abc.abstractmethod
     def surrogate(self, model: nn.Module, gains: dict[str, nn.Module]) -> Callable[[], torch.Tensor]:
-        raise NotImplementedError
+        """A loss function of the model with its branches swapped for the given gains."""
 
 
 # ---- this package's models --------------------------------------------------------------------

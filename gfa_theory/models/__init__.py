@@ -33,9 +33,6 @@ class ResidualModel(nn.Module):
         super().__init__()
         self.disabled: set[str] = set()  # unit names currently ablated
 
-    def units(self, kind: str = "branch") -> list:  # pragma: no cover - overridden
-        raise NotImplementedError
-
     def unit_names(self) -> set[str]:
         """Every valid ablation name: branch and block units."""
         if not hasattr(self, "_unit_names"):
