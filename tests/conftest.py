@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from hypothesis import strategies as st
 
 from gfa_theory.layout import Block, Layout
@@ -35,3 +36,13 @@ def smoke_root(tmp_path_factory):
     """One results root for every smoke-profile study in the session: runs are trained once and
     shared between the study tests and the reproduce test, exactly as the result cache does."""
     return tmp_path_factory.mktemp("smoke_results")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run faster on one thread: intra-op threads only contend on a shared CPU.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

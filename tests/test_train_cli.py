@@ -2,7 +2,6 @@
 import json
 
 import pytest
-import torch
 
 from gfa_theory.cli import main
 
@@ -11,13 +10,7 @@ TINY = ["model.n_blocks=2", "model.n_embd=16", "model.n_head=2", "model.d_ff=32"
         "train.checkpoint_interval=3", "train.log_interval=3", "train.warmup_steps=2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread (no OpenMP synchronization on a shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _gfa(capsys, *argv) -> tuple[int, str, str]:

@@ -26,13 +26,7 @@ FILES = ("config.json", "metrics.csv", "gradients.csv")
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread (no OpenMP synchronization on a shared machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(*extra: str, model: str = "gpt") -> RunConfig:
