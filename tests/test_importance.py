@@ -1,5 +1,4 @@
 """Importance metrics on models whose answer is known."""
-import math
 
 import numpy as np
 import pytest
