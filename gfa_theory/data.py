@@ -1,9 +1,12 @@
 """Training data that ships with installed packages: nothing is downloaded at run time.
 
-* **text** (for the Transformer): the default corpus is the CPython documentation text in
-  :mod:`pydoc_data.topics` (the topics joined in sorted-key order, so the corpus is fixed for a
-  given Python release and identified by its sha256); ``text_file`` reads any UTF-8 file
-  instead. Character-level vocabulary (the sorted set of characters), the first
+* **text** (for the Transformer): the default corpus is the CPython 3.11.7 documentation topics
+  (:mod:`pydoc_data.topics` joined in sorted-key order), shipped inside this package as
+  ``gfa_theory/corpus/pydoc_topics.txt.gz`` and checked against :data:`CORPUS_SHA256` on load,
+  so it is identical on every supported Python (the running Python's own ``pydoc_data`` differs
+  between releases and is never read). The text is Python documentation, (c) Python Software
+  Foundation, PSF License (see ``gfa_theory/corpus/README.txt``). ``text_file`` reads any UTF-8
+  file instead. Character-level vocabulary (the sorted set of characters), the first
   ``1 - val_fraction`` of the characters train, the rest validate.
 * **images** (for the ResNet): scikit-learn's 8x8 digits (default; stratified split seeded by
   ``split_seed``) or CIFAR-10 read by torchvision from ``data_dir`` (downloaded only when
@@ -16,9 +19,10 @@ every evaluation and for every training seed), so validation curves are comparab
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import os
-import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Literal, Union
@@ -31,6 +35,11 @@ from .errors import ConfigError, DataError
 CIFAR10_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
                  "test_batch", "batches.meta")
 CIFAR10_FOLDER = "cifar-10-batches-py"
+
+# The default text corpus, shipped as package data (see the module docstring).
+CORPUS_FILE = Path(__file__).parent / "corpus" / "pydoc_topics.txt.gz"
+CORPUS_SHA256 = "37d06970fc926e60c16dff401e441b84752446a36b6b64516c229fdec77e992c"  # decoded text
+CORPUS_ORIGIN = "CPython 3.11.7"
 
 
 @dataclass(frozen=True)
@@ -113,10 +122,24 @@ class TextData:
 
 
 def pydoc_corpus() -> str:
-    """The CPython documentation topics (``pydoc_data.topics``), joined in sorted-key order."""
-    from pydoc_data.topics import topics
-
-    return "".join(topics[key] for key in sorted(topics))
+    """The shipped default corpus: CPython 3.11.7's ``pydoc_data.topics`` joined in sorted-key
+    order, read from :data:`CORPUS_FILE` and verified against :data:`CORPUS_SHA256`."""
+    path = Path(CORPUS_FILE)
+    fix = "reinstall gfa-theory (pip install --force-reinstall gfa-theory) or set data.text_file"
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"default text corpus {path} is unreadable ({exc.strerror or exc}); {fix}") from None
+    try:
+        text = gzip.decompress(raw).decode("utf-8")
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"default text corpus {path} is corrupt ({reason}); {fix}") from None
+    sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    if sha != CORPUS_SHA256:
+        raise DataError(f"default text corpus {path} is corrupt (sha256 {sha[:12]}, expected "
+                        f"{CORPUS_SHA256[:12]}); {fix}")
+    return text
 
 
 def read_text_file(path: str | os.PathLike) -> str:
@@ -260,10 +283,10 @@ Dataset = Union[TextData, ImageData]
 
 def _file_stamp(cfg: DataConfig) -> tuple:
     """Cache key part that changes when the data file changes on disk."""
-    if cfg.text_file is None:
+    if cfg.dataset != "text":
         return ()
     try:
-        st = os.stat(cfg.text_file)
+        st = os.stat(CORPUS_FILE if cfg.text_file is None else cfg.text_file)
     except OSError:
         return ("missing",)
     return (st.st_size, st.st_mtime_ns)
@@ -278,8 +301,7 @@ def load_data(cfg: DataConfig) -> Dataset:
 def _load_cached(cfg: DataConfig, stamp: tuple) -> Dataset:
     if cfg.dataset == "text":
         if cfg.text_file is None:
-            source = f"pydoc_data.topics (Python {sys.version_info.major}.{sys.version_info.minor}" \
-                     f".{sys.version_info.micro})"
+            source = f"gfa_theory/corpus/pydoc_topics.txt.gz (pydoc_data.topics of {CORPUS_ORIGIN})"
             return make_text_data(pydoc_corpus(), cfg.val_fraction, source)
         return make_text_data(read_text_file(cfg.text_file), cfg.val_fraction, str(cfg.text_file))
     if cfg.dataset == "digits":

@@ -1,13 +1,23 @@
 """Data: the fixed corpus and its hash, deterministic splits and batches, clear errors."""
+import gzip
 import hashlib
+import os
+import subprocess
+import sys
+import types
 
 import numpy as np
 import pytest
 import torch
 
-from gfa_theory.data import (BatchSampler, DataConfig, eval_batches, load_data, make_text_data,
-                             pydoc_corpus)
+import gfa_theory.data as data_mod
+from gfa_theory.data import (CORPUS_SHA256, BatchSampler, DataConfig, eval_batches, load_data,
+                             make_text_data, pydoc_corpus)
 from gfa_theory.errors import ConfigError, DataError
+
+# sha256 of the shipped default corpus (CPython 3.11.7's pydoc_data.topics, sorted-key order):
+# the number every recorded result names; it must not move with the running Python.
+PINNED_CORPUS_SHA256 = "37d06970fc926e60c16dff401e441b84752446a36b6b64516c229fdec77e992c"
 
 
 @pytest.fixture(scope="module")
@@ -16,16 +26,55 @@ def corpus():
 
 
 def test_pydoc_corpus_is_fixed_and_hashed(corpus):
-    from pydoc_data.topics import topics
-
-    text = "".join(topics[k] for k in sorted(topics))
-    assert pydoc_corpus() == text
-    assert corpus.sha256 == hashlib.sha256(text.encode("utf-8")).hexdigest()
+    text = pydoc_corpus()
+    assert CORPUS_SHA256 == PINNED_CORPUS_SHA256
+    assert hashlib.sha256(text.encode("utf-8")).hexdigest() == PINNED_CORPUS_SHA256
+    assert corpus.sha256 == PINNED_CORPUS_SHA256
+    assert corpus.source == "gfa_theory/corpus/pydoc_topics.txt.gz (pydoc_data.topics of CPython 3.11.7)"
     assert corpus.vocab == "".join(sorted(set(text)))
     # contiguous split: the last 10 % validates, nothing lost or reordered
     assert len(corpus.val) == round(0.1 * len(text))
     assert corpus.decode(torch.cat([corpus.train, corpus.val])) == text
     assert corpus.decode(corpus.encode("def f(x):")) == "def f(x):"
+
+
+def test_default_corpus_is_shipped_not_read_from_the_running_python(monkeypatch):
+    """The default corpus is package data: another Python's pydoc_data changes nothing."""
+    raw = data_mod.CORPUS_FILE.read_bytes()
+    assert raw[4:8] == b"\0\0\0\0"  # gzip mtime 0: the file is byte-reproducible
+    fake = types.ModuleType("pydoc_data.topics")
+    fake.topics = {"a": "a different Python's topics"}
+    monkeypatch.setitem(sys.modules, "pydoc_data.topics", fake)
+    data_mod._load_cached.cache_clear()
+    try:
+        assert hashlib.sha256(pydoc_corpus().encode("utf-8")).hexdigest() == PINNED_CORPUS_SHA256
+        assert load_data(DataConfig()).sha256 == PINNED_CORPUS_SHA256
+    finally:
+        data_mod._load_cached.cache_clear()
+
+
+@pytest.mark.parametrize("content, match", [
+    (None, "is unreadable"),
+    (b"plain text, not gzip", "is corrupt"),
+    ("truncated", "is corrupt"),
+    (gzip.compress(b"\xff\xfe not UTF-8", mtime=0), "is corrupt"),
+    (gzip.compress("some other corpus".encode("utf-8"), mtime=0), r"is corrupt \(sha256 \w{12}, expected 37d06970fc92\)"),
+], ids=["missing", "not-gzip", "truncated", "not-utf8", "wrong-text"])
+def test_damaged_default_corpus_is_a_one_line_error(tmp_path, monkeypatch, content, match):
+    p = tmp_path / "pydoc_topics.txt.gz"
+    if content == "truncated":
+        content = data_mod.CORPUS_FILE.read_bytes()[:1000]
+    if content is not None:
+        p.write_bytes(content)
+    monkeypatch.setattr(data_mod, "CORPUS_FILE", p)
+    data_mod._load_cached.cache_clear()
+    try:
+        with pytest.raises(DataError, match=match) as err:
+            load_data(DataConfig())
+    finally:
+        data_mod._load_cached.cache_clear()
+    message = str(err.value)
+    assert "\n" not in message and "default text corpus" in message and "reinstall gfa-theory" in message
 
 
 def test_text_file_roundtrip_and_split(tmp_path):
