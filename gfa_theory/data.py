@@ -208,10 +208,20 @@ class ImageData:
         return (self.x_train, self.y_train) if name == "train" else (self.x_val, self.y_val)
 
     def items(self, split: str, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalized images ``x`` (B, C, H, W) float32 with standard contiguous strides, labels ``y``.
+
+        Every image batch leaves the data layer through here (training, evaluation, pruning
+        calibration), in one definite memory format: the strides of ``torch.empty(shape)``.
+        With one channel, ``x[index]`` keeps the stored strides, e.g. (64, 1, 8, 1) for digits,
+        which are contiguous and channels_last at once (``.contiguous()`` leaves them as they
+        are), and oneDNN's AVX2 convolution backward (torch 2.14.1, x86 CPUs without AVX-512)
+        corrupts the heap on such input. ``clone(memory_format=contiguous_format)`` always
+        allocates fresh standard strides.
+        """
         x, y = self.split(split)
         xb = x[index].float().div_(self.scale)
         xb = (xb - self.mean[None, :, None, None]) / self.std[None, :, None, None]
-        return xb, y[index]
+        return xb.clone(memory_format=torch.contiguous_format), y[index]
 
 
 def _normalizer(x_train: np.ndarray, scale: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -185,3 +185,62 @@ def test_too_short_corpus():
     d = make_text_data("abcdefghij" * 3, 0.1, "short")
     with pytest.raises(DataError, match="too short"):
         BatchSampler(d, 2, seed=0, seq_len=8)
+
+
+# ---- image batches: one definite memory format (the oneDNN AVX2 crash) ----------------------------
+def _standard(x: torch.Tensor) -> bool:
+    return x.stride() == torch.empty(x.shape).stride()
+
+
+def test_image_batches_have_standard_contiguous_strides():
+    """Digits images have one channel, so ``x[index]`` has strides like (64, 1, 8, 1): contiguous
+    and channels_last at once, and oneDNN's AVX2 convolution backward corrupts the heap on them.
+    Every batch leaving the data layer must have the strides of a fresh tensor."""
+    from types import SimpleNamespace
+
+    from gfa_theory.pruning import calibration_batches
+
+    d = load_data(DataConfig(dataset="digits"))
+    assert not _standard(d.x_train)  # the stored images really are ambiguous
+    sampler = BatchSampler(d, 16, seed=0)
+    ranked = BatchSampler(d, 16, seed=0, rank=1, world_size=2)
+    cfg = SimpleNamespace(train=SimpleNamespace(batch_size=16), model_name="resnet")
+    batches = [sampler.next() for _ in range(3)] + [ranked.next()] + list(eval_batches(d, "val", 16, 0)) \
+        + list(eval_batches(d, "train", 7, 2)) + calibration_batches(cfg, d, 2)
+    for x, y in batches:
+        assert x.dtype == torch.float32 and x.shape[1:] == (1, 8, 8)
+        assert _standard(x), x.stride()
+        assert y.dtype == torch.long and y.is_contiguous()
+
+
+_CONV_ON_DATA_BATCHES = """
+import torch
+torch.set_num_threads(1)
+from gfa_theory.data import BatchSampler, DataConfig, eval_batches, load_data
+from gfa_theory.models import build_model
+from gfa_theory.training import build_run_config
+cfg = build_run_config("resnet", overrides=["model.blocks_per_stage=[1,1]", "model.widths=[4,8]"])
+torch.manual_seed(0)
+model = build_model("resnet", cfg.model).train()
+data = load_data(DataConfig(dataset="digits"))
+sampler = BatchSampler(data, 16, seed=0)
+batches = [sampler.next() for _ in range(4)] + list(eval_batches(data, "val", 16, 2))
+for x, y in batches:
+    model.zero_grad(set_to_none=True)
+    _, loss = model(x, y)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+print("conv ok")
+"""
+
+
+def test_resnet_forward_backward_on_data_layer_batches_under_avx2():
+    """The package's ResNet, forward and backward, on batches the data layer really produces, in a
+    fresh process with oneDNN capped at AVX2 (as on x86 CPUs without AVX-512) and one thread:
+    with the ambiguous strides this aborted with heap corruption. The cap is ignored off x86."""
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", _CONV_ON_DATA_BATCHES], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and "conv ok" in proc.stdout, \
+        f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[:3]}"
