@@ -117,7 +117,8 @@ def gpt_run(profile_sizes: dict, *, n_blocks: int, seed: int, supervision: Any =
                 "lr": lr if lr is not None else (s["lr"] if optimizer == "adamw" else s["sgd_lr"]),
                 "seed": seed, "intervention": intervention, "eval_interval": s["eval_interval"],
                 "checkpoint_interval": s["checkpoint_interval"], "eval_batches": s["eval_batches"],
-                "warmup_steps": s.get("warmup_steps", 20), "series_points": s.get("series_points", 50)}
+                "warmup_steps": s.get("warmup_steps", 20), "series_points": s.get("series_points", 50),
+                "device": s.get("device", "cpu")}
     if optimizer == "sgd":
         train_kw["weight_decay"] = 0.0
     return RunConfig.from_dict({"model_name": "gpt", "model": model, "train": train_kw})
@@ -130,7 +131,7 @@ def resnet_run(profile_sizes: dict, *, blocks_per_stage: list[int], seed: int,
              "supervision": supervision, "variant": variant}
     train_kw = {"steps": s["resnet_steps"], "batch_size": s["resnet_batch"], "seed": seed,
                 "eval_interval": s["eval_interval"], "checkpoint_interval": s["checkpoint_interval"],
-                "series_points": s.get("series_points", 50)}
+                "series_points": s.get("series_points", 50), "device": s.get("device", "cpu")}
     return RunConfig.from_dict({"model_name": "resnet", "model": model, "train": train_kw})
 
 

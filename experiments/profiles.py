@@ -1,7 +1,8 @@
 """Study sizes per profile. Studies share these so that identical runs are trained once.
 
 ``smoke`` finishes in seconds (tests only: the numbers mean nothing), ``default`` gives a
-meaningful answer on 2 CPU cores in minutes, ``full`` is sized for one GPU.
+meaningful answer on 2 CPU cores in minutes, ``full`` is sized for one GPU: it trains and times on
+``device="auto"`` (CUDA when present, else the CPU); the others on the CPU.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ SIZES: dict[str, dict] = {
         widths=[32, 64, 128], resnet_steps=3000, resnet_batch=128,
         resnet_depths=[[2, 2, 2], [4, 4, 4], [6, 6, 6]],
         importance_batches=32, importance_batch_size=64,
-        equalize_depth=12, repetition_base=8, repeats=[2, 3], controls=[1, 2]),
+        equalize_depth=12, repetition_base=8, repeats=[2, 3], controls=[1, 2], device="auto"),
 }
 
 
@@ -63,7 +64,8 @@ _CASCADE: dict[str, dict] = {
         cascade_schedules=[{"schedule": "uniform"}]
         + [{"schedule": s, "r": r} for s in ("linear", "fanin", "cosine") for r in (0.75, 0.5, 0.25)]
         + [{"schedule": "step", "r": 0.5}, {"schedule": "step", "r": 0.25}],
-        cascade_timing=dict(batch=64, repeats=50, warmup=10, latency_calls=10, throughput_calls=2, threads=4)),
+        cascade_timing=dict(batch=64, repeats=50, warmup=10, latency_calls=10, throughput_calls=2, threads=4,
+                            device="auto")),
 }
 for _profile, _keys in _CASCADE.items():
     SIZES[_profile].update(_keys)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .bench import interleaved_times
+from .devices import check_device
 from .errors import ConfigError
 from .taper import TaperConfig, TaperPlan, plan, uniform_plan
 
@@ -37,7 +38,8 @@ MODES = ("latency", "throughput")
 class TimingConfig:
     """How to time: ``context`` tokens per sequence, ``batch`` sequences for throughput,
     ``repeats`` interleaved blocks of ``latency_calls`` / ``throughput_calls`` forward passes
-    after ``warmup`` untimed passes per model and mode, with ``threads`` torch threads."""
+    after ``warmup`` untimed passes per model and mode, with ``threads`` torch threads, on
+    ``device`` (``auto``: CUDA when present, else the CPU)."""
 
     context: int = 64
     batch: int = 64
@@ -56,12 +58,8 @@ class TimingConfig:
                 raise ConfigError(f"timing '{name}' must be a positive integer, got {v!r}")
         if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
             raise ConfigError(f"timing 'warmup' must be an integer >= 0, got {self.warmup!r}")
-        try:
-            dev = torch.device(self.device)
-        except (RuntimeError, ValueError):
-            raise ConfigError(f"timing device {self.device!r} is not a torch device") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"timing device {self.device!r} requested but no CUDA device is available")
+        # "auto" -> cuda or cpu here, so results record the device that was timed
+        object.__setattr__(self, "device", str(check_device(self.device, "timing device")))
 
 
 @contextlib.contextmanager

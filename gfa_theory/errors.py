@@ -23,3 +23,13 @@ class DataError(GFAError, FileNotFoundError):
 
 class TrainingError(GFAError, RuntimeError):
     """Training stopped for a reason the user must act on (e.g. a non-finite loss)."""
+
+
+class StorageError(GFAError, OSError):
+    """A result file or folder cannot be written: disk full, read-only, no permission, a file
+    where a folder should be. Nothing is left half-written."""
+
+
+class RunStoreError(GFAError):
+    """A stored run cannot be reused as it is: a corrupt or foreign file, or a run whose
+    recorded numeric environment differs from this process's (delete it or ``--force``)."""

@@ -2,22 +2,33 @@
 
 A run lives in ``<root>/<model>-<hash>/`` where ``root`` is ``--out``, else the ``GFA_RESULTS``
 environment variable, else ``./results``, and the hash covers the resolved config (model, data,
-training, seed), the data's sha256 and any user gradient hooks. The directory holds::
+training, seed, the resolved device: ``auto`` enters as ``cpu`` or ``cuda``), the data's sha256,
+any user gradient hooks, and the numeric environment that changes the numbers on the same
+hardware: the torch version, the device type and, for CPU runs, the CPU's vector instruction set
+(see :func:`gfa_theory.training.run_key`). The directory holds::
 
-    config.json     resolved config, seed, data sha256, package / torch / python versions
+    config.json     resolved config, seed, data sha256, versions, environment (device, threads, ISA)
     metrics.csv     step, split, loss, accuracy, lr
     gradients.csv   the tracker's long table (run_id, seed, unit, kind, index, quantity, ...)
     checkpoint.pt   latest checkpoint while training; the final state once complete
-    DONE            written last: a directory without it is never read as a result
+    snapshots/      model weights at every checkpoint step: step-<s>.pt
+    DONE            written last, once every file above exists: a directory without it is
+                    never read as a result
 
 Every file is written to a temporary name in the same folder and moved into place with
 ``os.replace``, so a crash (or SIGKILL) never leaves a half-written file under a final name.
+Files get the permissions of the umask (0644 under umask 022). A file or folder that cannot be
+written (disk full, read-only, no permission, a file where a folder should be) is a one-line
+:class:`~gfa_theory.errors.StorageError` naming the path; a stored file that cannot be read
+back is a :class:`~gfa_theory.errors.RunStoreError` naming it.
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -26,7 +37,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .errors import DataError, GFAError
+from .errors import DataError, GFAError, RunStoreError, StorageError
 
 RESULTS_ENV = "GFA_RESULTS"
 CONFIG_FILE = "config.json"
@@ -35,25 +46,108 @@ GRADIENTS_FILE = "gradients.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
 SNAPSHOT_DIR = "snapshots"  # model weights at each checkpoint step: step-<s>.pt
 DONE_FILE = "DONE"
+LOCK_FILE = ".lock"  # flock'd while a process trains the run
+FAULT_ENV = "GFA_FAULT_AT"  # tests: "<boundary>[:<n>]" SIGKILLs the process there (see _fault_point)
+FAULT_POINTS = ("config", "snapshot", "metrics", "checkpoint", "gradients", "done")
+
+
+# ---- fault injection -----------------------------------------------------------------------
+
+_fault_counts: dict[str, int] = {}
+
+
+def _fault_point(name: str) -> None:
+    """A write boundary of a run: with ``GFA_FAULT_AT=<name>[:<n>]`` the process SIGKILLs
+    itself the ``n``-th time (default 1) it gets here, so tests can kill it at every boundary.
+
+    Boundaries (:data:`FAULT_POINTS`): ``config`` after config.json, ``snapshot`` / ``metrics`` /
+    ``checkpoint`` after each of a checkpoint's files (in that order), ``gradients`` after
+    gradients.csv, ``done`` right before the DONE marker.
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    where, _, nth = spec.partition(":")
+    if where != name:
+        return
+    _fault_counts[name] = _fault_counts.get(name, 0) + 1
+    if _fault_counts[name] == (int(nth) if nth.isdigit() else 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ---- environment faults ----------------------------------------------------------------------
+
+_WHERE = "choose another results root (--out or $GFA_RESULTS)"
+_HINTS = {
+    errno.ENOSPC: "the disk is full: free space or " + _WHERE,
+    errno.EDQUOT: "the disk quota is exceeded: free space or " + _WHERE,
+    errno.EROFS: "the file system is read-only: " + _WHERE,
+    errno.EACCES: "permission denied: " + _WHERE,
+    errno.EPERM: "permission denied: " + _WHERE,
+    errno.EEXIST: "it exists and is not a folder: " + _WHERE,
+}
+
+
+def storage_error(exc: OSError, path: str | os.PathLike, action: str = "write") -> StorageError:
+    """A one-line :class:`StorageError` for ``exc`` raised while trying to ``action`` ``path``."""
+    path = Path(path)
+    if exc.errno == errno.ENOTDIR:
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        hint = (f"{blocker} is a file, not a folder: " if blocker else "a part of it is a file, not a folder: ") + _WHERE
+    else:
+        hint = _HINTS.get(exc.errno or 0, f"{exc.strerror or exc}: " + _WHERE)
+    err = StorageError(f"cannot {action} {path}: {hint}")
+    err.errno = exc.errno
+    return err
+
+
+def make_dirs(path: str | os.PathLike) -> Path:
+    """``mkdir -p path``, failures as a :class:`StorageError` naming the path."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise storage_error(exc, path, "create the folder") from None
+    return path
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (no race with threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)  # no /proc: read it by setting it (and put it back at once)
+    os.umask(old)
+    return old
 
 
 # ---- atomic writes ------------------------------------------------------------------------
 
 def _atomic(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    make_dirs(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise storage_error(exc, path) from None
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600 files; follow the umask
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
-        except FileNotFoundError:
+        except OSError:
             pass
+        if isinstance(exc, OSError) and not isinstance(exc, GFAError):
+            raise storage_error(exc, path) from None
         raise
     return path
 
@@ -115,27 +209,79 @@ class LoadedRun(NamedTuple):
     gradients: pd.DataFrame
 
 
+def _remedy(run: Path) -> str:
+    return f"delete {run} or retrain it with --force"
+
+
+def unreadable(file: str | os.PathLike, exc: BaseException, run: str | os.PathLike | None = None) -> RunStoreError:
+    """A one-line :class:`RunStoreError` for a stored file of run ``run`` that cannot be read."""
+    file = Path(file)
+    run = Path(run) if run is not None else file.parent
+    if isinstance(exc, FileNotFoundError):
+        return RunStoreError(f"{file} is missing: {_remedy(run)}")
+    lines = str(exc).strip().splitlines()
+    detail = f": {lines[0][:160]}" if lines else ""
+    return RunStoreError(f"cannot read {file} ({type(exc).__name__}{detail}): the file is truncated, "
+                         f"corrupt or not from gfa; {_remedy(run)}")
+
+
 def read_config(path: str | os.PathLike) -> dict:
+    """The parsed ``config.json`` of run directory ``path``."""
     p = Path(path) / CONFIG_FILE
     if not p.is_file():
         raise DataError(f"no {CONFIG_FILE} in {path}: not a gfa run directory")
-    return json.loads(p.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise unreadable(p, exc) from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise RunStoreError(f"{p} is not a gfa run config (no 'config' object): {_remedy(Path(path))}")
+    return meta
+
+
+def read_checkpoint(file: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    run: str | os.PathLike | None = None) -> dict:
+    """A checkpoint or snapshot file (a dict holding ``model``); a RunStoreError if unreadable."""
+    file = Path(file)
+    try:
+        state = torch.load(file, map_location=map_location, weights_only=False)
+    except Exception as exc:  # noqa: BLE001  (truncated zip, bad pickle, I/O error: all "unreadable")
+        raise unreadable(file, exc, run) from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise RunStoreError(f"{file} is not a gfa checkpoint (no model weights): "
+                            f"{_remedy(Path(run) if run is not None else file.parent)}")
+    return state
+
+
+def _read_csv(path: str | os.PathLike, name: str) -> pd.DataFrame:
+    file = Path(path) / name
+    try:
+        return pd.read_csv(file)
+    except Exception as exc:  # noqa: BLE001  (parser, empty file, encoding, I/O)
+        raise unreadable(file, exc) from None
 
 
 def read_metrics(path: str | os.PathLike) -> pd.DataFrame:
-    return pd.read_csv(Path(path) / METRICS_FILE)
+    return _read_csv(path, METRICS_FILE)
 
 
 def read_gradients(path: str | os.PathLike) -> pd.DataFrame:
-    df = pd.read_csv(Path(path) / GRADIENTS_FILE)
+    df = _read_csv(path, GRADIENTS_FILE)
     for col in ("step", "fan_in", "index", "seed"):
         if col in df:
-            df[col] = df[col].astype("Int64")
+            try:
+                df[col] = df[col].astype("Int64")
+            except (TypeError, ValueError) as exc:
+                raise unreadable(Path(path) / GRADIENTS_FILE, exc) from None
     return df
 
 
 def load_run(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LoadedRun:
-    """Config, model with its final weights, metrics and gradients of a complete run."""
+    """Config, model with its final weights, metrics and gradients of a complete run.
+
+    Reads whatever a finished run holds, whatever machine trained it (a CUDA run loads on a
+    CPU-only machine); a file that cannot be read back is a one-line RunStoreError naming it.
+    """
     from .models import build_model  # noqa: PLC0415
     from .training import RunConfig  # noqa: PLC0415
 
@@ -143,23 +289,34 @@ def load_run(path: str | os.PathLike, map_location: str | torch.device = "cpu") 
     if not is_complete(path):
         raise GFAError(f"run {path} is not complete (no {DONE_FILE} marker): train it first")
     meta = read_config(path)
-    cfg = RunConfig.from_dict(meta["config"])
+    try:
+        cfg = RunConfig.from_dict(meta["config"])
+    except GFAError as exc:
+        raise RunStoreError(f"{path / CONFIG_FILE} does not hold a valid run config ({exc}): "
+                            f"{_remedy(path)}") from None
     model = build_model(cfg.model_name, cfg.model)
-    state = torch.load(path / CHECKPOINT_FILE, map_location=map_location, weights_only=False)
-    model.load_state_dict(state["model"])
+    state = read_checkpoint(path / CHECKPOINT_FILE, map_location)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        raise RunStoreError(f"the weights in {path / CHECKPOINT_FILE} do not fit the model of "
+                            f"{path / CONFIG_FILE} ({type(exc).__name__}): {_remedy(path)}") from None
     model.eval()
     return LoadedRun(cfg, model, read_metrics(path), read_gradients(path))
 
 
-def get_or_train(cfg, root: str | os.PathLike | None = None, progress: bool = False, **kwargs):
+def get_or_train(cfg, root: str | os.PathLike | None = None, progress: bool = False,
+                 force: bool = False, **kwargs):
     """The run of ``cfg`` under ``root``: trained once, then read back (keyed by its hash).
 
-    A partial run (killed or interrupted) resumes from its last checkpoint. Extra keyword
-    arguments go to :func:`gfa_theory.training.train`.
+    A partial run (killed or interrupted) resumes from its last checkpoint; a finished one is
+    checked before it is reused (see :func:`gfa_theory.training.train`). ``force``: retrain
+    from scratch even if the run is complete. Extra keyword arguments go to
+    :func:`gfa_theory.training.train`.
     """
     from .training import train  # noqa: PLC0415
 
-    return train(cfg, root, resume=True, progress=progress, **kwargs)
+    return train(cfg, root, resume=True, progress=progress, force=force, **kwargs)
 
 
 def snapshots(path: str | os.PathLike) -> dict[int, Path]:

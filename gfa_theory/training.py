@@ -24,10 +24,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import math
 import os
 import platform
 import random
+import shutil
+import signal
+import sys
+import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -39,14 +44,21 @@ import torch
 from torch import nn
 
 from . import __version__
-from .config import _merge, apply_overrides, config_hash, from_dict, load_json, to_dict
+from .config import _merge, _short, apply_overrides, check_seed, config_hash, from_dict, load_json, to_dict
 from .data import BatchSampler, DataConfig, Dataset, TextData, eval_batches, load_data
-from .errors import ConfigError, TrainingError
-from .models import MODELS, build_model
-from .runs import (CHECKPOINT_FILE, CONFIG_FILE, SNAPSHOT_DIR, DONE_FILE, GRADIENTS_FILE, METRICS_FILE,
-                   load_run, results_root, save_torch_atomic, write_csv_atomic, write_json_atomic,
-                   write_text_atomic)
+from .devices import check_device, parse_device, resolve_device_name
+from .errors import ConfigError, GFAError, RunStoreError, TrainingError
+from .models import MAX_DIM, MODELS, build_model
+from .runs import (CHECKPOINT_FILE, CONFIG_FILE, SNAPSHOT_DIR, DONE_FILE, GRADIENTS_FILE, LOCK_FILE,
+                   METRICS_FILE, _fault_point, load_run, make_dirs, read_checkpoint, read_config,
+                   results_root, save_torch_atomic, storage_error, unreadable, write_csv_atomic,
+                   write_json_atomic, write_text_atomic)
 from .tracking import GradientTracker, UnitNorms, equalize_gradients_
+
+# Upper bounds of the training settings (hostile input is refused before anything is built).
+MAX_STEPS = 10 ** 9  # optimizer steps (and every interval counted in steps)
+MAX_POINTS = 10 ** 6  # series points, evaluation batches
+MAX_LR = 10.0  # no optimizer here trains at a larger learning rate: it diverges at once
 
 # Which data each trainable model reads.
 MODEL_TASKS = {"gpt": "text", "resnet": "image"}
@@ -61,7 +73,9 @@ class TrainConfig:
     Intervals count optimizer steps; 0 means "only at the end". ``track``: which units the
     gradient tracker records ("none" disables it). ``series_points``: length of the
     downsampled per-step gradient series. ``intervention``: "equalize" rescales each block's
-    gradient to the mean block norm before every update (SPEC study 3).
+    gradient to the mean block norm before every update (SPEC study 3). ``device``: ``auto``
+    (CUDA when present, else the CPU), ``cpu``, ``cuda``, ``cuda:<index>``, ``mps``; whether
+    the machine has it is checked when training starts (a stored CUDA config still loads here).
     """
 
     steps: int = 400
@@ -88,25 +102,24 @@ class TrainConfig:
     def __post_init__(self) -> None:
         def check(name: str, ok: bool, what: str) -> None:
             if not ok:
-                raise ConfigError(f"train.{name} must be {what}, got {getattr(self, name)!r}")
+                raise ConfigError(f"train.{name} must be {what}, got {_short(getattr(self, name))}")
 
-        check("steps", self.steps >= 1, ">= 1")
-        check("batch_size", self.batch_size >= 1, ">= 1")
-        check("lr", self.lr > 0 and math.isfinite(self.lr), "a positive number")
+        check("steps", 1 <= self.steps <= MAX_STEPS, f"in 1..{MAX_STEPS:.0e}")
+        check("batch_size", 1 <= self.batch_size <= MAX_DIM, f"in 1..{MAX_DIM}")
+        check("lr", 0 < self.lr <= MAX_LR, f"a number in (0, {MAX_LR:g}]")
         check("momentum", 0.0 <= self.momentum < 1.0, "in [0, 1)")
-        check("weight_decay", self.weight_decay >= 0, ">= 0")
-        check("warmup_steps", self.warmup_steps >= 0, ">= 0")
+        check("weight_decay", 0 <= self.weight_decay < math.inf, "a finite number >= 0")
+        check("warmup_steps", 0 <= self.warmup_steps <= MAX_STEPS, f"in 0..{MAX_STEPS:.0e}")
         check("min_lr_ratio", 0.0 <= self.min_lr_ratio <= 1.0, "in [0, 1]")
-        check("grad_clip", self.grad_clip >= 0, ">= 0 (0 disables clipping)")
+        check("grad_clip", 0 <= self.grad_clip < math.inf, "a finite number >= 0 (0 disables clipping)")
         for name in ("eval_interval", "checkpoint_interval"):
-            check(name, getattr(self, name) >= 0, ">= 0 (0: only at the end)")
-        check("eval_batches", self.eval_batches >= 1, ">= 1")
-        check("log_interval", self.log_interval >= 1, ">= 1")
-        check("series_points", self.series_points >= 1, ">= 1")
-        try:
-            torch.device(self.device)
-        except (RuntimeError, ValueError):
-            raise ConfigError(f"train.device: {self.device!r} is not a torch device") from None
+            check(name, 0 <= getattr(self, name) <= MAX_STEPS, "in 0..1e+09 (0: only at the end)")
+        check("eval_batches", 1 <= self.eval_batches <= MAX_POINTS, f"in 1..{MAX_POINTS:.0e}")
+        check("log_interval", 1 <= self.log_interval <= MAX_STEPS, f"in 1..{MAX_STEPS:.0e}")
+        # more points than steps keeps every step (the series cannot be longer than the run)
+        check("series_points", 1 <= self.series_points <= MAX_POINTS, f"in 1..{MAX_POINTS:.0e}")
+        check_seed("train.seed", self.seed)
+        parse_device(self.device, "train.device")
 
     @property
     def series_every(self) -> int:
@@ -197,7 +210,11 @@ def build_run_config(model_name: str, config_file: str | os.PathLike | None = No
 # ---- resolution against the data -------------------------------------------------------------
 
 def resolve(cfg: RunConfig) -> tuple[RunConfig, Dataset]:
-    """Load the data and fill the model fields it determines (vocabulary, classes, image shape)."""
+    """Load the data and fill the model fields it determines (vocabulary, classes, image shape);
+    ``train.device=auto`` becomes the device it stands for here (``cuda`` or ``cpu``)."""
+    device = resolve_device_name(cfg.train.device)
+    if device != cfg.train.device:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device))
     data = load_data(cfg.data)
     if cfg.model_name == "gpt":
         model = dataclasses.replace(cfg.model, vocab_size=data.vocab_size)
@@ -213,10 +230,62 @@ def _hook_names(hooks: Sequence[AfterBackward]) -> list[str]:
             for h in hooks]
 
 
+def numerics_key(device: str | torch.device) -> dict:
+    """The part of the numeric environment that enters a run's hash: what changes the numbers
+    of a run for the same config on the same kind of device (see :func:`run_key`)."""
+    dev = torch.device(resolve_device_name(str(device)))
+    key = {"torch": torch.__version__, "device": dev.type}
+    if dev.type == "cpu":  # vectorized CPU kernels (AVX2, AVX512, ...) sum in different orders
+        key["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    return key
+
+
+# Recorded fields a finished (or partial) run must share with this process to be reused (or
+# resumed): a cache hit must mean the same numbers. The thread count is checked rather than
+# hashed: a process may change it at will (the studies' worker processes use one thread while
+# their parent looks runs up by key), and a run key must not depend on it.
+_CHECKED = {"cpu": ("device_type", "torch", "cpu_capability", "num_threads"),
+            "other": ("device_type", "torch")}
+
+
+def environment(device: torch.device) -> dict:
+    """What a run's numbers depend on besides its config and data (``environment`` in config.json)."""
+    env: dict[str, Any] = {
+        "device": str(device), "device_type": device.type, "torch": torch.__version__,
+        "numpy": np.__version__, "python": platform.python_version(), "machine": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "num_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        env.update(cuda=torch.version.cuda, device_name=torch.cuda.get_device_name(device))
+    return env
+
+
+def _checked(env: dict) -> dict:
+    fields = _CHECKED["cpu" if env.get("device_type") == "cpu" else "other"]
+    return {f: env.get(f) for f in fields}
+
+
+def _env_mismatch(recorded: Any, current: dict, key: str, rdir: Path, what: str) -> str | None:
+    """One line naming the first checked field where ``recorded`` differs from ``current``."""
+    recorded = recorded if isinstance(recorded, dict) else {}
+    for field, cur in _checked(current).items():
+        rec = recorded.get(field)
+        if rec != cur:
+            if field == "num_threads" and isinstance(rec, int):
+                fix = (f"set OMP_NUM_THREADS={rec} (or torch.set_num_threads({rec})) to {what} it, "
+                       f"or pass --force to retrain it from scratch")
+            else:
+                fix = f"pass --force to retrain it from scratch here (or delete {rdir})"
+            return (f"run {key} in {rdir} was trained with {field}={rec!r}, this process has "
+                    f"{field}={cur!r} (the numbers depend on it): {fix}")
+    return None
+
+
 def run_key(cfg: RunConfig, hooks: Sequence[AfterBackward] = ()) -> str:
-    """``<model>-<hash>``: the hash covers the resolved config, the data sha256 and hook names."""
+    """``<model>-<hash>``: the hash covers the resolved config (``auto`` device resolved), the data
+    sha256, hook names and :func:`numerics_key` (torch version, device type, CPU instruction set)."""
     resolved, data = resolve(cfg)
-    payload = {"config": to_dict(resolved), "data_sha256": data.sha256}
+    payload = {"config": to_dict(resolved), "data_sha256": data.sha256,
+               "numerics": numerics_key(resolved.train.device)}
     if hooks:
         payload["hooks"] = _hook_names(hooks)
     return f"{cfg.model_name}-{config_hash(payload)}"
@@ -275,10 +344,8 @@ def _init_world(device: str) -> World:
 
 
 def _device(tc: TrainConfig, world: World) -> torch.device:
-    dev = torch.device(tc.device)
+    dev = check_device(tc.device, "train.device")
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"train.device={tc.device!r} but no CUDA device is available")
         if world.size > 1:
             dev = torch.device("cuda", world.local_rank)
         if dev.index is not None:
@@ -459,7 +526,7 @@ class RunResult:
 
 
 def _run_info(run_id: str, cfg: RunConfig, data: Dataset, hooks: Sequence[AfterBackward],
-              world: World, num_params: int) -> dict:
+              world: World, num_params: int, env: dict) -> dict:
     info: dict[str, Any] = {"dataset": cfg.data.dataset, "source": data.source, "sha256": data.sha256}
     if isinstance(data, TextData):
         info.update(vocab_size=data.vocab_size, train_tokens=len(data.train), val_tokens=len(data.val))
@@ -467,15 +534,29 @@ def _run_info(run_id: str, cfg: RunConfig, data: Dataset, hooks: Sequence[AfterB
         info.update(n_classes=data.n_classes, train_size=len(data.y_train), val_size=len(data.y_val))
     return {"run_id": run_id, "config": to_dict(cfg), "seed": cfg.train.seed, "data": info,
             "hooks": _hook_names(hooks), "num_params": num_params, "world_size": world.size,
-            "versions": {"gfa_theory": __version__, "torch": torch.__version__,
-                         "python": platform.python_version()}}
+            "versions": {"gfa_theory": __version__, "torch": torch.__version__, "numpy": np.__version__,
+                         "python": platform.python_version()},
+            "environment": env}
+
+
+def _remove_if_only_lock(path: Path) -> None:
+    """A start that failed before writing anything leaves no directory holding only a lock."""
+    try:
+        if os.listdir(path) == [LOCK_FILE]:
+            (path / LOCK_FILE).unlink()
+            path.rmdir()
+    except OSError:
+        pass
 
 
 @contextlib.contextmanager
-def _run_lock(path: Path, enabled: bool):
+def _run_lock(path: Path, enabled: bool, key: str = ""):
     """Exclusive lock on a run directory: two processes never train the same run at once.
 
-    The OS drops it when the holder dies (even by SIGKILL), so a rerun can always take over.
+    The OS drops it when the holder dies (even by SIGKILL), so a rerun can always take over. A
+    process that has to wait says so on stderr first. The holder removes the directory on the way
+    out if it holds nothing but the lock (a failed start); a waiter then finds its lock file gone
+    and starts over on a fresh one.
     """
     if not enabled:
         yield
@@ -485,13 +566,85 @@ def _run_lock(path: Path, enabled: bool):
     except ImportError:  # pragma: no cover
         yield
         return
-    path.mkdir(parents=True, exist_ok=True)
-    with open(path / ".lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    lock = path / LOCK_FILE
+    while True:
+        make_dirs(path)
         try:
-            yield
+            fh = open(lock, "a")  # noqa: SIM115  (held until the end of the block below)
+        except FileNotFoundError:  # the directory was removed in between: make it again
+            continue
+        except OSError as exc:
+            raise storage_error(exc, lock, "create the lock file") from None
+        try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"waiting for another process training run {key} ({path})", file=sys.stderr, flush=True)
+                fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                same = os.path.samestat(os.fstat(fh.fileno()), os.stat(lock))
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            fh.close()
+            raise
+        if same:
+            break
+        fh.close()  # locked a lock file that its holder has since removed: take the new one
+    try:
+        yield
+    finally:
+        try:
+            _remove_if_only_lock(path)  # still holding the lock: no one else is writing here
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+            fh.close()
+
+
+class _Interrupt:
+    """SIGINT and SIGTERM during :func:`train`. Inside the training loop (one process) the
+    signal is noted and the loop stops at the end of the current step, writes a checkpoint and
+    raises KeyboardInterrupt; elsewhere, under DDP or on a second signal, KeyboardInterrupt is
+    raised at once (the last checkpoint on disk is kept)."""
+
+    def __init__(self) -> None:
+        self.deferred = False  # True while the loop checks `pending` after every step
+        self.pending: str | None = None
+
+    def handler(self, signum: int, frame: Any) -> None:
+        if self.deferred and self.pending is None:
+            self.pending = signal.Signals(signum).name
+            return
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _interrupts():
+    """Route SIGINT / SIGTERM through an :class:`_Interrupt` (main thread, default handlers only)."""
+    stop = _Interrupt()
+    old: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+            if signal.getsignal(sig) is default:
+                old[sig] = signal.signal(sig, stop.handler)
+    try:
+        yield stop
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def _checkpoint_steps(tc: TrainConfig) -> list[int]:
+    """Steps with a checkpoint (and a weight snapshot): every ``checkpoint_interval``, and the last."""
+    ci = tc.checkpoint_interval
+    return sorted(set(range(ci, tc.steps, ci) if ci else ()) | {tc.steps})
+
+
+def _missing_artifacts(rdir: Path, tc: TrainConfig) -> list[str]:
+    """The files a finished run must hold (what the studies read) that ``rdir`` lacks."""
+    names = [CONFIG_FILE, METRICS_FILE, GRADIENTS_FILE, CHECKPOINT_FILE,
+             *(f"{SNAPSHOT_DIR}/step-{s}.pt" for s in _checkpoint_steps(tc))]
+    return [n for n in names if not (rdir / n).is_file()]
 
 
 def _loaded(rdir: Path, trained: bool) -> RunResult:
@@ -499,61 +652,115 @@ def _loaded(rdir: Path, trained: bool) -> RunResult:
     return RunResult(rdir, cfg, model, metrics, gradients, trained)
 
 
+def _reuse(rdir: Path, key: str, cfg: RunConfig, device: torch.device) -> RunResult:
+    """A finished run, read back only after checking that it is what it claims to be: the DONE
+    marker and config.json name this run and config, it was trained in the same numeric
+    environment (:data:`_CHECKED`), its checkpoint loads and is this run's last step, and every
+    artifact is there. Anything else is a one-line RunStoreError naming the file."""
+    remedy = f"delete {rdir} or retrain it with --force"
+    done = rdir / DONE_FILE
+    try:
+        marker = done.read_text(encoding="utf-8").strip()
+    except (OSError, ValueError) as exc:
+        raise unreadable(done, exc, rdir) from None
+    if marker != key:
+        raise RunStoreError(f"{done} names run {marker[:80]!r}, not {key}: {remedy}")
+    meta = read_config(rdir)
+    cfile = rdir / CONFIG_FILE
+    if meta.get("run_id") != key:
+        raise RunStoreError(f"{cfile} belongs to run {str(meta.get('run_id'))[:80]!r}, not {key}: {remedy}")
+    if meta["config"] != json.loads(json.dumps(to_dict(cfg))):
+        raise RunStoreError(f"{cfile} records another config than the one of run {key}: {remedy}")
+    problem = _env_mismatch(meta.get("environment"), environment(device), key, rdir, "reuse")
+    if problem:
+        raise RunStoreError(problem)
+    ckpt = rdir / CHECKPOINT_FILE
+    state = read_checkpoint(ckpt, run=rdir)
+    if state.get("run_id") != key or state.get("step") != cfg.train.steps:
+        raise RunStoreError(f"{ckpt} holds step {state.get('step')!r} of run {str(state.get('run_id'))[:80]!r}, "
+                            f"not the final step {cfg.train.steps} of {key}: {remedy}")
+    del state
+    missing = _missing_artifacts(rdir, cfg.train)
+    if missing:
+        raise RunStoreError(f"run {key} in {rdir} is marked complete but {rdir / missing[0]} is missing: {remedy}")
+    return _loaded(rdir, trained=False)
+
+
 def train(cfg: RunConfig, out_root: str | os.PathLike | None = None, resume: bool = True,
-          progress: bool = True, on_after_backward: Sequence[AfterBackward] = ()) -> RunResult:
+          progress: bool = True, on_after_backward: Sequence[AfterBackward] = (),
+          force: bool = False) -> RunResult:
     """Train ``cfg`` into ``<out_root>/<model>-<hash>/`` (see :mod:`gfa_theory.runs`).
 
-    ``resume``: a complete run is read back instead of retrained, and a partial one continues
-    from its last checkpoint; with ``resume=False`` the run starts over. ``on_after_backward``:
-    user hooks ``hook(model, step)`` called after backward, before clipping and the update
-    (their names enter the run's hash). Raises :class:`TrainingError` on a non-finite loss,
-    keeping the last good checkpoint.
+    ``resume``: a complete run is read back instead of retrained (once checked: intact files, same
+    run, same numeric environment, else a one-line RunStoreError), and a partial one continues
+    from its last checkpoint; with ``resume=False`` or ``force=True`` the run starts over from
+    scratch. ``on_after_backward``: user hooks ``hook(model, step)`` called after backward, before
+    clipping and the update (their names enter the run's hash). Raises :class:`TrainingError` on
+    a non-finite loss, keeping the last good checkpoint. SIGINT or SIGTERM stop at the end of the
+    current step with a checkpoint and raise KeyboardInterrupt; the same call then resumes.
     """
     hooks = list(on_after_backward)
-    world = _init_world(cfg.train.device)
+    resume = resume and not force
+    device = check_device(cfg.train.device, "train.device")  # before any directory is made
+    world = _init_world(device.type)
     try:
-        resolved, data = resolve(cfg)
-        key = run_key(resolved, hooks)
-        rdir = results_root(out_root) / key
-        if resume and (rdir / DONE_FILE).is_file():  # finished: read back, no lock (read-only is fine)
-            return _loaded(rdir, trained=False)
-        with _run_lock(rdir, world.main):
-            world.barrier()
-            if resume and (rdir / DONE_FILE).is_file():  # finished while we waited for the lock
-                return _loaded(rdir, trained=False)
-            world.barrier()  # every rank has looked before rank 0 may remove DONE below
-            return _train(resolved, data, key, rdir, resume, progress, hooks, world)
+        with _interrupts() as stop:
+            resolved, data = resolve(cfg)
+            key = run_key(resolved, hooks)
+            rdir = results_root(out_root) / key
+            if resume and (rdir / DONE_FILE).is_file():  # finished: read back, no lock (read-only is fine)
+                return _reuse(rdir, key, resolved, device)
+            with _run_lock(rdir, world.main, key):
+                world.barrier()
+                if resume and (rdir / DONE_FILE).is_file():  # finished while we waited for the lock
+                    return _reuse(rdir, key, resolved, device)
+                world.barrier()  # every rank has looked before rank 0 may remove DONE below
+                return _train(resolved, data, key, rdir, resume, progress, hooks, world, stop)
     finally:
         if world.owns_group:
             torch.distributed.destroy_process_group()
 
 
 def _train(cfg: RunConfig, data: Dataset, key: str, rdir: Path, resume: bool, progress: bool,
-           hooks: list[AfterBackward], world: World) -> RunResult:
+           hooks: list[AfterBackward], world: World, stop: _Interrupt | None = None) -> RunResult:
     from tqdm.auto import tqdm  # noqa: PLC0415
 
+    stop = stop or _Interrupt()
     tc = cfg.train
     trainer = Trainer(cfg, data, world, hooks)
+    env = environment(trainer.device)
     ckpt_path = rdir / CHECKPOINT_FILE
     rows: list[dict] = []
     last_ckpt = 0
     if resume and ckpt_path.is_file():
+        remedy = f"delete {rdir} or retrain it with --force"
         # on the CPU: RNG states must stay there; load_state_dict moves the rest to the device
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = read_checkpoint(ckpt_path, "cpu", run=rdir)
         if state.get("run_id") != key:
-            raise TrainingError(f"{ckpt_path} belongs to run {state.get('run_id')}, not {key}")
-        trainer.load_state_dict(state)
-        rows, last_ckpt = list(state["metrics"]), trainer.step
-    elif world.main:
-        for name in (DONE_FILE, CHECKPOINT_FILE, METRICS_FILE, GRADIENTS_FILE):
+            raise RunStoreError(f"{ckpt_path} belongs to run {str(state.get('run_id'))[:80]!r}, not {key}: {remedy}")
+        problem = _env_mismatch(state.get("environment"), env, key, rdir, "resume")
+        if problem:
+            raise RunStoreError(problem)
+        try:
+            trainer.load_state_dict(state)
+            rows = list(state["metrics"])
+        except GFAError:
+            raise
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise RunStoreError(f"{ckpt_path} does not fit run {key} ({type(exc).__name__}): {remedy}") from None
+        last_ckpt = trainer.step
+    elif world.main:  # from scratch: nothing of an earlier attempt may survive
+        for name in (DONE_FILE, CHECKPOINT_FILE, METRICS_FILE, GRADIENTS_FILE, CONFIG_FILE):
             (rdir / name).unlink(missing_ok=True)
+        shutil.rmtree(rdir / SNAPSHOT_DIR, ignore_errors=True)
     if world.main:  # temporary files of a writer that was killed mid-write
         for tmp in rdir.rglob(".*.tmp"):
             tmp.unlink(missing_ok=True)
     n_params = sum(p.numel() for p in trainer.raw_model.parameters())
-    info = _run_info(key, cfg, data, hooks, world, n_params)
+    info = _run_info(key, cfg, data, hooks, world, n_params, env)
     if world.main:
         write_json_atomic(rdir / CONFIG_FILE, info)
+        _fault_point("config")
     world.barrier()
 
     def check_finite() -> None:
@@ -563,40 +770,65 @@ def _train(cfg: RunConfig, data: Dataset, key: str, rdir: Path, resume: bool, pr
                     else "no checkpoint had been written yet")
             raise TrainingError(f"non-finite training loss at step {bad} of run {key}: stopped; {kept}")
 
-    def checkpoint() -> None:
+    def full_state() -> dict:
         state = trainer.state_dict()  # a collective under DDP: every rank takes part
+        state.update(run_id=key, metrics=rows, environment=env)
+        return state
+
+    def checkpoint() -> None:
+        state = full_state()
         if world.main:
-            state.update(run_id=key, metrics=rows)
-            save_torch_atomic(ckpt_path, state)
-            # model weights at every checkpoint step, kept (small): rank stability across
-            # training checkpoints is measured on these (pruning study)
+            # the weight snapshot and metrics first, checkpoint.pt last: a checkpoint on disk
+            # always has the files of its step (and earlier ones) beside it, so a kill anywhere in
+            # between resumes from the previous checkpoint and rewrites the same files.
+            # Snapshots: model weights at every checkpoint step, kept (small): rank stability
+            # across training checkpoints is measured on these (pruning study)
             save_torch_atomic(rdir / SNAPSHOT_DIR / f"step-{trainer.step}.pt",
                               {"step": trainer.step, "model": trainer.raw_model.state_dict()})
+            _fault_point("snapshot")
             write_csv_atomic(rdir / METRICS_FILE, pd.DataFrame(rows, columns=METRIC_COLUMNS))
+            _fault_point("metrics")
+            save_torch_atomic(ckpt_path, state)
+            _fault_point("checkpoint")
         world.barrier()
+
+    def interrupted() -> None:  # one process only (stop.deferred is never set under DDP)
+        check_finite()
+        save_torch_atomic(ckpt_path, full_state())  # exact resume from any step
+        print(f"{stop.pending or 'interrupted'}: stopped at step {trainer.step} of run {key}; checkpoint "
+              f"written to {ckpt_path}: rerun the same command to resume", file=sys.stderr, flush=True)
+        raise KeyboardInterrupt
 
     if trainer.step == 0 and tc.eval_interval and world.main:
         rows.append(trainer.evaluate())
     bar = tqdm(total=tc.steps, initial=trainer.step, desc=key, dynamic_ncols=True,
                disable=not (progress and world.main))
     with bar:
-        while trainer.step < tc.steps:
-            trainer.train_step()
-            s = trainer.step
-            bar.update(1)
-            final = s == tc.steps
-            if s % tc.log_interval == 0 or final:
-                check_finite()
-                row = trainer.log_train()
-                if world.main:
-                    rows.append(row)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
-            if world.main and ((tc.eval_interval and s % tc.eval_interval == 0) or final):
-                rows.append(trainer.evaluate())
-            if tc.checkpoint_interval and s % tc.checkpoint_interval == 0 and not final:
-                check_finite()
-                checkpoint()
-                last_ckpt = s
+        stop.deferred = world.size == 1
+        try:
+            while trainer.step < tc.steps:
+                trainer.train_step()
+                s = trainer.step
+                bar.update(1)
+                final = s == tc.steps
+                if s % tc.log_interval == 0 or final:
+                    check_finite()
+                    row = trainer.log_train()
+                    if world.main:
+                        rows.append(row)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
+                if world.main and ((tc.eval_interval and s % tc.eval_interval == 0) or final):
+                    rows.append(trainer.evaluate())
+                if tc.checkpoint_interval and s % tc.checkpoint_interval == 0 and not final:
+                    check_finite()
+                    checkpoint()
+                    last_ckpt = s
+                if stop.pending:
+                    interrupted()
+        finally:
+            stop.deferred = False
+        if stop.pending:  # a signal between the last check and the line above
+            interrupted()
     check_finite()
     checkpoint()
     if world.main:
@@ -607,6 +839,12 @@ def _train(cfg: RunConfig, data: Dataset, key: str, rdir: Path, resume: bool, pr
         grads.insert(0, "seed", tc.seed)
         grads.insert(0, "run_id", key)
         write_csv_atomic(rdir / GRADIENTS_FILE, grads)
+        _fault_point("gradients")
+        missing = _missing_artifacts(rdir, tc)
+        if missing:  # never mark a run complete that the studies cannot read
+            raise TrainingError(f"run {key} in {rdir}: {', '.join(missing)} missing after training; "
+                                f"not marking it complete")
+        _fault_point("done")
         write_text_atomic(rdir / DONE_FILE, f"{key}\n")  # last: marks the directory complete
     world.barrier()
     return _loaded(rdir, trained=True)

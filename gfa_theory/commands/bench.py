@@ -37,7 +37,7 @@ def _tracker_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=_positive, default=2, help="training steps per timed block")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per variant first")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
-                   help="override the default GPT run config (e.g. train.device=cuda)")
+                   help="override the default GPT run config (e.g. train.device=cpu; default device: auto)")
 
 
 def _tracker_run(args: argparse.Namespace) -> dict:
@@ -46,7 +46,7 @@ def _tracker_run(args: argparse.Namespace) -> dict:
 
     if args.warmup < 0:
         raise ConfigError(f"--warmup must be >= 0, got {args.warmup}")
-    cfg = build_run_config("gpt", overrides=args.overrides)
+    cfg = build_run_config("gpt", overrides=["train.device=auto", *args.overrides])  # CUDA when present
     return tracker_overhead(cfg, repeats=args.repeats, block=args.steps, warmup=args.warmup)
 
 
@@ -62,7 +62,7 @@ def _taper_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=_positive, default=64, help="batch of the throughput measurement")
     p.add_argument("--context", type=_positive, default=64, help="tokens per sequence (fixed context)")
     p.add_argument("--threads", type=_positive, default=1, help="torch threads while timing")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    p.add_argument("--device", default="auto", help="torch device: auto (CUDA when present, else cpu), cpu, cuda")
 
 
 def _taper_run(args: argparse.Namespace) -> dict:

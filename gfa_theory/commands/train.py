@@ -25,6 +25,9 @@ def add_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--restart", action="store_true",
                    help="train from scratch even if a checkpoint or a finished run exists")
+    p.add_argument("--force", action="store_true",
+                   help="retrain from scratch even if the run is complete or its stored files are "
+                        "refused (corrupt, another run's, trained with other threads / torch / CPU)")
     p.set_defaults(func=run)
 
 
@@ -55,7 +58,8 @@ def spearman(table: pd.DataFrame) -> tuple[float, float]:
 def run(args: argparse.Namespace) -> int:
     cfg = build_run_config(args.model, args.config, args.overrides)
     start = time.perf_counter()
-    result = train(cfg, args.out, resume=not args.restart, progress=not args.no_progress)
+    result = train(cfg, args.out, resume=not args.restart, progress=not args.no_progress,
+                   force=args.force)
     elapsed = time.perf_counter() - start
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return 0
