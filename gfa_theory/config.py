@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -17,6 +18,58 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 from .errors import ConfigError
 
 T = TypeVar("T")
+
+# Hostile-input limits, checked before anything is built from a config.
+INT_LIMIT = 2 ** 63 - 1  # any integer config value (torch's int64); fields have tighter bounds
+SEED_MAX = 2 ** 32 - 1  # seeds: numpy's RandomState (scikit-learn splits) takes 0..2**32-1
+MAX_DEPTH = 32  # nesting of a config file or --set value (a real config nests 3 deep)
+MAX_CONFIG_BYTES = 16 * 2 ** 20  # a config file is a few hundred bytes
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters (error messages stay one short line)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int beyond Python's digit limit for str()
+        return "<an integer with too many digits>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_seed(name: str, value: Any) -> None:
+    """Seeds are integers in 0..2**32-1: the range every RNG the package seeds accepts
+    (torch takes more, numpy's RandomState behind the scikit-learn split does not)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        raise ConfigError(f"{name} must be an integer in 0..{SEED_MAX} (2**32-1), got {_short(value)}")
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value (iterative: deep input cannot exhaust the stack)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        node, d = todo.pop()
+        if isinstance(node, dict):
+            node = list(node.values())
+        if isinstance(node, list):
+            deepest = max(deepest, d)
+            if d > MAX_DEPTH:
+                return d
+            todo.extend((v, d + 1) for v in node)
+    return deepest
+
+
+def _loads(text: str, what: str) -> Any:
+    """``json.loads`` with one-line errors for hostile input (deep nesting, huge integers)."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ConfigError(f"{what} nests deeper than {MAX_DEPTH} levels") from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:  # e.g. an integer beyond Python's 4300-digit conversion limit
+        raise ConfigError(f"{what}: {str(exc).split(';')[0]}") from None
+    if _depth(value) > MAX_DEPTH:
+        raise ConfigError(f"{what} nests deeper than {MAX_DEPTH} levels")
+    return value
 
 
 def to_dict(cfg: Any) -> dict:
@@ -51,15 +104,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arm, key)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(f"config key '{key}': {value!r} is not a valid {_type_name(tp)}")
+        raise ConfigError(f"config key '{key}': {_short(value)} is not a valid {_type_name(tp)}")
     if origin is Literal:
         if value not in get_args(tp):
             choices = ", ".join(repr(a) for a in get_args(tp))
-            raise ConfigError(f"config key '{key}': {value!r} is not one of {choices}")
+            raise ConfigError(f"config key '{key}': {_short(value)} is not one of {choices}")
         return value
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+            raise ConfigError(f"config key '{key}': expected a list, got {_short(value)}")
         args = get_args(tp)
         if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
             args = (args[0],)
@@ -74,27 +127,36 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"config key '{key}': expected an object, got {value!r}")
+            raise ConfigError(f"config key '{key}': expected an object, got {_short(value)}")
         return from_dict(tp, value, prefix=f"{key}.")
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+        raise ConfigError(f"config key '{key}': expected true/false, got {_short(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
+            if not -INT_LIMIT <= value <= INT_LIMIT:
+                raise ConfigError(f"config key '{key}': {_short(value)} is out of range "
+                                  f"(integers must lie within +-{INT_LIMIT})")
             return value
-        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+        raise ConfigError(f"config key '{key}': expected an integer, got {_short(value)}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+            try:
+                number = float(value)
+            except OverflowError:
+                number = math.inf
+            if not math.isfinite(number):
+                raise ConfigError(f"config key '{key}': expected a finite number, got {_short(value)}")
+            return number
+        raise ConfigError(f"config key '{key}': expected a number, got {_short(value)}")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        raise ConfigError(f"config key '{key}': expected a string, got {_short(value)}")
     if isinstance(tp, type) and isinstance(value, tp):
         return value
-    raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {_short(value)}")
 
 
 def from_dict(cls: type[T], data: dict, prefix: str = "") -> T:
@@ -124,7 +186,12 @@ def load_json(path: str | Path) -> dict:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        if p.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {p} is {p.stat().st_size:,} bytes: more than the "
+                              f"{MAX_CONFIG_BYTES // 2 ** 20} MiB a config can be")
+        data = _loads(p.read_text(encoding="utf-8"), f"config file {p}")
+    except OSError as exc:
+        raise ConfigError(f"config file {p} is unreadable: {exc.strerror or exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {p} is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
@@ -133,9 +200,12 @@ def load_json(path: str | Path) -> dict:
 
 
 def parse_value(text: str) -> Any:
-    """``--set`` values: JSON when it parses (numbers, lists, true/false), else a string."""
+    """``--set`` values: JSON when it parses (numbers, lists, true/false), else a string.
+
+    JSON that parses but is hostile (nested deeper than :data:`MAX_DEPTH`, an integer of
+    thousands of digits) is a :class:`ConfigError`, not a string."""
     try:
-        return json.loads(text)
+        return _loads(text, f"value {_short(text, 40)}")
     except json.JSONDecodeError:
         return text
 
@@ -145,9 +215,11 @@ def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     out = json.loads(json.dumps(data))
     for item in overrides or []:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key=value")
+            raise ConfigError(f"override '{_short(item, 40)}' must look like key=value")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
+        if not all(parts) or len(parts) > MAX_DEPTH:
+            raise ConfigError(f"override '{_short(item, 40)}': '{_short(key, 40)}' is not a config key")
         node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})

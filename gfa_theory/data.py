@@ -63,6 +63,9 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        from .config import check_seed  # noqa: PLC0415
+
+        check_seed("data.split_seed", self.split_seed)
         if self.text_file is not None and self.dataset != "text":
             raise ConfigError(f"data.text_file only applies to dataset 'text', not '{self.dataset}'")
         if self.dataset == "cifar10" and self.data_dir is None:

@@ -25,6 +25,8 @@ from typing import Any, Iterable
 
 from .errors import LayoutError
 
+MAX_FILE_BYTES = 64 * 2 ** 20  # a layout file of ~2 million blocks; larger is not a layout
+
 
 @dataclass(frozen=True)
 class Block:
@@ -158,6 +160,10 @@ class Layout:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise LayoutError(f"layout is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise LayoutError("layout JSON is nested too deeply") from None
+        except ValueError as exc:  # e.g. an integer beyond Python's digit limit
+            raise LayoutError(f"layout is not usable JSON: {str(exc).split(';')[0]}") from None
         return cls.from_dict(data)
 
     @classmethod
@@ -166,9 +172,14 @@ class Layout:
         if not p.is_file():
             raise LayoutError(f"layout file not found: {p}")
         try:
+            if p.stat().st_size > MAX_FILE_BYTES:
+                raise LayoutError(f"layout file {p} is {p.stat().st_size:,} bytes: at most "
+                                  f"{MAX_FILE_BYTES // 2 ** 20} MiB")
             text = p.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             raise LayoutError(f"layout file {p} is not UTF-8 text") from None
+        except OSError as exc:
+            raise LayoutError(f"layout file {p} is unreadable: {exc.strerror or exc}") from None
         return cls.from_json(text)
 
     def to_dict(self) -> dict:

@@ -47,8 +47,8 @@ class TaperConfig:
     def __post_init__(self) -> None:
         for name in ("B", "n_embd", "n_head", "d_ff", "quantum", "min_heads", "vocab_size", "block_size"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"taper '{name}' must be a positive integer, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 2 ** 31 - 1:
+                raise ConfigError(f"taper '{name}' must be a positive integer <= 2**31-1, got {v!r}")
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_head={self.n_head} does not divide n_embd={self.n_embd}")
         if self.schedule not in SCHEDULES:
@@ -57,8 +57,8 @@ class TaperConfig:
             raise ConfigError(f"taper strength r must be in (0, 1], got {self.r}")
         if not 0 <= self.step_at <= 1:
             raise ConfigError(f"step_at must be in [0, 1], got {self.step_at}")
-        if self.alpha < 0:
-            raise ConfigError(f"alpha must be >= 0, got {self.alpha}")
+        if not 0 <= self.alpha < math.inf:  # NaN fails too (it would silently give r everywhere)
+            raise ConfigError(f"alpha must be a finite number >= 0, got {self.alpha}")
         if self.min_heads > self.n_head:
             raise ConfigError(f"min_heads={self.min_heads} exceeds n_head={self.n_head}")
 

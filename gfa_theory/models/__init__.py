@@ -58,6 +58,20 @@ class ResidualModel(nn.Module):
             self.disabled = previous
 
 
+# Upper bounds of model sizes, checked by the configs before anything is allocated (whether a
+# model within them fits in memory is a separate check: gfa_theory.resources).
+MAX_DIM = 2 ** 31 - 1  # any width, vocabulary, context or channel count (torch's int32 kernels)
+MAX_BLOCKS = 100_000  # residual blocks / applications (a config loops over them)
+
+
+def _bounded(name: str, value: Any, low: int = 1, high: int = MAX_DIM) -> None:
+    """``value`` must be an integer in ``low..high`` (one-line :class:`ConfigError` otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        shown = repr(value) if not isinstance(value, int) or abs(value) < 10 ** 30 else f"~{float(value):.3g}"
+        what = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ConfigError(f"{name} must be {what} <= {high:,}, got {shown}")
+
+
 def _supervised_blocks(spec: Any, B: int, what: str = "supervision") -> list[int]:
     """The supervision set S as sorted 1-based block indices; the last block is always read."""
     if spec == "final":

@@ -27,14 +27,13 @@ from ..errors import ConfigError
 from ..layout import Block as LayoutBlock
 from ..layout import Layout
 from ..units import Unit
-from . import ResidualModel, _supervised_blocks
+from . import MAX_BLOCKS, MAX_DIM, ResidualModel, _bounded, _supervised_blocks
 
 BRANCHES = ("attn", "mlp")  # forward order of the two branches in a block
 
 
-def _positive(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+def _positive(name: str, value: int, high: int = MAX_DIM) -> None:
+    _bounded(name, value, 1, high)
 
 
 @dataclass
@@ -57,8 +56,9 @@ class GPTConfig:
     tie_embeddings: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "block_size", "n_embd", "n_blocks"):
+        for name in ("vocab_size", "block_size", "n_embd"):
             _positive(name, getattr(self, name))
+        _positive("n_blocks", self.n_blocks, MAX_BLOCKS)
         for name in ("n_head", "d_ff"):
             values = self._per_block(name)
             for v in values:
@@ -74,6 +74,9 @@ class GPTConfig:
         if self.block_schedule is not None:
             if not isinstance(self.block_schedule, (list, tuple)) or not self.block_schedule:
                 raise ConfigError("block_schedule must be a non-empty list of block indices")
+            if len(self.block_schedule) > MAX_BLOCKS:
+                raise ConfigError(f"block_schedule has {len(self.block_schedule):,} applications: "
+                                  f"at most {MAX_BLOCKS:,}")
             for u in self.block_schedule:
                 if isinstance(u, bool) or not isinstance(u, int) or not 0 <= u < self.n_blocks:
                     raise ConfigError(f"block_schedule entry {u!r} is out of range 0..{self.n_blocks - 1}")

@@ -26,7 +26,7 @@ from ..errors import ConfigError
 from ..layout import Block as LayoutBlock
 from ..layout import Layout
 from ..units import Unit
-from . import ResidualModel, _supervised_blocks
+from . import MAX_BLOCKS, MAX_DIM, ResidualModel, _bounded, _supervised_blocks
 
 
 @dataclass
@@ -41,9 +41,7 @@ class ResNetConfig:
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "num_classes", "image_size"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+            _bounded(name, getattr(self, name))
         if self.variant not in ("preact", "post"):
             raise ConfigError(f"variant must be 'preact' or 'post', got {self.variant!r}")
         for name in ("blocks_per_stage", "widths"):
@@ -56,9 +54,12 @@ class ResNetConfig:
                 low = 0 if name == "blocks_per_stage" and k == 0 and len(values) > 1 else 1
                 if isinstance(v, bool) or not isinstance(v, int) or v < low:
                     raise ConfigError(f"{name} entries must be positive integers, got {v!r}")
+                _bounded(f"{name} entry", v, low, MAX_BLOCKS if name == "blocks_per_stage" else MAX_DIM)
         if len(self.blocks_per_stage) != len(self.widths):
             raise ConfigError(f"blocks_per_stage has {len(self.blocks_per_stage)} stages "
                               f"but widths has {len(self.widths)}")
+        if self.B > MAX_BLOCKS:
+            raise ConfigError(f"blocks_per_stage adds up to {self.B:,} blocks: at most {MAX_BLOCKS:,}")
         _supervised_blocks(self.supervision, self.B)
 
     @property
