@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from . import __version__
@@ -41,7 +42,39 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# Exit status when stdout is a pipe closed early (``gfa fanin --branches 2000 | head -1``): what
+# a process killed by SIGPIPE reports (128 + 13), like ``cat`` or ``yes``; nothing on stderr.
+EXIT_BROKEN_PIPE = 141
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` as one line (the CLI's errors are always exactly one line)."""
+    return "; ".join(part.strip() for part in str(exc).splitlines() if part.strip()) or type(exc).__name__
+
+
+def _silence_stdout() -> None:
+    """Point stdout at the null device, so that flushing it at exit cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):  # no real file descriptor (captured in tests)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run ``gfa`` with ``argv``; returns the exit status. A user error is one line on stderr
+    and status 2; a reader of stdout that goes away early ends it quietly with status 141."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not as a traceback at interpreter exit
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(only=argv[0] if argv and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)
@@ -51,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except GFAError as exc:
-        print(f"gfa: error: {exc}", file=sys.stderr)
+        print(f"gfa: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gfa: interrupted", file=sys.stderr)

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import ConfigError
+from ..models import MAX_DIM
+from ..resources import check_inference_memory, check_training_memory
+from .taper import MAX_BLOCKS as MAX_TAPER_BLOCKS
 
 
 @dataclass(frozen=True)
@@ -21,21 +24,31 @@ class Benchmark:
     run: Callable[[argparse.Namespace], dict]
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer in ``low..high`` (hostile sizes are refused before timing)."""
+    def parse(text: str) -> int:
+        what = "a positive integer" if low == 1 else f"an integer >= {low}"
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text[:40]!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {what} <= {high:,}, got {text[:40]}")
+        return value
+    return parse
+
+
+_positive = _int_in(1, MAX_DIM)
+_repeats = _int_in(1, 100_000)  # every repeat's times are kept
+_warmup = _int_in(0, 100_000)
+_threads = _int_in(1, 1024)
 
 
 def _tracker_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--repeats", type=_positive, default=150,
+    p.add_argument("--repeats", type=_repeats, default=150,
                    help="interleaved timing repeats (fewer than ~150 is noisier than the effect on a shared machine)")
-    p.add_argument("--steps", type=_positive, default=2, help="training steps per timed block")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps per variant first")
+    p.add_argument("--steps", type=_repeats, default=2, help="training steps per timed block")
+    p.add_argument("--warmup", type=_warmup, default=5, help="untimed steps per variant first")
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
                    help="override the default GPT run config (e.g. train.device=cpu; default device: auto)")
 
@@ -47,6 +60,7 @@ def _tracker_run(args: argparse.Namespace) -> dict:
     if args.warmup < 0:
         raise ConfigError(f"--warmup must be >= 0, got {args.warmup}")
     cfg = build_run_config("gpt", overrides=["train.device=auto", *args.overrides])  # CUDA when present
+    check_training_memory(cfg)
     return tracker_overhead(cfg, repeats=args.repeats, block=args.steps, warmup=args.warmup)
 
 
@@ -56,12 +70,12 @@ def _taper_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=[s for s in SCHEDULES if s != "uniform"], default="linear",
                    help="taper schedule of the model timed against the uniform one")
     p.add_argument("--r", type=float, default=0.5, help="width multiplier of the last block")
-    p.add_argument("--blocks", type=_positive, default=8, help="number of Transformer blocks B")
-    p.add_argument("--repeats", type=_positive, default=30, help="interleaved timing repeats")
-    p.add_argument("--warmup", type=int, default=5, help="untimed forward passes per model and mode first")
+    p.add_argument("--blocks", type=_int_in(1, MAX_TAPER_BLOCKS), default=8, help="number of Transformer blocks B")
+    p.add_argument("--repeats", type=_repeats, default=30, help="interleaved timing repeats")
+    p.add_argument("--warmup", type=_warmup, default=5, help="untimed forward passes per model and mode first")
     p.add_argument("--batch", type=_positive, default=64, help="batch of the throughput measurement")
     p.add_argument("--context", type=_positive, default=64, help="tokens per sequence (fixed context)")
-    p.add_argument("--threads", type=_positive, default=1, help="torch threads while timing")
+    p.add_argument("--threads", type=_threads, default=1, help="torch threads while timing")
     p.add_argument("--device", default="auto", help="torch device: auto (CUDA when present, else cpu), cpu, cuda")
 
 
@@ -70,6 +84,7 @@ def _taper_run(args: argparse.Namespace) -> dict:
     from ..taper import TaperConfig  # noqa: PLC0415
 
     taper = TaperConfig(B=args.blocks, schedule=args.schedule, r=args.r, block_size=args.context)
+    check_inference_memory(taper, args.batch)
     timing = TimingConfig(context=args.context, batch=args.batch, repeats=args.repeats, warmup=args.warmup,
                           threads=args.threads, device=args.device)
     return bench_taper(taper, timing)

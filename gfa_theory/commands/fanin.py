@@ -21,6 +21,13 @@ SYMBOLIC_CHECK_N = range(1, 17)  # sequential stacks on which --symbolic --check
 # Every order of every branch is ~P^2/2 integers of up to P bits: beyond this many stream
 # positions the JSON would run to gigabytes, so --max-order is required.
 FULL_ORDER_LIMIT = 2048
+# Hostile sizes, refused before any work: the exact analysis takes ~3 s and 0.3 GB at this many
+# stream positions (the symbolic closed forms cover any N); path counts at most this many
+# (positions x orders); the autograd check takes ~10 s and 1 GB at this many positions.
+MAX_POSITIONS = 100_000
+MAX_COUNTS = FULL_ORDER_LIMIT ** 2
+MAX_CHECK_POSITIONS = 20_000
+MAX_MODEL_BLOCKS = 100_000
 
 
 def add_source_arguments(source: argparse._MutuallyExclusiveGroup) -> None:
@@ -73,6 +80,9 @@ def layout_from_args(args: argparse.Namespace) -> Layout:
         from ..adapters import module_layout
         return module_layout(model_from_args(args))
     if getattr(args, "branches", None) is not None:
+        if isinstance(args.branches, int) and args.branches > MAX_POSITIONS:
+            raise ConfigError(f"--branches must be at most {MAX_POSITIONS:,}, got {args.branches} "
+                              "(--symbolic gives the closed forms for any N)")
         return Layout.sequential(args.branches, args.supervision or "final")
     if getattr(args, "layout", None) is not None:
         if args.supervision is not None:
@@ -83,11 +93,53 @@ def layout_from_args(args: argparse.Namespace) -> Layout:
 
 
 def model_from_args(args: argparse.Namespace):
-    """The ``nn.Module`` named by ``--model`` and ``--set`` (built once per ``args``)."""
+    """The ``nn.Module`` named by ``--model`` and ``--set`` (built once per ``args``; refused
+    before anything is allocated when it cannot fit in memory)."""
     if getattr(args, "_module", None) is None:
         from ..adapters import parse_model_spec
+        check_model_size(args.model, args.overrides)
         args._module = parse_model_spec(args.model, args.overrides)
     return args._module
+
+
+def _model_params(spec: str, overrides: list[str] | None) -> int | None:
+    """Parameters of the model ``spec`` would build, without building it (``None``: unknown)."""
+    from ..resources import param_count
+    if spec in ("gpt", "resnet"):
+        from ..models import build_config
+        return param_count(spec, build_config(spec, overrides))
+    family, _, name = spec.partition(":")
+    if family == "hf":
+        from ..adapters import HF_GPT2_DEFAULTS, _overrides_dict
+        kw = {**HF_GPT2_DEFAULTS, **_overrides_dict(overrides)}
+        sizes = [kw.get(k) for k in ("n_layer", "n_embd", "vocab_size", "n_positions")]
+        inner = kw.get("n_inner") or 4 * (kw.get("n_embd") or 0)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in [*sizes, inner]):
+            return None  # GPT2Config refuses it with its own message
+        L, C, V, P = sizes
+        if L > MAX_MODEL_BLOCKS:
+            raise ConfigError(f"n_layer must be at most {MAX_MODEL_BLOCKS:,}, got {L}")
+        return V * C + P * C + 2 * C + L * (4 * C + 3 * C * C + 3 * C + C * C + C + 2 * C * inner + inner + C)
+    if family == "torchvision":  # a fixed depth: built on the meta device, nothing is allocated
+        import torch
+        import torchvision
+        from ..adapters import _overrides_dict
+        try:
+            with torch.device("meta"):
+                model = torchvision.models.get_model(name, weights=None, **_overrides_dict(overrides))
+        except Exception:  # noqa: BLE001  (parse_model_spec reports it properly)
+            return None
+        return sum(p.numel() for p in model.parameters())
+    return None
+
+
+def check_model_size(spec: str, overrides: list[str] | None) -> None:
+    """Refuse (one line) a ``--model`` whose copies for the autograd check exceed the memory."""
+    from ..resources import BASE_BYTES, FLOAT_BYTES, check_fits
+    params = _model_params(spec, overrides)
+    if params is not None:  # the module, its scalar-gain copy and the autograd graph
+        check_fits(3 * params * FLOAT_BYTES + BASE_BYTES, f"building {spec} and checking it",
+                   f" ({params:,} parameters)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,12 +152,21 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--set applies to --model only")
         return _run_symbolic(args)
     layout = layout_from_args(args)
+    if layout.P > MAX_POSITIONS:
+        raise ConfigError(f"the layout writes {layout.P:,} stream positions: at most {MAX_POSITIONS:,}")
     max_order = args.max_order
     if args.format != "json":
         max_order = TABLE_ORDERS - 1 if max_order is None else min(max_order, TABLE_ORDERS - 1)
     elif max_order is None and layout.P > FULL_ORDER_LIMIT:
         raise ConfigError(f"the layout writes {layout.P} stream positions: every path order would "
                           f"be ~{layout.P ** 2 // 2} integers; pass --max-order K")
+    counts = layout.P * (min(layout.P - 1, max_order if max_order is not None else layout.P) + 1)
+    if counts > MAX_COUNTS:
+        raise ConfigError(f"--max-order {max_order} over {layout.P:,} stream positions is ~{counts:,} path "
+                          f"counts, more than {MAX_COUNTS:,}: pass a smaller --max-order")
+    if (args.check or getattr(args, "model", None) is not None) and layout.P > MAX_CHECK_POSITIONS:
+        raise ConfigError(f"the autograd check of {layout.P:,} stream positions would take minutes and "
+                          f"gigabytes: at most {MAX_CHECK_POSITIONS:,}")
     result = symbolic.analyze(layout, max_order=max_order)
     if getattr(args, "model", None) is not None:  # a real module: always count on its wiring
         check = module_check(model_from_args(args), result)

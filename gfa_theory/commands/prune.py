@@ -9,14 +9,18 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from ..config import check_seed
 from ..data import BatchSampler, load_data
 from ..errors import ConfigError, DataError
 from ..pruning import (METHODS, NEEDS_BATCHES, calibration_batches, evaluate_model, heal, held_out_batches,
                        num_params, prune, rank, removable_blocks, save_pruned)
 from ..runs import (CHECKPOINT_FILE, GRADIENTS_FILE, is_complete, load_run, read_config,
                     write_json_atomic)
+from ..training import MAX_LR, MAX_STEPS
+from ._outdir import check_prune_out, prune_request
 
 EVALUATION_FILE = "evaluation.json"
+MAX_CALIB_BATCHES = 10_000  # drawn at once (a few batches rank the blocks as well as many)
 
 
 def add_parser(sub) -> None:
@@ -29,7 +33,12 @@ def add_parser(sub) -> None:
     p.add_argument("--method", required=True, choices=METHODS,
                    help="cascadeflow: accumulated training gradient (no extra pass); the others are baselines")
     p.add_argument("-k", type=int, required=True, help="number of blocks to remove")
-    p.add_argument("--out", required=True, metavar="DIR", help="where the pruned checkpoint and evaluation go")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help=f"where the pruned checkpoint and {EVALUATION_FILE} go: a new or empty directory, or "
+                        "the result of this same prune (same run and options), which is replaced; anything "
+                        "else is refused unless --force")
+    p.add_argument("--force", action="store_true",
+                   help="write into --out even if it holds other files (a checkpoint.pt there is replaced)")
     p.add_argument("--quantity", choices=("A", "A_rms"), default="A",
                    help="cascadeflow: raw accumulated gradient A or its per-parameter RMS variant")
     p.add_argument("--heal-steps", type=int, default=0, help="AdamW healing steps after pruning (0: none)")
@@ -41,8 +50,20 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _load(run_dir: str):
-    path = Path(run_dir)
+def _check_options(args: argparse.Namespace) -> None:
+    """Every option that can be checked without reading anything (hostile values included)."""
+    if args.k < 0:
+        raise ConfigError(f"-k must be >= 0, got {args.k}")
+    if not 0 <= args.heal_steps <= MAX_STEPS:
+        raise ConfigError(f"--heal-steps must be in 0..{MAX_STEPS:.0e}, got {args.heal_steps}")
+    if not 0 < args.heal_lr <= MAX_LR:
+        raise ConfigError(f"--heal-lr must be a number in (0, {MAX_LR:g}], got {args.heal_lr}")
+    if not 1 <= args.calib_batches <= MAX_CALIB_BATCHES:
+        raise ConfigError(f"--calib-batches must be in 1..{MAX_CALIB_BATCHES}, got {args.calib_batches}")
+    check_seed("--seed", args.seed)
+
+
+def _check_run_dir(path: Path) -> None:
     if not path.is_dir():
         raise DataError(f"run directory not found: {path}")
     if not is_complete(path):
@@ -50,6 +71,11 @@ def _load(run_dir: str):
     for name in (CHECKPOINT_FILE, GRADIENTS_FILE):
         if not (path / name).is_file():
             raise DataError(f"run {path} has no {name}: it is incomplete")
+
+
+def _load(run_dir: str):
+    path = Path(run_dir)
+    _check_run_dir(path)
     meta = read_config(path)
     run = load_run(path)
     data = load_data(run.config.data)
@@ -61,19 +87,19 @@ def _load(run_dir: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    meta, loaded, data = _load(args.run_dir)
+    _check_options(args)
+    _check_run_dir(Path(args.run_dir))
     out = Path(args.out)
     if out.resolve() == Path(args.run_dir).resolve():
         raise ConfigError("--out must not be the run directory (its checkpoint would be overwritten)")
+    source = read_config(args.run_dir).get("run_id", Path(args.run_dir).name)
+    check_prune_out(out, prune_request(args, source, args.method in NEEDS_BATCHES), args.force)
+    meta, loaded, data = _load(args.run_dir)
     cfg, model = loaded.config, loaded.model
     names = removable_blocks(model)
     if not 0 <= args.k < len(names):
         raise ConfigError(f"-k must be in 0..{len(names) - 1}: the model has {len(names)} removable blocks "
                           "and one must stay")
-    if args.heal_steps < 0:
-        raise ConfigError(f"--heal-steps must be >= 0, got {args.heal_steps}")
-    if args.calib_batches < 1:
-        raise ConfigError(f"--calib-batches must be >= 1, got {args.calib_batches}")
 
     held_out = held_out_batches(cfg, data)
     needs_data = args.method in NEEDS_BATCHES

@@ -6,8 +6,10 @@ import importlib
 
 from ..errors import ConfigError
 from ..runs import results_root
+from ._outdir import check_results_root
 
 PROFILES = ("smoke", "default", "full")
+MAX_JOBS = 256  # training processes at once (each holds a model, torch and its data)
 
 
 def _studies() -> tuple[str, ...]:
@@ -22,7 +24,10 @@ def add_parser(sub) -> None:
                        description="Run a worked study from experiments/ and print its key statistics.")
     p.add_argument("name", help=f"study: {', '.join(_studies()) or '(experiments not installed)'}")
     p.add_argument("--profile", default="default", choices=PROFILES)
-    p.add_argument("--out", default=None, help="results root (default: $GFA_RESULTS or ./results)")
+    p.add_argument("--out", default=None,
+                   help="results root (default: $GFA_RESULTS or ./results): its runs are reused by config "
+                        "hash and the study tables go to studies/PROFILE/NAME/ in it; it must not itself be "
+                        "a run directory or another command's result")
     p.add_argument("--jobs", type=int, default=0, help="parallel training processes (default: CPU cores)")
     p.add_argument("--force", action="store_true", help="retrain instead of reusing cached runs")
     p.add_argument("--no-progress", action="store_true")
@@ -33,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
     names = _studies()
     if args.name not in names:
         raise ConfigError(f"unknown study '{args.name}' (choices: {', '.join(names)})")
-    if args.jobs < 0:
-        raise ConfigError(f"--jobs must be >= 0, got {args.jobs}")
+    if not 0 <= args.jobs <= MAX_JOBS:
+        raise ConfigError(f"--jobs must be in 0..{MAX_JOBS}, got {args.jobs}")
+    check_results_root(results_root(args.out))
     common = importlib.import_module("experiments.common")
     mod = importlib.import_module(f"experiments.{args.name}")
     ctx = common.Context(args.profile, results_root(args.out), args.jobs, args.force, not args.no_progress)

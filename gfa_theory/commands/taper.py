@@ -7,11 +7,13 @@ import json
 from ..errors import ConfigError
 from ..taper import SCHEDULES, TaperConfig, match, plan
 
+MAX_BLOCKS = 10_000  # a schedule of this many blocks is planned in ~2 s
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("taper", help="per-block heads and FFN width of a CascadeFormer schedule",
                        description="Per-block widths of a depth-tapered Transformer (residual width constant).")
-    p.add_argument("--blocks", type=int, required=True, help="number of Transformer blocks B")
+    p.add_argument("--blocks", type=int, required=True, help=f"number of Transformer blocks B (at most {MAX_BLOCKS:,})")
     p.add_argument("--schedule", choices=SCHEDULES, default="linear")
     p.add_argument("--n-embd", type=int, default=128, help="residual width C (kept constant)")
     p.add_argument("--heads", type=int, default=4, help="heads of the uniform model")
@@ -39,6 +41,8 @@ def _parse_match(text: str) -> tuple[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not 1 <= args.blocks <= MAX_BLOCKS:  # the fan-in schedule's symbolic analysis is O(B) but slow
+        raise ConfigError(f"--blocks must be in 1..{MAX_BLOCKS:,}, got {args.blocks}")
     cfg = TaperConfig(B=args.blocks, n_embd=args.n_embd, n_head=args.heads, d_ff=args.d_ff,
                       schedule=args.schedule, r=args.r, alpha=args.alpha, step_at=args.step_at,
                       quantum=args.quantum, supervision=args.supervision)

@@ -8,7 +8,10 @@ import warnings
 
 import pandas as pd
 
+from ..resources import check_training_memory
+from ..runs import results_root
 from ..training import MODEL_TASKS, build_run_config, train
+from ._outdir import check_results_root
 
 
 def add_parser(sub) -> None:
@@ -21,7 +24,10 @@ def add_parser(sub) -> None:
                    help='JSON config: {"model": {...}, "data": {...}, "train": {...}} (partial is fine)')
     p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
                    help="override a config key, e.g. model.n_blocks=8 train.steps=200 data.text_file=a.txt")
-    p.add_argument("--out", metavar="DIR", help="results root (default: $GFA_RESULTS or ./results)")
+    p.add_argument("--out", metavar="DIR",
+                   help="results root (default: $GFA_RESULTS or ./results): holds one directory per run, "
+                        "keyed by the config hash (the same config reuses its run); it must not itself be "
+                        "a run directory or another command's result")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--restart", action="store_true",
                    help="train from scratch even if a checkpoint or a finished run exists")
@@ -57,6 +63,8 @@ def spearman(table: pd.DataFrame) -> tuple[float, float]:
 
 def run(args: argparse.Namespace) -> int:
     cfg = build_run_config(args.model, args.config, args.overrides)
+    check_results_root(results_root(args.out))  # before anything is loaded, allocated or written
+    check_training_memory(cfg)
     start = time.perf_counter()
     result = train(cfg, args.out, resume=not args.restart, progress=not args.no_progress,
                    force=args.force)

@@ -1,0 +1,152 @@
+"""What an ``--out`` directory may already hold, per command (checked before anything is written).
+
+* ``gfa train`` / ``gfa study``: ``--out`` is a *results root*: it holds many run directories
+  (``<model>-<hash>/``, reused by hash) and ``studies/``; anything else may sit beside them. It
+  must not itself be a run directory, a ``gfa prune`` result or a ``gfa reproduce`` folder:
+  runs would be nested inside another result. Never allowed (no override).
+* ``gfa prune``: ``--out`` must be missing, empty, or hold the result of an earlier ``gfa prune``
+  of the same run with the same options (rerunning a command replaces its own result).
+  Anything else (another prune's result, a run, unrelated files) needs ``--force``.
+* ``gfa reproduce``: ``--out`` must be missing, empty, or hold only files that ``gfa reproduce``
+  writes (figures, tables, stamps, the report): it is redrawn in place. Anything else needs
+  ``--force``.
+
+A refusal is one :class:`~gfa_theory.errors.ConfigError` line, and nothing in the directory is
+touched.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import ConfigError
+
+RUN_MARKERS = ("DONE", "config.json", "checkpoint.pt", "metrics.csv", "gradients.csv", "snapshots")
+PRUNE_FILES = ("checkpoint.pt", "evaluation.json")
+REPORT_FILES = ("REPORT.md", "claims.csv")
+STAMP_SUFFIX = ".stamp.json"
+
+
+def _entries(path: Path) -> list[str]:
+    try:
+        return sorted(p.name for p in path.iterdir())
+    except OSError as exc:
+        raise ConfigError(f"--out {path} cannot be listed: {exc.strerror or exc}") from None
+
+
+def _is_temp(name: str) -> bool:
+    """A temporary file of an atomic write that was interrupted (``.<name>.<random>.tmp``)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def _json_keys(path: Path) -> set[str]:
+    """Top-level keys of a small JSON object file (empty when it is not one)."""
+    try:
+        if path.stat().st_size > 2 ** 20:
+            return set()
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return set()
+    return set(data) if isinstance(data, dict) else set()
+
+
+def kind_of(path: Path) -> str | None:
+    """What ``path`` holds, in words, when it is a gfa result; ``None`` otherwise (a file that
+    merely shares a name with ours, e.g. a project's own config.json, does not count)."""
+    names = set(_entries(path))
+    if "evaluation.json" in names and "source_run" in _json_keys(path / "evaluation.json"):
+        return "the result of gfa prune"
+    if "DONE" in names or ("config.json" in names and {"run_id", "config"} <= _json_keys(path / "config.json")):
+        return "a gfa run directory"
+    if any(n.endswith(STAMP_SUFFIX) for n in names) or {"REPORT.md", "claims.csv"} <= names:
+        return "figures and tables of gfa reproduce"
+    if "meta.json" in names and "config_hashes" in _json_keys(path / "meta.json"):
+        return "the tables of a gfa study"
+    return None
+
+
+def _usable_dir(path: Path) -> bool:
+    """False when ``path`` does not exist; True for a directory; a refusal for anything else."""
+    if not path.exists():
+        if path.is_symlink():
+            raise ConfigError(f"--out {path} is a broken symbolic link")
+        return False
+    if not path.is_dir():
+        raise ConfigError(f"--out {path} exists and is not a directory")
+    return True
+
+
+def check_results_root(out: str | Path) -> None:
+    """``gfa train`` / ``gfa study``: ``out`` may be any directory but a run or result itself."""
+    path = Path(out)
+    if not _usable_dir(path):
+        return
+    kind = kind_of(path)
+    if kind is not None:
+        raise ConfigError(f"results root {path} holds {kind}: runs would be written inside it; "
+                          "choose another --out (a results root holds run directories)")
+
+
+def prune_request(args: Any, source_run: str, needs_data: bool) -> dict[str, Any]:
+    """The options of a ``gfa prune`` that determine its result (as ``evaluation.json`` records them)."""
+    return {"source_run": source_run, "method": args.method, "k": args.k,
+            "quantity": args.quantity if args.method == "cascadeflow" else None, "seed": args.seed,
+            "calibration_batches": args.calib_batches if needs_data else 0,
+            "heal": {"steps": args.heal_steps, "lr": args.heal_lr if args.heal_steps else None}}
+
+
+def _recorded_request(path: Path) -> dict[str, Any] | None:
+    try:
+        report = json.loads((path / "evaluation.json").read_text(encoding="utf-8"))
+        return {"source_run": report["source_run"], "method": report["method"], "k": report["k"],
+                "quantity": report["quantity"], "seed": report["seed"],
+                "calibration_batches": report["calibration_batches"],
+                "heal": {"steps": report["heal"]["steps"], "lr": report["heal"]["lr"]}}
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return None
+
+
+def check_prune_out(out: str | Path, request: dict[str, Any], force: bool) -> None:
+    """``gfa prune --out``: missing, empty, or this very request's earlier result (see module doc)."""
+    path = Path(out)
+    if not _usable_dir(path) or force:
+        return
+    names = [n for n in _entries(path) if not _is_temp(n)]
+    if not names:
+        return
+    if set(names) <= set(PRUNE_FILES) and "evaluation.json" in names:
+        earlier = _recorded_request(path)
+        if earlier == request:
+            return  # the same prune again: its result is replaced
+        if earlier is not None:
+            diff = [f"{k}={earlier[k]!r}" for k in request if earlier[k] != request[k]]
+            raise ConfigError(f"--out {path} holds the result of another gfa prune ({', '.join(diff)}): "
+                              "choose another directory, or pass --force to replace it")
+    kind = kind_of(path) or f"{len(names)} other file(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+    raise ConfigError(f"--out {path} holds {kind}: choose an empty or new directory, "
+                      "or pass --force to write into it anyway")
+
+
+def reproduce_names(keys: Iterable[str], exts: Iterable[str] = ("png", "pdf", "csv", "md", "tex")) -> set[str]:
+    """Every file name ``gfa reproduce`` may write for outputs ``keys``."""
+    names = set(REPORT_FILES)
+    for key in keys:
+        for ext in exts:
+            names |= {f"{key}.{ext}", f"{key}.{ext}{STAMP_SUFFIX}"}
+    return names
+
+
+def check_figures_out(out: str | Path, allowed: set[str], force: bool) -> None:
+    """``gfa reproduce --out``: missing, empty, or only files ``gfa reproduce`` writes."""
+    path = Path(out)
+    if not _usable_dir(path) or force:
+        return
+    foreign = [n for n in _entries(path) if n not in allowed and not re.fullmatch(r"\..*\.tmp", n)]
+    if foreign:
+        kind = kind_of(path)
+        what = kind if kind and kind != "figures and tables of gfa reproduce" else "other files"
+        raise ConfigError(f"--out {path} holds {what} ({', '.join(foreign[:3])}"
+                          f"{', ...' if len(foreign) > 3 else ''}), not only gfa reproduce outputs: "
+                          "choose an empty or new directory, or pass --force to write into it anyway")
