@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 reproduce: $(STAMP)
-	$(VENV)/bin/gfa reproduce --profile $(PROFILE)
+	$(PY) -m figures --profile $(PROFILE)
 
 clean:
 	rm -rf $(VENV) results

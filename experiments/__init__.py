@@ -10,7 +10,7 @@
 
 Each module has a docstring (hypothesis, prediction, method, how to read the result), a
 ``run(profile)`` returning a tidy DataFrame (the key statistics in ``df.attrs["summary"]``) and a
-``__main__`` entry: ``python -m experiments.<name> --profile smoke|default|full``.
+command line through ``python -m experiments <name> --profile smoke|default|full``.
 """
 
 STUDIES = ("fanin_vs_gradients", "gradients_vs_importance", "equalization", "repetition", "cascadeformer",

@@ -1,7 +1,7 @@
 """Study 5 — CascadeFormer: do Transformers whose width shrinks with depth lose anything?
 
 **Hypothesis (GFA: width where the gradient is).** A block's gradient fan-in falls with depth
-(``F(b)`` of :mod:`gfa_theory.symbolic`), so late blocks receive fewer gradient paths and, by the
+(``F(b)`` of :mod:`gfa_theory.theory.symbolic`), so late blocks receive fewer gradient paths and, by the
 fan-in account, contribute less. Giving them fewer attention heads and a narrower FFN (the
 residual width stays constant, so every identity path stays exact) should cost little loss while
 saving parameters, FLOPs and time.
@@ -11,7 +11,7 @@ a perplexity comparable to the uniform model's while cutting latency by 8.6 % an
 throughput by 9.4 %.
 
 **Method.** Character-level Transformers of one depth (``cascade_depth`` blocks), every schedule of
-:mod:`gfa_theory.taper` (uniform, linear, fan-in-proportional ``max(r, F(b)/F(1))``, cosine, step)
+:mod:`gfa_theory.methods.taper` (uniform, linear, fan-in-proportional ``max(r, F(b)/F(1))``, cosine, step)
 with a sweep of the taper strength ``r`` (the last block's width multiplier), sizes rounded to
 whole heads and FFN multiples of ``cascade_quantum``. Every model trains with the same budget:
 the same steps, batch, token stream (per seed), optimizer, learning rate and schedule; the
@@ -19,7 +19,7 @@ profile's seeds (3 in ``default``). After training: held-out loss and perplexity
 validation batches (the same for every model), parameters, analytic forward FLOPs per token.
 Speed: one trained model per schedule (the first seed's; speed depends on the architecture, not
 on the weights) is timed with every other one in one process, interleaved, median of repeats
-after warm-up, with a fixed torch thread count (:mod:`gfa_theory.bench_taper`): latency is a
+after warm-up, with a fixed torch thread count (:mod:`gfa_theory.methods.taper_timing`): latency is a
 forward pass at batch 1 and the full context, throughput the tokens per second of a forward pass
 at a large batch. Ratios are per-repeat ratios against the uniform model (median and IQR). A
 copy of the uniform model is timed alongside as an A/A control (``timing_summary.csv`` and
@@ -44,13 +44,20 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from gfa_theory import importance, stats
-from gfa_theory.bench_taper import TimingConfig, time_models, timing_summary
-from gfa_theory.data import load_data
 from gfa_theory.errors import ConfigError
-from gfa_theory.taper import TaperConfig, TaperPlan, plan
+from gfa_theory.instrument import importance, stats
+from gfa_theory.methods.taper import TaperConfig, TaperPlan, plan
+from gfa_theory.methods.taper_timing import TimingConfig, time_models, timing_summary
+from gfa_theory.train.data import load_data
 
-from .common import Context, gpt_run, heldout_batches, main_for, run_many, stamp, write_study
+from .common import (
+    Context,
+    gpt_run,
+    heldout_batches,
+    run_many,
+    stamp,
+    write_study,
+)
 from .profiles import sizes
 
 NAME = "cascadeformer"
@@ -240,6 +247,3 @@ def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
     runs.attrs["summary"] = summary
     return runs
 
-
-if __name__ == "__main__":
-    raise SystemExit(main_for(run, NAME))

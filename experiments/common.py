@@ -4,7 +4,7 @@
   on 2 CPU cores), ``full`` (sized for a GPU).
 * :func:`run_many` trains the runs a study needs, in worker processes (one thread each: small
   models parallelize better across runs than inside one), through the result cache of
-  :mod:`gfa_theory.runs`: a run keyed by its config hash is never trained twice, so studies share
+  :mod:`gfa_theory.train.store`: a run keyed by its config hash is never trained twice, so studies share
   runs (the 8-block baseline of the fan-in study is the equalization study's baseline).
 * :func:`unit_table` turns a finished run into one row per unit: fan-in ``F`` (symbolic),
   accumulated gradients ``A`` (and variants) and the run's descriptors.
@@ -13,11 +13,10 @@
 """
 from __future__ import annotations
 
-import argparse
+import importlib
 import json
 import multiprocessing as mp
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -27,14 +26,16 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import pandas as pd
 import torch
+from tabulate import tabulate
 
 from gfa_theory import __version__
-from gfa_theory.data import eval_batches, load_data
-from gfa_theory.errors import ConfigError, GFAError
-from gfa_theory.layout import Layout
-from gfa_theory.runs import results_root, write_csv_atomic, write_json_atomic
-from gfa_theory.symbolic import analyze
-from gfa_theory.training import RunConfig, RunResult, run_key, train
+from gfa_theory.errors import ConfigError
+from gfa_theory.theory.layout import Layout
+from gfa_theory.theory.symbolic import analyze
+from gfa_theory.train.data import eval_batches, load_data
+from gfa_theory.train.loop import RunResult, train
+from gfa_theory.train.run_config import RunConfig, run_key
+from gfa_theory.train.store import results_root, write_csv_atomic, write_json_atomic
 
 PROFILES = ("smoke", "default", "full")
 
@@ -71,7 +72,7 @@ def run_many(cfgs: Sequence[RunConfig], ctx: Context, desc: str = "runs") -> lis
     """Train (or read back) every config; results in the order given."""
     from tqdm.auto import tqdm
 
-    from gfa_theory.runs import is_complete, load_run
+    from gfa_theory.train.store import is_complete, load_run
 
     keys = [run_key(c) for c in cfgs]
     todo: dict[str, RunConfig] = {}
@@ -196,7 +197,7 @@ def start(name: str, configs: Callable[[str], list], profile: str, ctx: Context 
 
 def ablation_units(plan, results: Sequence[RunResult], s: dict) -> pd.DataFrame:
     """Block unit tables of ``results`` with held-out ablation importance and validation loss."""
-    from gfa_theory import importance
+    from gfa_theory.instrument import importance
 
     frames = []
     for (desc, _), res in zip(plan, results):
@@ -211,7 +212,7 @@ def ablation_units(plan, results: Sequence[RunResult], s: dict) -> pd.DataFrame:
 
 def summary_row(test: str, values, method: str = "mean over seeds, t-interval") -> dict:
     """A tidy summary row holding the mean of ``values`` with its t-interval."""
-    from gfa_theory.stats import mean_ci
+    from gfa_theory.instrument.stats import mean_ci
 
     values = list(values)
     m, lo, hi = mean_ci(values)
@@ -266,35 +267,11 @@ def load_study(ctx: Context, name: str) -> dict[str, pd.DataFrame] | None:
     return {p.stem: pd.read_csv(p) for p in sorted(d.glob("*.csv"))}
 
 
+def study_module(name: str):
+    """The module of study ``name`` (one of :data:`experiments.STUDIES`)."""
+    return importlib.import_module(f"experiments.{name}")
+
+
 def format_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
     """A plain aligned text table (the key table a study prints)."""
-    def fmt(v):
-        if isinstance(v, (float, np.floating)):
-            return format(v, floatfmt) if np.isfinite(v) else "nan"
-        return str(v)
-    cols = list(df.columns)
-    cells = [[fmt(v) for v in row] for row in df.itertuples(index=False)]
-    widths = [max(len(str(c)), *(len(r[i]) for r in cells)) if cells else len(str(c)) for i, c in enumerate(cols)]
-    lines = ["  ".join(str(c).rjust(w) for c, w in zip(cols, widths))]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(r, widths)) for r in cells]
-    return "\n".join(lines)
-
-
-def main_for(run: Callable[..., pd.DataFrame], name: str, argv: list[str] | None = None) -> int:
-    """``python -m experiments.<name> --profile ...``: run and print the key table."""
-    p = argparse.ArgumentParser(prog=f"python -m experiments.{name}")
-    p.add_argument("--profile", choices=PROFILES, default="default")
-    p.add_argument("--out", default=None, help="results root (default: $GFA_RESULTS or ./results)")
-    p.add_argument("--jobs", type=int, default=0, help="worker processes (default: CPU cores)")
-    p.add_argument("--force", action="store_true", help="retrain instead of reusing cached runs")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    try:
-        ctx = Context(args.profile, results_root(args.out), args.jobs, args.force, not args.no_progress)
-        df = run(ctx=ctx)
-    except GFAError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(format_table(df.attrs["summary"]))
-    print(f"\nwritten to {ctx.study_dir(name)}")
-    return 0
+    return tabulate(df, headers="keys", tablefmt="plain", floatfmt=floatfmt, showindex=False)

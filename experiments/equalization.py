@@ -22,13 +22,20 @@ restore late layers (against the claim); a CI covering 0 or below 0 supports the
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 
-from gfa_theory import stats
+from gfa_theory.instrument import stats
 
-from .common import Context, ablation_units, finish, start, gpt_run, main_for, summary_row, SUMMARY_COLUMNS
+from .common import (
+    SUMMARY_COLUMNS,
+    Context,
+    ablation_units,
+    finish,
+    gpt_run,
+    start,
+    summary_row,
+)
 from .profiles import sizes
 
 NAME = "equalization"
@@ -83,6 +90,3 @@ def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
     summary = summarize(shares)
     return finish(ctx, NAME, units, summary, results, started, shares=shares)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main_for(run, NAME))

@@ -24,14 +24,21 @@ is what figures F2-F4 plot against depth.
 """
 from __future__ import annotations
 
-
 import pandas as pd
 
-from gfa_theory import stats
-from gfa_theory.layout import Layout
+from gfa_theory.instrument import stats
+from gfa_theory.theory.layout import Layout
 
-from .common import (SUMMARY_COLUMNS, Context, start, block_fan_in, finish, gpt_run, main_for, resnet_run,
-                     unit_table)
+from .common import (
+    SUMMARY_COLUMNS,
+    Context,
+    block_fan_in,
+    finish,
+    gpt_run,
+    resnet_run,
+    start,
+    unit_table,
+)
 from .profiles import sizes
 
 NAME = "fanin_vs_gradients"
@@ -96,6 +103,3 @@ def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
                         if desc["family"] == "transformer"], ignore_index=True)
     return finish(ctx, NAME, units, summary, results, started, branch_units=branch)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main_for(run, NAME))

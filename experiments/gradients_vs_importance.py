@@ -23,13 +23,19 @@ position. ``random`` is the floor every metric should beat.
 """
 from __future__ import annotations
 
-
 import pandas as pd
 
-from gfa_theory import importance, stats
+from gfa_theory.instrument import importance, stats
 
 from . import fanin_vs_gradients
-from .common import SUMMARY_COLUMNS, Context, finish, start, heldout_batches, main_for, unit_table
+from .common import (
+    SUMMARY_COLUMNS,
+    Context,
+    finish,
+    heldout_batches,
+    start,
+    unit_table,
+)
 
 NAME = "gradients_vs_importance"
 
@@ -93,6 +99,3 @@ def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
     summary = summarize(units)
     return finish(ctx, NAME, units, summary, results, started)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main_for(run, NAME))

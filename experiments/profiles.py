@@ -38,9 +38,9 @@ def sizes(profile: str) -> dict:
 
 
 # CascadeFormer study (experiments/cascadeformer.py): tapered vs uniform models of one depth at the
-# same training budget. Each schedule is a dict of gfa_theory.taper.TaperConfig fields; the
+# same training budget. Each schedule is a dict of gfa_theory.methods.taper.TaperConfig fields; the
 # residual width, heads and FFN of the uniform model are the profile's n_embd / n_head / d_ff.
-# cascade_timing holds gfa_theory.bench_taper.TimingConfig fields (the context is block_size).
+# cascade_timing holds gfa_theory.methods.taper_timing.TimingConfig fields (the context is block_size).
 _CASCADE: dict[str, dict] = {
     "smoke": dict(
         cascade_depth=3, cascade_steps=8, cascade_quantum=8, cascade_eval_batches=1, cascade_eval_batch_size=4,

@@ -65,18 +65,19 @@ import pandas as pd
 import torch
 from scipy import stats as sps
 
-from gfa_theory import pruning, stats
-from gfa_theory.data import load_data
 from gfa_theory.errors import ConfigError
+from gfa_theory.instrument import stats
+from gfa_theory.methods import pruning
 from gfa_theory.models import build_model
-from gfa_theory.runs import load_run, snapshots
+from gfa_theory.train.data import load_data
+from gfa_theory.train.store import load_run, snapshots
 
 from . import fanin_vs_gradients
-from .common import Context, heldout_batches, main_for, run_many, stamp, write_study
+from .common import Context, heldout_batches, run_many, stamp, write_study
 from .profiles import sizes
 
 NAME = "pruning"
-# study methods: label -> (gfa_theory.pruning method, gradient quantity)
+# study methods: label -> (gfa_theory.methods.pruning method, gradient quantity)
 VARIANTS: dict[str, tuple[str, str]] = {
     "cascadeflow": ("cascadeflow", "A"), "cascadeflow_rms": ("cascadeflow", "A_rms"),
     "bi": ("bi", "A"), "angular": ("angular", "A"), "taylor": ("taylor", "A"),
@@ -531,6 +532,3 @@ def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
     results.attrs["summary"] = summary
     return results
 
-
-if __name__ == "__main__":
-    raise SystemExit(main_for(run, NAME))

@@ -2,7 +2,7 @@
 
 **Hypothesis (GFA: structure is the lever).** Applying the last block ``r`` times with shared
 weights makes its parameter group collect gradient from ``r`` positions, so its fan-in is the sum
-over applications (:mod:`gfa_theory.symbolic`); the group gains downstream paths (each
+over applications (:mod:`gfa_theory.theory.symbolic`); the group gains downstream paths (each
 application is downstream of the previous ones). If fan-in limits what late layers learn,
 repetition should raise the last block's value.
 
@@ -24,13 +24,20 @@ to the baseline (and to the control) has a CI above 0.
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 
-from gfa_theory import stats
+from gfa_theory.instrument import stats
 
-from .common import Context, ablation_units, finish, start, gpt_run, main_for, summary_row, SUMMARY_COLUMNS
+from .common import (
+    SUMMARY_COLUMNS,
+    Context,
+    ablation_units,
+    finish,
+    gpt_run,
+    start,
+    summary_row,
+)
 from .profiles import sizes
 
 NAME = "repetition"
@@ -98,6 +105,3 @@ def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
     summary = summarize(groups, s["controls"], s["repeats"])
     return finish(ctx, NAME, units, summary, results, started, last_group=groups)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main_for(run, NAME))

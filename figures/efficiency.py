@@ -17,7 +17,7 @@ import pandas as pd
 
 from experiments import cascadeformer as cf
 from experiments import pruning as pr
-from gfa_theory.stats import mean_ci
+from gfa_theory.instrument.stats import mean_ci
 
 from . import efficiency_cascade as ec
 from .plots import PALETTE, _ax

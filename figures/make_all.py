@@ -1,7 +1,7 @@
 """Regenerate every figure and table of the paper reconstruction, and the reproduction report.
 
-    python -m figures.make_all --profile default          # what `make reproduce` runs
-    python -m figures.make_all --profile smoke --only F1,T5 --out /tmp/figs
+    python -m figures --profile default          # what `make reproduce` runs
+    python -m figures --profile smoke --only F1,T5 --out /tmp/figs
 
 Studies are run (or read back from the result cache: a finished study is only redrawn unless
 ``--force``), then every figure is drawn as PNG and PDF and every table written as CSV,
@@ -10,10 +10,8 @@ version. The report (``REPORT.md``) states for each claim of the abstract what w
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +20,12 @@ from typing import Callable
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from experiments.common import PROFILES, Context, load_study
-from gfa_theory.errors import ConfigError, GFAError
-from gfa_theory.runs import results_root
+from experiments.common import Context, load_study, study_module
+from gfa_theory.errors import ConfigError
+from gfa_theory.train.store import results_root
 
-from . import plots, stamp as stamps
+from . import plots
+from . import stamp as stamps
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -158,31 +157,9 @@ def save_table(df: pd.DataFrame, out: Path, key: str, title: str, stamp: dict) -
     return [csv, md, tex] + [stamps.write_sidecar(p, stamp) for p in (csv, md, tex)]
 
 
-def study_module(name: str):
-    return importlib.import_module(f"experiments.{name}")
-
-
 def default_out(profile: str) -> Path:
     """Default profile: committed under figures/generated (the README shows it)."""
     return REPO / "figures" / "generated" if profile == "default" else results_root() / "figures" / profile
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m figures.make_all", description=__doc__.split("\n")[1])
-    p.add_argument("--profile", choices=PROFILES, default="default")
-    p.add_argument("--only", default=None, help="comma-separated outputs, e.g. F2,T4")
-    p.add_argument("--force", action="store_true", help="retrain and recompute instead of reusing caches")
-    p.add_argument("--out", default=None, help="output folder (default: figures/generated for the default "
-                                                "profile, else $GFA_RESULTS/figures/PROFILE)")
-    p.add_argument("--results", default=None, help="results root of the runs (default: $GFA_RESULTS or ./results)")
-    p.add_argument("--jobs", type=int, default=0, help="parallel training processes (default: CPU cores)")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-    try:
-        return build(args)
-    except GFAError as exc:
-        print(f"make_all: error: {exc}", file=sys.stderr)
-        return 2
 
 
 def build(args) -> int:
@@ -229,6 +206,3 @@ def build(args) -> int:
     print(f"{len(written)} files in {out} ({time.time() - t0:.1f} s)")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

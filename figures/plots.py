@@ -16,10 +16,10 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import statsmodels.formula.api as smf  # noqa: E402
 
-from gfa_theory.layout import Block, Layout  # noqa: E402
-from gfa_theory.paths import first_order  # noqa: E402
-from gfa_theory.stats import mean_ci  # noqa: E402
-from gfa_theory.symbolic import analyze, closed_form_profile  # noqa: E402
+from gfa_theory.instrument.stats import mean_ci  # noqa: E402
+from gfa_theory.theory.layout import Block, Layout  # noqa: E402
+from gfa_theory.theory.path_counts import first_order  # noqa: E402
+from gfa_theory.theory.symbolic import analyze, closed_form_profile  # noqa: E402
 
 sns.set_theme(context="paper", style="whitegrid", font_scale=1.0)
 PALETTE = sns.color_palette("colorblind")

@@ -14,9 +14,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from gfa_theory.layout import Layout
-from gfa_theory.paths import count_paths
-from gfa_theory.symbolic import analyze, closed_form_profile
+from gfa_theory.theory.layout import Layout
+from gfa_theory.theory.path_counts import count_paths
+from gfa_theory.theory.symbolic import analyze, closed_form_profile
 
 from . import stamp as stamps
 

@@ -1,8 +1,9 @@
 """gfa-theory: Gradient Fan-in Asymmetry in Pre-LayerNorm residual networks.
 
-See :mod:`gfa_theory.symbolic` for the notation table used throughout the package.
+See :mod:`gfa_theory.theory.symbolic` for the notation table used throughout the package.
 """
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 try:
     __version__ = _version("gfa-theory")

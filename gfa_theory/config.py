@@ -15,7 +15,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
-from .errors import ConfigError
+from gfa_theory.errors import ConfigError
 
 T = TypeVar("T")
 

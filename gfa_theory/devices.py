@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import ConfigError
+from gfa_theory.errors import ConfigError
 
 AUTO = "auto"
 

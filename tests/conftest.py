@@ -5,7 +5,7 @@ import pytest
 import torch
 from hypothesis import strategies as st
 
-from gfa_theory.layout import Block, Layout
+from gfa_theory.theory.layout import Block, Layout
 
 
 @st.composite

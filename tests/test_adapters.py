@@ -3,12 +3,21 @@ import pytest
 import torch
 from torch import nn
 
-from gfa_theory import adapters, symbolic
-from gfa_theory.adapters import (Adapter, copy_with, find_adapter, get_units, module_fan_in,
-                                 module_layout, parse_model_spec, register_adapter)
 from gfa_theory.errors import ConfigError
-from gfa_theory.layout import Block, Layout
-from gfa_theory.units import Unit
+from gfa_theory.models import families as adapters
+from gfa_theory.models.families import (
+    Adapter,
+    copy_with,
+    find_adapter,
+    get_units,
+    module_fan_in,
+    module_layout,
+    parse_model_spec,
+    register_adapter,
+)
+from gfa_theory.models.units import Unit
+from gfa_theory.theory import symbolic
+from gfa_theory.theory.layout import Block, Layout
 
 CASES = {
     "gpt-sequential": ("gpt", ["n_blocks=3"]),

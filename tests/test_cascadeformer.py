@@ -9,8 +9,8 @@ import pytest
 from experiments import cascadeformer as cf
 from experiments.common import Context, load_study
 from experiments.profiles import sizes
-from gfa_theory.bench_taper import timing_summary
 from gfa_theory.cli import main as gfa
+from gfa_theory.methods.taper_timing import timing_summary
 
 matplotlib.use("Agg")
 

@@ -15,17 +15,31 @@ from pathlib import Path
 
 import pytest
 
+from experiments.__main__ import main as experiments_main
+from figures.__main__ import main as figures_main
 from gfa_theory.cli import EXIT_BROKEN_PIPE, main
-from gfa_theory.commands._outdir import check_figures_out, check_results_root, reproduce_names
+from gfa_theory.cli.outdir import check_figures_out, check_results_root, reproduce_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 HUGE = "1" + "0" * 30  # 10**30
 
 
+# the studies and figures run from the checkout: ``python -m experiments`` / ``python -m figures``
+CHECKOUT_MAINS = {"study": (experiments_main, "experiments"), "reproduce": (figures_main, "figures")}
+
+
+def _prog(argv) -> str:
+    return CHECKOUT_MAINS[argv[0]][1] if argv and argv[0] in CHECKOUT_MAINS else "gfa"
+
+
 def _gfa(capsys, *argv) -> tuple[int, str, str]:
+    argv = [str(a) for a in argv]
     try:
-        code = main([str(a) for a in argv])
+        if argv and argv[0] in CHECKOUT_MAINS:
+            code = CHECKOUT_MAINS[argv[0]][0](argv[1:])
+        else:
+            code = main(argv)
     except SystemExit as exc:  # argparse errors
         code = exc.code
     out, err = capsys.readouterr()
@@ -39,7 +53,7 @@ def _snapshot(root: Path) -> dict[str, str]:
 
 
 def _refused(capsys, tmp_path, *argv, match: str | None = None) -> str:
-    """Run ``gfa *argv``; assert exit 2, one ``gfa: error:`` line, no stdout, nothing written
+    """Run ``gfa *argv`` (or a checkout entry point); assert exit 2, one ``<prog>: error:`` line, no stdout, nothing written
     under ``tmp_path`` and a quick answer. Returns the error line."""
     before = _snapshot(tmp_path)
     start = time.perf_counter()
@@ -47,7 +61,7 @@ def _refused(capsys, tmp_path, *argv, match: str | None = None) -> str:
     elapsed = time.perf_counter() - start
     lines = err.strip().splitlines()
     assert code == 2, (code, err)
-    assert len(lines) == 1 and lines[0].startswith("gfa: error: "), err
+    assert len(lines) == 1 and lines[0].startswith(f"{_prog(argv)}: error: "), err
     assert out == ""
     assert _snapshot(tmp_path) == before  # no file or directory created, none changed
     assert elapsed < 10, f"refusal took {elapsed:.1f} s"
@@ -132,8 +146,8 @@ def test_memory_refusal_names_the_estimate_and_the_limit(tmp_path, capsys):
 
 def test_memory_estimate_is_exact_in_parameters_and_fits_the_defaults():
     from gfa_theory.models import GPTConfig, ResNetConfig, build_model
-    from gfa_theory.resources import available_memory, param_count, training_estimate
-    from gfa_theory.training import default_run_config
+    from gfa_theory.train.memory import available_memory, param_count, training_estimate
+    from gfa_theory.train.run_config import default_run_config
 
     for name, cfg in [("gpt", GPTConfig.tiny(n_head=[1, 2], d_ff=[8, 16], head_dim=4, tie_embeddings=False)),
                       ("gpt", GPTConfig(block_schedule=[0, 1, 2, 3, 3], bias=False)),
@@ -243,7 +257,8 @@ def test_closed_pipe_through_a_shell(tmp_path):
 def finished_run(tmp_path_factory):
     """A tiny finished GPT run (the source of the prunes below)."""
     from gfa_theory.models import GPTConfig
-    from gfa_theory.training import RunConfig, TrainConfig, train
+    from gfa_theory.train.loop import train
+    from gfa_theory.train.run_config import RunConfig, TrainConfig
 
     cfg = RunConfig("gpt", GPTConfig.tiny(n_blocks=3, block_size=16, n_embd=16, n_head=2, d_ff=32),
                     train=TrainConfig(steps=4, batch_size=4, eval_interval=0, eval_batches=1,

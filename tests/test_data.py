@@ -10,10 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-import gfa_theory.data as data_mod
-from gfa_theory.data import (CORPUS_SHA256, BatchSampler, DataConfig, eval_batches, load_data,
-                             make_text_data, pydoc_corpus)
+import gfa_theory.train.data as data_mod
 from gfa_theory.errors import ConfigError, DataError
+from gfa_theory.train.data import (
+    CORPUS_SHA256,
+    BatchSampler,
+    DataConfig,
+    eval_batches,
+    load_data,
+    make_text_data,
+    pydoc_corpus,
+)
 
 # sha256 of the shipped default corpus (CPython 3.11.7's pydoc_data.topics, sorted-key order):
 # the number every recorded result names; it must not move with the running Python.
@@ -30,7 +37,7 @@ def test_pydoc_corpus_is_fixed_and_hashed(corpus):
     assert CORPUS_SHA256 == PINNED_CORPUS_SHA256
     assert hashlib.sha256(text.encode("utf-8")).hexdigest() == PINNED_CORPUS_SHA256
     assert corpus.sha256 == PINNED_CORPUS_SHA256
-    assert corpus.source == "gfa_theory/corpus/pydoc_topics.txt.gz (pydoc_data.topics of CPython 3.11.7)"
+    assert corpus.source == "gfa_theory/train/corpus/pydoc_topics.txt.gz (pydoc_data.topics of CPython 3.11.7)"
     assert corpus.vocab == "".join(sorted(set(text)))
     # contiguous split: the last 10 % validates, nothing lost or reordered
     assert len(corpus.val) == round(0.1 * len(text))
@@ -198,7 +205,7 @@ def test_image_batches_have_standard_contiguous_strides():
     Every batch leaving the data layer must have the strides of a fresh tensor."""
     from types import SimpleNamespace
 
-    from gfa_theory.pruning import calibration_batches
+    from gfa_theory.methods.pruning import calibration_batches
 
     d = load_data(DataConfig(dataset="digits"))
     assert not _standard(d.x_train)  # the stored images really are ambiguous
@@ -216,9 +223,9 @@ def test_image_batches_have_standard_contiguous_strides():
 _CONV_ON_DATA_BATCHES = """
 import torch
 torch.set_num_threads(1)
-from gfa_theory.data import BatchSampler, DataConfig, eval_batches, load_data
+from gfa_theory.train.data import BatchSampler, DataConfig, eval_batches, load_data
 from gfa_theory.models import build_model
-from gfa_theory.training import build_run_config
+from gfa_theory.train.run_config import build_run_config
 cfg = build_run_config("resnet", overrides=["model.blocks_per_stage=[1,1]", "model.widths=[4,8]"])
 torch.manual_seed(0)
 model = build_model("resnet", cfg.model).train()

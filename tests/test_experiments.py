@@ -67,9 +67,9 @@ def test_fan_in_column_matches_symbolic(smoke_root):
 def test_unknown_study_and_profile_are_clear_errors(smoke_root):
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "-m", "gfa_theory.cli", "study", "nope", "--profile", "smoke"],
+    out = subprocess.run([sys.executable, "-m", "experiments", "nope", "--profile", "smoke"],
                          capture_output=True, text=True)
-    assert out.returncode == 2 and "unknown study" in out.stderr and "Traceback" not in out.stderr
-    out = subprocess.run([sys.executable, "-m", "gfa_theory.cli", "study", "repetition", "--profile", "huge"],
+    assert out.returncode == 2 and "invalid choice: 'nope'" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run([sys.executable, "-m", "experiments", "repetition", "--profile", "huge"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr

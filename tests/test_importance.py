@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from gfa_theory import importance
+from gfa_theory.instrument import importance
 from gfa_theory.models import GPT, GPTConfig, ResNet, ResNetConfig
 
 

@@ -5,8 +5,8 @@ import torch.nn.functional as F
 
 from gfa_theory.config import build, from_dict
 from gfa_theory.errors import ConfigError, GFAError
-from gfa_theory.layout import Block, Layout
 from gfa_theory.models import GPT, MODELS, GPTConfig, ResNet, ResNetConfig, build_model
+from gfa_theory.theory.layout import Block, Layout
 
 
 def gpt(seed=0, **kw):

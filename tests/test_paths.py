@@ -6,8 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gfa_theory import paths, symbolic
-from gfa_theory.layout import Block, Layout
+from gfa_theory.theory import path_counts as paths
+from gfa_theory.theory import symbolic
+from gfa_theory.theory.layout import Block, Layout
 
 
 def assert_counts(exact: list[int], counted: list[float]) -> None:

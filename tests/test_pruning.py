@@ -9,12 +9,13 @@ import pandas as pd
 import pytest
 import torch
 
-from gfa_theory import adapters, importance, pruning
 from gfa_theory.errors import ConfigError
+from gfa_theory.instrument import importance
+from gfa_theory.instrument.tracking import GradientTracker
+from gfa_theory.methods import pruning
 from gfa_theory.models import GPT, GPTConfig, ResNet, ResNetConfig
-from gfa_theory.symbolic import analyze
-from gfa_theory.tracking import GradientTracker
-
+from gfa_theory.models import families as adapters
+from gfa_theory.theory.symbolic import analyze
 
 # ---- helpers ---------------------------------------------------------------------------------
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -54,7 +55,8 @@ def _zero_block(model, u):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny GPT trained for a few steps: a finished run directory with tracked gradients."""
-    from gfa_theory.training import RunConfig, TrainConfig, train
+    from gfa_theory.train.loop import train
+    from gfa_theory.train.run_config import RunConfig, TrainConfig
 
     cfg = RunConfig("gpt", GPTConfig.tiny(n_blocks=4, block_size=16, n_embd=32, n_head=2, d_ff=64),
                     train=TrainConfig(steps=20, batch_size=8, eval_interval=0, eval_batches=2,
@@ -380,7 +382,7 @@ def test_cli_prunes_heals_and_writes_a_rebuildable_checkpoint(trained, tmp_path)
     assert report["source_run"] == trained.run_dir.name and report["blocks"] == {"before": 4, "after": 3}
     assert report["cost"]["forward_passes"] == 0 and report["params"]["after"] < report["params"]["before"]
     assert len(report["heal"]["losses"]) == 2 and report["versions"]["gfa_theory"]
-    from gfa_theory.data import load_data
+    from gfa_theory.train.data import load_data
 
     held_out = pruning.held_out_batches(trained.config, load_data(trained.config.data))
     rebuilt = pruning.load_pruned(out)

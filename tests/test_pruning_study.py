@@ -12,8 +12,8 @@ from experiments import pruning as pr
 from experiments.common import Context, gpt_run, load_study
 from experiments.profiles import sizes
 from gfa_theory.errors import ConfigError
-from gfa_theory.runs import load_run, snapshots
-from gfa_theory.training import train
+from gfa_theory.train.loop import train
+from gfa_theory.train.store import load_run, snapshots
 
 matplotlib.use("Agg")
 

@@ -1,4 +1,4 @@
-"""`gfa reproduce --profile smoke` writes every output, each non-empty and stamped."""
+"""`python -m figures --profile smoke` writes every output, each non-empty and stamped."""
 import json
 import subprocess
 import sys
@@ -8,7 +8,7 @@ from figures.make_all import OUTPUTS
 
 def test_reproduce_smoke_writes_every_stamped_output(smoke_root, tmp_path):
     out = tmp_path / "figs"
-    cmd = [sys.executable, "-m", "gfa_theory.cli", "reproduce", "--profile", "smoke", "--results",
+    cmd = [sys.executable, "-m", "figures", "--profile", "smoke", "--results",
            str(smoke_root), "--out", str(out), "--jobs", "1", "--no-progress"]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]

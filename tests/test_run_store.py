@@ -16,13 +16,31 @@ import time
 import pytest
 import torch
 
-from gfa_theory import runs, training
-from gfa_theory.bench_taper import TimingConfig
+from gfa_theory.train import loop as training
 from gfa_theory.cli import main
 from gfa_theory.errors import ConfigError, RunStoreError, StorageError
-from gfa_theory.runs import (CHECKPOINT_FILE, CONFIG_FILE, DONE_FILE, FAULT_ENV, FAULT_POINTS, LOCK_FILE,
-                             get_or_train, is_complete, make_dirs, run_dir, write_text_atomic)
-from gfa_theory.training import RunConfig, TrainConfig, build_run_config, resolve, run_key, train
+from gfa_theory.methods.taper_timing import TimingConfig
+from gfa_theory.train import store
+from gfa_theory.train.loop import get_or_train, train
+from gfa_theory.train.run_config import (
+    RunConfig,
+    TrainConfig,
+    build_run_config,
+    resolve,
+    run_key,
+)
+from gfa_theory.train.store import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    DONE_FILE,
+    FAULT_ENV,
+    FAULT_POINTS,
+    LOCK_FILE,
+    is_complete,
+    make_dirs,
+    run_dir,
+    write_text_atomic,
+)
 
 # the tiniest run with two checkpoints (steps 2 and 4): every write boundary happens twice
 ARGS = ["model.n_blocks=1", "model.n_embd=8", "model.n_head=1", "model.d_ff=8", "model.block_size=8",
@@ -297,7 +315,7 @@ def test_failed_replace_leaves_nothing_half_written(tmp_path, monkeypatch, code,
     def fail(src, dst):
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(runs.os, "replace", fail)
+    monkeypatch.setattr(store.os, "replace", fail)
     target = tmp_path / "out" / "metrics.csv"
     with pytest.raises(StorageError, match=f"cannot write {re.escape(str(target))}: .*{words}"):
         write_text_atomic(target, "step\n")
@@ -328,7 +346,7 @@ def test_disk_full_during_training_is_one_line_error_keeping_nothing_half_writte
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(src, dst)
 
-    monkeypatch.setattr(runs.os, "replace", replace)
+    monkeypatch.setattr(store.os, "replace", replace)
     line = _one_line_error(*_train_cli(capsys, tmp_path)[::2])
     assert "disk is full" in line and CHECKPOINT_FILE in line
     (rdir,) = tmp_path.iterdir()

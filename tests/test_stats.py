@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gfa_theory import stats
+from gfa_theory.instrument import stats
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import sympy as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gfa_theory import symbolic
 from gfa_theory.errors import ConfigError, LayoutError
-from gfa_theory.layout import Block, Layout
-from gfa_theory.symbolic import B, N, b, i, j, r, s, t
+from gfa_theory.theory import symbolic
+from gfa_theory.theory.layout import Block, Layout
+from gfa_theory.theory.symbolic import B, N, b, i, j, r, s, t
 
 
 # ---- brute force: enumerate every path of the layout DAG ---------------------------------------

@@ -7,8 +7,15 @@ import pytest
 import torch
 
 from gfa_theory.errors import ConfigError
+from gfa_theory.methods.taper import (
+    SCHEDULES,
+    TaperConfig,
+    count_params,
+    match,
+    plan,
+    uniform_plan,
+)
 from gfa_theory.models import GPT, GPTConfig
-from gfa_theory.taper import SCHEDULES, TaperConfig, count_params, match, plan, uniform_plan
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)

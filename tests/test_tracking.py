@@ -6,11 +6,15 @@ import torch
 from torch import nn
 
 from gfa_theory.errors import ConfigError
-from gfa_theory.layout import Layout
+from gfa_theory.instrument.tracking import (
+    GradientTracker,
+    UnitNorms,
+    equalize_gradients_,
+)
 from gfa_theory.models import GPTConfig, ResNetConfig, build_model
-from gfa_theory.symbolic import block_fan_in, fan_in
-from gfa_theory.tracking import GradientTracker, UnitNorms, equalize_gradients_
-from gfa_theory.units import Unit
+from gfa_theory.models.units import Unit
+from gfa_theory.theory.layout import Layout
+from gfa_theory.theory.symbolic import block_fan_in, fan_in
 
 
 class Toy(nn.Module):

@@ -12,12 +12,24 @@ import pandas as pd
 import pytest
 import torch
 
-from gfa_theory.data import eval_batches, load_data
 from gfa_theory.errors import ConfigError, TrainingError
-from gfa_theory.runs import (CHECKPOINT_FILE, DONE_FILE, get_or_train, is_complete, load_run,
-                             results_root, run_dir)
-from gfa_theory.training import (RunConfig, Trainer, TrainConfig, build_run_config, lr_multiplier,
-                                 resolve, run_key, train)
+from gfa_theory.train.data import eval_batches, load_data
+from gfa_theory.train.loop import Trainer, get_or_train, lr_multiplier, train
+from gfa_theory.train.run_config import (
+    RunConfig,
+    TrainConfig,
+    build_run_config,
+    resolve,
+    run_key,
+)
+from gfa_theory.train.store import (
+    CHECKPOINT_FILE,
+    DONE_FILE,
+    is_complete,
+    load_run,
+    results_root,
+    run_dir,
+)
 
 TINY = ["model.n_blocks=2", "model.n_embd=16", "model.n_head=2", "model.d_ff=32", "model.block_size=16",
         "train.batch_size=8", "train.steps=12", "train.eval_interval=6", "train.eval_batches=2",

@@ -21,8 +21,8 @@ from typing import Any, Iterable, Iterator
 
 from torch import nn
 
-from ..config import build, from_dict
-from ..errors import ConfigError
+from gfa_theory.config import build, from_dict
+from gfa_theory.errors import ConfigError
 
 
 class ResidualModel(nn.Module):
@@ -59,7 +59,7 @@ class ResidualModel(nn.Module):
 
 
 # Upper bounds of model sizes, checked by the configs before anything is allocated (whether a
-# model within them fits in memory is a separate check: gfa_theory.resources).
+# model within them fits in memory is a separate check: gfa_theory.train.memory).
 MAX_DIM = 2 ** 31 - 1  # any width, vocabulary, context or channel count (torch's int32 kernels)
 MAX_BLOCKS = 100_000  # residual blocks / applications (a config loops over them)
 
@@ -88,8 +88,8 @@ def _supervised_blocks(spec: Any, B: int, what: str = "supervision") -> list[int
     return sorted(set(spec) | {B})
 
 
-from .gpt import GPT, GPTConfig  # noqa: E402  (needs ResidualModel above)
-from .resnet import ResNet, ResNetConfig  # noqa: E402
+from gfa_theory.models.gpt import GPT, GPTConfig  # noqa: E402  (needs ResidualModel above)
+from gfa_theory.models.resnet import ResNet, ResNetConfig  # noqa: E402
 
 MODELS: dict[str, tuple[type, type]] = {"gpt": (GPTConfig, GPT), "resnet": (ResNetConfig, ResNet)}
 

@@ -22,11 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from ..layout import Block as LayoutBlock
-from ..layout import Layout
-from ..units import Unit
-from . import MAX_BLOCKS, MAX_DIM, ResidualModel, _bounded, _supervised_blocks
+from gfa_theory.errors import ConfigError
+from gfa_theory.models import (
+    MAX_BLOCKS,
+    MAX_DIM,
+    ResidualModel,
+    _bounded,
+    _supervised_blocks,
+)
+from gfa_theory.models.units import Unit
+from gfa_theory.theory.layout import Block as LayoutBlock
+from gfa_theory.theory.layout import Layout
 
 
 @dataclass

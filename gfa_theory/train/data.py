@@ -2,10 +2,10 @@
 
 * **text** (for the Transformer): the default corpus is the CPython 3.11.7 documentation topics
   (:mod:`pydoc_data.topics` joined in sorted-key order), shipped inside this package as
-  ``gfa_theory/corpus/pydoc_topics.txt.gz`` and checked against :data:`CORPUS_SHA256` on load,
+  ``gfa_theory/train/corpus/pydoc_topics.txt.gz`` and checked against :data:`CORPUS_SHA256` on load,
   so it is identical on every supported Python (the running Python's own ``pydoc_data`` differs
   between releases and is never read). The text is Python documentation, (c) Python Software
-  Foundation, PSF License (see ``gfa_theory/corpus/README.txt``). ``text_file`` reads any UTF-8
+  Foundation, PSF License (see ``gfa_theory/train/corpus/README.txt``). ``text_file`` reads any UTF-8
   file instead. Character-level vocabulary (the sorted set of characters), the first
   ``1 - val_fraction`` of the characters train, the rest validate.
 * **images** (for the ResNet): scikit-learn's 8x8 digits (default; stratified split seeded by
@@ -30,7 +30,7 @@ from typing import Iterator, Literal, Union
 import numpy as np
 import torch
 
-from .errors import ConfigError, DataError
+from gfa_theory.errors import ConfigError, DataError
 
 CIFAR10_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
                  "test_batch", "batches.meta")
@@ -63,7 +63,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
-        from .config import check_seed  # noqa: PLC0415
+        from gfa_theory.config import check_seed  # noqa: PLC0415
 
         check_seed("data.split_seed", self.split_seed)
         if self.text_file is not None and self.dataset != "text":
@@ -314,7 +314,7 @@ def load_data(cfg: DataConfig) -> Dataset:
 def _load_cached(cfg: DataConfig, stamp: tuple) -> Dataset:
     if cfg.dataset == "text":
         if cfg.text_file is None:
-            source = f"gfa_theory/corpus/pydoc_topics.txt.gz (pydoc_data.topics of {CORPUS_ORIGIN})"
+            source = f"gfa_theory/train/corpus/pydoc_topics.txt.gz (pydoc_data.topics of {CORPUS_ORIGIN})"
             return make_text_data(pydoc_corpus(), cfg.val_fraction, source)
         return make_text_data(read_text_file(cfg.text_file), cfg.val_fraction, str(cfg.text_file))
     if cfg.dataset == "digits":

@@ -28,7 +28,7 @@ stream's shape, removing it would break the network). Rankings list removable bl
 
 :func:`prune` returns a new, smaller model (new config, copied weights). Its outputs equal the
 original's with the removed blocks ablated, and its layout (``model.layout()``, or
-:func:`gfa_theory.adapters.module_layout` for any supported model) is the pruned wiring.
+:func:`gfa_theory.models.families.module_layout` for any supported model) is the pruned wiring.
 """
 from __future__ import annotations
 
@@ -48,11 +48,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import importance
-from .adapters import get_units, unwrap
-from .errors import ConfigError, DataError
-from .models import GPT, ResNet, ResidualModel, build_model
-from .units import Unit
+from gfa_theory.errors import ConfigError, DataError
+from gfa_theory.instrument import importance
+from gfa_theory.models import GPT, ResidualModel, ResNet, build_model
+from gfa_theory.models.families import get_units, unwrap
+from gfa_theory.models.units import Unit
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 METHODS = ("cascadeflow", "bi", "angular", "taylor", "magnitude", "random", "last", "ablation")
@@ -166,7 +166,7 @@ class _TorchvisionBlock(nn.Module):
 
 class TorchvisionView(ResidualModel):
     """A torchvision ResNet behind this package's model protocol, so that the post hoc scorers of
-    :mod:`gfa_theory.importance` run on it unchanged: ``units(kind)`` (named ``blocks.k`` /
+    :mod:`gfa_theory.instrument.importance` run on it unchanged: ``units(kind)`` (named ``blocks.k`` /
     ``blocks.k.branch``, ``k`` 0-based over layer1..layer4), ``ablate(names)`` and
     ``forward(x, targets=None, final_only=False) -> (logits, loss)``. It shares the wrapped
     model's parameters and replays torchvision's ``ResNet._forward_impl`` (a subclass with its own
@@ -314,7 +314,7 @@ def rank(method: str, model: nn.Module, *, gradients: Any = None, batches: Itera
     """Rank the removable blocks of ``model`` by ``method`` (see the module docstring).
 
     ``gradients``: the tracker's long frame (``runs.load_run(dir).gradients``) or a
-    :class:`~gfa_theory.tracking.GradientTracker`, for ``cascadeflow``; ``quantity`` picks its
+    :class:`~gfa_theory.instrument.tracking.GradientTracker`, for ``cascadeflow``; ``quantity`` picks its
     total (``A``, ``A_rms``: per-parameter RMS, comparable across widths, ``A_sq``, ``A_stream``).
     ``batches``: calibration ``(inputs, targets)`` for ``bi``, ``angular``, ``taylor``,
     ``ablation``. ``k``: how many blocks will go (needed by ``angular``; ``ablation`` then stops
@@ -367,7 +367,7 @@ def prune(model: nn.Module, remove: Iterable[str]) -> nn.Module:
     ``remove``: block unit names (``h.3``; ``blocks.4``; ``layer2.1``), removable ones only (see
     :func:`removable_blocks`). The result is on the original's device and dtype, in its train /
     eval mode, and ``model`` is left untouched. Its layout is ``pruned.layout()`` (package
-    models) or :func:`gfa_theory.adapters.module_layout` (any supported model).
+    models) or :func:`gfa_theory.models.families.module_layout` (any supported model).
     """
     model = unwrap(model)
     family = _family(model)
@@ -477,11 +477,11 @@ def _prune_torchvision(model: nn.Module, remove: set[str]) -> nn.Module:
 def cascadeflow_prune(source: Any, k: int, quantity: str = "A") -> tuple[nn.Module, Ranking]:
     """Remove the ``k`` blocks with the smallest accumulated gradient ``quantity``.
 
-    ``source``: a finished run directory, a :class:`~gfa_theory.runs.LoadedRun` /
-    :class:`~gfa_theory.training.RunResult`, or a ``(model, gradients)`` pair.
+    ``source``: a finished run directory, a :class:`~gfa_theory.train.store.LoadedRun` /
+    :class:`~gfa_theory.train.loop.RunResult`, or a ``(model, gradients)`` pair.
     """
     if isinstance(source, (str, os.PathLike)):
-        from .runs import load_run  # noqa: PLC0415  (runs imports models; keep this module light)
+        from gfa_theory.train.store import load_run  # noqa: PLC0415  (runs imports models; keep this module light)
 
         source = load_run(source)
     if hasattr(source, "model") and hasattr(source, "gradients"):
@@ -568,7 +568,7 @@ def heal(model: nn.Module, batches: Any, steps: int, lr: float = 1e-3, *, weight
          grad_clip: float = 1.0, seed: int = 0) -> list[float]:
     """Short healing fine-tune after pruning: ``steps`` AdamW updates of all parameters, in place.
 
-    ``batches``: training ``(inputs, targets)`` as a :class:`~gfa_theory.data.BatchSampler`, a
+    ``batches``: training ``(inputs, targets)`` as a :class:`~gfa_theory.train.data.BatchSampler`, a
     list (cycled) or an iterator. Seeded (dropout draws come from ``seed``; the caller's RNG is
     left alone) and deterministic on CPU. The loss is the model's training loss (mean over its
     supervised heads). Returns the loss of every step.
@@ -615,7 +615,7 @@ def _seq_len(cfg: Any) -> int | None:
 
 def held_out_batches(cfg: Any, data: Any) -> list[Batch]:
     """The run's fixed validation batches: exactly what its training evaluations scored."""
-    from .data import eval_batches  # noqa: PLC0415
+    from gfa_theory.train.data import eval_batches  # noqa: PLC0415
 
     tc = cfg.train
     return list(eval_batches(data, "val", tc.batch_size, tc.eval_batches, _seq_len(cfg), seed=cfg.data.split_seed))
@@ -627,7 +627,7 @@ def calibration_batches(cfg: Any, data: Any, n: int, seed: int = 0) -> list[Batc
     Text: random windows; images: a seeded random subset. A different ``seed`` is a different
     calibration subset (what the rank-stability study varies).
     """
-    from .data import TextData, eval_batches  # noqa: PLC0415
+    from gfa_theory.train.data import TextData, eval_batches  # noqa: PLC0415
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ConfigError(f"calibration batches must be a positive integer, got {n!r}")
@@ -642,8 +642,8 @@ def calibration_batches(cfg: Any, data: Any, n: int, seed: int = 0) -> list[Batc
 def save_pruned(model: nn.Module, path: str | os.PathLike, **meta: Any) -> Path:
     """Write a pruned package model as ``path/checkpoint.pt`` (state_dict, model name and config,
     plus ``meta``), atomically; :func:`load_pruned` rebuilds it."""
-    from .config import to_dict  # noqa: PLC0415
-    from .runs import save_torch_atomic  # noqa: PLC0415
+    from gfa_theory.config import to_dict  # noqa: PLC0415
+    from gfa_theory.train.store import save_torch_atomic  # noqa: PLC0415
 
     model = unwrap(model)
     name = _family(model)

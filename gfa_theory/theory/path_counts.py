@@ -6,7 +6,7 @@ kept and the loss is the sum of the heads. Then the gradient arriving at a branc
 order-0 (identity) paths and its ``t``-derivative at ``t = 0`` the order-1 paths, so
 ``F(i) = G_i(0) + G_i'(0)``.
 
-This module is deliberately independent of :mod:`gfa_theory.symbolic`: the two are checked
+This module is deliberately independent of :mod:`gfa_theory.theory.symbolic`: the two are checked
 against each other in the tests.
 """
 from __future__ import annotations
@@ -104,7 +104,7 @@ class FormalT:
 
 
 class LayoutSurrogate(nn.Module):
-    """The stream computation of a :class:`~gfa_theory.layout.Layout` with scalar-gain branches.
+    """The stream computation of a :class:`~gfa_theory.theory.layout.Layout` with scalar-gain branches.
 
     Sequential block: ``x <- x + f(x)`` per branch; parallel block: ``x <- x + sum_k f_k(x)``;
     the loss is the sum of the stream at the head positions. With ``share=True`` one

@@ -28,8 +28,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .units import Unit
+from gfa_theory.errors import ConfigError
+from gfa_theory.models.units import Unit
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 METRICS = ("ablation", "bi", "angular", "taylor", "magnitude", "random")

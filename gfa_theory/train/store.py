@@ -5,7 +5,7 @@ environment variable, else ``./results``, and the hash covers the resolved confi
 training, seed, the resolved device: ``auto`` enters as ``cpu`` or ``cuda``), the data's sha256,
 any user gradient hooks, and the numeric environment that changes the numbers on the same
 hardware: the torch version, the device type and, for CPU runs, the CPU's vector instruction set
-(see :func:`gfa_theory.training.run_key`). The directory holds::
+(see :func:`gfa_theory.train.run_config.run_key`). The directory holds::
 
     config.json     resolved config, seed, data sha256, versions, environment (device, threads, ISA)
     metrics.csv     step, split, loss, accuracy, lr
@@ -37,7 +37,9 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .errors import DataError, GFAError, RunStoreError, StorageError
+from gfa_theory.errors import DataError, GFAError, RunStoreError, StorageError
+from gfa_theory.models import build_model
+from gfa_theory.train.run_config import RunConfig, run_key
 
 RESULTS_ENV = "GFA_RESULTS"
 CONFIG_FILE = "config.json"
@@ -183,9 +185,7 @@ def results_root(out: str | os.PathLike | None = None) -> Path:
 
 
 def run_id(cfg) -> str:
-    """``<model>-<hash>`` of a run config (see :func:`gfa_theory.training.run_key`)."""
-    from .training import run_key  # noqa: PLC0415  (training imports this module)
-
+    """``<model>-<hash>`` of a run config (see :func:`gfa_theory.train.run_config.run_key`)."""
     return run_key(cfg)
 
 
@@ -203,7 +203,7 @@ def is_complete(path: str | os.PathLike) -> bool:
 class LoadedRun(NamedTuple):
     """A finished run: unpacks as ``config, model, metrics, gradients``."""
 
-    config: Any  # gfa_theory.training.RunConfig
+    config: Any  # gfa_theory.train.run_config.RunConfig
     model: nn.Module  # final weights, eval mode, on CPU
     metrics: pd.DataFrame
     gradients: pd.DataFrame
@@ -282,9 +282,6 @@ def load_run(path: str | os.PathLike, map_location: str | torch.device = "cpu") 
     Reads whatever a finished run holds, whatever machine trained it (a CUDA run loads on a
     CPU-only machine); a file that cannot be read back is a one-line RunStoreError naming it.
     """
-    from .models import build_model  # noqa: PLC0415
-    from .training import RunConfig  # noqa: PLC0415
-
     path = Path(path)
     if not is_complete(path):
         raise GFAError(f"run {path} is not complete (no {DONE_FILE} marker): train it first")
@@ -304,19 +301,6 @@ def load_run(path: str | os.PathLike, map_location: str | torch.device = "cpu") 
     model.eval()
     return LoadedRun(cfg, model, read_metrics(path), read_gradients(path))
 
-
-def get_or_train(cfg, root: str | os.PathLike | None = None, progress: bool = False,
-                 force: bool = False, **kwargs):
-    """The run of ``cfg`` under ``root``: trained once, then read back (keyed by its hash).
-
-    A partial run (killed or interrupted) resumes from its last checkpoint; a finished one is
-    checked before it is reused (see :func:`gfa_theory.training.train`). ``force``: retrain
-    from scratch even if the run is complete. Extra keyword arguments go to
-    :func:`gfa_theory.training.train`.
-    """
-    from .training import train  # noqa: PLC0415
-
-    return train(cfg, root, resume=True, progress=progress, force=force, **kwargs)
 
 
 def snapshots(path: str | os.PathLike) -> dict[int, Path]:

@@ -40,7 +40,7 @@ What this module provides:
   :func:`generating_function_closed_form`), the fan-in of a shared block repeated ``r`` times
   (:func:`group_fan_in_closed_form`) and of uniform stacks of ``k``-branch blocks
   (:func:`block_stack_closed_form`);
-* the exact integer ``G_i(t)`` and ``F(i)`` of any :class:`~gfa_theory.layout.Layout`, with block
+* the exact integer ``G_i(t)`` and ``F(i)`` of any :class:`~gfa_theory.theory.layout.Layout`, with block
   and parameter-group sums (:func:`analyze`), computed by the suffix recursion
   ``G_{p-1} = [p-1 is read by a head] + (1 + w(p) t) G_p`` on Python integers, so a
   1000-branch layout takes a fraction of a second;
@@ -55,8 +55,8 @@ from typing import Callable, Literal, Sequence
 
 import sympy as sp
 
-from .errors import ConfigError, LayoutError
-from .layout import Layout
+from gfa_theory.errors import ConfigError, LayoutError
+from gfa_theory.theory.layout import Layout
 
 Supervision = Literal["final", "all"]
 

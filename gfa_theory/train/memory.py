@@ -25,12 +25,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from gfa_theory.errors import ConfigError
 
 FLOAT_BYTES = 4
 BASE_BYTES = 2 ** 30  # interpreter, torch, pandas, scipy, data, the tracker: measured ~1 GiB
 # (in_channels, image_size, classes) of the image datasets: resolved from the data at training
-# time (see gfa_theory.training.resolve), known here before any data is loaded
+# time (see gfa_theory.train.run_config.resolve), known here before any data is loaded
 IMAGE_SHAPES = {"digits": (1, 8, 10), "cifar10": (3, 32, 10)}
 # Character vocabulary assumed for text (the default corpus has 103 characters; a text file with
 # a larger alphabet adds 2 * vocab floats per token and head, and vocab * n_embd parameters)
@@ -183,7 +183,7 @@ def check_model_memory(name: str, m: Any, copies: int = 2) -> int:
 def check_inference_memory(taper: Any, batch: int) -> int:
     """``gfa bench taper``: the uniform and the tapered model of ``taper`` (a TaperConfig) side by
     side, each running a forward pass of ``batch`` sequences (no autograd), refused if too big."""
-    from .models import GPTConfig  # noqa: PLC0415
+    from gfa_theory.models import GPTConfig  # noqa: PLC0415
 
     uniform = GPTConfig(vocab_size=taper.vocab_size, block_size=taper.block_size, n_embd=taper.n_embd,
                         n_blocks=taper.B, n_head=taper.n_head, d_ff=taper.d_ff)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..errors import ConfigError
-from ..taper import SCHEDULES, TaperConfig, match, plan
+from gfa_theory.errors import ConfigError
+from gfa_theory.methods.taper import SCHEDULES, TaperConfig, match, plan
 
 MAX_BLOCKS = 10_000  # a schedule of this many blocks is planned in ~2 s
 

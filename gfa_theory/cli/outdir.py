@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from ..errors import ConfigError
+from gfa_theory.errors import ConfigError
 
 RUN_MARKERS = ("DONE", "config.json", "checkpoint.pt", "metrics.csv", "gradients.csv", "snapshots")
 PRUNE_FILES = ("checkpoint.pt", "evaluation.json")

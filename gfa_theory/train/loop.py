@@ -9,7 +9,7 @@ One optimizer step is::
     clip_grad_norm_(grad_clip)
     optimizer.step(); scheduler.step()
 
-:func:`train` writes one result directory per config (see :mod:`gfa_theory.runs`), checkpoints
+:func:`train` writes one result directory per config (see :mod:`gfa_theory.train.store`), checkpoints
 every ``checkpoint_interval`` steps and, when rerun with the same config after a crash, resumes
 from the last checkpoint and produces byte-identical results to an uninterrupted run (on CPU).
 Under ``torchrun`` the same code runs data-parallel: every rank draws the same global batch and
@@ -23,7 +23,6 @@ that check passes, so the last checkpoint on disk is always a good one.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -36,260 +35,56 @@ import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from . import __version__
-from .config import _merge, _short, apply_overrides, check_seed, config_hash, from_dict, load_json, to_dict
-from .data import BatchSampler, DataConfig, Dataset, TextData, eval_batches, load_data
-from .devices import check_device, parse_device, resolve_device_name
-from .errors import ConfigError, GFAError, RunStoreError, TrainingError
-from .models import MAX_DIM, MODELS, build_model
-from .runs import (CHECKPOINT_FILE, CONFIG_FILE, SNAPSHOT_DIR, DONE_FILE, GRADIENTS_FILE, LOCK_FILE,
-                   METRICS_FILE, _fault_point, load_run, make_dirs, read_checkpoint, read_config,
-                   results_root, save_torch_atomic, storage_error, unreadable, write_csv_atomic,
-                   write_json_atomic, write_text_atomic)
-from .tracking import GradientTracker, UnitNorms, equalize_gradients_
-
-# Upper bounds of the training settings (hostile input is refused before anything is built).
-MAX_STEPS = 10 ** 9  # optimizer steps (and every interval counted in steps)
-MAX_POINTS = 10 ** 6  # series points, evaluation batches
-MAX_LR = 10.0  # no optimizer here trains at a larger learning rate: it diverges at once
-
-# Which data each trainable model reads.
-MODEL_TASKS = {"gpt": "text", "resnet": "image"}
-AfterBackward = Callable[[nn.Module, int], None]
-METRIC_COLUMNS = ["step", "split", "loss", "accuracy", "lr"]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimization, logging and tracking settings of one run.
-
-    Intervals count optimizer steps; 0 means "only at the end". ``track``: which units the
-    gradient tracker records ("none" disables it). ``series_points``: length of the
-    downsampled per-step gradient series. ``intervention``: "equalize" rescales each block's
-    gradient to the mean block norm before every update (SPEC study 3). ``device``: ``auto``
-    (CUDA when present, else the CPU), ``cpu``, ``cuda``, ``cuda:<index>``, ``mps``; whether
-    the machine has it is checked when training starts (a stored CUDA config still loads here).
-    """
-
-    steps: int = 400
-    batch_size: int = 32  # global batch: split across DDP ranks
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 3e-3
-    momentum: float = 0.9  # SGD momentum (AdamW uses betas 0.9, 0.99)
-    weight_decay: float = 0.1  # on weight matrices / conv kernels only, never biases or norms
-    schedule: Literal["cosine", "constant"] = "cosine"
-    warmup_steps: int = 20  # linear warmup from lr / warmup_steps
-    min_lr_ratio: float = 0.1  # cosine floor, as a fraction of lr
-    grad_clip: float = 1.0  # global-norm clipping; 0 disables
-    seed: int = 0
-    device: str = "cpu"
-    eval_interval: int = 100
-    eval_batches: int = 8
-    checkpoint_interval: int = 100
-    log_interval: int = 10
-    intervention: Literal["none", "equalize"] = "none"
-    track: Literal["branch", "block", "both", "none"] = "both"
-    track_stream: bool = True
-    series_points: int = 100
-
-    def __post_init__(self) -> None:
-        def check(name: str, ok: bool, what: str) -> None:
-            if not ok:
-                raise ConfigError(f"train.{name} must be {what}, got {_short(getattr(self, name))}")
-
-        check("steps", 1 <= self.steps <= MAX_STEPS, f"in 1..{MAX_STEPS:.0e}")
-        check("batch_size", 1 <= self.batch_size <= MAX_DIM, f"in 1..{MAX_DIM}")
-        check("lr", 0 < self.lr <= MAX_LR, f"a number in (0, {MAX_LR:g}]")
-        check("momentum", 0.0 <= self.momentum < 1.0, "in [0, 1)")
-        check("weight_decay", 0 <= self.weight_decay < math.inf, "a finite number >= 0")
-        check("warmup_steps", 0 <= self.warmup_steps <= MAX_STEPS, f"in 0..{MAX_STEPS:.0e}")
-        check("min_lr_ratio", 0.0 <= self.min_lr_ratio <= 1.0, "in [0, 1]")
-        check("grad_clip", 0 <= self.grad_clip < math.inf, "a finite number >= 0 (0 disables clipping)")
-        for name in ("eval_interval", "checkpoint_interval"):
-            check(name, 0 <= getattr(self, name) <= MAX_STEPS, "in 0..1e+09 (0: only at the end)")
-        check("eval_batches", 1 <= self.eval_batches <= MAX_POINTS, f"in 1..{MAX_POINTS:.0e}")
-        check("log_interval", 1 <= self.log_interval <= MAX_STEPS, f"in 1..{MAX_STEPS:.0e}")
-        # more points than steps keeps every step (the series cannot be longer than the run)
-        check("series_points", 1 <= self.series_points <= MAX_POINTS, f"in 1..{MAX_POINTS:.0e}")
-        check_seed("train.seed", self.seed)
-        parse_device(self.device, "train.device")
-
-    @property
-    def series_every(self) -> int:
-        return max(1, math.ceil(self.steps / self.series_points))
-
-
-def _family_defaults(model_name: str) -> tuple[DataConfig, TrainConfig]:
-    """Data and training defaults of each model family: sized to finish in minutes on 2 CPU cores."""
-    if model_name == "resnet":
-        return DataConfig(dataset="digits"), TrainConfig(
-            steps=600, batch_size=64, optimizer="sgd", lr=0.05, weight_decay=5e-4, warmup_steps=30,
-            eval_interval=100, eval_batches=100)
-    return DataConfig(dataset="text"), TrainConfig()
-
-
-@dataclass
-class RunConfig:
-    """Everything that determines a run's results: model (by registry name), data, training.
-
-    JSON / ``--set`` form: ``{"model_name": "gpt", "model": {...}, "data": {...}, "train": {...}}``.
-    Sections left out (``None``) take the model family's defaults (:func:`default_run_config`).
-    """
-
-    model_name: str = "gpt"
-    model: Any = None  # the model's config dataclass (GPTConfig, ResNetConfig)
-    # None: the family's defaults (annotated without Optional so loading errors stay specific)
-    data: DataConfig = None  # type: ignore[assignment]
-    train: TrainConfig = None  # type: ignore[assignment]
-
-    def __post_init__(self) -> None:
-        if self.model_name not in MODEL_TASKS:
-            raise ConfigError(f"unknown model '{self.model_name}' (trainable: {', '.join(MODEL_TASKS)})")
-        cfg_cls = MODELS[self.model_name][0]
-        if self.model is None:
-            self.model = cfg_cls()
-        elif isinstance(self.model, dict):
-            self.model = from_dict(cfg_cls, self.model, prefix="model.")
-        elif not isinstance(self.model, cfg_cls):
-            raise ConfigError(f"config key 'model': expected an object of {cfg_cls.__name__} fields, "
-                              f"got {self.model!r}")
-        data, train = _family_defaults(self.model_name)
-        self.data = data if self.data is None else self.data
-        self.train = train if self.train is None else self.train
-        task = MODEL_TASKS[self.model_name]
-        if self.data.task != task:
-            raise ConfigError(f"model '{self.model_name}' trains on {task} data, "
-                              f"but data.dataset is '{self.data.dataset}'")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "RunConfig":
-        """Strict loading; keys left out take the model family's defaults."""
-        if not isinstance(data, dict):
-            raise ConfigError("a run config must be a JSON object")
-        name = data.get("model_name", "gpt")
-        if name not in MODEL_TASKS:
-            raise ConfigError(f"unknown model '{name}' (trainable: {', '.join(MODEL_TASKS)})")
-        return from_dict(cls, _merge(to_dict(cls(name)), data))
-
-    def to_dict(self) -> dict:
-        return to_dict(self)
-
-    def hash(self) -> str:
-        return config_hash(self)
-
-
-def default_run_config(model_name: str) -> RunConfig:
-    """The defaults behind ``gfa train --model NAME``."""
-    return RunConfig(model_name)
-
-
-def build_run_config(model_name: str, config_file: str | os.PathLike | None = None,
-                     overrides: Sequence[str] | None = None) -> RunConfig:
-    """Defaults for ``model_name`` <- optional JSON file <- ``key=value`` overrides (nested keys:
-    ``model.n_blocks=8``, ``train.steps=200``, ``data.text_file=corpus.txt``)."""
-    data = to_dict(default_run_config(model_name))
-    if config_file is not None:
-        loaded = load_json(config_file)
-        if loaded.get("model_name", model_name) != model_name:
-            raise ConfigError(f"config file {config_file} is for model '{loaded['model_name']}', "
-                              f"not '{model_name}'")
-        data = _merge(data, loaded)
-    data = apply_overrides(data, list(overrides or []))
-    if data.get("model_name") != model_name:
-        raise ConfigError("model_name cannot be overridden: use --model")
-    return RunConfig.from_dict(data)
-
-
-# ---- resolution against the data -------------------------------------------------------------
-
-def resolve(cfg: RunConfig) -> tuple[RunConfig, Dataset]:
-    """Load the data and fill the model fields it determines (vocabulary, classes, image shape);
-    ``train.device=auto`` becomes the device it stands for here (``cuda`` or ``cpu``)."""
-    device = resolve_device_name(cfg.train.device)
-    if device != cfg.train.device:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device=device))
-    data = load_data(cfg.data)
-    if cfg.model_name == "gpt":
-        model = dataclasses.replace(cfg.model, vocab_size=data.vocab_size)
-        data.check_seq_len(model.block_size)
-    else:
-        model = dataclasses.replace(cfg.model, in_channels=data.in_channels,
-                                    num_classes=data.n_classes, image_size=data.image_size)
-    return dataclasses.replace(cfg, model=model), data
-
-
-def _hook_names(hooks: Sequence[AfterBackward]) -> list[str]:
-    return [f"{getattr(h, '__module__', '?')}.{getattr(h, '__qualname__', type(h).__qualname__)}"
-            for h in hooks]
-
-
-def numerics_key(device: str | torch.device) -> dict:
-    """The part of the numeric environment that enters a run's hash: what changes the numbers
-    of a run for the same config on the same kind of device (see :func:`run_key`)."""
-    dev = torch.device(resolve_device_name(str(device)))
-    key = {"torch": torch.__version__, "device": dev.type}
-    if dev.type == "cpu":  # vectorized CPU kernels (AVX2, AVX512, ...) sum in different orders
-        key["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-    return key
-
-
-# Recorded fields a finished (or partial) run must share with this process to be reused (or
-# resumed): a cache hit must mean the same numbers. The thread count is checked rather than
-# hashed: a process may change it at will (the studies' worker processes use one thread while
-# their parent looks runs up by key), and a run key must not depend on it.
-_CHECKED = {"cpu": ("device_type", "torch", "cpu_capability", "num_threads"),
-            "other": ("device_type", "torch")}
-
-
-def environment(device: torch.device) -> dict:
-    """What a run's numbers depend on besides its config and data (``environment`` in config.json)."""
-    env: dict[str, Any] = {
-        "device": str(device), "device_type": device.type, "torch": torch.__version__,
-        "numpy": np.__version__, "python": platform.python_version(), "machine": platform.machine(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(), "num_threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        env.update(cuda=torch.version.cuda, device_name=torch.cuda.get_device_name(device))
-    return env
-
-
-def _checked(env: dict) -> dict:
-    fields = _CHECKED["cpu" if env.get("device_type") == "cpu" else "other"]
-    return {f: env.get(f) for f in fields}
-
-
-def _env_mismatch(recorded: Any, current: dict, key: str, rdir: Path, what: str) -> str | None:
-    """One line naming the first checked field where ``recorded`` differs from ``current``."""
-    recorded = recorded if isinstance(recorded, dict) else {}
-    for field, cur in _checked(current).items():
-        rec = recorded.get(field)
-        if rec != cur:
-            if field == "num_threads" and isinstance(rec, int):
-                fix = (f"set OMP_NUM_THREADS={rec} (or torch.set_num_threads({rec})) to {what} it, "
-                       f"or pass --force to retrain it from scratch")
-            else:
-                fix = f"pass --force to retrain it from scratch here (or delete {rdir})"
-            return (f"run {key} in {rdir} was trained with {field}={rec!r}, this process has "
-                    f"{field}={cur!r} (the numbers depend on it): {fix}")
-    return None
-
-
-def run_key(cfg: RunConfig, hooks: Sequence[AfterBackward] = ()) -> str:
-    """``<model>-<hash>``: the hash covers the resolved config (``auto`` device resolved), the data
-    sha256, hook names and :func:`numerics_key` (torch version, device type, CPU instruction set)."""
-    resolved, data = resolve(cfg)
-    payload = {"config": to_dict(resolved), "data_sha256": data.sha256,
-               "numerics": numerics_key(resolved.train.device)}
-    if hooks:
-        payload["hooks"] = _hook_names(hooks)
-    return f"{cfg.model_name}-{config_hash(payload)}"
-
+from gfa_theory import __version__
+from gfa_theory.config import to_dict
+from gfa_theory.devices import check_device
+from gfa_theory.errors import GFAError, RunStoreError, TrainingError
+from gfa_theory.instrument.tracking import (
+    GradientTracker,
+    UnitNorms,
+    equalize_gradients_,
+)
+from gfa_theory.models import build_model
+from gfa_theory.train.data import BatchSampler, Dataset, TextData, eval_batches
+from gfa_theory.train.run_config import (
+    METRIC_COLUMNS,
+    AfterBackward,
+    RunConfig,
+    TrainConfig,
+    _env_mismatch,
+    _hook_names,
+    environment,
+    resolve,
+    run_key,
+)
+from gfa_theory.train.store import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    DONE_FILE,
+    GRADIENTS_FILE,
+    LOCK_FILE,
+    METRICS_FILE,
+    SNAPSHOT_DIR,
+    _fault_point,
+    load_run,
+    make_dirs,
+    read_checkpoint,
+    read_config,
+    results_root,
+    save_torch_atomic,
+    storage_error,
+    unreadable,
+    write_csv_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 # ---- schedule, optimizer ----------------------------------------------------------------------
 
@@ -689,7 +484,7 @@ def _reuse(rdir: Path, key: str, cfg: RunConfig, device: torch.device) -> RunRes
 def train(cfg: RunConfig, out_root: str | os.PathLike | None = None, resume: bool = True,
           progress: bool = True, on_after_backward: Sequence[AfterBackward] = (),
           force: bool = False) -> RunResult:
-    """Train ``cfg`` into ``<out_root>/<model>-<hash>/`` (see :mod:`gfa_theory.runs`).
+    """Train ``cfg`` into ``<out_root>/<model>-<hash>/`` (see :mod:`gfa_theory.train.store`).
 
     ``resume``: a complete run is read back instead of retrained (once checked: intact files, same
     run, same numeric environment, else a one-line RunStoreError), and a partial one continues
@@ -848,3 +643,14 @@ def _train(cfg: RunConfig, data: Dataset, key: str, rdir: Path, resume: bool, pr
         write_text_atomic(rdir / DONE_FILE, f"{key}\n")  # last: marks the directory complete
     world.barrier()
     return _loaded(rdir, trained=True)
+
+def get_or_train(cfg, root: str | os.PathLike | None = None, progress: bool = False,
+                 force: bool = False, **kwargs):
+    """The run of ``cfg`` under ``root``: trained once, then read back (keyed by its hash).
+
+    A partial run (killed or interrupted) resumes from its last checkpoint; a finished one is
+    checked before it is reused (see :func:`train`). ``force``: retrain
+    from scratch even if the run is complete. Extra keyword arguments go to
+    :func:`train`.
+    """
+    return train(cfg, root, resume=True, progress=progress, force=force, **kwargs)

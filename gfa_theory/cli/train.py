@@ -8,10 +8,11 @@ import warnings
 
 import pandas as pd
 
-from ..resources import check_training_memory
-from ..runs import results_root
-from ..training import MODEL_TASKS, build_run_config, train
-from ._outdir import check_results_root
+from gfa_theory.cli.outdir import check_results_root
+from gfa_theory.train.loop import train
+from gfa_theory.train.memory import check_training_memory
+from gfa_theory.train.run_config import MODEL_TASKS, build_run_config
+from gfa_theory.train.store import results_root
 
 
 def add_parser(sub) -> None:

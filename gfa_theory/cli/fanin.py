@@ -11,9 +11,9 @@ import json
 import sys
 from typing import Any
 
-from .. import symbolic
-from ..errors import ConfigError
-from ..layout import Layout
+from gfa_theory.errors import ConfigError
+from gfa_theory.theory import symbolic
+from gfa_theory.theory.layout import Layout
 
 FORMATS = ("table", "json", "latex")
 TABLE_ORDERS = 4  # path orders k = 0..3 shown in table and LaTeX output
@@ -77,7 +77,7 @@ def layout_from_args(args: argparse.Namespace) -> Layout:
         if args.supervision is not None:
             raise ConfigError("--supervision applies to --branches and --symbolic; "
                               "set a model's heads with --set supervision=all")
-        from ..adapters import module_layout
+        from gfa_theory.models.families import module_layout
         return module_layout(model_from_args(args))
     if getattr(args, "branches", None) is not None:
         if isinstance(args.branches, int) and args.branches > MAX_POSITIONS:
@@ -96,7 +96,7 @@ def model_from_args(args: argparse.Namespace):
     """The ``nn.Module`` named by ``--model`` and ``--set`` (built once per ``args``; refused
     before anything is allocated when it cannot fit in memory)."""
     if getattr(args, "_module", None) is None:
-        from ..adapters import parse_model_spec
+        from gfa_theory.models.families import parse_model_spec
         check_model_size(args.model, args.overrides)
         args._module = parse_model_spec(args.model, args.overrides)
     return args._module
@@ -104,13 +104,13 @@ def model_from_args(args: argparse.Namespace):
 
 def _model_params(spec: str, overrides: list[str] | None) -> int | None:
     """Parameters of the model ``spec`` would build, without building it (``None``: unknown)."""
-    from ..resources import param_count
+    from gfa_theory.train.memory import param_count
     if spec in ("gpt", "resnet"):
-        from ..models import build_config
+        from gfa_theory.models import build_config
         return param_count(spec, build_config(spec, overrides))
     family, _, name = spec.partition(":")
     if family == "hf":
-        from ..adapters import HF_GPT2_DEFAULTS, _overrides_dict
+        from gfa_theory.models.families import HF_GPT2_DEFAULTS, _overrides_dict
         kw = {**HF_GPT2_DEFAULTS, **_overrides_dict(overrides)}
         sizes = [kw.get(k) for k in ("n_layer", "n_embd", "vocab_size", "n_positions")]
         inner = kw.get("n_inner") or 4 * (kw.get("n_embd") or 0)
@@ -123,7 +123,8 @@ def _model_params(spec: str, overrides: list[str] | None) -> int | None:
     if family == "torchvision":  # a fixed depth: built on the meta device, nothing is allocated
         import torch
         import torchvision
-        from ..adapters import _overrides_dict
+
+        from gfa_theory.models.families import _overrides_dict
         try:
             with torch.device("meta"):
                 model = torchvision.models.get_model(name, weights=None, **_overrides_dict(overrides))
@@ -135,7 +136,7 @@ def _model_params(spec: str, overrides: list[str] | None) -> int | None:
 
 def check_model_size(spec: str, overrides: list[str] | None) -> None:
     """Refuse (one line) a ``--model`` whose copies for the autograd check exceed the memory."""
-    from ..resources import BASE_BYTES, FLOAT_BYTES, check_fits
+    from gfa_theory.train.memory import BASE_BYTES, FLOAT_BYTES, check_fits
     params = _model_params(spec, overrides)
     if params is not None:  # the module, its scalar-gain copy and the autograd graph
         check_fits(3 * params * FLOAT_BYTES + BASE_BYTES, f"building {spec} and checking it",
@@ -200,7 +201,9 @@ def autograd_check(layout: Layout, result: symbolic.FanInResult) -> dict[str, An
     Counts below 2**53 must match exactly, larger ones to a relative 1e-9 (float64 rounding);
     counts beyond the float64 range are skipped and reported.
     """
-    from .. import paths  # torch is imported only when a check is asked for
+    from gfa_theory.theory import (
+        path_counts as paths,  # torch is imported only when a check is asked for
+    )
     K = result.max_order if result.max_order is not None else max(layout.P - 1, 1)
     counted = paths.count_paths(layout, max_order=K)
     pairs = []
@@ -215,8 +218,8 @@ def autograd_check(layout: Layout, result: symbolic.FanInResult) -> dict[str, An
 
 def module_check(model, result: symbolic.FanInResult) -> dict[str, Any]:
     """Compare ``result`` (the model's layout) with autograd counts on the real module, its
-    branches swapped for scalar gains (:func:`gfa_theory.adapters.module_fan_in`)."""
-    from ..adapters import module_fan_in
+    branches swapped for scalar gains (:func:`gfa_theory.models.families.module_fan_in`)."""
+    from gfa_theory.models.families import module_fan_in
     counted = module_fan_in(model)
     pairs = []
     for br, row in zip(result.branches, counted["branches"]):
@@ -229,7 +232,7 @@ def module_check(model, result: symbolic.FanInResult) -> dict[str, Any]:
 
 
 def _agreement(pairs: list[tuple[int, float]], method: str) -> dict[str, Any]:
-    from .. import paths
+    from gfa_theory.theory import path_counts as paths
     compared = [(e, a) for e, a in pairs if e < paths.FLOAT64_MAX]
     mismatches = sum(not paths.counts_agree(e, a) for e, a in compared)
     max_rel = max((abs(a - e) / e for e, a in compared if e), default=0.0)
@@ -307,7 +310,7 @@ def _symbolic_check(supervision: str) -> dict[str, Any]:
     """The closed forms against autograd path counts on sequential stacks ``N = 1..16``."""
     import sympy as sp
 
-    from .. import paths
+    from gfa_theory.theory import path_counts as paths
 
     G = symbolic.generating_function_closed_form(supervision)
     pairs = []

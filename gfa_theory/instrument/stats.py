@@ -154,3 +154,14 @@ def paired_difference(a: Iterable[float], b: Iterable[float], test: str = "paire
     mean, lo, hi = mean_ci(d)
     p = float(sps.ttest_rel(a, b).pvalue) if len(d) > 1 and d.std(ddof=1) > 0 else float("nan")
     return _row(test, mean, (lo, hi), p, len(d), n_groups=len(d), method="paired t")
+
+
+def format_interval(m: float, lo: float, hi: float, fmt: str = ".3f", missing: str = "n/a",
+                    no_interval: str = "") -> str:
+    """``m [lo, hi]`` for reports; ``missing`` when ``m`` is not finite, ``m`` followed by
+    ``no_interval`` when the interval is undefined. The one place intervals are formatted."""
+    if not np.isfinite(m):
+        return missing
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"{m:{fmt}}{no_interval}"
+    return f"{m:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"

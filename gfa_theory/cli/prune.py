@@ -8,16 +8,33 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
-from ..config import check_seed
-from ..data import BatchSampler, load_data
-from ..errors import ConfigError, DataError
-from ..pruning import (METHODS, NEEDS_BATCHES, calibration_batches, evaluate_model, heal, held_out_batches,
-                       num_params, prune, rank, removable_blocks, save_pruned)
-from ..runs import (CHECKPOINT_FILE, GRADIENTS_FILE, is_complete, load_run, read_config,
-                    write_json_atomic)
-from ..training import MAX_LR, MAX_STEPS
-from ._outdir import check_prune_out, prune_request
+from gfa_theory import __version__
+from gfa_theory.cli.outdir import check_prune_out, prune_request
+from gfa_theory.config import check_seed
+from gfa_theory.errors import ConfigError, DataError
+from gfa_theory.methods.pruning import (
+    METHODS,
+    NEEDS_BATCHES,
+    calibration_batches,
+    evaluate_model,
+    heal,
+    held_out_batches,
+    num_params,
+    prune,
+    rank,
+    removable_blocks,
+    save_pruned,
+)
+from gfa_theory.train.data import BatchSampler, load_data
+from gfa_theory.train.run_config import MAX_LR, MAX_STEPS
+from gfa_theory.train.store import (
+    CHECKPOINT_FILE,
+    GRADIENTS_FILE,
+    is_complete,
+    load_run,
+    read_config,
+    write_json_atomic,
+)
 
 EVALUATION_FILE = "evaluation.json"
 MAX_CALIB_BATCHES = 10_000  # drawn at once (a few batches rank the blocks as well as many)

@@ -38,8 +38,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .units import Unit
+from gfa_theory.errors import ConfigError
+from gfa_theory.models.units import Unit
 
 Kind = Literal["branch", "block", "both"]
 # quantity names in the long frame: totals (step is NA) and per-step series
@@ -59,25 +59,25 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def discover_units(model: nn.Module, kind: Kind = "branch") -> list[Unit]:
-    """Units of a supported model: its own ``units(kind)``, else :mod:`gfa_theory.adapters`."""
+    """Units of a supported model: its own ``units(kind)``, else :mod:`gfa_theory.models.families`."""
     if kind not in ("branch", "block", "both"):
         raise ConfigError(f"unit kind must be 'branch', 'block' or 'both', got {kind!r}")
     model = unwrap(model)
     kinds = ("branch", "block") if kind == "both" else (kind,)
     if callable(getattr(model, "units", None)):
         return [u for k in kinds for u in model.units(k)]
-    from . import adapters  # noqa: PLC0415  (optional families: torchvision, transformers)
+    from gfa_theory.models import families as adapters  # noqa: PLC0415  (optional families: torchvision, transformers)
 
     return [u for k in kinds for u in adapters.get_units(model, k)]
 
 
 def discover_layout(model: nn.Module):
-    """The model's :class:`~gfa_theory.layout.Layout` when it (or an adapter) can tell, else None."""
+    """The model's :class:`~gfa_theory.theory.layout.Layout` when it (or an adapter) can tell, else None."""
     model = unwrap(model)
     if callable(getattr(model, "layout", None)):
         return model.layout()
     try:
-        from . import adapters  # noqa: PLC0415
+        from gfa_theory.models import families as adapters  # noqa: PLC0415
     except ImportError:
         return None
     get_layout = getattr(adapters, "get_layout", None)
@@ -95,7 +95,7 @@ def unit_fan_in(layout, units: Sequence[Unit]) -> list[int]:
     A branch unit applied at branches ``i in applications`` has ``sum_i F(i)``; a block unit
     applied at blocks ``b`` has the sum over those blocks' branches (SPEC section 2).
     """
-    from .symbolic import fan_in  # noqa: PLC0415
+    from gfa_theory.theory.symbolic import fan_in  # noqa: PLC0415
 
     F = fan_in(layout)
     by_block: dict[int, list[int]] = {}

@@ -1,4 +1,4 @@
-"""``gfa bench <name>``: timing benchmarks (code in :mod:`gfa_theory.bench`).
+"""``gfa bench <name>``: timing benchmarks (code in :mod:`gfa_theory.train.benchmark`).
 
 Each benchmark is one entry of :data:`BENCHMARKS`: a help line, a function adding its own
 options to its sub-parser, and a function ``run(args) -> dict`` whose result is printed as JSON
@@ -11,10 +11,10 @@ import json
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import ConfigError
-from ..models import MAX_DIM
-from ..resources import check_inference_memory, check_training_memory
-from .taper import MAX_BLOCKS as MAX_TAPER_BLOCKS
+from gfa_theory.cli.taper import MAX_BLOCKS as MAX_TAPER_BLOCKS
+from gfa_theory.errors import ConfigError
+from gfa_theory.models import MAX_DIM
+from gfa_theory.train.memory import check_inference_memory, check_training_memory
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,8 @@ def _tracker_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _tracker_run(args: argparse.Namespace) -> dict:
-    from ..bench import tracker_overhead  # noqa: PLC0415
-    from ..training import build_run_config  # noqa: PLC0415
+    from gfa_theory.train.benchmark import tracker_overhead  # noqa: PLC0415
+    from gfa_theory.train.run_config import build_run_config  # noqa: PLC0415
 
     if args.warmup < 0:
         raise ConfigError(f"--warmup must be >= 0, got {args.warmup}")
@@ -65,7 +65,7 @@ def _tracker_run(args: argparse.Namespace) -> dict:
 
 
 def _taper_arguments(p: argparse.ArgumentParser) -> None:
-    from ..taper import SCHEDULES  # noqa: PLC0415
+    from gfa_theory.methods.taper import SCHEDULES  # noqa: PLC0415
 
     p.add_argument("--schedule", choices=[s for s in SCHEDULES if s != "uniform"], default="linear",
                    help="taper schedule of the model timed against the uniform one")
@@ -80,8 +80,8 @@ def _taper_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _taper_run(args: argparse.Namespace) -> dict:
-    from ..bench_taper import TimingConfig, bench_taper  # noqa: PLC0415
-    from ..taper import TaperConfig  # noqa: PLC0415
+    from gfa_theory.methods.taper import TaperConfig  # noqa: PLC0415
+    from gfa_theory.methods.taper_timing import TimingConfig, bench_taper  # noqa: PLC0415
 
     taper = TaperConfig(B=args.blocks, schedule=args.schedule, r=args.r, block_size=args.context)
     check_inference_memory(taper, args.batch)

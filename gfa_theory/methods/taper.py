@@ -6,7 +6,7 @@ widths taper. A schedule maps block ``b = 1..B`` to a width multiplier ``s_b`` i
 * ``uniform``: ``s_b = 1`` (the baseline);
 * ``linear``:  ``s_b = 1 - (1 - r) (b-1)/(B-1)``;
 * ``fanin``:   ``s_b = max(r, (F(b)/F(1))^alpha)`` with ``F(b)`` the block fan-in derived by
-  :mod:`gfa_theory.symbolic` for the B-block layout (width follows the gradient it receives);
+  :mod:`gfa_theory.theory.symbolic` for the B-block layout (width follows the gradient it receives);
 * ``cosine``:  ``s_b = r + (1 - r)(1 + cos(pi (b-1)/(B-1)))/2``;
 * ``step``:    ``s_b = 1`` for the first ``ceil(step_at * B)`` blocks, ``r`` after.
 
@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .errors import ConfigError
+from gfa_theory.errors import ConfigError
 
 Schedule = Literal["uniform", "linear", "fanin", "cosine", "step"]
 SCHEDULES: tuple[str, ...] = ("uniform", "linear", "fanin", "cosine", "step")
@@ -110,8 +110,8 @@ class TaperPlan:
 
 def block_fan_in(B: int, supervision: str = "final") -> list[int]:
     """Fan-in of each of ``B`` sequential two-branch Transformer blocks (from the symbolic module)."""
-    from .layout import Layout
-    from .symbolic import analyze
+    from gfa_theory.theory.layout import Layout
+    from gfa_theory.theory.symbolic import analyze
 
     res = analyze(Layout.transformer(B, supervision=supervision), max_order=1)
     return [int(row["fan_in"]) for row in res.to_dict()["blocks"]]

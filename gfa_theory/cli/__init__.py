@@ -1,4 +1,4 @@
-"""The ``gfa`` command: one subcommand per module in :mod:`gfa_theory.commands`.
+"""The ``gfa`` command: one subcommand per module of this package (fanin, train, taper, prune, bench).
 
 Every subcommand module exposes ``add_parser(subparsers)`` and ``run(args) -> int``. A user
 mistake (:class:`~gfa_theory.errors.GFAError`) becomes one line on stderr and exit code 2.
@@ -10,12 +10,15 @@ import importlib
 import os
 import sys
 
-from . import __version__
-from .errors import GFAError
+from gfa_theory import __version__
+from gfa_theory.errors import GFAError
 
-# Subcommand modules, in the order ``gfa --help`` lists them. A module that is not present
-# yet (a feature still being built) is skipped rather than breaking the whole CLI.
-COMMANDS = ["fanin", "train", "study", "taper", "prune", "bench", "reproduce"]
+# Subcommand modules, in the order ``gfa --help`` lists them.
+COMMANDS = ["fanin", "train", "taper", "prune", "bench"]
+
+# The studies and the figures live in a checkout of the repository, not in the installed
+# package: these names get a one-line pointer instead of "invalid choice".
+CHECKOUT_ONLY = {"study": "python -m experiments NAME", "reproduce": "make reproduce (or python -m figures)"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,13 +35,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name in COMMANDS:
         if only is not None and name != only:
             continue
-        try:
-            mod = importlib.import_module(f"gfa_theory.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"gfa_theory.commands.{name}":
-                continue
-            raise
-        mod.add_parser(sub)
+        importlib.import_module(f"gfa_theory.cli.{name}").add_parser(sub)
     return parser
 
 
@@ -76,8 +73,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in CHECKOUT_ONLY:
+        print(f"gfa: error: '{argv[0]}' runs from a checkout of the gfa-theory repository: "
+              f"clone it and run {CHECKOUT_ONLY[argv[0]]} there", file=sys.stderr)
+        return 2
     parser = build_parser(only=argv[0] if argv and argv[0] in COMMANDS else None)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed as one line
+        return int(exc.code or 0)
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return 2

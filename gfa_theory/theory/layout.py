@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import LayoutError
+from gfa_theory.errors import LayoutError
 
 MAX_FILE_BYTES = 64 * 2 ** 20  # a layout file of ~2 million blocks; larger is not a layout
 

@@ -13,7 +13,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from .training import RunConfig, Trainer, default_run_config, resolve
+from gfa_theory.train.loop import Trainer
+from gfa_theory.train.run_config import RunConfig, default_run_config, resolve
 
 
 def _sync(device: torch.device) -> None:

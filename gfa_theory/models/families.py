@@ -1,12 +1,12 @@
 """Fan-in of a real ``nn.Module``, counted by autograd on its own wiring (SPEC section 2).
 
 The model is copied with every functional branch swapped for a scalar-gain surrogate
-(:class:`~gfa_theory.paths.ScalarGain`, ``f(x) = t x + probe``) and every norm, embedding and
+(:class:`~gfa_theory.theory.path_counts.ScalarGain`, ``f(x) = t x + probe``) and every norm, embedding and
 head neutralized to the identity, while every identity and shortcut path stays as the model
 wires it (a projection shortcut or torchvision ``downsample`` becomes the identity: it is a path
 of order 0, not a branch). The model's own block code then runs on a one-element stream
 ``x_0 = 1``, and the loss is the sum of the heads, so the gradient arriving at each probe is
-exactly ``G_i(t)`` and ``F(i) = G_i(0) + G_i'(0)`` (:func:`~gfa_theory.paths.first_order_counts`).
+exactly ``G_i(t)`` and ``F(i) = G_i(0) + G_i'(0)`` (:func:`~gfa_theory.theory.path_counts.first_order_counts`).
 
 Each branch unit gets one surrogate with one shared probe, so a parameter-shared unit applied at
 several positions sums its applications as a shared parameter does (the group fan-in ``F(P)``);
@@ -32,7 +32,6 @@ Subclass :class:`Adapter`, implement its four methods and call :func:`register_a
 from __future__ import annotations
 
 import abc
-
 import copy
 import sys
 from typing import Any, Callable
@@ -40,11 +39,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .config import parse_value
-from .errors import ConfigError
-from .layout import Block, Layout
-from .paths import ScalarGain, first_order_counts
-from .units import Unit
+from gfa_theory.config import parse_value
+from gfa_theory.errors import ConfigError
+from gfa_theory.models.units import Unit
+from gfa_theory.theory.layout import Block, Layout
+from gfa_theory.theory.path_counts import ScalarGain, first_order_counts
 
 DTYPE = torch.float64  # path counts are integers: float64 keeps them exact far beyond any depth
 
@@ -136,7 +135,7 @@ class GPTAdapter(Adapter):
     name = "gpt"
 
     def matches(self, model):
-        from .models import GPT
+        from gfa_theory.models import GPT
         return isinstance(model, GPT)
 
     def layout(self, model):
@@ -161,7 +160,7 @@ class ResNetAdapter(Adapter):
     name = "resnet"
 
     def matches(self, model):
-        from .models import ResNet
+        from gfa_theory.models import ResNet
         return isinstance(model, ResNet)
 
     def layout(self, model):
@@ -309,7 +308,7 @@ def find_adapter(model: nn.Module) -> Adapter:
         if adapter.matches(model):
             return adapter
     raise ConfigError(f"no fan-in adapter for {type(model).__name__} "
-                      f"(supported: {', '.join(a.name for a in ADAPTERS)}; see gfa_theory.adapters)")
+                      f"(supported: {', '.join(a.name for a in ADAPTERS)}; see gfa_theory.models.families)")
 
 
 # ---- public API ---------------------------------------------------------------------------------
@@ -336,7 +335,7 @@ def _count(v: float) -> int | float:
 
 def module_fan_in(model: nn.Module) -> dict:
     """Fan-in of ``model`` counted by autograd on its surrogate, in the JSON shape of
-    :meth:`gfa_theory.symbolic.FanInResult.to_dict` (``paths_by_order`` holds orders 0 and 1),
+    :meth:`gfa_theory.theory.symbolic.FanInResult.to_dict` (``paths_by_order`` holds orders 0 and 1),
     plus the unit ``name`` of each branch, block and group slot."""
     model = unwrap(model)
     adapter = find_adapter(model)
@@ -426,7 +425,7 @@ def parse_model_spec(spec: str, overrides: list[str] | dict | None = None) -> nn
     """Build a model from ``gpt``, ``resnet``, ``torchvision:NAME`` (weights=None) or ``hf:gpt2``
     (from a GPT2Config, never pretrained weights), with ``key=value`` overrides."""
     if spec in ("gpt", "resnet"):
-        from .models import build_model
+        from gfa_theory.models import build_model
         return build_model(spec, overrides)
     family, _, name = spec.partition(":")
     kwargs = _overrides_dict(overrides)

@@ -1,8 +1,8 @@
 """Latency and throughput of CascadeFormer (width-tapered) vs uniform Transformers.
 
 Behind ``gfa bench taper`` and the timing half of ``experiments/cascadeformer.py``. The method
-is the one of :mod:`gfa_theory.bench`: every model is built in one process, warmed up, then timed
-in short blocks interleaved across the models (:func:`gfa_theory.bench.interleaved_times`, the
+is the one of :mod:`gfa_theory.train.benchmark`: every model is built in one process, warmed up, then timed
+in short blocks interleaved across the models (:func:`gfa_theory.train.benchmark.interleaved_times`, the
 order reversed every other repeat), so drift and other load on the machine hit every model alike.
 
 * **latency**: seconds per forward pass at batch 1 and a fixed context ``T`` (inference mode);
@@ -26,10 +26,10 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .bench import interleaved_times
-from .devices import check_device
-from .errors import ConfigError
-from .taper import TaperConfig, TaperPlan, plan, uniform_plan
+from gfa_theory.devices import check_device
+from gfa_theory.errors import ConfigError
+from gfa_theory.methods.taper import TaperConfig, TaperPlan, plan, uniform_plan
+from gfa_theory.train.benchmark import interleaved_times
 
 MODES = ("latency", "throughput")
 
@@ -140,7 +140,7 @@ def timing_summary(times: pd.DataFrame, baseline: str = "uniform") -> pd.DataFra
 
 def gpt_from_plan(p: TaperPlan, seed: int = 0) -> nn.Module:
     """The GPT that realizes a taper plan (seeded initialization)."""
-    from .models import GPT, GPTConfig
+    from gfa_theory.models import GPT, GPTConfig
 
     torch.manual_seed(seed)
     return GPT(GPTConfig(vocab_size=p.config.vocab_size, block_size=p.config.block_size,

@@ -1,0 +1,62 @@
+"""``python -m experiments NAME --profile ...``: run one worked study and print its key table.
+
+Runs from a checkout of the repository (the studies are not part of the installed package).
+A user mistake is one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from experiments import STUDIES, common
+from gfa_theory.cli.outdir import check_results_root
+from gfa_theory.errors import ConfigError, GFAError
+from gfa_theory.train.store import results_root
+
+MAX_JOBS = 256  # training processes at once (each holds a model, torch and its data)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments",
+                                description="Run a worked study and print its key statistics.")
+    p.add_argument("name", choices=STUDIES, metavar="NAME", help=f"study: {', '.join(STUDIES)}")
+    p.add_argument("--profile", default="default", choices=common.PROFILES)
+    p.add_argument("--out", default=None,
+                   help="results root (default: $GFA_RESULTS or ./results): its runs are reused by config "
+                        "hash and the study tables go to studies/PROFILE/NAME/ in it; it must not itself be "
+                        "a run directory or another command's result")
+    p.add_argument("--jobs", type=int, default=0, help="parallel training processes (default: CPU cores)")
+    p.add_argument("--force", action="store_true", help="retrain instead of reusing cached runs")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def check_jobs(jobs: int) -> None:
+    if not 0 <= jobs <= MAX_JOBS:
+        raise ConfigError(f"--jobs must be in 0..{MAX_JOBS}, got {jobs}")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_jobs(args.jobs)
+    check_results_root(results_root(args.out))
+    ctx = common.Context(args.profile, results_root(args.out), args.jobs, args.force, not args.no_progress)
+    df = common.study_module(args.name).run(ctx=ctx)
+    print(common.format_table(df.attrs["summary"]))
+    print(f"\nwritten to {ctx.study_dir(args.name)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return run(args)
+    except GFAError as exc:
+        print(f"experiments: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("experiments: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

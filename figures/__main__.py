@@ -1,0 +1,56 @@
+"""``python -m figures``: the one script that regenerates every figure, table and the report.
+
+    python -m figures --profile default          # what `make reproduce` runs
+    python -m figures --profile smoke --only F1,T5 --out /tmp/figs
+
+Runs from a checkout of the repository. A user mistake is one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from experiments.__main__ import check_jobs
+from experiments.common import PROFILES
+from figures import make_all
+from gfa_theory.cli.outdir import check_figures_out, reproduce_names
+from gfa_theory.errors import GFAError
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m figures",
+                                description="Run or reuse the studies, then draw every figure and table "
+                                            "and write the reproduction report.")
+    p.add_argument("--profile", default="default", choices=PROFILES)
+    p.add_argument("--only", default=None, help="comma-separated outputs, e.g. F2,T4 (no report)")
+    p.add_argument("--force", action="store_true",
+                   help="retrain and recompute instead of reusing caches, and write into --out even if it "
+                        "holds other files")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: figures/generated for the default profile, else "
+                        "$GFA_RESULTS/figures/PROFILE): new, empty, or holding only files this script "
+                        "writes (they are redrawn); anything else is refused unless --force")
+    p.add_argument("--results", default=None, help="results root of the runs (default: $GFA_RESULTS or ./results)")
+    p.add_argument("--jobs", type=int, default=0, help="parallel training processes (default: CPU cores)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        check_jobs(args.jobs)
+        out = Path(args.out) if args.out else make_all.default_out(args.profile)
+        check_figures_out(out, reproduce_names(make_all.OUTPUTS), args.force)
+        return make_all.build(args)
+    except GFAError as exc:
+        print(f"figures: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("figures: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

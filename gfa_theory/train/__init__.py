@@ -1,0 +1,4 @@
+"""Floor 4, training: data, run configs and their hash, the training loop, the run store.
+
+Builds on the models and the instruments (the tracker rides along in every run).
+"""
