@@ -278,8 +278,15 @@ class GradientTracker:
     @torch.no_grad()
     def step(self) -> None:
         """Record the current ``.grad`` of every unit (call after backward, before the update)."""
+        self.record(self.norms.squared())
+
+    @torch.no_grad()
+    def record(self, sq: torch.Tensor) -> torch.Tensor:
+        """Record one step from per-unit squared gradient norms ``sq`` (a (U,) tensor on the
+        tracker's device) computed elsewhere, e.g. by gradient hooks that ran before a trainer
+        clipped the gradients (:mod:`gfa_theory.integrations`). Returns the step's unit norms."""
         self.steps += 1
-        sq = self.norms.squared()
+        sq = sq.to(self.dtype)
         norm = sq.sqrt()
         self.A += norm
         self.A_sq += sq
@@ -289,6 +296,7 @@ class GradientTracker:
             s = self._stream_norms()
             self.A_stream += s
             self.stream_series[:, slot] += s
+        return norm
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
