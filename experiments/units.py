@@ -1,0 +1,81 @@
+"""Unit tables: one row per block (or branch) of a finished run, what the studies analyze.
+
+* :func:`unit_table`: fan-in ``F`` (symbolic, summed over a shared unit's applications),
+  accumulated gradients ``A`` (and variants) and the run's descriptors.
+* :func:`heldout_batches`: the fixed held-out batches every model of a study is scored on.
+* :func:`ablation_units`: block tables joined with held-out ablation importance and loss.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from gfa_theory.instrument import importance
+from gfa_theory.theory.layout import Layout
+from gfa_theory.theory.symbolic import analyze
+from gfa_theory.train.data import eval_batches, load_data
+from gfa_theory.train.loop import RunResult
+
+from .plans import ImportancePlan
+
+
+def block_fan_in(layout: Layout) -> dict[int, int]:
+    """Fan-in of each layout block (sum over its branches), by 1-based block index."""
+    return {row["block"]: int(row["fan_in"]) for row in analyze(layout, max_order=1).to_dict()["blocks"]}
+
+
+def branch_fan_in(layout: Layout) -> dict[int, int]:
+    """Fan-in of each branch, by 1-based branch index."""
+    return {row["index"]: int(row["fan_in"]) for row in analyze(layout, max_order=1).to_dict()["branches"]}
+
+
+def unit_table(run: RunResult, kind: str = "block", **descriptors) -> pd.DataFrame:
+    """One row per unit of ``kind``: fan-in (summed over a shared unit's applications, as the
+    gradient of a shared parameter is), accumulated gradients and run descriptors."""
+    model = run.model
+    layout = model.layout()
+    fan = block_fan_in(layout) if kind == "block" else branch_fan_in(layout)
+    g = run.gradients
+    g = g[(g["kind"] == kind) & g["step"].isna()]
+    wide = g.pivot_table(index="unit", columns="quantity", values="value", aggfunc="first")
+    rows = []
+    units = model.units(kind)
+    n = len(units)
+    for pos, u in enumerate(units):
+        r = {"run_id": run.run_dir.name, "seed": run.config.train.seed, "model": run.config.model_name,
+             "unit": u.name, "kind": kind, "index": u.index, "order": pos + 1, "n_units": n,
+             "depth": pos / (n - 1) if n > 1 else 0.0,
+             "applications": len(u.applications), "F": sum(fan[a] for a in u.applications)}
+        for q in ("A", "A_sq", "A_rms", "A_stream", "numel"):
+            if q in wide.columns:
+                r[q] = float(wide.loc[u.name, q])
+        r.update(descriptors)
+        rows.append(r)
+    df = pd.DataFrame(rows)
+    for q in ("F", "A", "A_rms", "A_stream"):
+        if q in df:
+            df[f"{q}_norm"] = df[q] / df[q].mean()  # profile shape, comparable across runs
+    return df
+
+
+def heldout_batches(run: RunResult, n_batches: int, batch_size: int = 32, seed: int = 1234):
+    """Fixed held-out batches of a run's validation split (the same for every seed)."""
+    cfg = run.config
+    data = load_data(cfg.data)
+    seq = cfg.model.block_size if cfg.model_name == "gpt" else None
+    return list(eval_batches(data, "val", batch_size, n_batches, seq_len=seq, seed=seed))
+
+
+def ablation_units(runs: Sequence[tuple[dict, object]], results: Sequence[RunResult],
+                   imp: ImportancePlan) -> pd.DataFrame:
+    """Block unit tables of ``results`` with held-out ablation importance and validation loss."""
+    frames = []
+    for (desc, _), res in zip(runs, results):
+        units = unit_table(res, "block", **desc)
+        batches = heldout_batches(res, imp.batches, imp.batch_size)
+        abl = importance.ablation(res.model, batches).set_index("unit")["score"]
+        units["imp_ablation"] = units["unit"].map(abl)
+        units["val_loss"] = importance.evaluate(res.model, batches)
+        frames.append(units)
+    return pd.concat(frames, ignore_index=True)
