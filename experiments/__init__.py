@@ -8,9 +8,22 @@
 6. :mod:`experiments.pruning` — CascadeFlow Pruning: removing the blocks of smallest accumulated
    gradient, against post hoc heuristics, with rank stability and scoring cost.
 
-Each module has a docstring (hypothesis, prediction, method, how to read the result), a
-``run(profile)`` returning a tidy DataFrame (the key statistics in ``df.attrs["summary"]``) and a
-command line through ``python -m experiments <name> --profile smoke|default|full``.
+Each module has a docstring (hypothesis, prediction, method, how to read the result and its
+figure), a ``configs(profile)`` listing its runs, a ``run(profile)`` returning a tidy DataFrame
+(the key statistics in ``df.attrs["summary"]``) and a command line through
+``python -m experiments <name> --profile smoke|default|full``.
+
+The machinery they share, one job per module (imports run downward only):
+
+* :mod:`experiments.plans` — typed study plans: ``plan(profile) -> StudyPlan``, and
+  ``gpt_run`` / ``resnet_run`` that turn a plan into a run config;
+* :mod:`experiments.runner` — ``Context``, the one process pool (``map_in_workers``) and the run
+  cache (``run_many``, read back through the run store's checks), ``start`` of a study;
+* :mod:`experiments.units` — unit tables (fan-in, accumulated gradients, ablation importance)
+  and the fixed held-out batches;
+* :mod:`experiments.summary` — the summary-row shape and its builders;
+* :mod:`experiments.study_io` — a study's tables and stamp written (``finish``) and read back
+  (``load_study``), ``study_module``.
 """
 
 STUDIES = ("fanin_vs_gradients", "gradients_vs_importance", "equalization", "repetition", "cascadeformer",

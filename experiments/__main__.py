@@ -8,7 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from experiments import STUDIES, common
+from experiments import STUDIES
+from experiments.plans import PROFILES
+from experiments.runner import Context
+from experiments.study_io import format_table, study_module
 from gfa_theory.cli.outdir import check_results_root
 from gfa_theory.errors import ConfigError, GFAError
 from gfa_theory.train.store import results_root
@@ -20,7 +23,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments",
                                 description="Run a worked study and print its key statistics.")
     p.add_argument("name", choices=STUDIES, metavar="NAME", help=f"study: {', '.join(STUDIES)}")
-    p.add_argument("--profile", default="default", choices=common.PROFILES)
+    p.add_argument("--profile", default="default", choices=PROFILES)
     p.add_argument("--out", default=None,
                    help="results root (default: $GFA_RESULTS or ./results): its runs are reused by config "
                         "hash and the study tables go to studies/PROFILE/NAME/ in it; it must not itself be "
@@ -39,9 +42,9 @@ def check_jobs(jobs: int) -> None:
 def run(args: argparse.Namespace) -> int:
     check_jobs(args.jobs)
     check_results_root(results_root(args.out))
-    ctx = common.Context(args.profile, results_root(args.out), args.jobs, args.force, not args.no_progress)
-    df = common.study_module(args.name).run(ctx=ctx)
-    print(common.format_table(df.attrs["summary"]))
+    ctx = Context(args.profile, results_root(args.out), args.jobs, args.force, not args.no_progress)
+    df = study_module(args.name).run(ctx=ctx)
+    print(format_table(df.attrs["summary"]))
     print(f"\nwritten to {ctx.study_dir(args.name)}")
     return 0
 

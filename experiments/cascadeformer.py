@@ -10,10 +10,10 @@ saving parameters, FLOPs and time.
 a perplexity comparable to the uniform model's while cutting latency by 8.6 % and raising
 throughput by 9.4 %.
 
-**Method.** Character-level Transformers of one depth (``cascade_depth`` blocks), every schedule of
+**Method.** Character-level Transformers of one depth (``cascade.depth`` blocks), every schedule of
 :mod:`gfa_theory.methods.taper` (uniform, linear, fan-in-proportional ``max(r, F(b)/F(1))``, cosine, step)
 with a sweep of the taper strength ``r`` (the last block's width multiplier), sizes rounded to
-whole heads and FFN multiples of ``cascade_quantum``. Every model trains with the same budget:
+whole heads and FFN multiples of ``cascade.quantum``. Every model trains with the same budget:
 the same steps, batch, token stream (per seed), optimizer, learning rate and schedule; the
 profile's seeds (3 in ``default``). After training: held-out loss and perplexity on fixed
 validation batches (the same for every model), parameters, analytic forward FLOPs per token.
@@ -33,12 +33,17 @@ seeds a wide interval is not evidence of "comparable"); it *matches the paper* w
 comparable and its median latency ratio is <= 0.914 and throughput ratio >= 1.094. CPU timing
 of small models is noisy and overhead-bound at batch 1: read the IQR columns, and expect the
 batch-1 latency to follow the FLOPs ratio far less than the large-batch throughput does.
+
+Table T1 prints the summary row by row. Figure F8's CascadeFormer panels plot the perplexity gap
+to uniform (with its interval) against the throughput ratio, with the +2 % margin and the paper's
+point marked (a schedule that matches the paper sits right of the paper's throughput line and
+below the margin), and the latency and throughput ratios per schedule with their IQR against the
+paper's lines.
 """
 from __future__ import annotations
 
 import copy
 import math
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -46,19 +51,17 @@ import pandas as pd
 
 from gfa_theory.errors import ConfigError
 from gfa_theory.instrument import importance, stats
-from gfa_theory.methods.taper import TaperConfig, TaperPlan, plan
+from gfa_theory.methods import taper
+from gfa_theory.methods.taper import TaperConfig, TaperPlan
 from gfa_theory.methods.taper_timing import TimingConfig, time_models, timing_summary
 from gfa_theory.train.data import load_data
+from gfa_theory.train.loop import RunResult
 
-from .common import (
-    Context,
-    gpt_run,
-    heldout_batches,
-    run_many,
-    stamp,
-    write_study,
-)
-from .profiles import sizes
+from .plans import StudyPlan, TaperSpec, gpt_run, plan
+from .runner import Context, start
+from .study_io import finish
+from .summary import without_single_interval
+from .units import heldout_batches
 
 NAME = "cascadeformer"
 AA_CONTROL = "uniform (A/A copy)"  # timed as a noise control, not a schedule
@@ -71,51 +74,49 @@ PPL_TOLERANCE_PCT = 2.0  # tapered perplexity at most 2 % above uniform (upper C
 
 # ---- schedules ---------------------------------------------------------------------------------
 
-def schedule_label(spec: dict) -> str:
+def schedule_label(spec: TaperSpec) -> str:
     """``uniform``, ``linear r=0.5``, ``fanin r=0.25``, ``fanin r=0.5 a=2``, ``step r=0.5 at=0.5``."""
-    s = spec["schedule"]
+    s = spec.schedule
     if s == "uniform":
         return s
-    label = f"{s} r={spec.get('r', TaperConfig.r):g}"
-    if s == "fanin" and spec.get("alpha", 1.0) != 1.0:
-        label += f" a={spec['alpha']:g}"
-    if s == "step" and spec.get("step_at", 0.5) != 0.5:
-        label += f" at={spec['step_at']:g}"
+    label = f"{s} r={spec.r:g}"
+    if s == "fanin" and spec.alpha != 1.0:
+        label += f" a={spec.alpha:g}"
+    if s == "step" and spec.step_at != 0.5:
+        label += f" at={spec.step_at:g}"
     return label
 
 
 def taper_plans(profile: str) -> dict[str, TaperPlan]:
     """The rounded per-block widths of every schedule of the profile, by label (uniform first)."""
-    s = sizes(profile)
-    vocab = load_data(gpt_run(s, n_blocks=1, seed=0).data).vocab_size  # for params / FLOPs only
-    base = TaperConfig(B=s["cascade_depth"], n_embd=s["n_embd"], n_head=s["n_head"], d_ff=s["d_ff"],
-                       quantum=s["cascade_quantum"], vocab_size=vocab, block_size=s["block_size"])
+    p = plan(profile)
+    m, c = p.model, p.cascade
+    vocab = load_data(gpt_run(p, n_blocks=1, seed=0).data).vocab_size  # for params / FLOPs only
+    base = TaperConfig(B=c.depth, n_embd=m.n_embd, n_head=m.n_head, d_ff=m.d_ff, quantum=c.quantum,
+                       vocab_size=vocab, block_size=m.block_size)
     plans: dict[str, TaperPlan] = {}
-    for spec in s["cascade_schedules"]:
-        unknown = set(spec) - {"schedule", "r", "alpha", "step_at", "supervision"}
-        if unknown:
-            raise ConfigError(f"cascade schedule {spec} has unknown keys {sorted(unknown)}")
+    for spec in c.schedules:
         label = schedule_label(spec)
         if label in plans:
             raise ConfigError(f"cascade schedule '{label}' is listed twice")
-        plans[label] = plan(replace(base, **spec))
+        plans[label] = taper.plan(replace(base, **spec.fields()))
     if "uniform" not in plans:
-        raise ConfigError("cascade_schedules must include the uniform baseline")
+        raise ConfigError("the cascade schedules must include the uniform baseline")
     return {"uniform": plans.pop("uniform"), **plans}
 
 
 def configs(profile: str) -> list[tuple[dict, object]]:
     """(descriptors, RunConfig) of every run: each schedule x seed, one training budget."""
-    s = sizes(profile)
-    budget = {**s, "steps": s["cascade_steps"]}
+    p = plan(profile)
+    budget = replace(p, train=replace(p.train, steps=p.cascade.steps))
     out = []
-    for label, p in taper_plans(profile).items():
-        c = p.config
+    for label, tp in taper_plans(profile).items():
+        c = tp.config
         desc = {"schedule": c.schedule, "label": label, "r": c.r if c.schedule != "uniform" else 1.0,
                 "alpha": c.alpha, "step_at": c.step_at, "depth_B": c.B}
-        overrides = p.model_overrides()
+        overrides = tp.model_overrides()
         overrides.pop("n_blocks")
-        for seed in s["seeds"]:
+        for seed in p.seeds:
             if c.schedule == "uniform":  # the plain config: shared with other studies' runs
                 cfg = gpt_run(budget, n_blocks=c.B, seed=seed)
             else:
@@ -124,7 +125,7 @@ def configs(profile: str) -> list[tuple[dict, object]]:
     return out
 
 
-# ---- the verdict rules (shared with figures/efficiency_cascade.py) -----------------------------
+# ---- the verdict rules (the summary columns; C8 in figures/claims.py reads them too) ----------
 
 def _finite(*values) -> bool:
     return all(v is not None and np.isfinite(float(v)) for v in values)
@@ -181,8 +182,8 @@ def summarize(runs: pd.DataFrame, timing: pd.DataFrame) -> pd.DataFrame:
             m, lo, hi = stats.mean_ci(d[col])
             row.update({col: m, f"{col}_ci_low": lo, f"{col}_ci_high": hi})
         gap = stats.paired_difference(d.loc[seeds, "val_loss"], base.loc[seeds, "val_loss"])
-        if len(seeds) < 2 and label != "uniform":  # one pair has no interval (mean_ci would collapse it)
-            gap["ci_low"] = gap["ci_high"] = float("nan")
+        if label != "uniform":  # uniform's gap to itself is exactly 0, even from one seed
+            gap = without_single_interval(gap)
         row.update(loss_gap=gap["estimate"], loss_gap_ci_low=gap["ci_low"], loss_gap_ci_high=gap["ci_high"],
                    loss_gap_p=gap["p"])
         # the loss is log-perplexity: a loss gap g is a perplexity ratio exp(g)
@@ -200,20 +201,16 @@ def summarize(runs: pd.DataFrame, timing: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
-    ctx = ctx or Context(profile)
-    started = time.time()
-    s = sizes(ctx.profile)
-    plans = taper_plans(ctx.profile)
-    todo = configs(ctx.profile)
-    results = run_many([c for _, c in todo], ctx, desc=NAME)
-
+def evaluate_runs(runs: list[tuple[dict, object]], results: list[RunResult], plans: dict[str, TaperPlan],
+                  batches: list) -> tuple[pd.DataFrame, dict]:
+    """One row per run: held-out loss and perplexity on ``batches`` (the same tokens for every
+    model), parameters, FLOPs and training budget; and the model of each schedule's first seed
+    (what is timed: speed depends on the architecture, not on the weights)."""
     rows, timed = [], {}
-    batches = heldout_batches(results[0], s["cascade_eval_batches"], s["cascade_eval_batch_size"])
-    for (desc, cfg), res in zip(todo, results):
+    for (desc, cfg), res in zip(runs, results):
         p = plans[desc["label"]]
         model = res.model
-        loss = importance.evaluate(model, batches)  # the same held-out tokens for every model
+        loss = importance.evaluate(model, batches)
         rows.append({"run_id": res.run_dir.name, "seed": cfg.train.seed, **desc,
                      "params": sum(q.numel() for q in model.parameters()), "params_analytic": p.params(),
                      "flops_per_token": p.flops_per_token(), "val_loss": loss, "val_ppl": math.exp(loss),
@@ -223,27 +220,40 @@ def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
                      "head_dim": p.head_dim, "n_head": ",".join(map(str, p.n_head)),
                      "d_ff": ",".join(map(str, p.d_ff))})
         timed.setdefault(desc["label"], model)  # first seed of each schedule
-    runs = pd.DataFrame(rows)
+    return pd.DataFrame(rows), timed
 
-    # A/A control: a copy of the uniform model timed like the others; its ratios (ideally 1) show
-    # the timing noise and any position bias of the interleaving
-    timed[AA_CONTROL] = copy.deepcopy(timed["uniform"])
-    tcfg = TimingConfig(context=s["block_size"], **s["cascade_timing"])
-    times = time_models(timed, results[0].config.model.vocab_size, tcfg)
-    tsum = timing_summary(times, baseline="uniform")
+
+def time_schedules(timed: dict, vocab_size: int, p: StudyPlan) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every schedule's model timed interleaved with the others, plus an A/A control: a copy of the
+    uniform model timed like the others, whose ratios (ideally 1) show the timing noise and any
+    position bias of the interleaving. Returns the raw timings and their per-model summary."""
+    timed = {**timed, AA_CONTROL: copy.deepcopy(timed["uniform"])}
+    tcfg = TimingConfig(context=p.model.block_size, **p.cascade.timing.fields())
+    times = time_models(timed, vocab_size, tcfg)
+    return times, timing_summary(times, baseline="uniform")
+
+
+def width_table(plans: dict[str, TaperPlan]) -> pd.DataFrame:
+    """Heads and FFN width of every block of every schedule."""
+    return pd.DataFrame([{"label": label, "schedule": tp.config.schedule, "r": tp.config.r, **r}
+                         for label, tp in plans.items() for r in tp.rows()])
+
+
+def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
+    """Train (or read back) every schedule x seed, score and time them, summarize, write."""
+    ctx, started, p, runs, results = start(NAME, configs, profile, ctx)
+    plans = taper_plans(ctx.profile)
+    batches = heldout_batches(results[0], p.cascade.eval_batches, p.cascade.eval_batch_size)
+    table, timed = evaluate_runs(runs, results, plans, batches)
+    times, tsum = time_schedules(timed, results[0].config.model.vocab_size, p)
+    summary = summarize(table, tsum)
     aa = tsum.set_index("model").loc[AA_CONTROL]
-    summary = summarize(runs, tsum)
-    widths = pd.DataFrame([{"label": label, "schedule": p.config.schedule, "r": p.config.r, **r}
-                           for label, p in plans.items() for r in p.rows()])
-    meta = stamp(ctx, results, NAME, started, timing={**s["cascade_timing"], "context": s["block_size"],
-                                                      "threads": int(times["threads"].iloc[0])},
-                 paper={"latency_ratio": PAPER_LATENCY_RATIO, "throughput_ratio": PAPER_THROUGHPUT_RATIO},
-                 ppl_tolerance_pct=PPL_TOLERANCE_PCT, depth_B=s["cascade_depth"], steps=s["cascade_steps"],
-                 aa_control={k: float(aa[k]) for k in ("latency_ratio", "latency_ratio_q25", "latency_ratio_q75",
-                                                       "throughput_ratio", "throughput_ratio_q25",
-                                                       "throughput_ratio_q75")})
-    write_study(ctx, NAME, {"runs": runs, "schedules": widths, "timing": times, "timing_summary": tsum,
-                            "summary": summary}, meta)
-    runs.attrs["summary"] = summary
-    return runs
-
+    meta = {"timing": {**p.cascade.timing.fields(), "context": p.model.block_size,
+                       "threads": int(times["threads"].iloc[0])},
+            "paper": {"latency_ratio": PAPER_LATENCY_RATIO, "throughput_ratio": PAPER_THROUGHPUT_RATIO},
+            "ppl_tolerance_pct": PPL_TOLERANCE_PCT, "depth_B": p.cascade.depth, "steps": p.cascade.steps,
+            "aa_control": {k: float(aa[k]) for k in ("latency_ratio", "latency_ratio_q25", "latency_ratio_q75",
+                                                     "throughput_ratio", "throughput_ratio_q25",
+                                                     "throughput_ratio_q75")}}
+    return finish(ctx, NAME, table, summary, results, started, main_table="runs", meta=meta,
+                  schedules=width_table(plans), timing=times, timing_summary=tsum)

@@ -18,7 +18,10 @@ baseline is a paired difference over seeds with a t-interval.
 
 **Reading the result.** ``summary`` has, per optimizer, the baseline and equalized late shares
 and their paired difference. A difference whose CI lies above 0 means equalization *did*
-restore late layers (against the claim); a CI covering 0 or below 0 supports the claim.
+restore late layers (against the claim); a CI covering 0 or below 0 supports the claim. Figure
+F6 plots, for AdamW and for SGD, each block's share of ablation importance (mean over seeds with
+its interval), baseline against equalized: the claim holds where the equalized curve does not
+rise above the baseline in the late blocks.
 """
 from __future__ import annotations
 
@@ -27,29 +30,25 @@ import pandas as pd
 
 from gfa_theory.instrument import stats
 
-from .common import (
-    SUMMARY_COLUMNS,
-    Context,
-    ablation_units,
-    finish,
-    gpt_run,
-    start,
-    summary_row,
-)
-from .profiles import sizes
+from .plans import gpt_run, plan
+from .runner import Context, start
+from .study_io import finish
+from .summary import SUMMARY_COLUMNS, mean_row
+from .units import ablation_units
 
 NAME = "equalization"
 
 
 def configs(profile: str):
-    s = sizes(profile)
+    """(descriptors, RunConfig): each optimizer, with and without equalization, every seed."""
+    p = plan(profile)
+    B = p.equalization.depth
     out = []
     for opt in ("adamw", "sgd"):
         for inter in ("none", "equalize"):
-            for seed in s["seeds"]:
-                out.append(({"optimizer": opt, "intervention": inter, "depth_B": s["equalize_depth"]},
-                            gpt_run(s, n_blocks=s["equalize_depth"], seed=seed, optimizer=opt,
-                                    intervention=inter)))
+            for seed in p.seeds:
+                out.append(({"optimizer": opt, "intervention": inter, "depth_B": B},
+                            gpt_run(p, n_blocks=B, seed=seed, optimizer=opt, intervention=inter)))
     return out
 
 
@@ -70,6 +69,7 @@ def late_shares(units: pd.DataFrame, score: str = "imp_ablation") -> pd.DataFram
 
 
 def summarize(shares: pd.DataFrame) -> pd.DataFrame:
+    """Per optimizer and measure: baseline and equalized means, and their paired difference."""
     rows = []
     for opt, d in shares.groupby("optimizer", sort=False):
         base = d[d.intervention == "none"].set_index("seed")
@@ -77,15 +77,16 @@ def summarize(shares: pd.DataFrame) -> pd.DataFrame:
         seeds = sorted(set(base.index) & set(eq.index))
         for col in ("late_half_share", "last_block_share", "val_loss"):
             for name, frame in (("baseline", base), ("equalized", eq)):
-                rows.append(summary_row(f"{opt}: {col} ({name})", frame.loc[seeds, col]))
+                rows.append(mean_row(f"{opt}: {col} ({name})", frame.loc[seeds, col]))
             rows.append(stats.paired_difference(eq.loc[seeds, col], base.loc[seeds, col],
                                                 test=f"{opt}: {col} equalized - baseline"))
     return pd.DataFrame(rows)[SUMMARY_COLUMNS]
 
 
 def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
-    ctx, started, s, plan, results = start(NAME, configs, profile, ctx)
-    units = ablation_units(plan, results, s)
+    """Train (or read back) the runs, score block importance, compare late shares, write."""
+    ctx, started, p, runs, results = start(NAME, configs, profile, ctx)
+    units = ablation_units(runs, results, p.importance)
     shares = late_shares(units)
     summary = summarize(shares)
     return finish(ctx, NAME, units, summary, results, started, shares=shares)

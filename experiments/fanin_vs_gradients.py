@@ -20,7 +20,11 @@ fan-in: the better-fitting profile is reported, not assumed.
 **Reading the result.** ``summary`` has one row per (family, supervision) and test. A positive
 mean rho whose CI excludes 0 supports "A follows fan-in"; the log-log slope says how strongly.
 The per-unit table (``units.csv``) has A and F normalized by their mean within each run, which
-is what figures F2-F4 plot against depth.
+is what figures F2-F4 plot against relative depth: F2 (Transformers) and F3 (ResNets) draw the
+normalized A per block, one curve per network depth with its interval over seeds, and the
+normalized fan-in of the same network dashed; if A follows fan-in, each solid curve falls with
+its dashed one. F4 plots the deep-supervision runs against both the quadratic and the linear
+fan-in: the closer line is the better-fitting profile. T5 lists the regression rows.
 """
 from __future__ import annotations
 
@@ -29,34 +33,28 @@ import pandas as pd
 from gfa_theory.instrument import stats
 from gfa_theory.theory.layout import Layout
 
-from .common import (
-    SUMMARY_COLUMNS,
-    Context,
-    block_fan_in,
-    finish,
-    gpt_run,
-    resnet_run,
-    start,
-    unit_table,
-)
-from .profiles import sizes
+from .plans import gpt_run, plan, resnet_run
+from .runner import Context, start
+from .study_io import finish
+from .summary import SUMMARY_COLUMNS
+from .units import block_fan_in, unit_table
 
 NAME = "fanin_vs_gradients"
 
 
 def configs(profile: str) -> list[tuple[dict, object]]:
     """(descriptors, RunConfig) of every run this study needs."""
-    s = sizes(profile)
+    p = plan(profile)
     out = []
     for sup in ("final", "all"):
-        for B in s["depths"]:
-            for seed in s["seeds"]:
+        for B in p.depths:
+            for seed in p.seeds:
                 out.append(({"family": "transformer", "supervision": sup, "depth_B": B},
-                            gpt_run(s, n_blocks=B, seed=seed, supervision=sup)))
-        for bps in s["resnet_depths"]:
-            for seed in s["seeds"]:
+                            gpt_run(p, n_blocks=B, seed=seed, supervision=sup)))
+        for bps in p.resnet_depths:
+            for seed in p.seeds:
                 out.append(({"family": "resnet", "supervision": sup, "depth_B": sum(bps)},
-                            resnet_run(s, blocks_per_stage=bps, seed=seed, supervision=sup)))
+                            resnet_run(p, blocks_per_stage=bps, seed=seed, supervision=sup)))
     return out
 
 
@@ -71,6 +69,7 @@ def _with_linear_fan_in(df: pd.DataFrame, run) -> pd.DataFrame:
 
 
 def summarize(units: pd.DataFrame) -> pd.DataFrame:
+    """Per (family, supervision): per-run Spearman, OLS and log-log slope of A on each fan-in."""
     rows = []
     for (family, sup), d in units.groupby(["family", "supervision"], sort=False):
         tag = f"{family}/{sup}"
@@ -92,14 +91,11 @@ def summarize(units: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
-    ctx, started, s, plan, results = start(NAME, configs, profile, ctx)
-    frames = []
-    for (desc, _), res in zip(plan, results):
-        df = unit_table(res, "block", **desc)
-        frames.append(_with_linear_fan_in(df, res))
-    units = pd.concat(frames, ignore_index=True)
-    summary = summarize(units)
-    branch = pd.concat([unit_table(res, "branch", **desc) for (desc, _), res in zip(plan, results)
+    """Train (or read back) the runs, tabulate every block and branch, test, write."""
+    ctx, started, _, runs, results = start(NAME, configs, profile, ctx)
+    units = pd.concat([_with_linear_fan_in(unit_table(res, "block", **desc), res)
+                       for (desc, _), res in zip(runs, results)], ignore_index=True)
+    branch = pd.concat([unit_table(res, "branch", **desc) for (desc, _), res in zip(runs, results)
                         if desc["family"] == "transformer"], ignore_index=True)
-    return finish(ctx, NAME, units, summary, results, started, branch_units=branch)
+    return finish(ctx, NAME, units, summarize(units), results, started, branch_units=branch)
 

@@ -19,35 +19,36 @@ model with a random intercept per run.
 In small models the first block often carries most of the importance and most of ``A``; the
 rows marked "first block excluded" check that the association is not that one block alone.
 A slope whose CI excludes 0 after the depth control means ``A`` carries information beyond
-position. ``random`` is the floor every metric should beat.
+position. ``random`` is the floor every metric should beat. Figure F5 plots, per family, every
+block's normalized ablation importance against its normalized ``A`` with the OLS fit: points
+along a rising line support the claim; T5 lists the regression rows.
 """
 from __future__ import annotations
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from gfa_theory.instrument import importance, stats
 
 from . import fanin_vs_gradients
-from .common import (
-    SUMMARY_COLUMNS,
-    Context,
-    finish,
-    heldout_batches,
-    start,
-    unit_table,
-)
+from .plans import ImportancePlan
+from .runner import Context, start
+from .study_io import finish
+from .summary import SUMMARY_COLUMNS
+from .units import heldout_batches, unit_table
 
 NAME = "gradients_vs_importance"
 
 
 def configs(profile: str):
+    """The single-head runs of study 1 (read back from the result cache)."""
     return [(d, c) for d, c in fanin_vs_gradients.configs(profile) if d["supervision"] == "final"]
 
 
-def score_run(res, s: dict, desc: dict, seed: int = 0) -> pd.DataFrame:
+def score_run(res, imp: ImportancePlan, desc: dict, seed: int = 0) -> pd.DataFrame:
     """Unit table of one run joined with every importance metric (wide: one column per metric)."""
     units = unit_table(res, "block", **desc)
-    batches = heldout_batches(res, s["importance_batches"], s["importance_batch_size"])
+    batches = heldout_batches(res, imp.batches, imp.batch_size)
     scores = importance.score_all(res.model, batches, kind="block", seed=seed)
     wide = scores.pivot_table(index="unit", columns="metric", values="score", aggfunc="first")
     for m in wide.columns:
@@ -60,6 +61,8 @@ def score_run(res, s: dict, desc: dict, seed: int = 0) -> pd.DataFrame:
 
 
 def summarize(units: pd.DataFrame) -> pd.DataFrame:
+    """Per family: OLS and mixed-model slopes of ablation importance on A (with and without the
+    depth control and the first block), and every metric's per-run rank correlation with A."""
     rows = []
     for family, d in units.groupby("family", sort=False):
         d = d.copy()
@@ -91,11 +94,10 @@ def summarize(units: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
-    ctx, started, s, plan, results = start(NAME, configs, profile, ctx)
-    from tqdm.auto import tqdm
-    frames = [score_run(res, s, desc, seed=res.config.train.seed)
-              for (desc, _), res in tqdm(list(zip(plan, results)), desc="importance", disable=not ctx.progress)]
+    """Read back study 1's runs, score every block with every metric, test, write."""
+    ctx, started, p, runs, results = start(NAME, configs, profile, ctx)
+    frames = [score_run(res, p.importance, desc, seed=res.config.train.seed)
+              for (desc, _), res in tqdm(list(zip(runs, results)), desc="importance", disable=not ctx.progress)]
     units = pd.concat(frames, ignore_index=True)
-    summary = summarize(units)
-    return finish(ctx, NAME, units, summary, results, started)
+    return finish(ctx, NAME, units, summarize(units), results, started)
 

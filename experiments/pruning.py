@@ -14,21 +14,21 @@ contiguous span, Taylor, weight magnitude, random, last-k), with a more stable l
 a competitive downstream accuracy. The greedy ablation oracle (SLEB-style) is the reference every
 method, CascadeFlow included, is expected to trail.
 
-**Method.** No new training: the single-head Transformer runs of study 1 at ``prune_depths``
-blocks and its digits ResNets at ``prune_resnet_depths`` (every profile seed) are read from the
+**Method.** No new training: the single-head Transformer runs of study 1 at ``prune.depths``
+blocks and its digits ResNets at ``prune.resnet_depths`` (every profile seed) are read from the
 result cache. For every run and method, blocks are ranked (CascadeFlow by ``A`` and by the
-per-parameter ``A_rms``; the post hoc scorers on ``prune_calib_batches`` seeded batches of the
-*training* split; ``random`` averaged over ``prune_random_draws`` seeded draws) and the ``k``
+per-parameter ``A_rms``; the post hoc scorers on ``prune.calib_batches`` seeded batches of the
+*training* split; ``random`` averaged over ``prune.random_draws`` seeded draws) and the ``k``
 lowest physically removed, for ``k = 1 .. B/2`` (ResNet: half of the blocks with an identity
 shortcut; projection blocks cannot go). Each pruned model is scored on fixed held-out batches
 (the same for every method and seed: loss, perplexity = exp(loss), next-token accuracy or top-1),
-then healed by ``prune_heal_steps`` seeded AdamW steps on training batches and scored again.
+then healed by ``prune.heal_steps`` seeded AdamW steps on training batches and scored again.
 ``k = 0`` (method ``none``) is the unpruned model, also healed, so the effect of healing alone is
 visible. Rank stability of each method's full layer ranking is Kendall tau (and the overlap of the
 ``k`` lowest blocks, averaged over ``k = 1 .. K``) between
 
 * (a) **seeds**: the models of every pair of training seeds (same architecture);
-* (b) **calibration subsets**: ``prune_calib_subsets`` different calibration subsets, same model;
+* (b) **calibration subsets**: ``prune.calib_subsets`` different calibration subsets, same model;
   CascadeFlow, magnitude and last use no calibration data, so they are identical by construction
   (tau = 1, flagged ``by_construction``): this is not evidence for them and no claim counts it;
 * (c) **checkpoints**: the ranking at each earlier training checkpoint against the final one:
@@ -54,11 +54,8 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-import multiprocessing as mp
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -66,15 +63,17 @@ import torch
 from scipy import stats as sps
 
 from gfa_theory.errors import ConfigError
-from gfa_theory.instrument import stats
 from gfa_theory.methods import pruning
 from gfa_theory.models import build_model
 from gfa_theory.train.data import load_data
 from gfa_theory.train.store import load_run, snapshots
 
 from . import fanin_vs_gradients
-from .common import Context, heldout_batches, run_many, stamp, write_study
-from .profiles import sizes
+from .plans import PrunePlan, plan
+from .runner import Context, map_in_workers, start
+from .study_io import finish
+from .summary import paired_row
+from .units import heldout_batches
 
 NAME = "pruning"
 # study methods: label -> (gfa_theory.methods.pruning method, gradient quantity)
@@ -165,14 +164,15 @@ def _label(family: str, B: int) -> str:
 
 def configs(profile: str) -> list[tuple[dict, object]]:
     """(descriptors, RunConfig) of the study-1 runs this study prunes: single-head Transformers at
-    ``prune_depths`` and ResNets at ``prune_resnet_depths``, every seed (the same configs, hence the
-    same cached runs, as :mod:`experiments.fanin_vs_gradients`)."""
-    s = sizes(profile)
-    depths, resnets = list(s["prune_depths"]), [list(b) for b in s["prune_resnet_depths"]]
-    bad = [B for B in depths if B not in s["depths"]] + [b for b in resnets if b not in s["resnet_depths"]]
+    the prune plan's ``depths`` and ResNets at its ``resnet_depths``, every seed (the same configs,
+    hence the same cached runs, as :mod:`experiments.fanin_vs_gradients`)."""
+    p = plan(profile)
+    depths, resnets = list(p.prune.depths), [list(b) for b in p.prune.resnet_depths]
+    bad = ([B for B in depths if B not in p.depths]
+           + [b for b in resnets if tuple(b) not in p.resnet_depths])
     if bad:
         raise ConfigError(f"pruning reuses study 1's runs: {bad[0]} is not among its depths "
-                          f"({s['depths']}, {s['resnet_depths']})")
+                          f"({list(p.depths)}, {[list(b) for b in p.resnet_depths]})")
     out = []
     for desc, cfg in fanin_vs_gradients.configs(profile):
         if desc["supervision"] != "final":
@@ -213,28 +213,10 @@ def _stability_rankings(model, grads, batches, K: int, run_seed: int, draws: int
     return rows
 
 
-def analyze_run(desc: dict, run_dir: str, profile: str) -> dict[str, list[dict]]:
-    """Everything the study measures on one run: rankings (for stability), scoring cost, and the
-    evaluations of every pruned (and healed) model. Rows of plain values (runs in worker processes)."""
-    s = sizes(profile)
-    cfg, model, _, grads = run = load_run(run_dir)
-    seed, steps = cfg.train.seed, cfg.train.steps
-    data = load_data(cfg.data)
-    text = cfg.model_name == "gpt"
-    heldout = heldout_batches(run, s["prune_eval_batches"] if text else s["prune_resnet_eval_batches"],
-                              s["prune_eval_batch_size"])
-    calib = [pruning.calibration_batches(cfg, data, s["prune_calib_batches"], seed=CALIB_SEED + j)
-             for j in range(s["prune_calib_subsets"])]
-    heal_batches = pruning.calibration_batches(cfg, data, s["prune_heal_steps"], seed=HEAL_SEED)
-    names = pruning.removable_blocks(model)
-    K = len(names) // 2
-    if K < 1:
-        raise ConfigError(f"{desc['model']} has {len(names)} removable block(s): nothing to prune")
-    base = {"run_id": Path(run_dir).name, "seed": seed, **desc, "n_removable": len(names), "K": K,
-            "heal_steps": s["prune_heal_steps"]}
-    draws = s["prune_random_draws"]
-
-    # -- rankings on the final model, calibration subset 0: what pruning uses; their cost
+def _final_rankings(model, grads, calib: list, K: int, seed: int, steps: int, draws: int,
+                    base: dict) -> tuple[list[dict], list[dict], dict[tuple[str, int, int], list[str]]]:
+    """Every method's ranking of the final model on calibration subset 0 (what pruning uses), its
+    scoring cost, and the blocks each ``(method, k, draw)`` removes."""
     rankings, cost = [], []
     removal: dict[tuple[str, int, int], list[str]] = {}  # (method, k, draw) -> blocks removed
     for v in METHODS:
@@ -242,11 +224,11 @@ def analyze_run(desc: dict, run_dir: str, profile: str) -> dict[str, list[dict]]
             rseed = _random_seed(seed, d, 0, steps)
             if v == "angular":  # one contiguous span per k; its full ranking: the per-block distances
                 for k in range(1, K + 1):
-                    r = _rank(v, model, grads, calib[0], k=k)
+                    r = _rank(v, model, grads, calib, k=k)
                     removal[(v, k, d)] = r.lowest(k)
-                order = _rank(v, model, grads, calib[0], k=1).order
+                order = _rank(v, model, grads, calib, k=1).order
             else:  # greedy ablation stops after K removals; every other order is k-independent
-                r = _rank(v, model, grads, calib[0], k=K, seed=rseed)
+                r = _rank(v, model, grads, calib, k=K, seed=rseed)
                 for k in range(1, K + 1):
                     removal[(v, k, d)] = r.lowest(k)
                 order = r.order
@@ -255,14 +237,18 @@ def analyze_run(desc: dict, run_dir: str, profile: str) -> dict[str, list[dict]]
             # the cost of ranking for the largest k (ablation: K greedy rounds; angular: K-spans)
             cost.append({**base, "method": v, "draw": d, "forward_passes": r.cost.forward_passes,
                          "backward_passes": r.cost.backward_passes, "seconds": r.cost.seconds,
-                         "calib_batches": len(calib[0]) if VARIANTS[v][0] in pruning.NEEDS_BATCHES else 0})
+                         "calib_batches": len(calib) if VARIANTS[v][0] in pruning.NEEDS_BATCHES else 0})
+    return rankings, cost, removal
 
-    # -- (b) other calibration subsets, same model
+
+def _context_rankings(run_dir: str, cfg, model, grads, calib: list[list], K: int, seed: int, steps: int,
+                      draws: int, base: dict) -> list[dict]:
+    """Rankings of the stability contexts (b) other calibration subsets of the same model and (c)
+    earlier checkpoints: ``A`` up to the step, post hoc scores on that step's weights."""
+    rankings = []
     for j in range(1, len(calib)):
         for row in _stability_rankings(model, grads, calib[j], K, seed, draws, j, steps, METHODS):
             rankings.append({**base, "context": "calibration", **row})
-
-    # -- (c) earlier checkpoints: A up to the step, post hoc scores on that step's weights
     for step, path in snapshots(run_dir).items():
         if step >= steps:
             continue
@@ -272,8 +258,13 @@ def analyze_run(desc: dict, run_dir: str, profile: str) -> dict[str, list[dict]]
         for row in _stability_rankings(snap, gradients_until(grads, step), calib[0], K, seed, draws, 0, step,
                                        METHODS):
             rankings.append({**base, "context": "checkpoint", **row})
+    return rankings
 
-    # -- prune, evaluate, heal, evaluate (a removal set shared by several methods is done once)
+
+def _prune_and_heal(model, removal: dict[tuple[str, int, int], list[str]], K: int, pp: PrunePlan,
+                    heldout: list, heal_batches: list, seed: int, base: dict) -> list[dict]:
+    """Every method's pruned model at every ``k`` (and the unpruned one, ``none``), scored on the
+    held-out batches before and after healing; a removal set shared by several methods is done once."""
     done: dict[tuple[str, ...], tuple] = {}
 
     def measure(remove: list[str]) -> tuple:
@@ -281,53 +272,52 @@ def analyze_run(desc: dict, run_dir: str, profile: str) -> dict[str, list[dict]]
         if key not in done:
             pruned = pruning.prune(model, remove) if remove else copy.deepcopy(model)
             before = pruning.evaluate_model(pruned, heldout)
-            pruning.heal(pruned, heal_batches, s["prune_heal_steps"], s["prune_heal_lr"], seed=seed)
+            pruning.heal(pruned, heal_batches, pp.heal_steps, pp.heal_lr, seed=seed)
             after = pruning.evaluate_model(pruned, heldout)
             done[key] = (before, after, pruning.num_params(pruned))
         return done[key]
 
     evals = []
-    plan = [("none", 0, 0, [])] + [(v, k, d, removal[(v, k, d)]) for v in METHODS
-                                   for k in range(1, K + 1) for d in range(draws if v == "random" else 1)]
-    for v, k, d, remove in plan:
+    todo = [("none", 0, 0, [])] + [(v, k, d, removal[(v, k, d)]) for v in METHODS
+                                   for k in range(1, K + 1) for d in range(pp.random_draws if v == "random" else 1)]
+    for v, k, d, remove in todo:
         before, after, params = measure(remove)
         for stage, e in zip(STAGES, (before, after)):
             evals.append({**base, "method": v, "k": k, "draw": d, "removed": ";".join(remove), "stage": stage,
                           "loss": e.loss, "perplexity": e.perplexity, "accuracy": e.accuracy, "count": e.count,
                           "params": params})
+    return evals
+
+
+def analyze_run(desc: dict, run_dir: str, profile: str) -> dict[str, list[dict]]:
+    """Everything the study measures on one run: rankings (for stability), scoring cost, and the
+    evaluations of every pruned (and healed) model. Rows of plain values (runs in worker processes)."""
+    pp = plan(profile).prune
+    cfg, model, _, grads = run = load_run(run_dir)
+    seed, steps = cfg.train.seed, cfg.train.steps
+    data = load_data(cfg.data)
+    text = cfg.model_name == "gpt"
+    heldout = heldout_batches(run, pp.eval_batches if text else pp.resnet_eval_batches, pp.eval_batch_size)
+    calib = [pruning.calibration_batches(cfg, data, pp.calib_batches, seed=CALIB_SEED + j)
+             for j in range(pp.calib_subsets)]
+    heal_batches = pruning.calibration_batches(cfg, data, pp.heal_steps, seed=HEAL_SEED)
+    names = pruning.removable_blocks(model)
+    K = len(names) // 2
+    if K < 1:
+        raise ConfigError(f"{desc['model']} has {len(names)} removable block(s): nothing to prune")
+    base = {"run_id": Path(run_dir).name, "seed": seed, **desc, "n_removable": len(names), "K": K,
+            "heal_steps": pp.heal_steps}
+    rankings, cost, removal = _final_rankings(model, grads, calib[0], K, seed, steps, pp.random_draws, base)
+    rankings += _context_rankings(run_dir, cfg, model, grads, calib, K, seed, steps, pp.random_draws, base)
+    evals = _prune_and_heal(model, removal, K, pp, heldout, heal_batches, seed, base)
     return {"raw": evals, "rankings": rankings, "cost": cost}
 
 
-def _analyze_worker(desc: dict, run_dir: str, profile: str) -> dict[str, list[dict]]:
-    torch.set_num_threads(1)  # one core per run, as in training
-    return analyze_run(desc, run_dir, profile)
-
-
-def _analyze_all(plan: list[tuple[dict, object]], results, ctx: Context) -> dict[str, pd.DataFrame]:
-    from tqdm.auto import tqdm
-
-    tasks = [(desc, str(res.run_dir), ctx.profile) for (desc, _), res in zip(plan, results)]
-    parts: list[dict] = [None] * len(tasks)  # type: ignore[list-item]
-    jobs = min(ctx.jobs, len(tasks))
-    with tqdm(total=len(tasks), desc=f"{NAME}: score, prune, heal", disable=not ctx.progress,
-              dynamic_ncols=True) as bar:
-        if jobs <= 1:
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)  # the same arithmetic as the worker processes
-            try:
-                for i, t in enumerate(tasks):
-                    parts[i] = analyze_run(*t)
-                    bar.update(1)
-            finally:
-                torch.set_num_threads(threads)
-        else:
-            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-                futs = {pool.submit(_analyze_worker, *t): i for i, t in enumerate(tasks)}
-                for f in as_completed(futs):
-                    parts[futs[f]] = f.result()
-                    bar.update(1)
+def analyze_all(runs: list[tuple[dict, object]], results, ctx: Context) -> dict[str, pd.DataFrame]:
+    """:func:`analyze_run` on every run, in the studies' process pool; rows stacked per table."""
+    tasks = [(desc, str(res.run_dir), ctx.profile) for (desc, _), res in zip(runs, results)]
+    parts = map_in_workers(analyze_run, tasks, ctx, desc=f"{NAME}: score, prune, heal")
     return {name: pd.DataFrame([row for p in parts for row in p[name]]) for name in ("raw", "rankings", "cost")}
-
 
 # ---- tables ----------------------------------------------------------------------------------------
 
@@ -402,24 +392,12 @@ def stability_summary(pairs: pd.DataFrame) -> pd.DataFrame:
                  by_construction=("by_construction", "first")).reset_index()
 
 
-def _stat_row(test: str, diff: dict, **extra) -> dict:
-    if diff["n"] < 2:  # one pair has no interval (mean_ci would collapse it onto the estimate)
-        diff = {**diff, "ci_low": float("nan"), "ci_high": float("nan")}
-    return {"test": test, "estimate": diff["estimate"], "ci_low": diff["ci_low"], "ci_high": diff["ci_high"],
-            "p": diff["p"], "n": diff["n"], **extra}
+COMPARISON_COLUMNS = ["test", "model", "family", "depth_B", "quantity", "stage", "context", "k", "method",
+                      "estimate", "ci_low", "ci_high", "p", "n", "by_construction"]
 
 
-def comparisons(results: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
-    """CascadeFlow (``A``) minus every other method, with paired t-intervals (stats rows).
-
-    * ``loss``: per seed, the mean held-out loss (log-perplexity) over ``k = 1..K``, per stage;
-      negative = CascadeFlow prunes better.
-    * ``accuracy``: at each ``k`` and stage, per seed; and a ``best heuristic`` row per ``k``:
-      CascadeFlow minus the heuristic with the highest mean accuracy there.
-    * ``tau`` / ``overlap``: per compared pair, per comparison (seeds, calibration, checkpoints);
-      positive = CascadeFlow more stable. ``by_construction`` marks rows where either side is
-      identical by construction.
-    """
+def _pruning_comparisons(results: pd.DataFrame) -> list[dict]:
+    """Loss and accuracy rows of :func:`comparisons` (pruned models, paired by seed)."""
     rows = []
     pruned = results[results["k"] > 0]
     for model, d in pruned.groupby("model", sort=False):
@@ -433,26 +411,29 @@ def comparisons(results: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
                 if m == CASCADEFLOW or m not in per_seed.index:
                     continue
                 seeds = cf.index[cf.notna() & per_seed.loc[m].notna()]
-                diff = stats.paired_difference(cf[seeds], per_seed.loc[m, seeds])
-                rows.append(_stat_row(f"{model} {stage}: mean loss over k, cascadeflow - {m}", diff, **info,
-                                      quantity="loss", stage=stage, context="", k=np.nan, method=m,
-                                      by_construction=False))
+                rows.append(paired_row(f"{model} {stage}: mean loss over k, cascadeflow - {m}",
+                                       cf[seeds], per_seed.loc[m, seeds], **info, quantity="loss", stage=stage,
+                                       context="", k=np.nan, method=m, by_construction=False))
             for k, dk in ds.groupby("k"):
                 acc = dk.pivot_table(index="method", columns="seed", values="accuracy")
                 cfa = acc.loc[CASCADEFLOW]
                 for m in METHODS:
                     if m == CASCADEFLOW or m not in acc.index:
                         continue
-                    diff = stats.paired_difference(cfa, acc.loc[m])
-                    rows.append(_stat_row(f"{model} {stage} k={k}: accuracy, cascadeflow - {m}", diff, **info,
-                                          quantity="accuracy", stage=stage, context="", k=int(k), method=m,
-                                          by_construction=False))
+                    rows.append(paired_row(f"{model} {stage} k={k}: accuracy, cascadeflow - {m}", cfa, acc.loc[m],
+                                           **info, quantity="accuracy", stage=stage, context="", k=int(k), method=m,
+                                           by_construction=False))
                 heur = acc.loc[[h for h in HEURISTICS if h in acc.index]]
                 best = heur.mean(axis=1).idxmax()
-                diff = stats.paired_difference(cfa, acc.loc[best])
-                rows.append(_stat_row(f"{model} {stage} k={k}: accuracy, cascadeflow - best heuristic ({best})",
-                                      diff, **info, quantity="accuracy_vs_best", stage=stage, context="", k=int(k),
-                                      method=best, by_construction=False))
+                rows.append(paired_row(f"{model} {stage} k={k}: accuracy, cascadeflow - best heuristic ({best})",
+                                       cfa, acc.loc[best], **info, quantity="accuracy_vs_best", stage=stage,
+                                       context="", k=int(k), method=best, by_construction=False))
+    return rows
+
+
+def _stability_comparisons(pairs: pd.DataFrame) -> list[dict]:
+    """Kendall tau and overlap rows of :func:`comparisons` (paired by compared pair)."""
+    rows = []
     for (model, context), d in pairs.groupby(["model", "context"], sort=False):
         fam, B = d["family"].iloc[0], int(d["depth_B"].iloc[0])
         for q in ("tau", "overlap"):
@@ -464,13 +445,25 @@ def comparisons(results: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
                 if m == CASCADEFLOW or m not in wide:
                     continue
                 ok = wide[[CASCADEFLOW, m]].dropna()
-                diff = stats.paired_difference(ok[CASCADEFLOW], ok[m])
-                rows.append(_stat_row(f"{model} {context}: {q}, cascadeflow - {m}", diff, model=model,
-                                      family=fam, depth_B=B, quantity=q, stage="", context=context, k=np.nan,
-                                      method=m, by_construction=bool(flags[CASCADEFLOW] or flags[m])))
-    cols = ["test", "model", "family", "depth_B", "quantity", "stage", "context", "k", "method", "estimate",
-            "ci_low", "ci_high", "p", "n", "by_construction"]
-    return pd.DataFrame(rows, columns=cols)
+                rows.append(paired_row(f"{model} {context}: {q}, cascadeflow - {m}", ok[CASCADEFLOW], ok[m],
+                                       model=model, family=fam, depth_B=B, quantity=q, stage="", context=context,
+                                       k=np.nan, method=m, by_construction=bool(flags[CASCADEFLOW] or flags[m])))
+    return rows
+
+
+def comparisons(results: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    """CascadeFlow (``A``) minus every other method, with paired t-intervals (stats rows).
+
+    * ``loss``: per seed, the mean held-out loss (log-perplexity) over ``k = 1..K``, per stage;
+      negative = CascadeFlow prunes better.
+    * ``accuracy``: at each ``k`` and stage, per seed; and a ``best heuristic`` row per ``k``:
+      CascadeFlow minus the heuristic with the highest mean accuracy there.
+    * ``tau`` / ``overlap``: per compared pair, per comparison (seeds, calibration, checkpoints);
+      positive = CascadeFlow more stable. ``by_construction`` marks rows where either side is
+      identical by construction.
+    """
+    rows = _pruning_comparisons(results) + _stability_comparisons(pairs)
+    return pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
 
 
 def cost_table(cost: pd.DataFrame) -> pd.DataFrame:
@@ -511,12 +504,9 @@ def summarize(results: pd.DataFrame, stab: pd.DataFrame, cost: pd.DataFrame) -> 
 
 
 def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
-    ctx = ctx or Context(profile)
-    started = time.time()
-    s = sizes(ctx.profile)
-    plan = configs(ctx.profile)
-    results_runs = run_many([c for _, c in plan], ctx, desc=NAME)
-    parts = _analyze_all(plan, results_runs, ctx)
+    """Read back study 1's runs, prune every one with every method in the pool, tabulate, write."""
+    ctx, started, p, runs, results_runs = start(NAME, configs, profile, ctx)
+    parts = analyze_all(runs, results_runs, ctx)
     raw, rankings = parts["raw"], parts["rankings"]
     results = aggregate_draws(raw)
     pairs = stability_pairs(rankings)
@@ -524,11 +514,7 @@ def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
     cost = cost_table(parts["cost"])
     comp = comparisons(results, pairs)
     summary = summarize(results, stab, cost)
-    meta = stamp(ctx, results_runs, NAME, started, **{k: v for k, v in s.items() if k.startswith("prune_")},
-                 calib_seed=CALIB_SEED, heal_seed=HEAL_SEED,
-                 checkpoint_steps=sorted({int(x) for x in rankings.loc[rankings.context == "checkpoint", "step"]}))
-    write_study(ctx, NAME, {"results": results, "raw": raw, "rankings": rankings, "stability": pairs,
-                            "stability_summary": stab, "cost": cost, "comparisons": comp, "summary": summary}, meta)
-    results.attrs["summary"] = summary
-    return results
-
+    meta = {**p.prune.meta(), "calib_seed": CALIB_SEED, "heal_seed": HEAL_SEED,
+            "checkpoint_steps": sorted({int(x) for x in rankings.loc[rankings.context == "checkpoint", "step"]})}
+    return finish(ctx, NAME, results, summary, results_runs, started, main_table="results", meta=meta, raw=raw,
+                  rankings=rankings, stability=pairs, stability_summary=stab, cost=cost, comparisons=comp)

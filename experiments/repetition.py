@@ -20,47 +20,49 @@ paired over seeds.
 
 **Reading the result.** ``summary`` gives, per variant, the last group's importance share and
 fan-in share, and the paired differences. Repetition "restores/elevates" only if the difference
-to the baseline (and to the control) has a CI above 0.
+to the baseline (and to the control) has a CI above 0. Figure F7 plots, per variant, each unique
+block's share of ablation importance (left) next to its share of fan-in (right, what the
+structure predicts): repetition should lift the last group on the right; the claim is that it
+lifts it on the left too.
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 
 from gfa_theory.instrument import stats
 
-from .common import (
-    SUMMARY_COLUMNS,
-    Context,
-    ablation_units,
-    finish,
-    gpt_run,
-    start,
-    summary_row,
-)
-from .profiles import sizes
+from .plans import gpt_run, plan
+from .runner import Context, start
+from .study_io import finish
+from .summary import SUMMARY_COLUMNS, mean_row
+from .units import ablation_units
 
 NAME = "repetition"
 
 
 def configs(profile: str):
-    s = sizes(profile)
-    B = s["repetition_base"]
+    """(descriptors, RunConfig): baseline, each repetition and each control, every seed."""
+    p = plan(profile)
+    B = p.repetition.base
     out = []
-    for seed in s["seeds"]:
+    for seed in p.seeds:
         out.append(({"variant": "baseline", "r": 1, "extra_blocks": 0},
-                    gpt_run(s, n_blocks=B, seed=seed)))
-        for r in s["repeats"]:
+                    gpt_run(p, n_blocks=B, seed=seed)))
+        for r in p.repetition.repeats:
             sched = list(range(B)) + [B - 1] * (r - 1)
             out.append(({"variant": f"repeat r={r}", "r": r, "extra_blocks": 0},
-                        gpt_run(s, n_blocks=B, seed=seed, block_schedule=sched)))
-        for c in s["controls"]:
+                        gpt_run(p, n_blocks=B, seed=seed, block_schedule=sched)))
+        for c in p.repetition.controls:
             out.append(({"variant": f"control +{c}", "r": 1, "extra_blocks": c},
-                        gpt_run(s, n_blocks=B + c, seed=seed)))
+                        gpt_run(p, n_blocks=B + c, seed=seed)))
     return out
 
 
 def last_group(units: pd.DataFrame) -> pd.DataFrame:
+    """Per run: the last parameter group's importance, its shares of importance, F and A."""
     rows = []
     for rid, d in units.groupby("run_id", sort=False):
         d = d.sort_values("order")
@@ -75,12 +77,14 @@ def last_group(units: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summarize(groups: pd.DataFrame, controls: list[int], repeats: list[int]) -> pd.DataFrame:
+def summarize(groups: pd.DataFrame, repeats: Sequence[int]) -> pd.DataFrame:
+    """Per variant: means over seeds; per repetition: paired differences to the baseline and to
+    the compute-matched control."""
     rows = []
     by = {v: d.set_index("seed") for v, d in groups.groupby("variant")}
     for v, d in by.items():
         for col in ("last_share", "last_F_share", "last_A_share", "last_importance", "val_loss"):
-            rows.append(summary_row(f"{v}: {col}", d[col]))
+            rows.append(mean_row(f"{v}: {col}", d[col]))
     base = by["baseline"]
     for r in repeats:
         rep = by[f"repeat r={r}"]
@@ -99,9 +103,10 @@ def summarize(groups: pd.DataFrame, controls: list[int], repeats: list[int]) -> 
 
 
 def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
-    ctx, started, s, plan, results = start(NAME, configs, profile, ctx)
-    units = ablation_units(plan, results, s)
+    """Train (or read back) the runs, score block importance, compare the last group, write."""
+    ctx, started, p, runs, results = start(NAME, configs, profile, ctx)
+    units = ablation_units(runs, results, p.importance)
     groups = last_group(units)
-    summary = summarize(groups, s["controls"], s["repeats"])
+    summary = summarize(groups, p.repetition.repeats)
     return finish(ctx, NAME, units, summary, results, started, last_group=groups)
 

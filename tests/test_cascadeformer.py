@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from experiments import cascadeformer as cf
-from experiments.common import Context, load_study
-from experiments.profiles import sizes
+from experiments.plans import plan
+from experiments.runner import Context
+from experiments.study_io import load_study
 from gfa_theory.cli import main as gfa
 from gfa_theory.methods.taper_timing import timing_summary
 
@@ -24,11 +25,11 @@ def study(smoke_root):
 
 def test_smoke_study_columns_values_and_files(study):
     ctx, runs = study
-    s = sizes("smoke")
-    labels = [cf.schedule_label(spec) for spec in s["cascade_schedules"]]
+    p = plan("smoke")
+    labels = [cf.schedule_label(spec) for spec in p.cascade.schedules]
     assert {"run_id", "seed", "schedule", "label", "r", "params", "params_analytic", "flops_per_token",
             "val_loss", "val_ppl", "steps", "tokens", "n_head", "d_ff"} <= set(runs.columns)
-    assert len(runs) == len(labels) * len(s["seeds"])
+    assert len(runs) == len(labels) * len(p.seeds)
     for c in ("val_loss", "val_ppl", "params", "flops_per_token"):
         assert np.isfinite(runs[c].to_numpy(float)).all(), c
     np.testing.assert_allclose(runs["val_ppl"], np.exp(runs["val_loss"]))
@@ -52,14 +53,14 @@ def test_smoke_study_columns_values_and_files(study):
     assert {"runs", "summary", "timing", "timing_summary", "schedules"} <= set(tables)
     timing = tables["timing"]
     assert set(timing["mode"]) == {"latency", "throughput"} and (timing["threads"] == 1).all()
-    assert timing.groupby(["model", "mode"]).size().eq(s["cascade_timing"]["repeats"]).all()
+    assert timing.groupby(["model", "mode"]).size().eq(p.cascade.timing.repeats).all()
     widths = tables["schedules"]
-    assert (widths.groupby("label").size() == s["cascade_depth"]).all()
-    assert (widths["d_ff"] % s["cascade_quantum"] == 0).all()
+    assert (widths.groupby("label").size() == p.cascade.depth).all()
+    assert (widths["d_ff"] % p.cascade.quantum == 0).all()
     assert cf.AA_CONTROL in set(tables["timing_summary"]["model"])  # timed, but not a schedule
     assert cf.AA_CONTROL not in set(summary["label"])
     meta = json.loads((ctx.study_dir(cf.NAME) / "meta.json").read_text())
-    assert meta["timing"]["threads"] == 1 and meta["seeds"] == s["seeds"] and meta["data_sha256"]
+    assert meta["timing"]["threads"] == 1 and meta["seeds"] == list(p.seeds) and meta["data_sha256"]
     assert meta["aa_control"]["latency_ratio"] > 0 and meta["aa_control"]["throughput_ratio"] > 0
 
 
@@ -108,7 +109,7 @@ def test_t1_and_f8_panels(study):
     ctx, _ = study
     tables = {cf.NAME: load_study(ctx, cf.NAME)}
     t1 = ec.t1(tables)
-    labels = [cf.schedule_label(s) for s in sizes("smoke")["cascade_schedules"]]
+    labels = [cf.schedule_label(s) for s in plan("smoke").cascade.schedules]
     assert t1["schedule"].tolist() == labels + ["A/A control (uniform copy)"]
     assert {"params", "FLOPs/token", "perplexity [CI95]", "loss gap vs uniform [paired CI95]",
             "latency ratio [IQR]", "throughput ratio [IQR]", "matches paper"} <= set(t1.columns)

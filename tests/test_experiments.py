@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from experiments import STUDIES
-from experiments.common import Context, load_study
+from experiments.runner import Context
+from experiments.study_io import load_study
 
 EXPECTED = {
     "fanin_vs_gradients": ({"run_id", "seed", "unit", "F", "A", "A_rms", "A_norm", "F_norm", "family",

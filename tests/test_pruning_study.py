@@ -2,6 +2,7 @@
 T2-T4 / F8 builders and the C9-C11 verdict rules."""
 import json
 import math
+from dataclasses import replace
 
 import matplotlib
 import numpy as np
@@ -9,8 +10,9 @@ import pandas as pd
 import pytest
 
 from experiments import pruning as pr
-from experiments.common import Context, gpt_run, load_study
-from experiments.profiles import sizes
+from experiments.plans import gpt_run, plan
+from experiments.runner import Context
+from experiments.study_io import load_study
 from gfa_theory.errors import ConfigError
 from gfa_theory.train.loop import train
 from gfa_theory.train.store import load_run, snapshots
@@ -29,14 +31,14 @@ def study(smoke_root):
 
 def test_smoke_study_tables(study):
     ctx, results, tables = study
-    s = sizes("smoke")
+    p = plan("smoke")
     assert {"model", "family", "depth_B", "run_id", "seed", "method", "k", "stage", "loss", "perplexity",
             "accuracy", "params", "n_draws", "removed"} <= set(results.columns)
     for c in ("loss", "perplexity", "accuracy", "params"):
         assert np.isfinite(results[c].to_numpy(float)).all(), c
-    assert set(results["model"]) == {f"transformer B={B}" for B in s["prune_depths"]} | {
-        f"resnet B={sum(b)}" for b in s["prune_resnet_depths"]}
-    assert results.groupby("model")["seed"].nunique().eq(len(s["seeds"])).all()
+    assert set(results["model"]) == {f"transformer B={B}" for B in p.prune.depths} | {
+        f"resnet B={sum(b)}" for b in p.prune.resnet_depths}
+    assert results.groupby("model")["seed"].nunique().eq(len(p.seeds)).all()
     assert set(results["stage"]) == set(pr.STAGES)
     # k = 0 is the unpruned model only; every method at every k >= 1, both stages
     assert set(results.loc[results.k == 0, "method"]) == {"none"}
@@ -46,7 +48,7 @@ def test_smoke_study_tables(study):
     det = pruned[pruned.method != "random"]
     np.testing.assert_allclose(det["perplexity"], np.exp(det["loss"]))
     assert (det["removed"].str.split(";").str.len() == det["k"]).all()
-    assert (pruned.loc[pruned.method == "random", "n_draws"] == s["prune_random_draws"]).all()
+    assert (pruned.loc[pruned.method == "random", "n_draws"] == p.prune.random_draws).all()
     base = results[results.k == 0].set_index(["run_id", "stage"])["params"]
     assert (pruned["params"].to_numpy() < base.loc[list(zip(pruned.run_id, pruned.stage))].to_numpy()).all()
 
@@ -54,9 +56,9 @@ def test_smoke_study_tables(study):
             "summary"} <= set(tables)
     raw = tables["raw"]
     assert (raw[raw.method == "random"].groupby(["run_id", "k", "stage"])["draw"].nunique()
-            == s["prune_random_draws"]).all()
+            == p.prune.random_draws).all()
     meta = json.loads((ctx.study_dir(pr.NAME) / "meta.json").read_text())
-    assert meta["prune_heal_steps"] == s["prune_heal_steps"] and meta["seeds"] == s["seeds"]
+    assert meta["prune_heal_steps"] == p.prune.heal_steps and meta["seeds"] == list(p.seeds)
     assert meta["checkpoint_steps"] == []  # smoke runs keep only their final snapshot
 
 
@@ -90,7 +92,7 @@ def test_configs_reuse_study_one_runs():
 
     ours = {c.hash() for _, c in pr.configs("default")}
     theirs = {c.hash() for d, c in fanin_vs_gradients.configs("default") if d["supervision"] == "final"}
-    assert ours <= theirs and len(ours) == 2 * len(sizes("default")["seeds"])
+    assert ours <= theirs and len(ours) == 2 * len(plan("default").seeds)
 
 
 # ---- pure helpers ------------------------------------------------------------------------------
@@ -145,8 +147,8 @@ def test_gradients_until_final_step_is_the_tracker_total(study):
 
 def test_checkpoint_rankings_use_snapshots_and_partial_gradients(tmp_path):
     # a tiny run that keeps a snapshot at step 4 of 8 (smoke runs only keep the final one)
-    s = sizes("smoke")
-    cfg = gpt_run({**s, "checkpoint_interval": 4}, n_blocks=3, seed=0)
+    p = plan("smoke")
+    cfg = gpt_run(replace(p, train=replace(p.train, checkpoint_interval=4)), n_blocks=3, seed=0)
     res = train(cfg, tmp_path, progress=False)
     assert sorted(snapshots(res.run_dir)) == [4, 8]
     desc = {"family": "transformer", "depth_B": 3, "model": "transformer B=3"}
@@ -234,7 +236,7 @@ def test_f8_and_pruning_panels(study):
         ax = ef.plot_pruning_curve(t, stage)
         assert ax.has_data() and ax.get_yscale() == "log"
         assert len(ax.get_legend_handles_labels()[1]) == len(pr.METHODS)
-    ax = ef.plot_pruning_curve(t, "healed", model=f"resnet B={sum(sizes('smoke')['prune_resnet_depths'][0])}",
+    ax = ef.plot_pruning_curve(t, "healed", model=f"resnet B={sum(plan('smoke').prune.resnet_depths[0])}",
                                metric="accuracy")
     assert ax.get_ylabel() == "top-1 accuracy"
     assert not ef.plot_pruning_curve({}).axison  # a missing study draws a note, not an error
