@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from experiments import STUDIES
 from experiments.runner import Context
@@ -74,3 +75,49 @@ def test_unknown_study_and_profile_are_clear_errors(smoke_root):
     out = subprocess.run([sys.executable, "-m", "experiments", "repetition", "--profile", "huge"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr
+
+
+def test_run_many_trains_once_then_reads_back(tmp_path):
+    from experiments.plans import gpt_run, plan
+    from experiments.runner import run_many
+
+    ctx = Context("smoke", tmp_path, jobs=1, progress=False)
+    cfg = gpt_run(plan("smoke"), n_blocks=2, seed=0)
+    threads = torch.get_num_threads()
+    first = run_many([cfg, cfg], ctx)
+    assert [r.trained for r in first] == [True, True] and first[0].run_dir == first[1].run_dir
+    assert torch.get_num_threads() == threads  # training in this process leaves its thread count alone
+    again = run_many([cfg], ctx)
+    assert not again[0].trained and again[0].gradients.equals(first[0].gradients)
+
+
+def test_run_many_refuses_a_run_trained_with_other_settings(tmp_path):
+    # a run of the same config trained elsewhere on 2 threads: its numbers differ from a study run's
+    # (one thread), so the study must not silently reuse it
+    from experiments.plans import gpt_run, plan
+    from experiments.runner import run_many
+    from gfa_theory.errors import RunStoreError
+    from gfa_theory.train.loop import train
+
+    cfg = gpt_run(plan("smoke"), n_blocks=2, seed=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train(cfg, tmp_path, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(RunStoreError, match="num_threads=2"):
+        run_many([cfg], Context("smoke", tmp_path, jobs=1, progress=False))
+
+
+def _threads_and(x: int) -> tuple[int, int]:
+    return torch.get_num_threads(), x
+
+
+def test_map_in_workers_keeps_order_on_one_thread():
+    from experiments.runner import map_in_workers
+
+    threads = torch.get_num_threads()
+    ctx = Context("smoke", jobs=1, progress=False)
+    assert map_in_workers(_threads_and, [(3,), (1,), (2,)], ctx, "test") == [(1, 3), (1, 1), (1, 2)]
+    assert torch.get_num_threads() == threads
