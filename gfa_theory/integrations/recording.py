@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from gfa_theory.errors import ConfigError
-from gfa_theory.instrument.tracking import GradientTracker, Kind, UnitNorms, unwrap
+from gfa_theory.instrument.tracking import GradientTracker, Kind, UnitNorms
 from gfa_theory.models.families import find_adapter
 from gfa_theory.models.units import Unit
 from gfa_theory.train.store import GRADIENTS_FILE, write_csv_atomic
@@ -26,13 +26,7 @@ from gfa_theory.train.store import GRADIENTS_FILE, write_csv_atomic
 PREFIX = "gfa"  # logged scalars: gfa/<quantity>/<kind>/<unit>, e.g. gfa/A/block/transformer.h.0
 
 
-def _describes_itself(model: nn.Module) -> bool:
-    return callable(getattr(model, "units", None)) and callable(getattr(model, "layout", None))
-
-
 def _supported(model: nn.Module) -> bool:
-    if _describes_itself(model):
-        return True
     try:
         find_adapter(model)
     except ConfigError:
@@ -41,10 +35,9 @@ def _supported(model: nn.Module) -> bool:
 
 
 def tracked_model(root: nn.Module) -> nn.Module:
-    """``root``, or its first submodule (in ``modules()`` order) whose units the package knows:
-    a model of this package, or one a registry adapter supports (a LightningModule or a wrapper
-    holding a GPT-2 is searched for the GPT-2)."""
-    root = unwrap(root)
+    """``root``, or its first submodule (in ``modules()`` order) that a registry adapter supports:
+    a LightningModule, a PEFT model or a DDP / torch.compile wrapper holding a GPT-2 is searched
+    for the GPT-2."""
     for module in root.modules():
         if _supported(module):
             return module
