@@ -46,6 +46,7 @@ every checkpoint save and at the end it writes ``gradients.csv`` (the long forma
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -83,6 +84,7 @@ class GradientFanInCallback(TrainerCallback):
         self.recording: Recording | None = None
         self._pending: torch.Tensor | None = None
         self._logged_step = -1
+        self._attached = False
 
     def attach(self, trainer) -> GradientFanInCallback:
         """Put this callback first in ``trainer``'s callbacks, so that the values it adds to the
@@ -95,6 +97,7 @@ class GradientFanInCallback(TrainerCallback):
         printers = [k for k, cb in enumerate(callbacks) if isinstance(cb, (ProgressCallback, PrinterCallback))]
         if printers:
             callbacks.insert(printers[0], _HideFromConsole())
+        self._attached = True
         return self
 
     # ---- checks ---------------------------------------------------------------------------------
@@ -116,6 +119,10 @@ class GradientFanInCallback(TrainerCallback):
     # ---- training events ------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._check(args)
+        if self.log and not self._attached:
+            warnings.warn("GradientFanInCallback was passed to the Trainer without .attach(trainer): the "
+                          "report_to integrations run before it and will not see its per-unit values",
+                          stacklevel=2)
         if self.recording is not None:
             self.recording.close()
         max_steps = state.max_steps if state.max_steps and state.max_steps > 0 else None
