@@ -3,7 +3,13 @@
     python -m figures --profile default          # what `make reproduce` runs
     python -m figures --profile smoke --only F1,T5 --out /tmp/figs
 
-Runs from a checkout of the repository. A user mistake is one line on stderr and exit status 2.
+Runs from a checkout of the repository: the arguments are checked here, the work is done by
+:func:`figures.build.build`. A user mistake is one line on stderr and exit status 2.
+
+Modules (each imports only those listed before it): ``stamp`` (provenance stamps), ``plots``
+(draw only), ``claims`` (every claim rule C1-C11), ``gfa`` and ``efficiency`` (the builders: study
+tables to figures and tables), ``outputs`` (the static list F1-F8, T1-T5), ``report`` (REPORT.md
+and the README), ``build`` (runs the studies, writes every output).
 """
 from __future__ import annotations
 
@@ -12,8 +18,9 @@ import sys
 from pathlib import Path
 
 from experiments.__main__ import check_jobs
-from experiments.common import PROFILES
-from figures import make_all
+from experiments.plans import PROFILES
+from figures import build
+from figures.outputs import OUTPUTS
 from gfa_theory.cli.outdir import check_figures_out, reproduce_names
 from gfa_theory.errors import GFAError
 
@@ -41,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         check_jobs(args.jobs)
-        out = Path(args.out) if args.out else make_all.default_out(args.profile)
-        check_figures_out(out, reproduce_names(make_all.OUTPUTS), args.force)
-        return make_all.build(args)
+        out = Path(args.out) if args.out else build.default_out(args.profile)
+        check_figures_out(out, reproduce_names(OUTPUTS), args.force)
+        return build.build(args)
     except GFAError as exc:
         print(f"figures: error: {exc}", file=sys.stderr)
         return 2

@@ -1,11 +1,11 @@
-"""One plotting function per figure panel: each takes ``ax=None``, draws, and returns ``ax``.
+"""One plotting function per figure panel: each takes finished numbers and ``ax=None``, draws,
+and returns ``ax``.
 
-Inputs are the tidy tables the studies write (``results/studies/<profile>/<study>/*.csv``);
-nothing here computes a result. Confidence bands are 95% t-intervals over seeds.
+Nothing here computes a result: the builders (:mod:`figures.gfa`, :mod:`figures.efficiency`)
+read the study tables and compute every curve, band, fit and path count (bands are 95 %
+t-intervals over seeds); these functions only lay them out, label and colour them.
 """
 from __future__ import annotations
-
-from typing import Sequence
 
 import matplotlib
 
@@ -14,42 +14,64 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-import statsmodels.formula.api as smf  # noqa: E402
-
-from gfa_theory.instrument.stats import mean_ci  # noqa: E402
-from gfa_theory.theory.layout import Block, Layout  # noqa: E402
-from gfa_theory.theory.path_counts import first_order  # noqa: E402
-from gfa_theory.theory.symbolic import analyze, closed_form_profile  # noqa: E402
 
 sns.set_theme(context="paper", style="whitegrid", font_scale=1.0)
 PALETTE = sns.color_palette("colorblind")
+
+# pruning methods: CascadeFlow bold, the oracle black dashed, the chance floor grey
+METHOD_LABELS = {"cascadeflow": "CascadeFlow ($A$)", "cascadeflow_rms": "CascadeFlow ($A_{rms}$)",
+                 "bi": "Block Influence", "angular": "angular distance (span)", "taylor": "Taylor",
+                 "magnitude": "weight magnitude", "random": "random (mean of draws)", "last": "last-$k$",
+                 "ablation": "greedy ablation (oracle)", "none": "unpruned"}
+METHOD_STYLE = {
+    "cascadeflow": dict(color=PALETTE[0], lw=2.4, marker="o", ls="-", zorder=5),
+    "cascadeflow_rms": dict(color=PALETTE[0], lw=1.4, marker="o", ls="--", mfc="white", zorder=4),
+    "bi": dict(color=PALETTE[1], lw=1.3, marker="s", ls="-"),
+    "angular": dict(color=PALETTE[2], lw=1.3, marker="^", ls="-"),
+    "taylor": dict(color=PALETTE[3], lw=1.3, marker="D", ls="-"),
+    "magnitude": dict(color=PALETTE[4], lw=1.3, marker="v", ls="-"),
+    "random": dict(color="0.55", lw=1.3, marker="x", ls=":"),
+    "last": dict(color=PALETTE[5], lw=1.3, marker="<", ls="-"),
+    "ablation": dict(color="black", lw=1.3, marker="*", ls="--"),
+}
+# taper schedules: colour and marker order of the tapered families, uniform dark grey
+TAPER_FAMILIES = ("linear", "fanin", "cosine", "step")
+TAPER_MARKERS = {"uniform": "s", "linear": "o", "fanin": "D", "cosine": "^", "step": "v"}
 
 
 def _ax(ax):
     return ax if ax is not None else plt.subplots(figsize=(4.2, 3.2))[1]
 
 
-def _band(ax, x, groups: pd.core.groupby.DataFrameGroupBy, col: str, label: str, color, marker="o", ls="-"):
-    """Mean over seeds with a t-interval band, one point per x."""
-    rows = [(k, *mean_ci(g[col])) for k, g in groups]
-    xs = np.array([r[0] for r in rows], float)
-    m, lo, hi = (np.array([r[i] for r in rows]) for i in (1, 2, 3))
-    ax.plot(xs, m, marker=marker, ls=ls, color=color, label=label, ms=3.5, lw=1.4)
-    ax.fill_between(xs, lo, hi, color=color, alpha=0.2, lw=0)
+def _band(ax, band: pd.DataFrame, label: str, color, marker="o", ls="-"):
+    """A mean line with its interval band; ``band`` has columns x, mean, lo, hi (one row per x)."""
+    xs = band["x"].to_numpy(float)
+    ax.plot(xs, band["mean"].to_numpy(float), marker=marker, ls=ls, color=color, label=label, ms=3.5, lw=1.4)
+    ax.fill_between(xs, band["lo"].to_numpy(float), band["hi"].to_numpy(float), color=color, alpha=0.2, lw=0)
+    return ax
+
+
+def plot_note(text: str, ax=None):
+    """A panel whose data is missing: the reason, centred, no axes."""
+    ax = _ax(ax)
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=8, color="0.4")
+    ax.set_axis_off()
     return ax
 
 
 # ---- F1: theory ------------------------------------------------------------------------------
 
-def plot_fanin_theory(N: int = 24, ax=None):
-    """F(i) of an N-branch stack: symbolic closed forms (lines) and autograd counts (points)."""
+def plot_fanin_theory(profiles: pd.DataFrame, ax=None):
+    """F(i) of an N-branch stack: symbolic closed forms (lines) and autograd counts (points).
+    ``profiles``: columns supervision (final, all), i, closed, counted."""
     ax = _ax(ax)
-    i = np.arange(1, N + 1)
+    N = int(profiles["i"].max())
     for sup, color, label in (("final", PALETTE[0], "single head: $N-i+1$"),
                               ("all", PALETTE[1], "deep supervision: $(N-i+1)(N-i+2)/2$")):
-        ax.plot(i, closed_form_profile(N, sup), color=color, lw=1.6, label=label)
-        counted = first_order(Layout.sequential(N, sup)).fan_in
-        ax.plot(i, counted, "o", color=color, ms=3.5, mfc="none", label=f"autograd count ({sup})")
+        p = profiles[profiles.supervision == sup]
+        ax.plot(p["i"].to_numpy(), p["closed"].to_numpy(), color=color, lw=1.6, label=label)
+        ax.plot(p["i"].to_numpy(), p["counted"].to_numpy(), "o", color=color, ms=3.5, mfc="none",
+                label=f"autograd count ({sup})")
     ax.set_yscale("log")
     ax.set_xlabel("branch index $i$ (depth)")
     ax.set_ylabel("fan-in $F(i)$ (first-order paths)")
@@ -58,21 +80,18 @@ def plot_fanin_theory(N: int = 24, ax=None):
     return ax
 
 
-def plot_repetition_theory(B: int = 6, repeats: Sequence[int] = (1, 2, 3), ax=None):
-    """Parameter-group fan-in of a B-block Transformer whose last block is applied r times."""
+def plot_repetition_theory(groups: pd.DataFrame, ax=None):
+    """Parameter-group fan-in of a B-block Transformer whose last block is applied r times, one
+    bar group per r. ``groups``: columns r, block, symbolic, counted."""
     ax = _ax(ax)
+    repeats = list(dict.fromkeys(groups["r"]))
     width = 0.8 / len(repeats)
     for k, r in enumerate(repeats):
-        layout = Layout(tuple([Block(2)] * (B + r - 1)), (), (tuple(range(B, B + r)),) if r > 1 else ())
-        fan = {row["block"]: row["fan_in"] for row in analyze(layout, max_order=1).to_dict()["blocks"]}
-        symbolic = [fan[b] for b in range(1, B)] + [sum(fan[b] for b in range(B, B + r))]
-        # autograd: block b sums its two branches; the shared group's probe sums its applications
-        auto = first_order(layout)
-        counted = [auto.fan_in[2 * b - 2] + auto.fan_in[2 * b - 1] for b in range(1, B)]
-        counted.append(next(f for g, f in zip(auto.groups, auto.group_fan_in) if B in g))
-        x = np.arange(1, B + 1) + (k - (len(repeats) - 1) / 2) * width
-        ax.bar(x, symbolic, width=width, color=PALETTE[k], label=f"last block x{r}" if r > 1 else "baseline")
-        ax.plot(x, counted, "k.", ms=4, label="autograd count" if k == 0 else None)
+        g = groups[groups.r == r]
+        x = g["block"].to_numpy() + (k - (len(repeats) - 1) / 2) * width
+        ax.bar(x, g["symbolic"].to_numpy(), width=width, color=PALETTE[k],
+               label=f"last block x{r}" if r > 1 else "baseline")
+        ax.plot(x, g["counted"].to_numpy(), "k.", ms=4, label="autograd count" if k == 0 else None)
     ax.set_xlabel("unique block (parameter group)")
     ax.set_ylabel("group fan-in $F(P)$")
     ax.set_title("Shared repetition raises late fan-in")
@@ -82,17 +101,15 @@ def plot_repetition_theory(B: int = 6, repeats: Sequence[int] = (1, 2, 3), ax=No
 
 # ---- F2-F4: accumulated gradients vs fan-in ----------------------------------------------------
 
-def plot_gradient_profile(units: pd.DataFrame, family: str, supervision: str, quantity: str = "A_norm",
-                          fan: str = "F_norm", ax=None):
+def plot_gradient_profile(curves: pd.DataFrame, family: str, supervision: str, quantity: str = "A_norm", ax=None):
     """Normalized accumulated gradient per block vs relative depth, one curve per network depth,
-    with the normalized fan-in of the same network dashed."""
+    with the normalized fan-in of the same network dashed. ``curves``: columns depth_B, x (relative
+    depth), mean, lo, hi (the band of ``quantity``) and fan (mean normalized fan-in)."""
     ax = _ax(ax)
-    d = units[(units.family == family) & (units.supervision == supervision)]
-    for k, (B, g) in enumerate(sorted(d.groupby("depth_B"), key=lambda kv: kv[0])):
+    for k, (B, g) in enumerate(curves.groupby("depth_B")):
         color = PALETTE[k % len(PALETTE)]
-        _band(ax, None, g.groupby("depth"), quantity, f"A, {B} blocks", color)
-        f = g.groupby("depth")[fan].mean()
-        ax.plot(f.index, f.values, ls="--", color=color, lw=1, label=f"F, {B} blocks")
+        _band(ax, g, f"A, {B} blocks", color)
+        ax.plot(g["x"].to_numpy(float), g["fan"].to_numpy(float), ls="--", color=color, lw=1, label=f"F, {B} blocks")
     ax.set_xlabel("relative depth of the block (0 = first, 1 = last)")
     ax.set_ylabel("value / mean over blocks")
     what = {"A_norm": "accumulated gradient $A$", "A_rms_norm": "per-parameter RMS $A$"}.get(quantity, quantity)
@@ -101,18 +118,14 @@ def plot_gradient_profile(units: pd.DataFrame, family: str, supervision: str, qu
     return ax
 
 
-def plot_deep_supervision(units: pd.DataFrame, family: str = "transformer", ax=None):
-    """Deep-supervision runs: normalized A against the quadratic and the linear fan-in."""
+def plot_deep_supervision(band: pd.DataFrame, fans: pd.DataFrame, B: int, family: str = "transformer", ax=None):
+    """Deep-supervision runs of ``B`` blocks: normalized A (``band``: x, mean, lo, hi) against the
+    quadratic and the linear fan-in (``fans``: x, F_norm, F_linear_norm)."""
     ax = _ax(ax)
-    d = units[(units.family == family) & (units.supervision == "all")].copy()
-    d["F_linear_norm"] = d["F_linear"] / d.groupby("run_id")["F_linear"].transform("mean")
-    B = d["depth_B"].max()
-    g = d[d.depth_B == B]
-    _band(ax, None, g.groupby("depth"), "A_norm", f"A (deep supervision, {B} blocks)", PALETTE[0])
+    _band(ax, band, f"A (deep supervision, {B} blocks)", PALETTE[0])
     for col, color, label in (("F_norm", PALETTE[1], "quadratic $F$ (deep supervision)"),
                               ("F_linear_norm", PALETTE[2], "linear $F$ (single head)")):
-        f = g.groupby("depth")[col].mean()
-        ax.plot(f.index, f.values, ls="--", color=color, lw=1.2, label=label)
+        ax.plot(fans["x"].to_numpy(float), fans[col].to_numpy(float), ls="--", color=color, lw=1.2, label=label)
     ax.set_xlabel("relative depth of the block")
     ax.set_ylabel("value / mean over blocks")
     ax.set_title(f"{family}: deep supervision")
@@ -122,20 +135,17 @@ def plot_deep_supervision(units: pd.DataFrame, family: str = "transformer", ax=N
 
 # ---- F5: gradients vs importance ---------------------------------------------------------------
 
-def plot_importance_vs_gradient(units: pd.DataFrame, family: str, ax=None):
-    """Ablation importance (normalized within run) against normalized A, with the OLS fit."""
+def plot_importance_vs_gradient(points: pd.DataFrame, fit: pd.DataFrame, slope: tuple[float, float, float],
+                                family: str, ax=None):
+    """Ablation importance (normalized within run) against normalized A, one point per block
+    (``points``: A_norm, imp_ablation_norm, depth_B), with the OLS fit line and its 95 % band
+    (``fit``: x, mean, lo, hi) and the slope (estimate, low, high) in the legend."""
     ax = _ax(ax)
-    d = units[units.family == family].dropna(subset=["A_norm", "imp_ablation_norm"])
-    sns.scatterplot(data=d, x="A_norm", y="imp_ablation_norm", hue="depth_B", palette="viridis",
+    sns.scatterplot(data=points, x="A_norm", y="imp_ablation_norm", hue="depth_B", palette="viridis",
                     s=14, ax=ax, legend="full")
-    fit = smf.ols("imp_ablation_norm ~ A_norm", data=d).fit(
-        cov_type="cluster", cov_kwds={"groups": pd.factorize(d["run_id"])[0]})
-    xs = np.linspace(d["A_norm"].min(), d["A_norm"].max(), 50)
-    pred = fit.get_prediction(pd.DataFrame({"A_norm": xs})).summary_frame(alpha=0.05)
-    ax.plot(xs, pred["mean"], color="k", lw=1.2,
-            label=f"OLS slope {fit.params['A_norm']:.2f} [{fit.conf_int().loc['A_norm', 0]:.2f}, "
-                  f"{fit.conf_int().loc['A_norm', 1]:.2f}]")
-    ax.fill_between(xs, pred["mean_ci_lower"], pred["mean_ci_upper"], color="k", alpha=0.12, lw=0)
+    ax.plot(fit["x"], fit["mean"], color="k", lw=1.2,
+            label=f"OLS slope {slope[0]:.2f} [{slope[1]:.2f}, {slope[2]:.2f}]")
+    ax.fill_between(fit["x"], fit["lo"], fit["hi"], color="k", alpha=0.12, lw=0)
     ax.set_xlabel("accumulated gradient $A$ / mean over blocks")
     ax.set_ylabel("ablation importance / mean over blocks")
     ax.set_title(f"{family}: gradients vs importance")
@@ -143,52 +153,153 @@ def plot_importance_vs_gradient(units: pd.DataFrame, family: str, ax=None):
     return ax
 
 
-# ---- F6: equalization --------------------------------------------------------------------------
+# ---- F6, F7: equalization and repetition -------------------------------------------------------
 
-def plot_equalization(units: pd.DataFrame, optimizer: str, ax=None):
-    """Share of ablation importance per block, baseline vs gradient-norm equalized."""
+def plot_importance_shares(bands: list[tuple[str, pd.DataFrame]], xlabel: str, title: str, ax=None):
+    """Share of ablation importance per block, one band per variant (``bands``: (label, x/mean/lo/hi
+    frame)); compute-matched controls (labels starting ``control``) dotted. Symlog: the first block
+    dominates and the late blocks need resolution."""
     ax = _ax(ax)
-    d = units[units.optimizer == optimizer].copy()
-    d["share"] = d["imp_ablation"].clip(lower=0) / d.groupby("run_id")["imp_ablation"].transform(
-        lambda s: s.clip(lower=0).sum())
-    for k, (inter, label) in enumerate((("none", "baseline"), ("equalize", "equalized gradient norms"))):
-        _band(ax, None, d[d.intervention == inter].groupby("order"), "share", label, PALETTE[k])
-    ax.set_yscale("symlog", linthresh=1e-2)  # the first block dominates; late blocks need resolution
-    ax.set_xlabel("block")
-    ax.set_ylabel("share of ablation importance (symlog)")
-    ax.set_title(f"Gradient-norm equalization ({optimizer.upper() if optimizer == 'sgd' else 'AdamW'})")
-    ax.legend(fontsize=7)
-    return ax
-
-
-# ---- F7: repetition ----------------------------------------------------------------------------
-
-def plot_repetition(units: pd.DataFrame, ax=None):
-    """Share of ablation importance per unique block for baseline, repeated and control models."""
-    ax = _ax(ax)
-    d = units.copy()
-    d["share"] = d["imp_ablation"].clip(lower=0) / d.groupby("run_id")["imp_ablation"].transform(
-        lambda s: s.clip(lower=0).sum())
-    variants = sorted(d.variant.unique(), key=lambda v: (v != "baseline", v.startswith("control"), v))
-    for k, v in enumerate(variants):
-        ls = ":" if v.startswith("control") else "-"
-        _band(ax, None, d[d.variant == v].groupby("order"), "share", v, PALETTE[k], ls=ls)
+    for k, (label, band) in enumerate(bands):
+        _band(ax, band, label, PALETTE[k], ls=":" if label.startswith("control") else "-")
     ax.set_yscale("symlog", linthresh=1e-2)
-    ax.set_xlabel("unique block (the last one is shared in 'repeat')")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("share of ablation importance (symlog)")
-    ax.set_title("Parameter-shared repetition")
+    ax.set_title(title)
     ax.legend(fontsize=7)
     return ax
 
 
-def plot_repetition_fanin(units: pd.DataFrame, ax=None):
-    """Fan-in share of each unique block per variant (what the structure predicts)."""
+def plot_repetition_fanin(shares: pd.DataFrame, ax=None):
+    """Fan-in share of each unique block per variant (``shares``: order, F_share, variant), what
+    the structure predicts."""
     ax = _ax(ax)
-    d = units.drop_duplicates(["variant", "order"]).copy()
-    d["F_share"] = d["F"] / d.groupby("variant")["F"].transform("sum")
-    sns.barplot(data=d, x="order", y="F_share", hue="variant", ax=ax, palette="colorblind")
+    sns.barplot(data=shares, x="order", y="F_share", hue="variant", ax=ax, palette="colorblind")
     ax.set_xlabel("unique block")
     ax.set_ylabel("share of group fan-in $F(P)$")
     ax.set_title("Fan-in of each parameter group")
     ax.legend(fontsize=6)
+    return ax
+
+
+# ---- F8: CascadeFormer -------------------------------------------------------------------------
+
+def _taper_color(schedule: str):
+    return "0.25" if schedule == "uniform" else PALETTE[TAPER_FAMILIES.index(schedule) % len(PALETTE)]
+
+
+def plot_cascade_tradeoff(summary: pd.DataFrame, margin_pct: float, paper_throughput: float, ax=None):
+    """Perplexity change vs throughput ratio against uniform, one point per schedule (error bars:
+    95 % paired CI and IQR), each family's taper-strength sweep joined; the paper's result and
+    the comparability margin dashed. ``summary``: the CascadeFormer study's per-schedule rows."""
+    ax = _ax(ax)
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.axvline(1, color="0.6", lw=0.8)
+    ax.axhline(margin_pct, color="0.3", ls="--", lw=0.9, label=f"+{margin_pct:g} % margin")
+    ax.axvline(paper_throughput, color="0.3", ls=":", lw=0.9)
+    ax.plot([paper_throughput], [0], marker="*", ms=11, color="gold", mec="k", ls="none",
+            label="paper: +9.4 % throughput")
+    for sched, d in summary.groupby("schedule", sort=False):
+        d = d.sort_values("r", ascending=False)
+        x, y = d["throughput_ratio"].to_numpy(), d["ppl_gap_pct"].to_numpy()
+        xerr = np.abs(np.vstack([x - d["throughput_ratio_q25"], d["throughput_ratio_q75"] - x]))
+        yerr = np.abs(np.vstack([y - d["ppl_gap_pct_ci_low"], d["ppl_gap_pct_ci_high"] - y]))
+        c = _taper_color(sched)
+        ax.errorbar(x, y, xerr=xerr, yerr=np.nan_to_num(yerr), color=c, marker=TAPER_MARKERS.get(sched, "o"),
+                    ms=4.5, lw=1.1, capsize=2, elinewidth=0.8, ls="-" if len(d) > 1 else "none", label=sched)
+        if sched != "uniform":
+            for xi, yi, r in zip(x, y, d["r"]):
+                ax.annotate(f"r={r:g}", (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=6, color=c)
+    ax.set_xlabel("throughput ratio vs uniform (tokens/s, large batch)")
+    ax.set_ylabel("held-out perplexity change vs uniform (%)")
+    ax.set_title("CascadeFormer: loss vs throughput")
+    ax.legend(fontsize=6, loc="best")
+    return ax
+
+
+def plot_cascade_speed(tapered: pd.DataFrame, paper_latency: float, paper_throughput: float, ax=None):
+    """Perplexity, latency and throughput of every tapered schedule relative to uniform (1 = equal;
+    ``tapered``: the study's per-schedule rows without uniform), with the paper's latency and
+    throughput ratios dotted."""
+    ax = _ax(ax)
+    d = tapered
+    x = np.arange(len(d))
+    ppl = 1 + d["ppl_gap_pct"].to_numpy() / 100
+    bars = [("perplexity", ppl, 1 + d["ppl_gap_pct_ci_low"] / 100, 1 + d["ppl_gap_pct_ci_high"] / 100, PALETTE[0]),
+            ("latency (batch 1)", d["latency_ratio"].to_numpy(), d["latency_ratio_q25"], d["latency_ratio_q75"],
+             PALETTE[1]),
+            ("throughput (large batch)", d["throughput_ratio"].to_numpy(), d["throughput_ratio_q25"],
+             d["throughput_ratio_q75"], PALETTE[2])]
+    w = 0.26
+    for k, (label, m, lo, hi, c) in enumerate(bars):
+        err = np.nan_to_num(np.abs(np.vstack([m - np.asarray(lo), np.asarray(hi) - m])))
+        ax.bar(x + (k - 1) * w, m, width=w, color=c, label=label, yerr=err, capsize=1.5,
+               error_kw={"elinewidth": 0.7})
+    ax.plot(x, d["flops_ratio"], "k_", ms=12, mew=1.2, label="FLOPs/token (analytic)")
+    ax.axhline(1, color="0.3", lw=0.8)
+    ax.axhline(paper_latency, color=PALETTE[1], ls=":", lw=1, label=f"paper latency {paper_latency:.3f}")
+    ax.axhline(paper_throughput, color=PALETTE[2], ls=":", lw=1, label=f"paper throughput {paper_throughput:.3f}")
+    lo = min(0.5, float(np.nanmin(d["flops_ratio"])) - 0.05)
+    ax.set_ylim(lo, None)
+    ax.set_xticks(x, d["label"], rotation=35, ha="right", fontsize=7)
+    ax.set_ylabel("ratio vs uniform")
+    ax.set_title("CascadeFormer vs uniform (same depth and budget)")
+    ax.legend(fontsize=6, ncol=2)
+    return ax
+
+
+# ---- F8: pruning -------------------------------------------------------------------------------
+
+def _pruning_ylabel(metric: str, family: str, relative: bool) -> str:
+    names = {"perplexity": "held-out perplexity", "loss": "held-out loss (nats)",
+             "accuracy": "next-token accuracy" if family == "transformer" else "top-1 accuracy"}
+    ratio = metric == "perplexity"
+    if relative:
+        return f"{names[metric]} / unpruned model's" if ratio else f"{names[metric]} - unpruned model's"
+    return names[metric] + (" (log scale)" if ratio else "")
+
+
+def plot_pruning_curve(curves: pd.DataFrame, model: str, family: str, metric: str, depth_B: int,
+                       stage: str = "pruned", heal_steps: int | None = None, relative: bool = False,
+                       clip_random: bool = True, ax=None):
+    """``metric`` against the number of removed blocks ``k``, one line per method with 95 %
+    t-interval bars (``curves``: method, k, mean, lo, hi, the unpruned model at ``k = 0`` of every
+    method). ``relative``: the values are each seed's over (perplexity) or minus (loss, accuracy)
+    its unpruned model's. ``clip_random``: the y range follows the other methods and random (far
+    worse) runs off the top, with its values written in the panel. Lines are nudged sideways so
+    that methods removing the same blocks stay visible."""
+    ax = _ax(ax)
+    ratio = metric == "perplexity"
+    methods = list(dict.fromkeys(curves["method"]))
+    lows, highs = [], []
+    for i, m in enumerate(methods):
+        c = curves[curves.method == m]
+        k, mean, lo, hi = (c[col].to_numpy(float) for col in ("k", "mean", "lo", "hi"))
+        x = k + (i - (len(methods) - 1) / 2) * 0.035
+        err = np.nan_to_num(np.abs(np.vstack([mean - lo, hi - mean])))
+        if m == "random" and clip_random:
+            err = None  # its values are written in the panel; its bars would span it
+        # error bars, not bands: nine overlapping bands would hide every line
+        ax.errorbar(x, mean, yerr=err, label=METHOD_LABELS[m], ms=4 if m != "ablation" else 6.5, capsize=1.5,
+                    elinewidth=0.7, **METHOD_STYLE[m])
+        if m != "random":
+            lows.append(np.nanmin(np.fmin(lo, mean)))
+            highs.append(np.nanmax(np.fmax(hi, mean)))
+        else:
+            rand = (k, mean)
+    if ratio and not relative:
+        ax.set_yscale("log")
+    if clip_random and "random" in methods and highs:
+        top, bottom = max(highs), min(lows)
+        pad = 0.08 * (top - bottom or abs(top) or 1.0)
+        ax.set_ylim(bottom - pad, top + 3 * pad)
+        if any(v > top + 3 * pad for kk, v in zip(*rand) if kk > 0):
+            ax.text(0.02, 0.97, "random (runs off the top): " + ", ".join(
+                f"k={int(kk)}: {v:.3g}" for kk, v in zip(*rand) if kk > 0),
+                transform=ax.transAxes, ha="left", va="top", fontsize=6.5, color="0.35")
+    ax.set_xticks(range(int(curves["k"].max()) + 1))
+    ax.set_xlabel(f"blocks removed $k$ (of {depth_B})")
+    ax.set_ylabel(_pruning_ylabel(metric, family, relative))
+    what = "no healing" if stage == "pruned" else (f"healed ({heal_steps} AdamW steps)" if heal_steps else "healed")
+    ax.set_title(f"Pruning, {model}: {what}")
     return ax

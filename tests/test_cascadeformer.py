@@ -104,37 +104,38 @@ def test_bench_taper_user_errors_are_one_line(capsys, args, message):
 
 
 def test_t1_and_f8_panels(study):
-    from figures import efficiency_cascade as ec
+    from figures import claims
+    from figures import efficiency as ef
 
     ctx, _ = study
     tables = {cf.NAME: load_study(ctx, cf.NAME)}
-    t1 = ec.t1(tables)
+    t1 = ef.t1(tables)
     labels = [cf.schedule_label(s) for s in plan("smoke").cascade.schedules]
     assert t1["schedule"].tolist() == labels + ["A/A control (uniform copy)"]
     assert {"params", "FLOPs/token", "perplexity [CI95]", "loss gap vs uniform [paired CI95]",
             "latency ratio [IQR]", "throughput ratio [IQR]", "matches paper"} <= set(t1.columns)
     assert t1.set_index("schedule").loc["uniform", "matches paper"] == "baseline"
     assert "%" not in t1.to_csv()  # a bare % would comment out the rest of a LaTeX row
-    for plot in (ec.plot_cascade_tradeoff, ec.plot_cascade_speed):
-        ax = plot(tables)
+    for panel in (ef.cascade_tradeoff_panel, ef.cascade_speed_panel):
+        ax = panel(tables)
         assert ax.has_data()
-        assert not plot({}).axison  # a missing study draws a note, not an error
-    text, verdict = ec.measure_c8(tables)
-    assert verdict in (ec.HOLDS, ec.MIXED, ec.FAILS, ec.UNDEFINED) and "tapered schedules" in text
+        assert not panel({}).axison  # a missing study draws a note, not an error
+    found = claims.evaluate_claims(tables).set_index("claim")
+    verdict, text = found.loc["C8", "verdict"], found.loc["C8", "measured here"]
+    assert verdict in (claims.HOLDS, claims.MIXED, claims.FAILS, claims.UNDEFINED) and "tapered schedules" in text
+    assert (verdict, text) == claims.c8(tables[cf.NAME]["summary"])
+    assert found.loc["C9", "verdict"] == claims.MISSING  # the pruning study is not in these tables
 
 
-def test_register_adds_t1_f8_and_c8():
-    from figures import efficiency_cascade as ec
-    from figures.make_all import Output
-    from figures.report import CLAIMS
+def test_t1_f8_and_c8_are_listed():
+    from figures import efficiency as ef
+    from figures.claims import CLAIMS
+    from figures.outputs import OUTPUTS
 
-    outputs = {"F8": Output("F8", "figure", "full F8", ("cascadeformer", "pruning"), lambda t: None)}
-    ec.register(outputs, Output)
-    assert outputs["T1"].studies == (cf.NAME,) and outputs["F8"].title == "full F8"  # an existing F8 is kept
-    fresh: dict = {}
-    ec.register(fresh, Output)
-    assert fresh["F8"].build is ec.f8_cascade
+    assert OUTPUTS["T1"].studies == (cf.NAME,) and OUTPUTS["T1"].build is ef.t1
+    assert cf.NAME in OUTPUTS["F8"].studies and OUTPUTS["F8"].build is ef.f8
     assert [c.key for c in CLAIMS].count("C8") == 1
+    assert next(c for c in CLAIMS if c.key == "C8").studies == (cf.NAME,)
 
 
 def _row(label, ppl, ppl_hi, lat, thr, lat_q75=None, thr_q25=None):
@@ -162,9 +163,9 @@ UNIFORM = _row("uniform", 0.0, 0.0, 1.0, 1.0, 1.0, 1.0)
     ([_row("linear r=0.5", 0.5, float("nan"), 0.90, 1.12)], "inconclusive"),
 ], ids=["holds", "mixed-smaller-speedup", "fails-speed-costs-perplexity", "fails-wide-interval", "undefined"])
 def test_c8_verdict_rule(rows, expected):
-    from figures import efficiency_cascade as ec
+    from figures import claims
 
-    text, verdict = ec.c8_verdict(pd.DataFrame([UNIFORM, *rows]))
+    verdict, text = claims.c8(pd.DataFrame([UNIFORM, *rows]))
     assert verdict.startswith(expected), (verdict, text)
     if expected == "holds":
         assert "best: linear r=0.5" in text and "1 also match" in text

@@ -353,10 +353,10 @@ def test_results_root_may_hold_runs_and_other_files(tmp_path):
 
 
 def test_reproduce_refuses_foreign_files_unless_forced(tmp_path, capsys, monkeypatch):
-    import figures.make_all as make_all
+    import figures.build
 
     built = []
-    monkeypatch.setattr(make_all, "build", lambda args: built.append(args.out) or 0)
+    monkeypatch.setattr(figures.build, "build", lambda args: built.append(args.out) or 0)
     out = tmp_path / "figs"
     out.mkdir()
     (out / "F1.png").write_bytes(b"png")  # an earlier reproduce output: fine
@@ -371,8 +371,9 @@ def test_reproduce_refuses_foreign_files_unless_forced(tmp_path, capsys, monkeyp
 
 
 def test_reproduce_accepts_its_own_committed_outputs():
-    import figures.make_all as make_all
+    from figures.build import default_out
+    from figures.outputs import OUTPUTS
 
-    allowed = reproduce_names(make_all.OUTPUTS)
-    check_figures_out(make_all.default_out("default"), allowed, force=False)
-    assert os.path.basename(make_all.default_out("default")) == "generated"
+    allowed = reproduce_names(OUTPUTS)
+    check_figures_out(default_out("default"), allowed, force=False)
+    assert os.path.basename(default_out("default")) == "generated"

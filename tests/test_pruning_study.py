@@ -233,37 +233,35 @@ def test_f8_and_pruning_panels(study):
     ctx, _, tables = study
     t = {pr.NAME: tables}
     for stage in pr.STAGES:
-        ax = ef.plot_pruning_curve(t, stage)
+        ax = ef.pruning_panel(t, stage)
         assert ax.has_data() and ax.get_yscale() == "log"
         assert len(ax.get_legend_handles_labels()[1]) == len(pr.METHODS)
-    ax = ef.plot_pruning_curve(t, "healed", model=f"resnet B={sum(plan('smoke').prune.resnet_depths[0])}",
-                               metric="accuracy")
+    ax = ef.pruning_panel(t, "healed", model=f"resnet B={sum(plan('smoke').prune.resnet_depths[0])}",
+                          metric="accuracy")
     assert ax.get_ylabel() == "top-1 accuracy"
-    assert not ef.plot_pruning_curve({}).axison  # a missing study draws a note, not an error
+    assert not ef.pruning_panel({}).axison  # a missing study draws a note, not an error
     fig = ef.f8(t)  # the CascadeFormer panels note their missing study
     assert len(fig.axes) == 4 and fig.legends
     plt.close("all")
 
 
-def test_register_adds_f8_t1_to_t4_and_claims():
+def test_f8_t1_to_t4_and_claims_are_listed():
     from figures import efficiency as ef
-    from figures.make_all import OUTPUTS, Output
-    from figures.report import CLAIMS
+    from figures.claims import CLAIMS
+    from figures.outputs import OUTPUTS
 
     assert OUTPUTS["F8"].build is ef.f8 and set(OUTPUTS["F8"].studies) == {"cascadeformer", "pruning"}
     for key in ("T2", "T3", "T4"):
         assert OUTPUTS[key].studies == ("pruning",) and OUTPUTS[key].kind == "table"
         assert "%" not in OUTPUTS[key].title  # the title is the LaTeX caption
     assert OUTPUTS["T1"].studies == ("cascadeformer",)
-    fresh: dict = {}
-    ef.register(fresh, Output)
-    assert list(fresh) == ["T1", "F8", "T2", "T3", "T4"]
+    assert [OUTPUTS[k].build for k in ("T1", "F8", "T2", "T3", "T4")] == [ef.t1, ef.f8, ef.t2, ef.t3, ef.t4]
     keys = [c.key for c in CLAIMS]
     assert all(keys.count(k) == 1 for k in ("C8", "C9", "C10", "C11"))
 
 
 def test_claims_measure_the_smoke_study(study):
-    from figures.report import evaluate_claims
+    from figures.claims import evaluate_claims
 
     _, _, tables = study
     claims = evaluate_claims({pr.NAME: tables}).set_index("claim")
@@ -304,9 +302,9 @@ def _c9(better: set, undefined: bool = False):
     (set(pr.HEURISTICS), True, "inconclusive"),
 ], ids=["holds", "mixed", "fails", "undefined"])
 def test_c9_rule(better, undefined, expected):
-    from figures import efficiency as ef
+    from figures import claims
 
-    text, verdict = ef.c9_verdict(_c9(better, undefined))
+    verdict, text = claims.c9(_c9(better, undefined))
     assert verdict.startswith(expected), (verdict, text)
     assert "ablation" in text  # the oracle is reported
 
@@ -325,9 +323,9 @@ def _c10(better: set, extra=()):
 
 
 def ef_rivals():
-    from figures import efficiency as ef
+    from figures import claims
 
-    return ef.STABILITY_RIVALS
+    return claims.STABILITY_RIVALS
 
 
 ALL_RIVALS = {(m, c) for m in ("bi", "angular", "taylor", "magnitude") for c in ("seeds", "checkpoints")}
@@ -343,9 +341,9 @@ ALL_RIVALS = {(m, c) for m in ("bi", "angular", "taylor", "magnitude") for c in 
                         family="resnet")], "inconclusive"),
 ], ids=["holds", "mixed", "calibration-does-not-count", "undefined"])
 def test_c10_rule(better, extra, expected):
-    from figures import efficiency as ef
+    from figures import claims
 
-    text, verdict = ef.c10_verdict(_c10(better, extra))
+    verdict, text = claims.c10(_c10(better, extra))
     assert verdict.startswith(expected), (verdict, text)
     assert "by construction" in text
 
@@ -357,10 +355,10 @@ def test_c10_rule(better, extra, expected):
     ([], "inconclusive"),
 ], ids=["holds", "mixed", "fails", "undefined"])
 def test_c11_rule(shortfalls, expected):
-    from figures import efficiency as ef
+    from figures import claims
 
     rows = [_comp("accuracy_vs_best", "taylor", d, d - 0.01, d + 0.01, stage="pruned", k=i + 1)
             for i, d in enumerate(shortfalls)]
     rows.append(_comp("accuracy", "bi", -0.5, -0.6, -0.4, stage="pruned", k=1))  # per-method rows: not the rule
-    text, verdict = ef.c11_verdict(pd.DataFrame(rows))
+    verdict, text = claims.c11(pd.DataFrame(rows))
     assert verdict.startswith(expected), (verdict, text)

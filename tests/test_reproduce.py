@@ -1,9 +1,18 @@
-"""`python -m figures --profile smoke` writes every output, each non-empty and stamped."""
+"""`python -m figures --profile smoke` writes every output, each non-empty and stamped; the
+outputs and the claims are static lists; the plotting module only draws."""
+import ast
+import inspect
 import json
 import subprocess
 import sys
 
-from figures.make_all import OUTPUTS
+import pytest
+
+import figures.plots
+from figures import build, efficiency, gfa
+from figures.claims import CLAIMS
+from figures.outputs import OUTPUTS
+from gfa_theory.errors import ConfigError
 
 
 def test_reproduce_smoke_writes_every_stamped_output(smoke_root, tmp_path):
@@ -34,3 +43,33 @@ def test_reproduce_smoke_writes_every_stamped_output(smoke_root, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     bad = subprocess.run(cmd + ["--only", "F99"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown output" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_outputs_and_claims_are_static_lists():
+    assert list(OUTPUTS) == [f"F{i}" for i in range(1, 9)] + [f"T{i}" for i in range(1, 6)]
+    assert all(o.kind == ("figure" if k.startswith("F") else "table") and callable(o.build)
+               for k, o in OUTPUTS.items())
+    assert OUTPUTS["F8"].build is efficiency.f8 and set(OUTPUTS["F8"].studies) == {"cascadeformer", "pruning"}
+    assert OUTPUTS["T1"].studies == ("cascadeformer",) and OUTPUTS["T5"].build is gfa.t5
+    assert [c.key for c in CLAIMS] == [f"C{i}" for i in range(1, 12)]
+    assert all("%" not in o.title for o in OUTPUTS.values())  # the title is the LaTeX caption
+
+
+def test_unknown_output_is_a_user_error():
+    assert build.selected("f1, t5") == ["F1", "T5"]
+    with pytest.raises(ConfigError, match="unknown output 'F99'"):
+        build.selected("F1,F99")
+
+
+def test_plots_only_draw():
+    """The plotting module imports no statistics, theory or study code: it draws finished numbers."""
+    tree = ast.parse(inspect.getsource(figures.plots))
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module and not node.level}
+    assert imported <= {"__future__", "matplotlib", "numpy", "pandas", "seaborn"}, imported
+    for name, fn in inspect.getmembers(figures.plots, inspect.isfunction):
+        if name.startswith("plot_"):
+            sig = inspect.signature(fn)
+            assert "ax" in sig.parameters and sig.parameters["ax"].default is None, name

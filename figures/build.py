@@ -1,0 +1,119 @@
+"""The build stage of ``python -m figures``: the one place that writes the outputs.
+
+Studies are run (or read back from the result cache: a finished study is only redrawn unless
+``--force``), then every output of :data:`figures.outputs.OUTPUTS` is built and written, figures
+as PNG and PDF and tables as CSV, Markdown and LaTeX, each stamped with the profile, seeds,
+config hashes, corpus hash and package version; last, the claims are judged and the report
+written (:mod:`figures.report`).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from tqdm.auto import tqdm
+
+from experiments.runner import Context
+from experiments.study_io import load_study, study_module
+from gfa_theory.errors import ConfigError
+from gfa_theory.train.store import results_root
+
+from . import report
+from . import stamp as stamps
+from .claims import evaluate_claims
+from .outputs import GENERATED, OUTPUTS
+
+
+def default_out(profile: str) -> Path:
+    """Default profile: committed under figures/generated (the README shows it)."""
+    return GENERATED if profile == "default" else results_root() / "figures" / profile
+
+
+def selected(only: str | None) -> list[str]:
+    """The output keys of ``--only`` (all when not given); an unknown key is a user error."""
+    keys = list(OUTPUTS) if not only else [k.strip().upper() for k in only.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in OUTPUTS]
+    if unknown:
+        raise ConfigError(f"unknown output '{unknown[0]}' (choices: {', '.join(OUTPUTS)})")
+    return keys
+
+
+# ---- writing ----------------------------------------------------------------------------------
+
+def save_figure(fig, out: Path, key: str, title: str, stamp: dict) -> list[Path]:
+    fig.suptitle(f"{key}. {title}", fontsize=10, y=1.0)
+    fig.text(0.995, 0.002, stamps.line(stamp), ha="right", va="bottom", fontsize=5, color="0.45")
+    fig.tight_layout(rect=(0, 0.02, 1, 0.98))
+    meta = json.dumps(stamp)
+    paths = [out / f"{key}.png", out / f"{key}.pdf"]
+    fig.savefig(paths[0], dpi=170, metadata={"Description": meta}, bbox_inches="tight")
+    fig.savefig(paths[1], metadata={"Subject": meta, "Title": f"{key}. {title}", "CreationDate": None},
+                bbox_inches="tight")  # no date: regenerating identical results gives identical files
+    plt.close(fig)
+    return paths + [stamps.write_sidecar(p, stamp) for p in paths]
+
+
+def save_table(df: pd.DataFrame, out: Path, key: str, title: str, stamp: dict) -> list[Path]:
+    line = stamps.line(stamp)
+    csv, md, tex = out / f"{key}.csv", out / f"{key}.md", out / f"{key}.tex"
+    csv.write_text(f"# {json.dumps(stamp)}\n" + df.to_csv(index=False))
+    md.write_text(f"**{key}. {title}**\n\n{df.to_markdown(index=False, floatfmt='.4g')}\n\n_{line}_\n")
+    body = df.to_latex(index=False, float_format=lambda v: f"{v:.4g}", caption=f"{title}",
+                       label=f"tab:{key.lower()}", longtable=len(df) > 30)
+    tex.write_text(f"% {line}\n% {json.dumps(stamp)}\n{body}")
+    return [csv, md, tex] + [stamps.write_sidecar(p, stamp) for p in (csv, md, tex)]
+
+
+# ---- the stages -------------------------------------------------------------------------------
+
+def run_studies(ctx: Context, names: list[str], bar) -> tuple[dict[str, dict], dict[str, dict]]:
+    """The tables and ``meta.json`` of each study, run first unless cached (or ``ctx.force``)."""
+    tables: dict[str, dict] = {}
+    metas: dict[str, dict] = {}
+    for name in names:
+        bar.set_postfix_str(f"study {name}")
+        if ctx.force or load_study(ctx, name) is None:
+            study_module(name).run(ctx=ctx)
+        tables[name] = load_study(ctx, name)
+        metas[name] = json.loads((ctx.study_dir(name) / "meta.json").read_text())
+        bar.update(1)
+    return tables, metas
+
+
+def write_outputs(keys: list[str], tables: dict, metas: dict, profile: str, out: Path, bar) -> list[Path]:
+    written = []
+    for k in keys:
+        o = OUTPUTS[k]
+        bar.set_postfix_str(k)
+        st = stamps.merge([metas[s] for s in o.studies], profile, k)
+        obj = o.build(tables)
+        written += (save_figure(obj, out, k, o.title, st) if o.kind == "figure"
+                    else save_table(obj, out, k, o.title, st))
+        bar.update(1)
+    return written
+
+
+def build(args) -> int:
+    """Run or reuse the studies, write the outputs of ``args.only`` (default: all, then the report)."""
+    t0 = time.time()
+    keys = selected(args.only)
+    if args.jobs < 0:
+        raise ConfigError(f"--jobs must be >= 0, got {args.jobs}")
+    ctx = Context(args.profile, results_root(args.results), args.jobs, args.force, not args.no_progress)
+    out = Path(args.out) if args.out else default_out(args.profile)
+    out.mkdir(parents=True, exist_ok=True)
+    needed = list(dict.fromkeys(s for k in keys for s in OUTPUTS[k].studies))
+    with_report = not args.only
+    total = len(needed) + len(keys) + int(with_report)
+    with tqdm(total=total, desc="reproduce", disable=args.no_progress, dynamic_ncols=True) as bar:
+        tables, metas = run_studies(ctx, needed, bar)
+        written = write_outputs(keys, tables, metas, ctx.profile, out, bar)
+        if with_report:
+            bar.set_postfix_str("report")
+            written += report.write_report(evaluate_claims(tables), metas, ctx.profile, out)
+            bar.update(1)
+    print(f"{len(written)} files in {out} ({time.time() - t0:.1f} s)")
+    return 0

@@ -1,0 +1,215 @@
+"""Builders of F1-F7 and T5: the fan-in theory and the four GFA studies.
+
+Each builder takes the study tables (``{study: {table: frame}}``), computes what its panels show
+(fan-in and path counts from :mod:`gfa_theory.theory`, means with 95 % t-intervals over seeds,
+OLS fits) and hands the finished numbers to :mod:`figures.plots`.
+"""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import statsmodels.formula.api as smf
+
+from gfa_theory.instrument.stats import mean_ci
+from gfa_theory.theory.layout import Block, Layout
+from gfa_theory.theory.path_counts import first_order
+from gfa_theory.theory.symbolic import analyze, closed_form_profile
+
+from . import plots
+
+THEORY_N = 24  # F1: branches of the stack whose fan-in profile is drawn
+REPETITION_B = 6  # F1: blocks of the Transformer whose last block is repeated
+REPEATS = (1, 2, 3)  # F1: applications of that block
+
+
+def _fig(n: int, width: float = 4.2, height: float = 3.3):
+    fig, axs = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
+    return fig, list(axs[0])
+
+
+def bands(frame: pd.DataFrame, by: str, col: str) -> pd.DataFrame:
+    """Mean of ``col`` over the rows of each ``by`` value with its t-interval: x, mean, lo, hi."""
+    rows = [(k, *mean_ci(g[col])) for k, g in frame.groupby(by)]
+    return pd.DataFrame(rows, columns=["x", "mean", "lo", "hi"])
+
+
+def importance_share(units: pd.DataFrame) -> pd.Series:
+    """Each block's share of its run's positive ablation importance (negative values count as 0)."""
+    return units["imp_ablation"].clip(lower=0) / units.groupby("run_id")["imp_ablation"].transform(
+        lambda s: s.clip(lower=0).sum())
+
+
+# ---- F1: theory --------------------------------------------------------------------------------
+
+def fanin_profiles(N: int) -> pd.DataFrame:
+    """Fan-in of every branch of an N-branch stack, one head and deep supervision: the sympy
+    closed form and the autograd path count."""
+    rows = []
+    for sup in ("final", "all"):
+        counted = first_order(Layout.sequential(N, sup)).fan_in
+        rows += [{"supervision": sup, "i": i, "closed": c, "counted": a}
+                 for i, c, a in zip(range(1, N + 1), closed_form_profile(N, sup), counted)]
+    return pd.DataFrame(rows)
+
+
+def repetition_fanin(B: int, repeats=REPEATS) -> pd.DataFrame:
+    """Group fan-in of each unique block of a B-block Transformer whose last block is applied r
+    times: symbolic, and counted by autograd (block b sums its two branches; the shared group's
+    probe sums its applications)."""
+    rows = []
+    for r in repeats:
+        layout = Layout(tuple([Block(2)] * (B + r - 1)), (), (tuple(range(B, B + r)),) if r > 1 else ())
+        fan = {row["block"]: row["fan_in"] for row in analyze(layout, max_order=1).to_dict()["blocks"]}
+        symbolic = [fan[b] for b in range(1, B)] + [sum(fan[b] for b in range(B, B + r))]
+        auto = first_order(layout)
+        counted = [auto.fan_in[2 * b - 2] + auto.fan_in[2 * b - 1] for b in range(1, B)]
+        counted.append(next(f for g, f in zip(auto.groups, auto.group_fan_in) if B in g))
+        rows += [{"r": r, "block": b, "symbolic": s, "counted": c}
+                 for b, s, c in zip(range(1, B + 1), symbolic, counted)]
+    return pd.DataFrame(rows)
+
+
+def f1(_tables):
+    fig, (a, b) = _fig(2)
+    plots.plot_fanin_theory(fanin_profiles(THEORY_N), ax=a)
+    plots.plot_repetition_theory(repetition_fanin(REPETITION_B), ax=b)
+    return fig
+
+
+# ---- F2-F4: accumulated gradients vs fan-in ----------------------------------------------------
+
+def gradient_curves(units: pd.DataFrame, family: str, supervision: str, quantity: str = "A_norm",
+                    fan: str = "F_norm") -> pd.DataFrame:
+    """Per network depth B and relative block depth: the band of ``quantity`` over seeds and the
+    mean normalized fan-in."""
+    d = units[(units.family == family) & (units.supervision == supervision)]
+    parts = []
+    for B, g in d.groupby("depth_B"):
+        band = bands(g, "depth", quantity)
+        band["fan"] = g.groupby("depth")[fan].mean().to_numpy()
+        parts.append(band.assign(depth_B=B))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["x", "mean", "lo", "hi", "fan", "depth_B"])
+
+
+def _gradient_panel(units, family, supervision, quantity, ax):
+    return plots.plot_gradient_profile(gradient_curves(units, family, supervision, quantity), family, supervision,
+                                       quantity, ax=ax)
+
+
+def f2(t):
+    u = t["fanin_vs_gradients"]["units"]
+    fig, (a, b) = _fig(2)
+    _gradient_panel(u, "transformer", "final", "A_norm", a)
+    _gradient_panel(u, "transformer", "final", "A_stream_norm", b)
+    b.set_title("transformer, one head: stream gradient at the branch output")
+    return fig
+
+
+def f3(t):
+    u = t["fanin_vs_gradients"]["units"]
+    fig, (a, b) = _fig(2)
+    _gradient_panel(u, "resnet", "final", "A_norm", a)
+    _gradient_panel(u, "resnet", "final", "A_rms_norm", b)
+    return fig
+
+
+def deep_supervision_curves(units: pd.DataFrame, family: str) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """The deepest deep-supervision network of ``family``: the band of normalized A, the mean
+    quadratic and linear fan-in (each normalized within run), and its depth B."""
+    d = units[(units.family == family) & (units.supervision == "all")].copy()
+    d["F_linear_norm"] = d["F_linear"] / d.groupby("run_id")["F_linear"].transform("mean")
+    B = d["depth_B"].max()
+    g = d[d.depth_B == B]
+    fans = g.groupby("depth")[["F_norm", "F_linear_norm"]].mean().rename_axis("x").reset_index()
+    return bands(g, "depth", "A_norm"), fans, B
+
+
+def f4(t):
+    u = t["fanin_vs_gradients"]["units"]
+    fig, axs = _fig(2)
+    for family, ax in zip(("transformer", "resnet"), axs):
+        band, fans, B = deep_supervision_curves(u, family)
+        plots.plot_deep_supervision(band, fans, B, family, ax=ax)
+    return fig
+
+
+# ---- F5: gradients vs importance ---------------------------------------------------------------
+
+def importance_fit(units: pd.DataFrame, family: str) -> tuple[pd.DataFrame, pd.DataFrame, tuple]:
+    """The blocks of ``family`` with both values, the OLS fit of normalized ablation importance on
+    normalized A (standard errors clustered by run) with its 95 % band on 50 points, and its slope
+    (estimate, low, high)."""
+    d = units[units.family == family].dropna(subset=["A_norm", "imp_ablation_norm"])
+    fit = smf.ols("imp_ablation_norm ~ A_norm", data=d).fit(
+        cov_type="cluster", cov_kwds={"groups": pd.factorize(d["run_id"])[0]})
+    xs = np.linspace(d["A_norm"].min(), d["A_norm"].max(), 50)
+    pred = fit.get_prediction(pd.DataFrame({"A_norm": xs})).summary_frame(alpha=0.05)
+    line = pd.DataFrame({"x": xs, "mean": pred["mean"].to_numpy(), "lo": pred["mean_ci_lower"].to_numpy(),
+                         "hi": pred["mean_ci_upper"].to_numpy()})
+    ci = fit.conf_int().loc["A_norm"]
+    return d, line, (fit.params["A_norm"], ci[0], ci[1])
+
+
+def f5(t):
+    u = t["gradients_vs_importance"]["units"]
+    fig, axs = _fig(2)
+    for family, ax in zip(("transformer", "resnet"), axs):
+        plots.plot_importance_vs_gradient(*importance_fit(u, family), family, ax=ax)
+    return fig
+
+
+# ---- F6, F7: equalization and repetition -------------------------------------------------------
+
+def equalization_bands(units: pd.DataFrame, optimizer: str) -> list[tuple[str, pd.DataFrame]]:
+    """Per block, the importance share over seeds: baseline and gradient-norm equalized."""
+    d = units[units.optimizer == optimizer].copy()
+    d["share"] = importance_share(d)
+    return [(label, bands(d[d.intervention == inter], "order", "share"))
+            for inter, label in (("none", "baseline"), ("equalize", "equalized gradient norms"))]
+
+
+def f6(t):
+    u = t["equalization"]["units"]
+    fig, axs = _fig(2)
+    for optimizer, ax in zip(("adamw", "sgd"), axs):
+        plots.plot_importance_shares(equalization_bands(u, optimizer), "block",
+                                     f"Gradient-norm equalization ({'SGD' if optimizer == 'sgd' else 'AdamW'})",
+                                     ax=ax)
+    return fig
+
+
+def repetition_bands(units: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Per unique block, the importance share over seeds of every variant: baseline first, then
+    the repeated models, then the compute-matched controls."""
+    d = units.copy()
+    d["share"] = importance_share(d)
+    variants = sorted(d.variant.unique(), key=lambda v: (v != "baseline", v.startswith("control"), v))
+    return [(v, bands(d[d.variant == v], "order", "share")) for v in variants]
+
+
+def repetition_fanin_shares(units: pd.DataFrame) -> pd.DataFrame:
+    """Each unique block's share of its variant's total group fan-in."""
+    d = units.drop_duplicates(["variant", "order"]).copy()
+    d["F_share"] = d["F"] / d.groupby("variant")["F"].transform("sum")
+    return d[["order", "F_share", "variant"]]
+
+
+def f7(t):
+    u = t["repetition"]["units"]
+    fig, (a, b) = _fig(2)
+    plots.plot_importance_shares(repetition_bands(u), "unique block (the last one is shared in 'repeat')",
+                                 "Parameter-shared repetition", ax=a)
+    plots.plot_repetition_fanin(repetition_fanin_shares(u), ax=b)
+    return fig
+
+
+# ---- T5 ----------------------------------------------------------------------------------------
+
+def t5(t):
+    """Regression statistics of studies 1 and 2."""
+    s1 = t["fanin_vs_gradients"]["summary"]
+    s2 = t["gradients_vs_importance"]["summary"]
+    s2 = s2[s2.test.str.contains("OLS|MixedLM|ablation vs A|bi vs A|random vs A")]
+    return pd.concat([s1.assign(study="fan-in vs A"), s2.assign(study="A vs importance")], ignore_index=True)

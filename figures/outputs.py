@@ -1,0 +1,59 @@
+"""Every output of ``python -m figures``, in one static list: figures F1-F8 and tables T1-T5, each
+with its title, the studies it reads and the function that builds it from their tables (a
+matplotlib Figure for a figure, a DataFrame for a table).
+
+Outputs go under the checkout (``figures/`` and ``paper/`` are never installed), so paths are
+taken from :data:`REPO`, not from the working directory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from experiments import cascadeformer as cf
+from experiments import pruning as pr
+
+from . import efficiency, gfa
+
+REPO = Path(__file__).resolve().parent.parent  # the checkout
+GENERATED = REPO / "figures" / "generated"  # the default profile's outputs, committed (the README shows them)
+
+
+@dataclass(frozen=True)
+class Output:
+    key: str
+    kind: str  # "figure" | "table"
+    title: str
+    studies: tuple[str, ...]
+    build: Callable[[dict], object] = field(repr=False)
+
+
+FANIN, IMPORTANCE = "fanin_vs_gradients", "gradients_vs_importance"
+
+OUTPUTS: dict[str, Output] = {o.key: o for o in (
+    Output("F1", "figure", "Fan-in vs depth: symbolic closed forms and autograd counts", (), gfa.f1),
+    Output("F2", "figure", "Transformer: accumulated gradient per block vs fan-in", (FANIN,), gfa.f2),
+    Output("F3", "figure", "ResNet: accumulated gradient per block vs fan-in", (FANIN,), gfa.f3),
+    Output("F4", "figure", "Deep supervision: accumulated gradient vs quadratic fan-in", (FANIN,), gfa.f4),
+    Output("F5", "figure", "Accumulated gradient vs post hoc (ablation) importance", (IMPORTANCE,), gfa.f5),
+    Output("F6", "figure", "Gradient-norm equalization: per-block importance", ("equalization",), gfa.f6),
+    Output("F7", "figure", "Parameter-shared repetition: per-block importance and fan-in", ("repetition",), gfa.f7),
+    Output("F8", "figure", "CascadeFormer vs uniform; CascadeFlow Pruning: perplexity vs blocks removed",
+           (cf.NAME, pr.NAME), efficiency.f8),
+    Output("T1", "table", "CascadeFormer vs uniform Transformer (same depth and training budget)", (cf.NAME,),
+           efficiency.t1),
+    Output("T2", "table", "Pruning: held-out perplexity (ResNet: loss) at each k, every method, without and with "
+                          "healing", (pr.NAME,), efficiency.t2),
+    Output("T3", "table", "Pruning: downstream accuracy (ResNet top-1, Transformer next-token)", (pr.NAME,),
+           efficiency.t3),
+    Output("T4", "table", "Pruning: rank stability (Kendall tau, mean [min, max] over compared pairs, and mean "
+                          "top-k overlap) across seeds, calibration subsets and checkpoints; scoring cost",
+           (pr.NAME,), efficiency.t4),
+    Output("T5", "table", "Regression statistics (fan-in vs A; A vs importance)", (FANIN, IMPORTANCE), gfa.t5),
+)}
+
+
+def figures() -> list[Output]:
+    """The figures, in order (the report and the README embed them)."""
+    return [o for o in OUTPUTS.values() if o.kind == "figure"]
