@@ -1,4 +1,4 @@
-"""Post hoc layer importance on held-out data (SPEC section 3).
+"""Post hoc layer importance on held-out data: six scores of every unit of a trained model.
 
 Every metric scores the units of a trained model (``model.units(kind)``, kind ``"branch"`` or
 ``"block"``) so that **higher means more important**, and reports what it cost:
@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,6 +28,8 @@ import torch
 from torch import nn
 
 from gfa_theory.errors import ConfigError
+from gfa_theory.instrument import evaluation
+from gfa_theory.models.families import ScorableAdapter, find_adapter
 from gfa_theory.models.units import Unit
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -43,16 +44,10 @@ def _frame(units: Sequence[Unit], scores: Sequence[float], metric: str, fwd: int
         "forward_passes": fwd, "backward_passes": bwd, "seconds": seconds})
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, batches: Sequence[Batch]) -> float:
-    """Mean held-out loss of the final head over ``batches``."""
-    was = model.training
-    model.eval()
-    try:
-        losses = [float(model(x, y, final_only=True)[1]) for x, y in batches]
-    finally:
-        model.train(was)
-    return float(np.mean(losses))
+    """Mean held-out loss of the final head over ``batches``: the plain mean of the batch
+    losses (every batch weighs the same), as ablation importance compares it."""
+    return float(np.mean(evaluation.evaluate(model, batches).batch_losses))
 
 
 def ablation(model: nn.Module, batches: Sequence[Batch], kind: str = "block") -> pd.DataFrame:
@@ -68,59 +63,9 @@ def ablation(model: nn.Module, batches: Sequence[Batch], kind: str = "block") ->
 
 
 # ---- stream states ---------------------------------------------------------------------------
-def _block_modules(model: nn.Module) -> list[nn.Module]:
-    """Unique block modules of this package's models, indexed like their block units."""
-    if hasattr(model, "h"):
-        return list(model.h)
-    if hasattr(model, "blocks"):
-        return list(model.blocks)
-    raise ConfigError(f"{type(model).__name__} is not a gfa_theory model (no blocks to hook)")
-
-
-@contextmanager
-def _record_block_io(model: nn.Module) -> Iterator[list[tuple[int, torch.Tensor, torch.Tensor]]]:
-    """Record ``(unique block, x_in aligned to x_out, x_out)`` for every block application."""
-    records: list[tuple[int, torch.Tensor, torch.Tensor]] = []
-    handles = []
-    for u, blk in enumerate(_block_modules(model)):
-        def hook(mod, args, out, u=u):
-            x_in = args[0]
-            if hasattr(mod, "shortcut"):  # ResNet: compare what the identity path carries
-                x_in = mod.shortcut(x_in)
-            records.append((u, x_in.detach(), out.detach()))
-        handles.append(blk.register_forward_hook(hook))
-    try:
-        yield records
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@contextmanager
-def _record_branch_io(model: nn.Module) -> Iterator[list[tuple[int, str, torch.Tensor, torch.Tensor]]]:
-    """Record ``(unique block, branch name, x_in, x_in + f)`` per branch application (GPT), or the
-    block record for single-branch ResNet blocks."""
-    records: list = []
-    handles = []
-    if hasattr(model, "h"):
-        for u, blk in enumerate(model.h):
-            for name, norm in (("attn", blk.ln_1), ("mlp", blk.ln_2)):
-                state: dict = {}
-                # the pre-norm's input is exactly the stream this branch reads
-                handles.append(norm.register_forward_pre_hook(
-                    lambda mod, args, state=state: state.__setitem__("x", args[0].detach())))
-                handles.append(getattr(blk, name).register_forward_hook(
-                    lambda mod, args, out, u=u, name=name, state=state:
-                    records.append((u, name, state["x"], state["x"] + out.detach()))))
-        try:
-            yield records
-        finally:
-            for h in handles:
-                h.remove()
-        return
-    with _record_block_io(model) as block_records:
-        yield block_records  # ResNet: one branch per block, same (u, x_in, x_out) tuples
-    return
+def _hooks(model: nn.Module) -> ScorableAdapter:
+    """The registry's adapter that knows where ``model``'s blocks and branches read and write."""
+    return find_adapter(model, ScorableAdapter)
 
 
 def _cos_per_token(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -138,7 +83,8 @@ def block_influence(model: nn.Module, batches: Sequence[Batch], kind: str = "blo
     sums: dict[tuple, list[float]] = {}
     was = model.training
     model.eval()
-    recorder = _record_block_io if kind == "block" else _record_branch_io
+    hooks = _hooks(model)
+    recorder = hooks.record_block_io if kind == "block" else hooks.record_branch_io
     try:
         for x, _ in batches:
             with recorder(model) as records:
@@ -148,16 +94,8 @@ def block_influence(model: nn.Module, batches: Sequence[Batch], kind: str = "blo
                 sums.setdefault(key, []).append(float((1 - _cos_per_token(rec[-2], rec[-1])).mean()))
     finally:
         model.train(was)
-    scores = [float(np.mean(sums[_unit_key(model, u)])) for u in units]
+    scores = [float(np.mean(sums[hooks.record_key(u)])) for u in units]
     return _frame(units, scores, "bi", len(batches), 0, time.perf_counter() - t0)
-
-
-def _unit_key(model: nn.Module, unit: Unit) -> tuple:
-    """The record key ``(u,)`` or ``(u, branch)`` of a unit from its name (``h.3.attn``...)."""
-    parts = unit.name.split(".")
-    if unit.kind == "branch" and hasattr(model, "h"):
-        return (int(parts[1]), parts[2])
-    return (int(parts[1]),)
 
 
 @torch.no_grad()
@@ -168,20 +106,20 @@ def angular_spans(model: nn.Module, batches: Sequence[Batch], n: int = 1) -> pd.
     if n < 1:
         raise ConfigError(f"span length n must be >= 1, got {n}")
     acc: dict[int, list[float]] = {}
+    hooks = _hooks(model)
+    blocks = hooks.block_modules(model)
     was = model.training
     model.eval()
     try:
         for x, _ in batches:
-            with _record_block_io(model) as records:
+            with hooks.record_block_io(model) as records:
                 model(x, final_only=True)
             B = len(records)
             for start in range(B - n + 1):
                 u0, x_in, _ = records[start]
                 src = x_in
                 for k in range(start + 1, start + n):  # carry x_l along the shortcuts of the span
-                    blk = _block_modules(model)[records[k][0]]
-                    if hasattr(blk, "shortcut"):
-                        src = blk.shortcut(src)
+                    src = hooks.aligned_input(blocks[records[k][0]], src)
                 x_out = records[start + n - 1][2]
                 cos = _cos_per_token(src, x_out).clamp(-1, 1)
                 acc.setdefault(start + 1, []).append(float((torch.arccos(cos) / math.pi).mean()))

@@ -1,4 +1,4 @@
-"""Accumulated training gradient ``A`` of every branch / block, at almost no cost (SPEC 3).
+"""Accumulated training gradient ``A`` of every branch / block, at almost no cost.
 
 :class:`GradientTracker` is called once per optimizer step, between ``loss.backward()`` and
 ``optimizer.step()``. It reads the gradient the loss delivered to each unit's parameters
@@ -39,7 +39,11 @@ import torch
 from torch import nn
 
 from gfa_theory.errors import ConfigError
+from gfa_theory.models.base import unwrap
+from gfa_theory.models.families import get_units, module_layout
 from gfa_theory.models.units import Unit
+from gfa_theory.theory.layout import Layout
+from gfa_theory.theory.symbolic import fan_in
 
 Kind = Literal["branch", "block", "both"]
 # quantity names in the long frame: totals (step is NA) and per-step series
@@ -47,45 +51,20 @@ TOTALS = ("A", "A_sq", "A_rms", "A_stream", "numel")
 SERIES = ("grad_norm", "stream_grad_norm")
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
 def discover_units(model: nn.Module, kind: Kind = "branch") -> list[Unit]:
-    """Units of a supported model: its own ``units(kind)``, else :mod:`gfa_theory.models.families`."""
+    """Units of a model of any registered family (:mod:`gfa_theory.models.families`)."""
     if kind not in ("branch", "block", "both"):
         raise ConfigError(f"unit kind must be 'branch', 'block' or 'both', got {kind!r}")
-    model = unwrap(model)
     kinds = ("branch", "block") if kind == "both" else (kind,)
-    if callable(getattr(model, "units", None)):
-        return [u for k in kinds for u in model.units(k)]
-    from gfa_theory.models import families as adapters  # noqa: PLC0415  (optional families: torchvision, transformers)
-
-    return [u for k in kinds for u in adapters.get_units(model, k)]
+    return [u for k in kinds for u in get_units(model, k)]
 
 
-def discover_layout(model: nn.Module):
-    """The model's :class:`~gfa_theory.theory.layout.Layout` when it (or an adapter) can tell, else None."""
-    model = unwrap(model)
-    if callable(getattr(model, "layout", None)):
-        return model.layout()
+def discover_layout(model: nn.Module) -> Layout | None:
+    """The model's :class:`~gfa_theory.theory.layout.Layout` when its family is registered, else
+    None (fan-in is then simply unknown)."""
     try:
-        from gfa_theory.models import families as adapters  # noqa: PLC0415
-    except ImportError:
-        return None
-    get_layout = getattr(adapters, "get_layout", None)
-    if get_layout is None:
-        return None
-    try:
-        return get_layout(model)
-    except Exception:  # an unsupported family has no layout: fan-in is then simply unknown
+        return module_layout(model)
+    except ConfigError:
         return None
 
 
@@ -93,10 +72,8 @@ def unit_fan_in(layout, units: Sequence[Unit]) -> list[int]:
     """Fan-in of each unit: ``F(P) = sum`` over the branches where its parameters are applied.
 
     A branch unit applied at branches ``i in applications`` has ``sum_i F(i)``; a block unit
-    applied at blocks ``b`` has the sum over those blocks' branches (SPEC section 2).
+    applied at blocks ``b`` has the sum over those blocks' branches.
     """
-    from gfa_theory.theory.symbolic import fan_in  # noqa: PLC0415
-
     F = fan_in(layout)
     by_block: dict[int, list[int]] = {}
     for br in layout.branches():
@@ -194,32 +171,35 @@ class GradientTracker:
         self._group = process_group
         self._handles: list = []
         if stream:
-            # One hook per distinct output module (a branch unit and its block unit share them);
-            # ``_out_map`` sums module norms into unit norms like ``UnitNorms.M`` does for params.
-            mods: list[nn.Module] = []
-            where: dict[int, int] = {}
-            out_map = []
-            for u in self.units:
-                if not u.outputs:
-                    raise ConfigError(f"unit {u.name} names no output module: cannot hook its stream gradient")
-                row = set()
-                for mod in u.outputs:
-                    if id(mod) not in where:
-                        where[id(mod)] = len(mods)
-                        mods.append(mod)
-                    row.add(where[id(mod)])
-                out_map.append(sorted(row))
-            self._out_map = torch.zeros(U, len(mods), dtype=self.dtype)
-            for k, cols in enumerate(out_map):
-                self._out_map[k, cols] = 1.0
-            self._out_map = self._out_map.to(self.device)
-            # ||dL/dy|| of each (module, application) this step, written once by its tensor hook
-            self._stream_buf = torch.zeros(len(mods), 4, dtype=torch.float32, device=self.device)
-            self._apps = [0] * len(mods)
-            for j, mod in enumerate(mods):
-                self._handles.append(mod.register_forward_hook(partial(self._on_forward, j)))
+            self._hook_outputs()
 
     # ---- configuration helpers ------------------------------------------------------------
+    def _hook_outputs(self) -> None:
+        """One forward hook per distinct output module (a branch unit and its block unit share
+        them); ``_out_map`` sums module norms into unit norms like ``UnitNorms.M`` does for params."""
+        mods: list[nn.Module] = []
+        where: dict[int, int] = {}
+        out_map = []
+        for u in self.units:
+            if not u.outputs:
+                raise ConfigError(f"unit {u.name} names no output module: cannot hook its stream gradient")
+            row = set()
+            for mod in u.outputs:
+                if id(mod) not in where:
+                    where[id(mod)] = len(mods)
+                    mods.append(mod)
+                row.add(where[id(mod)])
+            out_map.append(sorted(row))
+        self._out_map = torch.zeros(len(self.units), len(mods), dtype=self.dtype)
+        for k, cols in enumerate(out_map):
+            self._out_map[k, cols] = 1.0
+        self._out_map = self._out_map.to(self.device)
+        # ||dL/dy|| of each (module, application) this step, written once by its tensor hook
+        self._stream_buf = torch.zeros(len(mods), 4, dtype=torch.float32, device=self.device)
+        self._apps = [0] * len(mods)
+        for j, mod in enumerate(mods):
+            self._handles.append(mod.register_forward_hook(partial(self._on_forward, j)))
+
     def _resolve_fan_in(self, model: nn.Module, fan_in) -> list[int] | None:
         if fan_in is None:
             layout = discover_layout(model)
@@ -374,7 +354,7 @@ def _grow(buf: torch.Tensor) -> torch.Tensor:
 def equalize_gradients_(norms: UnitNorms, eps: float = 1e-12) -> torch.Tensor:
     """Gradient-norm equalization: rescale each unit's gradient to the mean unit norm, in place.
 
-    Used with the block units (SPEC study 3). Parameters outside the units (embeddings, heads)
+    Used with the block units (the equalization intervention, ``train.intervention=equalize``). Parameters outside the units (embeddings, heads)
     are left alone; a unit with a zero gradient stays zero. Returns the (U,) scale factors.
     """
     norm = norms.squared().sqrt()

@@ -12,84 +12,20 @@ Every model here is a Pre-LN-style residual stack that also describes itself for
   ``final_only=True`` (what evaluation reports).
 
 Use :func:`build_model` to build one by registry name from a config, a dict or ``key=value``
-overrides.
+overrides. What every model family (these two, torchvision ResNets, Hugging Face GPT-2) tells
+the rest of the package is in the adapter registry, :mod:`gfa_theory.models.families`.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from torch import nn
 
 from gfa_theory.config import build, from_dict
 from gfa_theory.errors import ConfigError
-
-
-class ResidualModel(nn.Module):
-    """Ablation by unit name, shared by the package's models (defined before the model imports
-    below so that ``gpt.py`` and ``resnet.py`` can subclass it)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.disabled: set[str] = set()  # unit names currently ablated
-
-    def unit_names(self) -> set[str]:
-        """Every valid ablation name: branch and block units."""
-        if not hasattr(self, "_unit_names"):
-            self._unit_names = {u.name for k in ("branch", "block") for u in self.units(k)}
-        return self._unit_names
-
-    def check_unit_names(self, names: Iterable[str]) -> set[str]:
-        names = set(names)
-        unknown = sorted(names - self.unit_names())
-        if unknown:
-            raise ConfigError(f"unknown unit '{unknown[0]}' (valid: {', '.join(sorted(self.unit_names()))})")
-        return names
-
-    @contextmanager
-    def ablate(self, names: Iterable[str]) -> Iterator["ResidualModel"]:
-        """Temporarily disable the named units (added to any already disabled)."""
-        names = self.check_unit_names(names)
-        previous = self.disabled
-        self.disabled = set(previous) | names
-        try:
-            yield self
-        finally:
-            self.disabled = previous
-
-
-# Upper bounds of model sizes, checked by the configs before anything is allocated (whether a
-# model within them fits in memory is a separate check: gfa_theory.train.memory).
-MAX_DIM = 2 ** 31 - 1  # any width, vocabulary, context or channel count (torch's int32 kernels)
-MAX_BLOCKS = 100_000  # residual blocks / applications (a config loops over them)
-
-
-def _bounded(name: str, value: Any, low: int = 1, high: int = MAX_DIM) -> None:
-    """``value`` must be an integer in ``low..high`` (one-line :class:`ConfigError` otherwise)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        shown = repr(value) if not isinstance(value, int) or abs(value) < 10 ** 30 else f"~{float(value):.3g}"
-        what = "a positive integer" if low == 1 else f"an integer >= {low}"
-        raise ConfigError(f"{name} must be {what} <= {high:,}, got {shown}")
-
-
-def _supervised_blocks(spec: Any, B: int, what: str = "supervision") -> list[int]:
-    """The supervision set S as sorted 1-based block indices; the last block is always read."""
-    if spec == "final":
-        return [B]
-    if spec == "all":
-        return list(range(1, B + 1))
-    if isinstance(spec, str) or not isinstance(spec, (list, tuple)):
-        raise ConfigError(f"{what} must be 'final', 'all' or a list of 1-based block indices, got {spec!r}")
-    for m in spec:
-        if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= B:
-            raise ConfigError(f"{what} index {m!r} is out of range 1..{B}")
-    if len(set(spec)) != len(spec):
-        raise ConfigError(f"{what} lists a block twice: {list(spec)}")
-    return sorted(set(spec) | {B})
-
-
-from gfa_theory.models.gpt import GPT, GPTConfig  # noqa: E402  (needs ResidualModel above)
-from gfa_theory.models.resnet import ResNet, ResNetConfig  # noqa: E402
+from gfa_theory.models.base import MAX_BLOCKS, MAX_DIM, ResidualModel, unwrap
+from gfa_theory.models.gpt import GPT, GPTConfig
+from gfa_theory.models.resnet import ResNet, ResNetConfig
 
 MODELS: dict[str, tuple[type, type]] = {"gpt": (GPTConfig, GPT), "resnet": (ResNetConfig, ResNet)}
 
@@ -116,5 +52,5 @@ def build_model(name: str, config: Any = None) -> nn.Module:
     return MODELS[name][1](cfg)
 
 
-__all__ = ["GPT", "GPTConfig", "MODELS", "ResNet", "ResNetConfig", "ResidualModel",
-           "build_config", "build_model"]
+__all__ = ["GPT", "GPTConfig", "MAX_BLOCKS", "MAX_DIM", "MODELS", "ResNet", "ResNetConfig", "ResidualModel",
+           "build_config", "build_model", "unwrap"]

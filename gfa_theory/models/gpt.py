@@ -1,6 +1,6 @@
 """A Pre-LN decoder-only Transformer, nanoGPT-plain, that knows its residual layout.
 
-Block ``b`` is two residual branches, attention ``2b-1`` and MLP ``2b`` (SPEC section 1)::
+Block ``b`` is two residual branches, attention ``2b-1`` and MLP ``2b`` (see :mod:`gfa_theory.theory.layout`)::
 
     x = x + attn(ln_1(x))
     x = x + mlp(ln_2(x))
@@ -24,12 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from gfa_theory.errors import ConfigError
-from gfa_theory.models import (
+from gfa_theory.models.base import (
     MAX_BLOCKS,
     MAX_DIM,
     ResidualModel,
-    _bounded,
-    _supervised_blocks,
+    bounded,
+    check_kind,
+    supervised_blocks,
 )
 from gfa_theory.models.units import Unit
 from gfa_theory.theory.layout import Block as LayoutBlock
@@ -39,7 +40,7 @@ BRANCHES = ("attn", "mlp")  # forward order of the two branches in a block
 
 
 def _positive(name: str, value: int, high: int = MAX_DIM) -> None:
-    _bounded(name, value, 1, high)
+    bounded(name, value, 1, high)
 
 
 @dataclass
@@ -89,7 +90,7 @@ class GPTConfig:
             unused = sorted(set(range(self.n_blocks)) - set(self.block_schedule))
             if unused:
                 raise ConfigError(f"block_schedule never applies block {unused[0]}: every block must be used")
-        _supervised_blocks(self.supervision, len(self.schedule()))
+        supervised_blocks(self.supervision, len(self.schedule()))
 
     def _per_block(self, name: str) -> list[int]:
         value = getattr(self, name)
@@ -116,7 +117,7 @@ class GPTConfig:
 
     def supervised(self) -> list[int]:
         """Supervision set S as sorted 1-based application indices (the last is always read)."""
-        return _supervised_blocks(self.supervision, len(self.schedule()))
+        return supervised_blocks(self.supervision, len(self.schedule()))
 
     @classmethod
     def tiny(cls, **overrides) -> "GPTConfig":
@@ -272,8 +273,7 @@ class GPT(ResidualModel):
     def units(self, kind: str = "branch") -> list[Unit]:
         """Branch units ``h.u.attn`` / ``h.u.mlp`` (pre-norm included) or block units ``h.u``,
         ``u`` the unique block index, ordered by first application."""
-        if kind not in ("branch", "block"):
-            raise ConfigError(f"unit kind must be 'branch' or 'block', got {kind!r}")
+        check_kind(kind)
         order = sorted(range(len(self.h)), key=lambda u: self._applications(u)[0])
         out = []
         for u in order:

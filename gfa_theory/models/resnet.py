@@ -1,6 +1,7 @@
 """A small-image ResNet (8x8 digits, 32x32 CIFAR) that knows its residual layout.
 
-Every basic block is one residual branch (SPEC section 1): ``x_b = shortcut(x_{b-1}) + f_b(x_{b-1})``.
+Every basic block is one residual branch (a one-branch block of :mod:`gfa_theory.theory.layout`):
+``x_b = shortcut(x_{b-1}) + f_b(x_{b-1})``.
 
 * ``variant="preact"`` (He et al. 2016, identity mappings): ``f = conv(relu(bn(conv(relu(bn(x))))))``,
   nothing after the addition, so the identity path is clean; the stem is a bare conv and each
@@ -23,12 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from gfa_theory.errors import ConfigError
-from gfa_theory.models import (
+from gfa_theory.models.base import (
     MAX_BLOCKS,
     MAX_DIM,
     ResidualModel,
-    _bounded,
-    _supervised_blocks,
+    bounded,
+    check_kind,
+    supervised_blocks,
 )
 from gfa_theory.models.units import Unit
 from gfa_theory.theory.layout import Block as LayoutBlock
@@ -47,7 +49,7 @@ class ResNetConfig:
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "num_classes", "image_size"):
-            _bounded(name, getattr(self, name))
+            bounded(name, getattr(self, name))
         if self.variant not in ("preact", "post"):
             raise ConfigError(f"variant must be 'preact' or 'post', got {self.variant!r}")
         for name in ("blocks_per_stage", "widths"):
@@ -60,13 +62,13 @@ class ResNetConfig:
                 low = 0 if name == "blocks_per_stage" and k == 0 and len(values) > 1 else 1
                 if isinstance(v, bool) or not isinstance(v, int) or v < low:
                     raise ConfigError(f"{name} entries must be positive integers, got {v!r}")
-                _bounded(f"{name} entry", v, low, MAX_BLOCKS if name == "blocks_per_stage" else MAX_DIM)
+                bounded(f"{name} entry", v, low, MAX_BLOCKS if name == "blocks_per_stage" else MAX_DIM)
         if len(self.blocks_per_stage) != len(self.widths):
             raise ConfigError(f"blocks_per_stage has {len(self.blocks_per_stage)} stages "
                               f"but widths has {len(self.widths)}")
         if self.B > MAX_BLOCKS:
             raise ConfigError(f"blocks_per_stage adds up to {self.B:,} blocks: at most {MAX_BLOCKS:,}")
-        _supervised_blocks(self.supervision, self.B)
+        supervised_blocks(self.supervision, self.B)
 
     @property
     def B(self) -> int:
@@ -74,7 +76,7 @@ class ResNetConfig:
         return sum(self.blocks_per_stage)
 
     def supervised(self) -> list[int]:
-        return _supervised_blocks(self.supervision, self.B)
+        return supervised_blocks(self.supervision, self.B)
 
     @classmethod
     def tiny(cls, **overrides) -> "ResNetConfig":
@@ -193,8 +195,7 @@ class ResNet(ResidualModel):
     def units(self, kind: str = "branch") -> list[Unit]:
         """Branch units ``blocks.k.branch`` (without the shortcut: a projection is on the order-0
         path) or block units ``blocks.k`` (branch and shortcut); ``k`` 0-based, index ``k + 1``."""
-        if kind not in ("branch", "block"):
-            raise ConfigError(f"unit kind must be 'branch' or 'block', got {kind!r}")
+        check_kind(kind)
         out = []
         for k, blk in enumerate(self.blocks):
             if kind == "branch":
