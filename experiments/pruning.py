@@ -63,6 +63,7 @@ import torch
 from scipy import stats as sps
 
 from gfa_theory.errors import ConfigError
+from gfa_theory.instrument.evaluation import evaluate
 from gfa_theory.methods import pruning
 from gfa_theory.models import build_model
 from gfa_theory.train.data import load_data
@@ -271,9 +272,9 @@ def _prune_and_heal(model, removal: dict[tuple[str, int, int], list[str]], K: in
         key = tuple(sorted(remove))
         if key not in done:
             pruned = pruning.prune(model, remove) if remove else copy.deepcopy(model)
-            before = pruning.evaluate_model(pruned, heldout)
+            before = evaluate(pruned, heldout)
             pruning.heal(pruned, heal_batches, pp.heal_steps, pp.heal_lr, seed=seed)
-            after = pruning.evaluate_model(pruned, heldout)
+            after = evaluate(pruned, heldout)
             done[key] = (before, after, pruning.num_params(pruned))
         return done[key]
 

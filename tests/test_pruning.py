@@ -11,6 +11,7 @@ import torch
 
 from gfa_theory.errors import ConfigError
 from gfa_theory.instrument import importance
+from gfa_theory.instrument.evaluation import evaluate
 from gfa_theory.instrument.tracking import GradientTracker
 from gfa_theory.methods import pruning
 from gfa_theory.models import GPT, GPTConfig, ResNet, ResNetConfig
@@ -199,7 +200,7 @@ def test_torchvision_resnet18_loses_identity_blocks_and_still_runs():
     pruned = pruning.prune(net, ["layer1.0", "layer1.1", "layer3.1"])
     assert [len(getattr(pruned, f"layer{s}")) for s in range(1, 5)] == [0, 2, 1, 2]
     assert [len(getattr(net, f"layer{s}")) for s in range(1, 5)] == [2, 2, 2, 2]
-    view = pruning.TorchvisionView(net)
+    view = adapters.TorchvisionView(net)
     with torch.no_grad(), view.ablate(["blocks.0", "blocks.1", "blocks.5"]):
         ref = view(x)[0]
     torch.testing.assert_close(pruned(x), ref, rtol=0, atol=1e-6)
@@ -333,10 +334,10 @@ def test_user_mistakes_raise_config_errors(call, message):
 
 
 # ---- evaluation and healing ------------------------------------------------------------------------
-def test_evaluate_model_is_the_token_weighted_loss_and_accuracy():
+def test_evaluate_is_the_token_weighted_loss_and_accuracy():
     model = _gpt()
     batches = _text_batches(model, n=2)
-    ev = pruning.evaluate_model(model, batches)
+    ev = evaluate(model, batches)
     with torch.no_grad():
         logits = torch.cat([model(x)[0] for x, _ in batches])
     y = torch.cat([y for _, y in batches])
@@ -351,13 +352,13 @@ def test_heal_is_seeded_deterministic_and_fits_its_batches():
     model = _gpt(dropout=0.1)
     batches = _text_batches(model, n=1)
     a, b = pruning.prune(model, ["h.2"]), pruning.prune(model, ["h.2"])
-    before = pruning.evaluate_model(a, batches).loss
+    before = evaluate(a, batches).loss
     rng = torch.get_rng_state()
     losses = pruning.heal(a, batches, steps=6, lr=3e-3, seed=1)
     assert torch.equal(torch.get_rng_state(), rng)  # the caller's RNG stream is untouched
     assert pruning.heal(b, batches, steps=6, lr=3e-3, seed=1) == losses
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
-    assert pruning.evaluate_model(a, batches).loss < before
+    assert evaluate(a, batches).loss < before
     assert not a.training
     with pytest.raises(ConfigError, match="ran out"):
         pruning.heal(a, iter(batches), steps=2)
@@ -382,13 +383,13 @@ def test_cli_prunes_heals_and_writes_a_rebuildable_checkpoint(trained, tmp_path)
     assert report["source_run"] == trained.run_dir.name and report["blocks"] == {"before": 4, "after": 3}
     assert report["cost"]["forward_passes"] == 0 and report["params"]["after"] < report["params"]["before"]
     assert len(report["heal"]["losses"]) == 2 and report["versions"]["gfa_theory"]
-    from gfa_theory.train.data import load_data
+    from gfa_theory.train.data import load_data, run_eval_batches
 
-    held_out = pruning.held_out_batches(trained.config, load_data(trained.config.data))
+    held_out = list(run_eval_batches(load_data(trained.config.data), trained.config))
     rebuilt = pruning.load_pruned(out)
     assert rebuilt.config.n_blocks == 3
-    assert pruning.evaluate_model(rebuilt, held_out).loss == pytest.approx(report["after_heal"]["loss"], abs=1e-6)
-    assert pruning.evaluate_model(trained.model, held_out).loss == pytest.approx(report["before"]["loss"], abs=1e-6)
+    assert evaluate(rebuilt, held_out).loss == pytest.approx(report["after_heal"]["loss"], abs=1e-6)
+    assert evaluate(trained.model, held_out).loss == pytest.approx(report["before"]["loss"], abs=1e-6)
 
     table = _gfa(trained.run_dir, "--method", "bi", "-k", 2, "--out", tmp_path / "bi", "--calib-batches", 2,
                  cwd=tmp_path)

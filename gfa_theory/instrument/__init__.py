@@ -1,4 +1,4 @@
-"""Floor 3, measurement: the gradient tracker, post hoc importance, statistics, timing.
+"""Floor 3, measurement: the gradient tracker, evaluation, post hoc importance, statistics.
 
 Builds on the theory and the models; knows nothing of training runs, methods or studies.
 """

@@ -1,6 +1,7 @@
-"""Timing benchmarks behind ``gfa bench``.
+"""The timing method of ``gfa bench`` (:func:`interleaved_times`) and the tracker-overhead benchmark.
 
-Method shared by every benchmark here: the variants are built in one process, warmed up, then
+Method shared by every benchmark (``gfa bench tracker`` here, ``gfa bench taper`` in
+:mod:`gfa_theory.methods.taper_timing`): the variants are built in one process, warmed up, then
 timed in short interleaved blocks (the order alternates each repeat) and compared by the
 median of the per-repeat ratios, so drift and other load on the machine hit both alike.
 """
@@ -65,17 +66,23 @@ def tracker_overhead(cfg: RunConfig | None = None, repeats: int = 50, block: int
         tracked.train_step()
     device = tracked.device
     t_plain, t_tracked = interleaved_times([plain.train_step, tracked.train_step], repeats, block, device)
-    ratios = [b / a for a, b in zip(t_plain, t_tracked)]
+    t_norms = _gradient_norms_time(tracked.tracker, device)
+    return _overhead_summary(t_plain, t_tracked, t_norms, repeats, block, warmup, tracked.tracker, cfg, device)
 
-    tracker = tracked.tracker
-    n_calls = 50
+
+def _gradient_norms_time(tracker, device: torch.device, n_calls: int = 50) -> float:
+    """Seconds per call of the per-step parameter-gradient work of ``tracker.step()``."""
     _sync(device)
     t0 = time.perf_counter()
     for _ in range(n_calls):
-        tracker.norms.squared()  # the per-step parameter-gradient work of tracker.step()
+        tracker.norms.squared()
     _sync(device)
-    t_norms = (time.perf_counter() - t0) / n_calls
+    return (time.perf_counter() - t0) / n_calls
 
+
+def _overhead_summary(t_plain: list[float], t_tracked: list[float], t_norms: float, repeats: int,
+                      block: int, warmup: int, tracker, cfg: RunConfig, device: torch.device) -> dict:
+    ratios = [b / a for a, b in zip(t_plain, t_tracked)]
     median_plain, median_tracked = statistics.median(t_plain), statistics.median(t_tracked)
     return {
         "overhead_ratio": statistics.median(ratios),

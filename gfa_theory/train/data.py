@@ -25,11 +25,12 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Union
+from typing import Any, Iterator, Literal, Union
 
 import numpy as np
 import torch
 
+from gfa_theory.config import check_seed
 from gfa_theory.errors import ConfigError, DataError
 
 CIFAR10_FILES = ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5",
@@ -63,8 +64,6 @@ class DataConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
-        from gfa_theory.config import check_seed  # noqa: PLC0415
-
         check_seed("data.split_seed", self.split_seed)
         if self.text_file is not None and self.dataset != "text":
             raise ConfigError(f"data.text_file only applies to dataset 'text', not '{self.dataset}'")
@@ -244,8 +243,8 @@ def _array_sha(*arrays: np.ndarray) -> str:
 
 
 def load_digits_data(val_fraction: float, split_seed: int) -> ImageData:
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from sklearn.datasets import load_digits  # noqa: PLC0415  (scikit-learn: only for image runs)
+    from sklearn.model_selection import train_test_split  # noqa: PLC0415
 
     digits = load_digits()
     x = digits.images.astype(np.uint8)[:, None]  # (1797, 1, 8, 8), values 0..16
@@ -265,7 +264,7 @@ def cifar10_missing(data_dir: str | os.PathLike) -> list[str]:
 
 def load_cifar10_data(data_dir: str, download: bool) -> ImageData:
     """CIFAR-10 from ``data_dir``: the official train set trains, the test batch validates."""
-    from torchvision.datasets import CIFAR10
+    from torchvision.datasets import CIFAR10  # noqa: PLC0415  (torchvision: only for CIFAR-10 runs)
 
     missing = cifar10_missing(data_dir)
     if missing and not download:
@@ -396,3 +395,20 @@ def eval_batches(data: Dataset, split: str, batch_size: int, n_batches: int,
     stop = n if n_batches <= 0 else min(n, n_batches * batch_size)
     for start in range(0, stop, batch_size):
         yield data.items(split, torch.arange(start, min(start + batch_size, stop)))
+
+
+def run_eval_batches(data: Dataset, run: Any, split: str = "val", n_batches: int | None = None,
+                     batch_size: int | None = None, seed: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The fixed evaluation batches of a run (``run``: its :class:`~gfa_theory.train.run_config.RunConfig`),
+    drawn lazily (``list()`` them to score several models on them).
+
+    By default exactly what the run's training evaluations score: ``train.eval_batches``
+    batches of ``train.batch_size``, text windows drawn with ``data.split_seed``. A study that
+    scores on its own held-out set passes ``n_batches``, ``batch_size`` and ``seed``. Text
+    windows are ``model.block_size`` tokens long; images come in order (see :func:`eval_batches`).
+    """
+    tc = run.train
+    seq_len = run.model.block_size if isinstance(data, TextData) else None
+    return eval_batches(data, split, tc.batch_size if batch_size is None else batch_size,
+                        tc.eval_batches if n_batches is None else n_batches, seq_len,
+                        seed=run.data.split_seed if seed is None else seed)

@@ -46,23 +46,24 @@ from gfa_theory import __version__
 from gfa_theory.config import to_dict
 from gfa_theory.devices import check_device
 from gfa_theory.errors import GFAError, RunStoreError, TrainingError
+from gfa_theory.instrument.evaluation import evaluate
 from gfa_theory.instrument.tracking import (
     GradientTracker,
     UnitNorms,
     equalize_gradients_,
 )
 from gfa_theory.models import build_model
-from gfa_theory.train.data import BatchSampler, Dataset, TextData, eval_batches
+from gfa_theory.train.data import BatchSampler, Dataset, TextData, run_eval_batches
 from gfa_theory.train.run_config import (
     METRIC_COLUMNS,
     AfterBackward,
     RunConfig,
     TrainConfig,
-    _env_mismatch,
-    _hook_names,
+    env_mismatch,
     environment,
+    hook_names,
     resolve,
-    run_key,
+    resolved_run_key,
 )
 from gfa_theory.train.store import (
     CHECKPOINT_FILE,
@@ -72,7 +73,7 @@ from gfa_theory.train.store import (
     LOCK_FILE,
     METRICS_FILE,
     SNAPSHOT_DIR,
-    _fault_point,
+    fault_point,
     load_run,
     make_dirs,
     read_checkpoint,
@@ -238,27 +239,11 @@ class Trainer:
         return {"step": self.step, "split": "train", "loss": loss, "accuracy": float("nan"),
                 "lr": self.lr_at(self.step - 1)}
 
-    @torch.no_grad()
     def evaluate(self, split: str = "val") -> dict:
         """Loss and accuracy of the final head on the fixed evaluation batches of ``split``."""
-        model = self.raw_model
-        was_training = model.training
-        model.eval()
-        tc = self.cfg.train
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
-        count = 0
-        for x, y in eval_batches(self.data, split, tc.batch_size, tc.eval_batches, self.seq_len,
-                                 seed=self.cfg.data.split_seed):
-            x, y = x.to(self.device), y.to(self.device)
-            logits, loss = model(x, y, final_only=True)
-            n = y.numel()  # tokens (text) or images
-            loss_sum += loss.double() * n
-            correct += (logits.argmax(dim=-1) == y).sum()
-            count += n
-        model.train(was_training)
-        return {"step": self.step, "split": split, "loss": float(loss_sum) / count,
-                "accuracy": int(correct) / count, "lr": self.lr_at(max(self.step - 1, 0))}
+        ev = evaluate(self.raw_model, run_eval_batches(self.data, self.cfg, split))
+        return {"step": self.step, "split": split, "loss": ev.loss, "accuracy": ev.accuracy,
+                "lr": self.lr_at(max(self.step - 1, 0))}
 
     # ---- checkpoints -------------------------------------------------------------------------
     def _rng_state(self) -> dict:
@@ -328,7 +313,7 @@ def _run_info(run_id: str, cfg: RunConfig, data: Dataset, hooks: Sequence[AfterB
     else:
         info.update(n_classes=data.n_classes, train_size=len(data.y_train), val_size=len(data.y_val))
     return {"run_id": run_id, "config": to_dict(cfg), "seed": cfg.train.seed, "data": info,
-            "hooks": _hook_names(hooks), "num_params": num_params, "world_size": world.size,
+            "hooks": hook_names(hooks), "num_params": num_params, "world_size": world.size,
             "versions": {"gfa_theory": __version__, "torch": torch.__version__, "numpy": np.__version__,
                          "python": platform.python_version()},
             "environment": env}
@@ -466,7 +451,7 @@ def _reuse(rdir: Path, key: str, cfg: RunConfig, device: torch.device) -> RunRes
         raise RunStoreError(f"{cfile} belongs to run {str(meta.get('run_id'))[:80]!r}, not {key}: {remedy}")
     if meta["config"] != json.loads(json.dumps(to_dict(cfg))):
         raise RunStoreError(f"{cfile} records another config than the one of run {key}: {remedy}")
-    problem = _env_mismatch(meta.get("environment"), environment(device), key, rdir, "reuse")
+    problem = env_mismatch(meta.get("environment"), environment(device), key, rdir, "reuse")
     if problem:
         raise RunStoreError(problem)
     ckpt = rdir / CHECKPOINT_FILE
@@ -501,7 +486,7 @@ def train(cfg: RunConfig, out_root: str | os.PathLike | None = None, resume: boo
     try:
         with _interrupts() as stop:
             resolved, data = resolve(cfg)
-            key = run_key(resolved, hooks)
+            key = resolved_run_key(resolved, data, hooks)
             rdir = results_root(out_root) / key
             if resume and (rdir / DONE_FILE).is_file():  # finished: read back, no lock (read-only is fine)
                 return _reuse(rdir, key, resolved, device)
@@ -518,32 +503,9 @@ def train(cfg: RunConfig, out_root: str | os.PathLike | None = None, resume: boo
 
 def _train(cfg: RunConfig, data: Dataset, key: str, rdir: Path, resume: bool, progress: bool,
            hooks: list[AfterBackward], world: World, stop: _Interrupt | None = None) -> RunResult:
-    from tqdm.auto import tqdm  # noqa: PLC0415
-
-    stop = stop or _Interrupt()
-    tc = cfg.train
-    trainer = Trainer(cfg, data, world, hooks)
-    env = environment(trainer.device)
-    ckpt_path = rdir / CHECKPOINT_FILE
-    rows: list[dict] = []
-    last_ckpt = 0
-    if resume and ckpt_path.is_file():
-        remedy = f"delete {rdir} or retrain it with --force"
-        # on the CPU: RNG states must stay there; load_state_dict moves the rest to the device
-        state = read_checkpoint(ckpt_path, "cpu", run=rdir)
-        if state.get("run_id") != key:
-            raise RunStoreError(f"{ckpt_path} belongs to run {str(state.get('run_id'))[:80]!r}, not {key}: {remedy}")
-        problem = _env_mismatch(state.get("environment"), env, key, rdir, "resume")
-        if problem:
-            raise RunStoreError(problem)
-        try:
-            trainer.load_state_dict(state)
-            rows = list(state["metrics"])
-        except GFAError:
-            raise
-        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
-            raise RunStoreError(f"{ckpt_path} does not fit run {key} ({type(exc).__name__}): {remedy}") from None
-        last_ckpt = trainer.step
+    run = _RunWriter(Trainer(cfg, data, world, hooks), key, rdir, world, stop or _Interrupt())
+    if resume and run.ckpt_path.is_file():
+        run.resume()
     elif world.main:  # from scratch: nothing of an earlier attempt may survive
         for name in (DONE_FILE, CHECKPOINT_FILE, METRICS_FILE, GRADIENTS_FILE, CONFIG_FILE):
             (rdir / name).unlink(missing_ok=True)
@@ -551,98 +513,152 @@ def _train(cfg: RunConfig, data: Dataset, key: str, rdir: Path, resume: bool, pr
     if world.main:  # temporary files of a writer that was killed mid-write
         for tmp in rdir.rglob(".*.tmp"):
             tmp.unlink(missing_ok=True)
-    n_params = sum(p.numel() for p in trainer.raw_model.parameters())
-    info = _run_info(key, cfg, data, hooks, world, n_params, env)
-    if world.main:
-        write_json_atomic(rdir / CONFIG_FILE, info)
-        _fault_point("config")
-    world.barrier()
+    run.write_config(data, hooks)
+    run.loop(progress)
+    run.finish()
+    return _loaded(rdir, trained=True)
 
-    def check_finite() -> None:
-        bad = trainer.first_bad_step()
+
+class _RunWriter:
+    """One training run and its directory: resume, the step loop with its logs, evaluations
+    and checkpoints, and the final files. Rank 0 writes; every rank takes part in collectives."""
+
+    def __init__(self, trainer: Trainer, key: str, rdir: Path, world: World, stop: _Interrupt) -> None:
+        self.trainer, self.key, self.rdir, self.world, self.stop = trainer, key, rdir, world, stop
+        self.env = environment(trainer.device)
+        self.ckpt_path = rdir / CHECKPOINT_FILE
+        self.rows: list[dict] = []  # metrics.csv rows
+        self.last_ckpt = 0
+
+    def resume(self) -> None:
+        """Continue from the checkpoint on disk, once it is known to be this run's."""
+        key, rdir, ckpt_path = self.key, self.rdir, self.ckpt_path
+        remedy = f"delete {rdir} or retrain it with --force"
+        # on the CPU: RNG states must stay there; load_state_dict moves the rest to the device
+        state = read_checkpoint(ckpt_path, "cpu", run=rdir)
+        if state.get("run_id") != key:
+            raise RunStoreError(f"{ckpt_path} belongs to run {str(state.get('run_id'))[:80]!r}, not {key}: {remedy}")
+        problem = env_mismatch(state.get("environment"), self.env, key, rdir, "resume")
+        if problem:
+            raise RunStoreError(problem)
+        try:
+            self.trainer.load_state_dict(state)
+            self.rows = list(state["metrics"])
+        except GFAError:
+            raise
+        except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise RunStoreError(f"{ckpt_path} does not fit run {key} ({type(exc).__name__}): {remedy}") from None
+        self.last_ckpt = self.trainer.step
+
+    def write_config(self, data: Dataset, hooks: list[AfterBackward]) -> None:
+        n_params = sum(p.numel() for p in self.trainer.raw_model.parameters())
+        info = _run_info(self.key, self.trainer.cfg, data, hooks, self.world, n_params, self.env)
+        if self.world.main:
+            write_json_atomic(self.rdir / CONFIG_FILE, info)
+            fault_point("config")
+        self.world.barrier()
+
+    def check_finite(self) -> None:
+        bad = self.trainer.first_bad_step()
         if bad:
-            kept = (f"the last good checkpoint (step {last_ckpt}) is kept in {rdir}" if last_ckpt
+            kept = (f"the last good checkpoint (step {self.last_ckpt}) is kept in {self.rdir}" if self.last_ckpt
                     else "no checkpoint had been written yet")
-            raise TrainingError(f"non-finite training loss at step {bad} of run {key}: stopped; {kept}")
+            raise TrainingError(f"non-finite training loss at step {bad} of run {self.key}: stopped; {kept}")
 
-    def full_state() -> dict:
-        state = trainer.state_dict()  # a collective under DDP: every rank takes part
-        state.update(run_id=key, metrics=rows, environment=env)
+    def full_state(self) -> dict:
+        state = self.trainer.state_dict()  # a collective under DDP: every rank takes part
+        state.update(run_id=self.key, metrics=self.rows, environment=self.env)
         return state
 
-    def checkpoint() -> None:
-        state = full_state()
-        if world.main:
+    def checkpoint(self) -> None:
+        state = self.full_state()
+        if self.world.main:
             # the weight snapshot and metrics first, checkpoint.pt last: a checkpoint on disk
             # always has the files of its step (and earlier ones) beside it, so a kill anywhere in
             # between resumes from the previous checkpoint and rewrites the same files.
             # Snapshots: model weights at every checkpoint step, kept (small): rank stability
             # across training checkpoints is measured on these (pruning study)
-            save_torch_atomic(rdir / SNAPSHOT_DIR / f"step-{trainer.step}.pt",
-                              {"step": trainer.step, "model": trainer.raw_model.state_dict()})
-            _fault_point("snapshot")
-            write_csv_atomic(rdir / METRICS_FILE, pd.DataFrame(rows, columns=METRIC_COLUMNS))
-            _fault_point("metrics")
-            save_torch_atomic(ckpt_path, state)
-            _fault_point("checkpoint")
-        world.barrier()
+            step = self.trainer.step
+            save_torch_atomic(self.rdir / SNAPSHOT_DIR / f"step-{step}.pt",
+                              {"step": step, "model": self.trainer.raw_model.state_dict()})
+            fault_point("snapshot")
+            write_csv_atomic(self.rdir / METRICS_FILE, pd.DataFrame(self.rows, columns=METRIC_COLUMNS))
+            fault_point("metrics")
+            save_torch_atomic(self.ckpt_path, state)
+            fault_point("checkpoint")
+        self.world.barrier()
 
-    def interrupted() -> None:  # one process only (stop.deferred is never set under DDP)
-        check_finite()
-        save_torch_atomic(ckpt_path, full_state())  # exact resume from any step
-        print(f"{stop.pending or 'interrupted'}: stopped at step {trainer.step} of run {key}; checkpoint "
-              f"written to {ckpt_path}: rerun the same command to resume", file=sys.stderr, flush=True)
+    def interrupted(self) -> None:  # one process only (stop.deferred is never set under DDP)
+        self.check_finite()
+        save_torch_atomic(self.ckpt_path, self.full_state())  # exact resume from any step
+        print(f"{self.stop.pending or 'interrupted'}: stopped at step {self.trainer.step} of run {self.key}; "
+              f"checkpoint written to {self.ckpt_path}: rerun the same command to resume", file=sys.stderr, flush=True)
         raise KeyboardInterrupt
 
-    if trainer.step == 0 and tc.eval_interval and world.main:
-        rows.append(trainer.evaluate())
-    bar = tqdm(total=tc.steps, initial=trainer.step, desc=key, dynamic_ncols=True,
-               disable=not (progress and world.main))
-    with bar:
-        stop.deferred = world.size == 1
-        try:
-            while trainer.step < tc.steps:
-                trainer.train_step()
-                s = trainer.step
-                bar.update(1)
-                final = s == tc.steps
-                if s % tc.log_interval == 0 or final:
-                    check_finite()
-                    row = trainer.log_train()
-                    if world.main:
-                        rows.append(row)
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
-                if world.main and ((tc.eval_interval and s % tc.eval_interval == 0) or final):
-                    rows.append(trainer.evaluate())
-                if tc.checkpoint_interval and s % tc.checkpoint_interval == 0 and not final:
-                    check_finite()
-                    checkpoint()
-                    last_ckpt = s
-                if stop.pending:
-                    interrupted()
-        finally:
-            stop.deferred = False
-        if stop.pending:  # a signal between the last check and the line above
-            interrupted()
-    check_finite()
-    checkpoint()
-    if world.main:
-        if trainer.tracker is not None:
-            grads = trainer.tracker.to_frame()
-        else:
-            grads = pd.DataFrame(columns=["unit", "kind", "index", "quantity", "step", "value", "fan_in"])
-        grads.insert(0, "seed", tc.seed)
-        grads.insert(0, "run_id", key)
-        write_csv_atomic(rdir / GRADIENTS_FILE, grads)
-        _fault_point("gradients")
-        missing = _missing_artifacts(rdir, tc)
-        if missing:  # never mark a run complete that the studies cannot read
-            raise TrainingError(f"run {key} in {rdir}: {', '.join(missing)} missing after training; "
-                                f"not marking it complete")
-        _fault_point("done")
-        write_text_atomic(rdir / DONE_FILE, f"{key}\n")  # last: marks the directory complete
-    world.barrier()
-    return _loaded(rdir, trained=True)
+    def after_step(self, bar: Any) -> None:
+        """Log, evaluate and checkpoint after a step, as the intervals say."""
+        trainer, tc, world = self.trainer, self.trainer.cfg.train, self.world
+        s = trainer.step
+        final = s == tc.steps
+        if s % tc.log_interval == 0 or final:
+            self.check_finite()
+            row = trainer.log_train()
+            if world.main:
+                self.rows.append(row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
+        if world.main and ((tc.eval_interval and s % tc.eval_interval == 0) or final):
+            self.rows.append(trainer.evaluate())
+        if tc.checkpoint_interval and s % tc.checkpoint_interval == 0 and not final:
+            self.check_finite()
+            self.checkpoint()
+            self.last_ckpt = s
+
+    def loop(self, progress: bool) -> None:
+        """Train to ``train.steps`` (from wherever the trainer is), stopping cleanly on a signal."""
+        from tqdm.auto import tqdm  # noqa: PLC0415  (third-party, imported when a run trains)
+
+        trainer, tc, world, stop = self.trainer, self.trainer.cfg.train, self.world, self.stop
+        if trainer.step == 0 and tc.eval_interval and world.main:
+            self.rows.append(trainer.evaluate())
+        bar = tqdm(total=tc.steps, initial=trainer.step, desc=self.key, dynamic_ncols=True,
+                   disable=not (progress and world.main))
+        with bar:
+            stop.deferred = world.size == 1
+            try:
+                while trainer.step < tc.steps:
+                    trainer.train_step()
+                    bar.update(1)
+                    self.after_step(bar)
+                    if stop.pending:
+                        self.interrupted()
+            finally:
+                stop.deferred = False
+            if stop.pending:  # a signal between the last check and the line above
+                self.interrupted()
+
+    def finish(self) -> None:
+        """The final checkpoint, gradients.csv and, once every file is there, DONE."""
+        self.check_finite()
+        self.checkpoint()
+        key, rdir, tc = self.key, self.rdir, self.trainer.cfg.train
+        if self.world.main:
+            tracker = self.trainer.tracker
+            if tracker is not None:
+                grads = tracker.to_frame()
+            else:
+                grads = pd.DataFrame(columns=["unit", "kind", "index", "quantity", "step", "value", "fan_in"])
+            grads.insert(0, "seed", tc.seed)
+            grads.insert(0, "run_id", key)
+            write_csv_atomic(rdir / GRADIENTS_FILE, grads)
+            fault_point("gradients")
+            missing = _missing_artifacts(rdir, tc)
+            if missing:  # never mark a run complete that the studies cannot read
+                raise TrainingError(f"run {key} in {rdir}: {', '.join(missing)} missing after training; "
+                                    f"not marking it complete")
+            fault_point("done")
+            write_text_atomic(rdir / DONE_FILE, f"{key}\n")  # last: marks the directory complete
+        self.world.barrier()
+
 
 def get_or_train(cfg, root: str | os.PathLike | None = None, progress: bool = False,
                  force: bool = False, **kwargs):

@@ -21,11 +21,13 @@ so a refusal means the run could not have finished here.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
 from gfa_theory.errors import ConfigError
+from gfa_theory.models import GPTConfig
 
 FLOAT_BYTES = 4
 BASE_BYTES = 2 ** 30  # interpreter, torch, pandas, scipy, data, the tracker: measured ~1 GiB
@@ -135,8 +137,6 @@ def activation_floats(name: str, m: Any, batch: int) -> int:
 
 def training_estimate(cfg: Any) -> dict[str, int]:
     """Bytes one training process of run config ``cfg`` (a RunConfig) needs, by part."""
-    import dataclasses  # noqa: PLC0415
-
     m = cfg.model  # its data-determined fields are replaced by the data's, as training does
     if cfg.model_name == "gpt":
         m = dataclasses.replace(m, vocab_size=TEXT_VOCAB)
@@ -183,8 +183,6 @@ def check_model_memory(name: str, m: Any, copies: int = 2) -> int:
 def check_inference_memory(taper: Any, batch: int) -> int:
     """``gfa bench taper``: the uniform and the tapered model of ``taper`` (a TaperConfig) side by
     side, each running a forward pass of ``batch`` sequences (no autograd), refused if too big."""
-    from gfa_theory.models import GPTConfig  # noqa: PLC0415
-
     uniform = GPTConfig(vocab_size=taper.vocab_size, block_size=taper.block_size, n_embd=taper.n_embd,
                         n_blocks=taper.B, n_head=taper.n_head, d_ff=taper.d_ff)
     params = param_count("gpt", uniform)  # the tapered model is no larger

@@ -20,13 +20,13 @@ import torch
 from torch import nn
 
 from gfa_theory.config import (
-    _merge,
-    _short,
     apply_overrides,
     check_seed,
     config_hash,
     from_dict,
     load_json,
+    merge,
+    short_repr,
     to_dict,
 )
 from gfa_theory.devices import parse_device, resolve_device_name
@@ -52,7 +52,7 @@ class TrainConfig:
     Intervals count optimizer steps; 0 means "only at the end". ``track``: which units the
     gradient tracker records ("none" disables it). ``series_points``: length of the
     downsampled per-step gradient series. ``intervention``: "equalize" rescales each block's
-    gradient to the mean block norm before every update (SPEC study 3). ``device``: ``auto``
+    gradient to the mean block norm before every update (the equalization study). ``device``: ``auto``
     (CUDA when present, else the CPU), ``cpu``, ``cuda``, ``cuda:<index>``, ``mps``; whether
     the machine has it is checked when training starts (a stored CUDA config still loads here).
     """
@@ -81,7 +81,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         def check(name: str, ok: bool, what: str) -> None:
             if not ok:
-                raise ConfigError(f"train.{name} must be {what}, got {_short(getattr(self, name))}")
+                raise ConfigError(f"train.{name} must be {what}, got {short_repr(getattr(self, name))}")
 
         check("steps", 1 <= self.steps <= MAX_STEPS, f"in 1..{MAX_STEPS:.0e}")
         check("batch_size", 1 <= self.batch_size <= MAX_DIM, f"in 1..{MAX_DIM}")
@@ -155,7 +155,7 @@ class RunConfig:
         name = data.get("model_name", "gpt")
         if name not in MODEL_TASKS:
             raise ConfigError(f"unknown model '{name}' (trainable: {', '.join(MODEL_TASKS)})")
-        return from_dict(cls, _merge(to_dict(cls(name)), data))
+        return from_dict(cls, merge(to_dict(cls(name)), data))
 
     def to_dict(self) -> dict:
         return to_dict(self)
@@ -179,7 +179,7 @@ def build_run_config(model_name: str, config_file: str | os.PathLike | None = No
         if loaded.get("model_name", model_name) != model_name:
             raise ConfigError(f"config file {config_file} is for model '{loaded['model_name']}', "
                               f"not '{model_name}'")
-        data = _merge(data, loaded)
+        data = merge(data, loaded)
     data = apply_overrides(data, list(overrides or []))
     if data.get("model_name") != model_name:
         raise ConfigError("model_name cannot be overridden: use --model")
@@ -204,7 +204,7 @@ def resolve(cfg: RunConfig) -> tuple[RunConfig, Dataset]:
     return dataclasses.replace(cfg, model=model), data
 
 
-def _hook_names(hooks: Sequence[AfterBackward]) -> list[str]:
+def hook_names(hooks: Sequence[AfterBackward]) -> list[str]:
     return [f"{getattr(h, '__module__', '?')}.{getattr(h, '__qualname__', type(h).__qualname__)}"
             for h in hooks]
 
@@ -243,7 +243,7 @@ def _checked(env: dict) -> dict:
     return {f: env.get(f) for f in fields}
 
 
-def _env_mismatch(recorded: Any, current: dict, key: str, rdir: Path, what: str) -> str | None:
+def env_mismatch(recorded: Any, current: dict, key: str, rdir: Path, what: str) -> str | None:
     """One line naming the first checked field where ``recorded`` differs from ``current``."""
     recorded = recorded if isinstance(recorded, dict) else {}
     for field, cur in _checked(current).items():
@@ -262,11 +262,13 @@ def _env_mismatch(recorded: Any, current: dict, key: str, rdir: Path, what: str)
 def run_key(cfg: RunConfig, hooks: Sequence[AfterBackward] = ()) -> str:
     """``<model>-<hash>``: the hash covers the resolved config (``auto`` device resolved), the data
     sha256, hook names and :func:`numerics_key` (torch version, device type, CPU instruction set)."""
-    resolved, data = resolve(cfg)
+    return resolved_run_key(*resolve(cfg), hooks)
+
+
+def resolved_run_key(resolved: RunConfig, data: Dataset, hooks: Sequence[AfterBackward] = ()) -> str:
+    """:func:`run_key` of a config already resolved against its ``data`` (:func:`resolve`)."""
     payload = {"config": to_dict(resolved), "data_sha256": data.sha256,
                "numerics": numerics_key(resolved.train.device)}
     if hooks:
-        payload["hooks"] = _hook_names(hooks)
-    return f"{cfg.model_name}-{config_hash(payload)}"
-
-
+        payload["hooks"] = hook_names(hooks)
+    return f"{resolved.model_name}-{config_hash(payload)}"

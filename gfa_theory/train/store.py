@@ -1,4 +1,4 @@
-"""Result directories: one per run, named by its config hash, written atomically.
+"""The run store: one result directory per run, named by its config hash, written atomically.
 
 A run lives in ``<root>/<model>-<hash>/`` where ``root`` is ``--out``, else the ``GFA_RESULTS``
 environment variable, else ``./results``, and the hash covers the resolved config (model, data,
@@ -14,6 +14,7 @@ hardware: the torch version, the device type and, for CPU runs, the CPU's vector
     snapshots/      model weights at every checkpoint step: step-<s>.pt
     DONE            written last, once every file above exists: a directory without it is
                     never read as a result
+    .lock           flock'd while a process trains the run (kept; the OS releases the lock)
 
 Every file is written to a temporary name in the same folder and moved into place with
 ``os.replace``, so a crash (or SIGKILL) never leaves a half-written file under a final name.
@@ -49,7 +50,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 SNAPSHOT_DIR = "snapshots"  # model weights at each checkpoint step: step-<s>.pt
 DONE_FILE = "DONE"
 LOCK_FILE = ".lock"  # flock'd while a process trains the run
-FAULT_ENV = "GFA_FAULT_AT"  # tests: "<boundary>[:<n>]" SIGKILLs the process there (see _fault_point)
+FAULT_ENV = "GFA_FAULT_AT"  # tests: "<boundary>[:<n>]" SIGKILLs the process there (see fault_point)
 FAULT_POINTS = ("config", "snapshot", "metrics", "checkpoint", "gradients", "done")
 
 
@@ -58,7 +59,7 @@ FAULT_POINTS = ("config", "snapshot", "metrics", "checkpoint", "gradients", "don
 _fault_counts: dict[str, int] = {}
 
 
-def _fault_point(name: str) -> None:
+def fault_point(name: str) -> None:
     """A write boundary of a run: with ``GFA_FAULT_AT=<name>[:<n>]`` the process SIGKILLs
     itself the ``n``-th time (default 1) it gets here, so tests can kill it at every boundary.
 
