@@ -27,7 +27,7 @@ def test_every_path_order_matches_autograd(layouts, data):
     layout = data.draw(layouts(max_blocks=24, max_branches=3), label="layout")
     result = symbolic.analyze(layout)
     counted = paths.count_paths(layout)
-    assert counted.max_order == max(layout.P - 1, 1)
+    assert counted.max_order == max(layout.n_positions - 1, 1)
     for br, series in zip(result.branches, counted.paths_by_order):
         assert_counts(list(br.paths_by_order), series)
     assert_counts(result.fan_in, counted.fan_in)

@@ -203,7 +203,8 @@ def test_block_stack_closed_form(k, parallel, supervision):
 def test_transformer_block_fan_in_by_hand():
     # sequential attention/MLP: F = 2B - 2b - s + 2, block 4B - 4b + 3
     assert symbolic.block_stack_closed_form(2, False, "final")[1] == 4 * B - 4 * b + 3
-    assert symbolic.block_fan_in(Layout.transformer(2)) == [7, 3]
+    assert symbolic.block_fan_in(Layout.transformer(2)) == {1: 7, 2: 3}
+    assert symbolic.branch_fan_in(Layout.transformer(2)) == {1: 4, 2: 3, 3: 2, 4: 1}
 
 
 # ---- hand-checked small layouts ----------------------------------------------------------------

@@ -17,10 +17,12 @@ whose tapered model has a target fraction of the uniform model's parameters or F
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from gfa_theory.errors import ConfigError
+from gfa_theory.theory.layout import Layout
+from gfa_theory.theory.symbolic import block_fan_in
 
 Schedule = Literal["uniform", "linear", "fanin", "cosine", "step"]
 SCHEDULES: tuple[str, ...] = ("uniform", "linear", "fanin", "cosine", "step")
@@ -108,20 +110,11 @@ class TaperPlan:
                 "flops_ratio": self.flops_per_token() / uniform.flops_per_token()}
 
 
-def block_fan_in(B: int, supervision: str = "final") -> list[int]:
-    """Fan-in of each of ``B`` sequential two-branch Transformer blocks (from the symbolic module)."""
-    from gfa_theory.theory.layout import Layout
-    from gfa_theory.theory.symbolic import analyze
-
-    res = analyze(Layout.transformer(B, supervision=supervision), max_order=1)
-    return [int(row["fan_in"]) for row in res.to_dict()["blocks"]]
-
-
 def multipliers(cfg: TaperConfig) -> tuple[list[float], list[int]]:
     """Width multipliers ``s_b`` (unrounded) and, for reference, the block fan-in."""
     B, r = cfg.B, cfg.r
     pos = [(b / (B - 1)) if B > 1 else 0.0 for b in range(B)]  # 0 at the first block, 1 at the last
-    fan = block_fan_in(B, cfg.supervision)
+    fan = list(block_fan_in(Layout.transformer(B, supervision=cfg.supervision)).values())  # F(b), b = 1..B
     if cfg.schedule == "uniform":
         s = [1.0] * B
     elif cfg.schedule == "linear":
@@ -149,8 +142,6 @@ def plan(cfg: TaperConfig) -> TaperPlan:
 
 
 def uniform_plan(cfg: TaperConfig) -> TaperPlan:
-    from dataclasses import replace
-
     return plan(replace(cfg, schedule="uniform"))
 
 
@@ -158,8 +149,6 @@ def match(cfg: TaperConfig, target: float, budget: Literal["params", "flops"] = 
           iters: int = 40) -> TaperPlan:
     """Bisect the taper strength so the plan has ``target`` x the uniform budget (rounded sizes
     make the result approximate: the closest achievable plan not above the target is returned)."""
-    from dataclasses import replace
-
     if cfg.schedule == "uniform":
         raise ConfigError("the uniform schedule has no strength to match a budget with")
     if not 0 < target <= 1:

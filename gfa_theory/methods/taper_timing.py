@@ -29,6 +29,7 @@ from torch import nn
 from gfa_theory.devices import check_device
 from gfa_theory.errors import ConfigError
 from gfa_theory.methods.taper import TaperConfig, TaperPlan, plan, uniform_plan
+from gfa_theory.models import GPT, GPTConfig
 from gfa_theory.train.benchmark import interleaved_times
 
 MODES = ("latency", "throughput")
@@ -140,8 +141,6 @@ def timing_summary(times: pd.DataFrame, baseline: str = "uniform") -> pd.DataFra
 
 def gpt_from_plan(p: TaperPlan, seed: int = 0) -> nn.Module:
     """The GPT that realizes a taper plan (seeded initialization)."""
-    from gfa_theory.models import GPT, GPTConfig
-
     torch.manual_seed(seed)
     return GPT(GPTConfig(vocab_size=p.config.vocab_size, block_size=p.config.block_size,
                          **p.model_overrides()))

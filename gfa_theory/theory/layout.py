@@ -1,6 +1,7 @@
 """Residual layouts: which branches write the stream, where heads read it, what is shared.
 
-A layout is the wiring the fan-in theory needs and nothing else (SPEC section 1):
+A layout is the wiring the fan-in theory needs and nothing else (notation: the table in
+:mod:`gfa_theory.theory.symbolic`):
 
 * blocks ``b = 1..B``, each with ``k_b >= 1`` branches. In a *sequential* block each branch
   reads the stream and writes a new stream position (``x_i = x_{i-1} + f_i(Norm(x_{i-1}))``);
@@ -207,8 +208,8 @@ class Layout:
         return sum(b.branches for b in self.blocks)
 
     @property
-    def P(self) -> int:
-        """Number of stream positions written (``x_1..x_P``)."""
+    def n_positions(self) -> int:
+        """Number of stream positions written (``x_1 .. x_n_positions``)."""
         return sum(b.width for b in self.blocks)
 
     def branches(self) -> list[Branch]:

@@ -1,4 +1,4 @@
-"""Gradient path counts by autograd on scalar-gain surrogates (SPEC section 2).
+"""Gradient path counts by autograd on scalar-gain surrogates of a layout.
 
 Every functional branch is replaced by ``f(x) = t * x``; identities, shortcuts and heads are
 kept and the loss is the sum of the heads. Then the gradient arriving at a branch output,
@@ -224,9 +224,9 @@ def count_paths(layout, max_order: int | None = None) -> PathCounts:
     the formal ``t`` (:class:`FormalT`). The loss ``L(t)`` is linear in each probe series ``z``:
     ``L(t) = G_i(t) z(t) + ...``, so ``d L_K / d z_j = [t^(K-j)] G_i``; the gradient of the single
     top coefficient ``L_K``, read backwards, is every coefficient of every ``G_i`` at once.
-    ``K`` defaults to ``P - 1`` (the largest possible order) and is at least 1.
+    ``K`` defaults to ``n_positions - 1`` (the largest possible order) and is at least 1.
     """
-    K = max(layout.P - 1 if max_order is None else max_order, 1)
+    K = max(layout.n_positions - 1 if max_order is None else max_order, 1)
     t = FormalT(K)
     model = LayoutSurrogate(layout, t, probe_shape=(K + 1,))
     x0 = torch.zeros(K + 1, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""Gradient fan-in, derived symbolically (SPEC sections 1-2).
+"""Gradient fan-in, derived symbolically: closed forms (sympy) and exact counts of any layout.
 
 Notation used throughout the package (every module refers to this table):
 
@@ -13,7 +13,7 @@ Symbol      Meaning
 ``S``       supervision set: the blocks whose output a loss head reads (always contains ``B``)
 ``m``       a head: a block in ``S``, reading the stream position its block writes last
 ``p``       a stream position: ``x_p`` is written by the branches with ``position == p``
-            (``Layout.P`` counts the positions; in formulas ``P`` is a parameter group)
+            (``Layout.n_positions`` counts them)
 ``w(p)``    number of branches writing position ``p`` (1, or ``k`` for a parallel block)
 ``F``       fan-in: number of gradient paths of order <= 1 (at most one downstream branch)
 ``G_i(t)``  path generating function of branch ``i``: coefficient of ``t^k`` = number of
@@ -282,20 +282,20 @@ def _add(a: Sequence[int], c: Sequence[int]) -> list[int]:
 
 
 def position_series(layout: Layout, max_order: int | None = None) -> list[list[int]]:
-    """``G_p(t)`` for every stream position ``p = 0..P`` as integer coefficient lists.
+    """``G_p(t)`` for every stream position ``p = 0..n_positions`` as integer coefficient lists.
 
     ``G_p`` is the gradient reaching ``x_p`` with every branch a gain ``t``; the recursion runs
     from the output back: ``G_{p-1} = [p-1 read by a head] + (1 + w(p) t) G_p``, truncated at
-    ``t^max_order``. Cost O(P * orders) integer operations.
+    ``t^max_order``. Cost O(positions * orders) integer operations.
     """
     w = layout.writers()
-    P = len(w)
+    last = len(w)  # the last stream position
     heads = set(layout.head_positions())
     keep = None if max_order is None else max_order + 1
-    G: list[list[int]] = [[]] * (P + 1)
-    g = [1]  # x_P: the last block is always read by a head
-    G[P] = g
-    for p in range(P, 0, -1):
+    G: list[list[int]] = [[]] * (last + 1)
+    g = [1]  # x_last: the last block is always read by a head
+    G[last] = g
+    for p in range(last, 0, -1):
         wp = w[p - 1]
         g = [lo + wp * hi for lo, hi in zip(g + [0], [0] + g)]  # (1 + w(p) t) * G_p
         if keep is not None and len(g) > keep:
@@ -358,9 +358,14 @@ def fan_in(layout: Layout) -> list[int]:
     return analyze(layout, max_order=1).fan_in
 
 
-def block_fan_in(layout: Layout) -> list[int]:
-    """``[F(b=1), ..., F(b=B)]``: the sum over each block's branches."""
-    return [bl.fan_in for bl in analyze(layout, max_order=1).blocks]
+def branch_fan_in(layout: Layout) -> dict[int, int]:
+    """``{i: F(i)}`` for every branch ``i = 1..N`` (exact integers)."""
+    return {br.index: br.fan_in for br in analyze(layout, max_order=1).branches}
+
+
+def block_fan_in(layout: Layout) -> dict[int, int]:
+    """``{b: F(b)}`` for every block ``b = 1..B``: the sum over the block's branches."""
+    return {bl.block: bl.fan_in for bl in analyze(layout, max_order=1).blocks}
 
 
 def group_fan_in(layout: Layout) -> dict[tuple[int, ...], int]:
