@@ -1,8 +1,10 @@
-"""``gfa bench <name>``: timing benchmarks (code in :mod:`gfa_theory.train.benchmark`).
+"""``gfa bench <name>``: timing benchmarks (``tracker``: :mod:`gfa_theory.train.benchmark`;
+``taper``: :mod:`gfa_theory.methods.taper_timing`).
 
 Each benchmark is one entry of :data:`BENCHMARKS`: a help line, a function adding its own
 options to its sub-parser, and a function ``run(args) -> dict`` whose result is printed as JSON
-(``--format json``) or as ``key: value`` lines. To add ``gfa bench taper``, add an entry.
+(``--format json``) or as ``key: value`` lines. A new benchmark is one more entry. The modules
+that time are imported when their benchmark runs (start-up: ``gfa bench --help`` stays quick).
 """
 from __future__ import annotations
 
@@ -54,8 +56,8 @@ def _tracker_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _tracker_run(args: argparse.Namespace) -> dict:
-    from gfa_theory.train.benchmark import tracker_overhead  # noqa: PLC0415
-    from gfa_theory.train.run_config import build_run_config  # noqa: PLC0415
+    from gfa_theory.train.benchmark import tracker_overhead  # noqa: PLC0415  (start-up)
+    from gfa_theory.train.run_config import build_run_config  # noqa: PLC0415  (start-up)
 
     if args.warmup < 0:
         raise ConfigError(f"--warmup must be >= 0, got {args.warmup}")
@@ -65,7 +67,7 @@ def _tracker_run(args: argparse.Namespace) -> dict:
 
 
 def _taper_arguments(p: argparse.ArgumentParser) -> None:
-    from gfa_theory.methods.taper import SCHEDULES  # noqa: PLC0415
+    from gfa_theory.methods.taper import SCHEDULES  # noqa: PLC0415  (start-up)
 
     p.add_argument("--schedule", choices=[s for s in SCHEDULES if s != "uniform"], default="linear",
                    help="taper schedule of the model timed against the uniform one")
@@ -80,8 +82,8 @@ def _taper_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _taper_run(args: argparse.Namespace) -> dict:
-    from gfa_theory.methods.taper import TaperConfig  # noqa: PLC0415
-    from gfa_theory.methods.taper_timing import TimingConfig, bench_taper  # noqa: PLC0415
+    from gfa_theory.methods.taper import TaperConfig  # noqa: PLC0415  (start-up)
+    from gfa_theory.methods.taper_timing import TimingConfig, bench_taper  # noqa: PLC0415  (start-up)
 
     taper = TaperConfig(B=args.blocks, schedule=args.schedule, r=args.r, block_size=args.context)
     check_inference_memory(taper, args.batch)

@@ -1,8 +1,12 @@
 """``gfa fanin``: gradient fan-in of a residual layout, exact and symbolic.
 
-Layout sources (exactly one): ``--branches N`` (a sequential stack), ``--layout FILE.json``, or
-``--symbolic`` (the closed forms in ``N`` and ``i``). A new source (e.g. a real model) adds one
-argument in :func:`add_source_arguments` and one case in :func:`layout_from_args`.
+Layout sources (exactly one): ``--branches N`` (a sequential stack), ``--layout FILE.json``,
+``--model NAME`` (a real module, checked by autograd on its own wiring) or ``--symbolic`` (the
+closed forms in ``N`` and ``i``). A new source adds one argument in :func:`add_source_arguments`
+and one case in :func:`layout_from_args`.
+
+Everything that needs torch (models, the autograd checks, memory estimates) is imported inside
+the function that uses it: ``gfa fanin --branches N`` starts without loading torch.
 """
 from __future__ import annotations
 
@@ -10,6 +14,9 @@ import argparse
 import json
 import sys
 from typing import Any
+
+import sympy as sp
+from tabulate import tabulate
 
 from gfa_theory.errors import ConfigError
 from gfa_theory.theory import symbolic
@@ -77,7 +84,8 @@ def layout_from_args(args: argparse.Namespace) -> Layout:
         if args.supervision is not None:
             raise ConfigError("--supervision applies to --branches and --symbolic; "
                               "set a model's heads with --set supervision=all")
-        from gfa_theory.models.families import module_layout
+        from gfa_theory.models.families import module_layout  # noqa: PLC0415  (start-up: torch)
+
         return module_layout(model_from_args(args))
     if getattr(args, "branches", None) is not None:
         if isinstance(args.branches, int) and args.branches > MAX_POSITIONS:
@@ -96,7 +104,8 @@ def model_from_args(args: argparse.Namespace):
     """The ``nn.Module`` named by ``--model`` and ``--set`` (built once per ``args``; refused
     before anything is allocated when it cannot fit in memory)."""
     if getattr(args, "_module", None) is None:
-        from gfa_theory.models.families import parse_model_spec
+        from gfa_theory.models.families import parse_model_spec  # noqa: PLC0415  (start-up: torch)
+
         check_model_size(args.model, args.overrides)
         args._module = parse_model_spec(args.model, args.overrides)
     return args._module
@@ -104,30 +113,32 @@ def model_from_args(args: argparse.Namespace):
 
 def _model_params(spec: str, overrides: list[str] | None) -> int | None:
     """Parameters of the model ``spec`` would build, without building it (``None``: unknown)."""
-    from gfa_theory.train.memory import param_count
+    # start-up: each of these imports torch
+    from gfa_theory.config import parse_overrides  # noqa: PLC0415
+    from gfa_theory.models import build_config  # noqa: PLC0415
+    from gfa_theory.models.families import HF_GPT2_DEFAULTS  # noqa: PLC0415
+    from gfa_theory.train.memory import param_count  # noqa: PLC0415
+
     if spec in ("gpt", "resnet"):
-        from gfa_theory.models import build_config
         return param_count(spec, build_config(spec, overrides))
     family, _, name = spec.partition(":")
     if family == "hf":
-        from gfa_theory.models.families import HF_GPT2_DEFAULTS, _overrides_dict
-        kw = {**HF_GPT2_DEFAULTS, **_overrides_dict(overrides)}
+        kw = {**HF_GPT2_DEFAULTS, **parse_overrides(overrides)}
         sizes = [kw.get(k) for k in ("n_layer", "n_embd", "vocab_size", "n_positions")]
         inner = kw.get("n_inner") or 4 * (kw.get("n_embd") or 0)
         if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in [*sizes, inner]):
             return None  # GPT2Config refuses it with its own message
-        L, C, V, P = sizes
+        L, C, V, T = sizes
         if L > MAX_MODEL_BLOCKS:
             raise ConfigError(f"n_layer must be at most {MAX_MODEL_BLOCKS:,}, got {L}")
-        return V * C + P * C + 2 * C + L * (4 * C + 3 * C * C + 3 * C + C * C + C + 2 * C * inner + inner + C)
+        return V * C + T * C + 2 * C + L * (4 * C + 3 * C * C + 3 * C + C * C + C + 2 * C * inner + inner + C)
     if family == "torchvision":  # a fixed depth: built on the meta device, nothing is allocated
-        import torch
-        import torchvision
+        import torch  # noqa: PLC0415
+        import torchvision  # noqa: PLC0415
 
-        from gfa_theory.models.families import _overrides_dict
         try:
             with torch.device("meta"):
-                model = torchvision.models.get_model(name, weights=None, **_overrides_dict(overrides))
+                model = torchvision.models.get_model(name, weights=None, **parse_overrides(overrides))
         except Exception:  # noqa: BLE001  (parse_model_spec reports it properly)
             return None
         return sum(p.numel() for p in model.parameters())
@@ -136,7 +147,8 @@ def _model_params(spec: str, overrides: list[str] | None) -> int | None:
 
 def check_model_size(spec: str, overrides: list[str] | None) -> None:
     """Refuse (one line) a ``--model`` whose copies for the autograd check exceed the memory."""
-    from gfa_theory.train.memory import BASE_BYTES, FLOAT_BYTES, check_fits
+    from gfa_theory.train.memory import BASE_BYTES, FLOAT_BYTES, check_fits  # noqa: PLC0415  (start-up)
+
     params = _model_params(spec, overrides)
     if params is not None:  # the module, its scalar-gain copy and the autograd graph
         check_fits(3 * params * FLOAT_BYTES + BASE_BYTES, f"building {spec} and checking it",
@@ -153,45 +165,58 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--set applies to --model only")
         return _run_symbolic(args)
     layout = layout_from_args(args)
-    if layout.P > MAX_POSITIONS:
-        raise ConfigError(f"the layout writes {layout.P:,} stream positions: at most {MAX_POSITIONS:,}")
-    max_order = args.max_order
-    if args.format != "json":
-        max_order = TABLE_ORDERS - 1 if max_order is None else min(max_order, TABLE_ORDERS - 1)
-    elif max_order is None and layout.P > FULL_ORDER_LIMIT:
-        raise ConfigError(f"the layout writes {layout.P} stream positions: every path order would "
-                          f"be ~{layout.P ** 2 // 2} integers; pass --max-order K")
-    counts = layout.P * (min(layout.P - 1, max_order if max_order is not None else layout.P) + 1)
-    if counts > MAX_COUNTS:
-        raise ConfigError(f"--max-order {max_order} over {layout.P:,} stream positions is ~{counts:,} path "
-                          f"counts, more than {MAX_COUNTS:,}: pass a smaller --max-order")
-    if (args.check or getattr(args, "model", None) is not None) and layout.P > MAX_CHECK_POSITIONS:
-        raise ConfigError(f"the autograd check of {layout.P:,} stream positions would take minutes and "
-                          f"gigabytes: at most {MAX_CHECK_POSITIONS:,}")
+    max_order = _checked_max_order(args, layout)
     result = symbolic.analyze(layout, max_order=max_order)
     if getattr(args, "model", None) is not None:  # a real module: always count on its wiring
         check = module_check(model_from_args(args), result)
     else:
         check = autograd_check(layout, result) if args.check else None
+    print(_render(args, layout, result, check))
+    return _check_status(check)
 
+
+def _checked_max_order(args: argparse.Namespace, layout: Layout) -> int | None:
+    """The path orders to report, once the sizes the arguments ask for are known to be sane."""
+    positions = layout.n_positions
+    if positions > MAX_POSITIONS:
+        raise ConfigError(f"the layout writes {positions:,} stream positions: at most {MAX_POSITIONS:,}")
+    max_order = args.max_order
+    if args.format != "json":
+        max_order = TABLE_ORDERS - 1 if max_order is None else min(max_order, TABLE_ORDERS - 1)
+    elif max_order is None and positions > FULL_ORDER_LIMIT:
+        raise ConfigError(f"the layout writes {positions} stream positions: every path order would "
+                          f"be ~{positions ** 2 // 2} integers; pass --max-order K")
+    counts = positions * (min(positions - 1, max_order if max_order is not None else positions) + 1)
+    if counts > MAX_COUNTS:
+        raise ConfigError(f"--max-order {max_order} over {positions:,} stream positions is ~{counts:,} path "
+                          f"counts, more than {MAX_COUNTS:,}: pass a smaller --max-order")
+    if (args.check or getattr(args, "model", None) is not None) and positions > MAX_CHECK_POSITIONS:
+        raise ConfigError(f"the autograd check of {positions:,} stream positions would take minutes and "
+                          f"gigabytes: at most {MAX_CHECK_POSITIONS:,}")
+    return max_order
+
+
+def _render(args: argparse.Namespace, layout: Layout, result: symbolic.FanInResult,
+            check: dict[str, Any] | None) -> str:
+    """``result`` (and the check) as JSON, LaTeX or a text table."""
     if args.format == "json":
         out = result.to_dict()
         if check is not None:
             out["check"] = check
-        print(json.dumps(out))
-    elif args.format == "latex":
+        return json.dumps(out)
+    lines = []
+    if args.format == "latex":
         if args.branches is not None:
             expr = symbolic.fan_in_closed_form(args.supervision or "final")
-            print(rf"\[ {symbolic.latex(expr, 'F(i)')}, \quad N = {layout.N} \]")
-        print(symbolic.latex_table(result, orders=TABLE_ORDERS))
+            lines.append(rf"\[ {symbolic.latex(expr, 'F(i)')}, \quad N = {layout.N} \]")
+        lines.append(symbolic.latex_table(result, orders=TABLE_ORDERS))
         if check is not None:
-            print(f"% {_check_line(check)}")
-    else:
-        print(_table(result, closed_form=args.supervision or "final"
-                     if args.branches is not None else None))
-        if check is not None:
-            print(_check_line(check))
-    return _check_status(check)
+            lines.append(f"% {_check_line(check)}")
+        return "\n".join(lines)
+    lines.append(_table(result, closed_form=args.supervision or "final" if args.branches is not None else None))
+    if check is not None:
+        lines.append(_check_line(check))
+    return "\n".join(lines)
 
 
 # ---- autograd check ----------------------------------------------------------------------------
@@ -201,11 +226,10 @@ def autograd_check(layout: Layout, result: symbolic.FanInResult) -> dict[str, An
     Counts below 2**53 must match exactly, larger ones to a relative 1e-9 (float64 rounding);
     counts beyond the float64 range are skipped and reported.
     """
-    from gfa_theory.theory import (
-        path_counts as paths,  # torch is imported only when a check is asked for
-    )
-    K = result.max_order if result.max_order is not None else max(layout.P - 1, 1)
-    counted = paths.count_paths(layout, max_order=K)
+    from gfa_theory.theory import path_counts  # noqa: PLC0415  (start-up: torch, only for a check)
+
+    K = result.max_order if result.max_order is not None else max(layout.n_positions - 1, 1)
+    counted = path_counts.count_paths(layout, max_order=K)
     pairs = []
     for br, series in zip(result.branches, counted.paths_by_order):
         pairs.append((br.fan_in, series[0] + series[1]))
@@ -219,7 +243,8 @@ def autograd_check(layout: Layout, result: symbolic.FanInResult) -> dict[str, An
 def module_check(model, result: symbolic.FanInResult) -> dict[str, Any]:
     """Compare ``result`` (the model's layout) with autograd counts on the real module, its
     branches swapped for scalar gains (:func:`gfa_theory.models.families.module_fan_in`)."""
-    from gfa_theory.models.families import module_fan_in
+    from gfa_theory.models.families import module_fan_in  # noqa: PLC0415  (start-up: torch)
+
     counted = module_fan_in(model)
     pairs = []
     for br, row in zip(result.branches, counted["branches"]):
@@ -232,14 +257,15 @@ def module_check(model, result: symbolic.FanInResult) -> dict[str, Any]:
 
 
 def _agreement(pairs: list[tuple[int, float]], method: str) -> dict[str, Any]:
-    from gfa_theory.theory import path_counts as paths
-    compared = [(e, a) for e, a in pairs if e < paths.FLOAT64_MAX]
-    mismatches = sum(not paths.counts_agree(e, a) for e, a in compared)
+    from gfa_theory.theory import path_counts  # noqa: PLC0415  (start-up: torch)
+
+    compared = [(e, a) for e, a in pairs if e < path_counts.FLOAT64_MAX]
+    mismatches = sum(not path_counts.counts_agree(e, a) for e, a in compared)
     max_rel = max((abs(a - e) / e for e, a in compared if e), default=0.0)
     return {"agree": mismatches == 0, "method": method, "compared": len(compared),
             "skipped_beyond_float64": len(pairs) - len(compared), "mismatches": mismatches,
             "max_relative_difference": max_rel,
-            "exact": all(e < paths.EXACT_LIMIT for e, _ in compared)}
+            "exact": all(e < path_counts.EXACT_LIMIT for e, _ in compared)}
 
 
 def _check_line(check: dict[str, Any]) -> str:
@@ -261,62 +287,66 @@ def _check_status(check: dict[str, Any] | None) -> int:
 
 # ---- symbolic ----------------------------------------------------------------------------------
 def _run_symbolic(args: argparse.Namespace) -> int:
-    import sympy as sp
-
     supervision = args.supervision or "final"
     forms = symbolic.closed_forms(supervision)
     attn_mlp = symbolic.block_stack_closed_form(2, False, supervision)
     check = _symbolic_check(supervision) if args.check else None
-    if args.format == "json":
-        out: dict[str, Any] = {
-            "supervision": supervision,
-            "variables": {"N": "number of branches", "i": "branch index (1-based)",
-                          "t": "path-order variable", "r": "applications of a shared last block",
-                          "B": "number of blocks", "b": "block index", "s": "slot in the block"},
-            # plain strings read back with sympy.parse_expr(text, local_dict=symbols), since a bare
-            # sympify maps "N" to sympy's numeric-evaluation function; "srepr" round-trips as is
-            "parse": "sympy.parse_expr(text, local_dict={name: sympy.Symbol(name) "
-                     "for name in variables})",
-            **{key: str(expr) for key, expr in forms.items()},
-            "transformer_branch_fan_in": str(attn_mlp[0]),
-            "transformer_block_fan_in": str(attn_mlp[1]),
-            "srepr": {key: sp.srepr(expr) for key, expr in forms.items()},
-            "latex": {key: symbolic.latex(expr, symbolic.CLOSED_FORM_LHS[key])
-                      for key, expr in forms.items()},
-        }
-        if check is not None:
-            out["check"] = check
-        print(json.dumps(out))
-    elif args.format == "latex":
-        for key, expr in forms.items():
-            print(rf"\[ {symbolic.latex(expr, symbolic.CLOSED_FORM_LHS[key])} \]")
-        print(rf"\[ {symbolic.latex(attn_mlp[1], 'F(b)')} \]")
-        if check is not None:
-            print(f"% {_check_line(check)}")
-    else:
-        heads = "S = {N}" if supervision == "final" else "S = {1..N}"
-        print(f"sequential stack of N branches, heads {heads}")
-        for key, expr in forms.items():
-            print(f"  {symbolic.CLOSED_FORM_LHS[key]:8s} = {expr}")
-        print(f"Transformer blocks (attention slot s=0, MLP s=1), heads on "
-              f"{'the last block' if supervision == 'final' else 'every block'}:")
-        print(f"  F(b, s)  = {attn_mlp[0]}\n  F(b)     = {attn_mlp[1]}")
-        if check is not None:
-            print(_check_line(check))
+    render = {"json": _symbolic_json, "latex": _symbolic_latex}.get(args.format, _symbolic_text)
+    print(render(supervision, forms, attn_mlp, check))
     return _check_status(check)
+
+
+def _symbolic_json(supervision: str, forms: dict, attn_mlp: tuple, check: dict | None) -> str:
+    out: dict[str, Any] = {
+        "supervision": supervision,
+        "variables": {"N": "number of branches", "i": "branch index (1-based)",
+                      "t": "path-order variable", "r": "applications of a shared last block",
+                      "B": "number of blocks", "b": "block index", "s": "slot in the block"},
+        # plain strings read back with sympy.parse_expr(text, local_dict=symbols), since a bare
+        # sympify maps "N" to sympy's numeric-evaluation function; "srepr" round-trips as is
+        "parse": "sympy.parse_expr(text, local_dict={name: sympy.Symbol(name) "
+                 "for name in variables})",
+        **{key: str(expr) for key, expr in forms.items()},
+        "transformer_branch_fan_in": str(attn_mlp[0]),
+        "transformer_block_fan_in": str(attn_mlp[1]),
+        "srepr": {key: sp.srepr(expr) for key, expr in forms.items()},
+        "latex": {key: symbolic.latex(expr, symbolic.CLOSED_FORM_LHS[key])
+                  for key, expr in forms.items()},
+    }
+    if check is not None:
+        out["check"] = check
+    return json.dumps(out)
+
+
+def _symbolic_latex(supervision: str, forms: dict, attn_mlp: tuple, check: dict | None) -> str:
+    lines = [rf"\[ {symbolic.latex(expr, symbolic.CLOSED_FORM_LHS[key])} \]" for key, expr in forms.items()]
+    lines.append(rf"\[ {symbolic.latex(attn_mlp[1], 'F(b)')} \]")
+    if check is not None:
+        lines.append(f"% {_check_line(check)}")
+    return "\n".join(lines)
+
+
+def _symbolic_text(supervision: str, forms: dict, attn_mlp: tuple, check: dict | None) -> str:
+    heads = "S = {N}" if supervision == "final" else "S = {1..N}"
+    lines = [f"sequential stack of N branches, heads {heads}"]
+    lines += [f"  {symbolic.CLOSED_FORM_LHS[key]:8s} = {expr}" for key, expr in forms.items()]
+    lines.append(f"Transformer blocks (attention slot s=0, MLP s=1), heads on "
+                 f"{'the last block' if supervision == 'final' else 'every block'}:")
+    lines.append(f"  F(b, s)  = {attn_mlp[0]}\n  F(b)     = {attn_mlp[1]}")
+    if check is not None:
+        lines.append(_check_line(check))
+    return "\n".join(lines)
 
 
 def _symbolic_check(supervision: str) -> dict[str, Any]:
     """The closed forms against autograd path counts on sequential stacks ``N = 1..16``."""
-    import sympy as sp
-
-    from gfa_theory.theory import path_counts as paths
+    from gfa_theory.theory import path_counts  # noqa: PLC0415  (start-up: torch)
 
     G = symbolic.generating_function_closed_form(supervision)
     pairs = []
     for n_value in SYMBOLIC_CHECK_N:
         layout = Layout.sequential(n_value, supervision)
-        counted = paths.count_paths(layout)
+        counted = path_counts.count_paths(layout)
         profile = symbolic.closed_form_profile(n_value, supervision)
         for i_value, (F, series) in enumerate(zip(profile, counted.paths_by_order), start=1):
             pairs.append((F, series[0] + series[1]))
@@ -355,6 +385,5 @@ def _table(result: symbolic.FanInResult, closed_form: str | None = None) -> str:
 
 
 def _aligned(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[c]) for r in [header] + rows) for c in range(len(header))]
-    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-    return [fmt.format(*header)] + [fmt.format(*r) for r in rows]
+    """Right-aligned columns under ``header`` (the cells are already formatted)."""
+    return tabulate(rows, headers=header, tablefmt="plain", disable_numparse=True, stralign="right").splitlines()

@@ -7,25 +7,26 @@ import platform
 from pathlib import Path
 
 import torch
+from tabulate import tabulate
 
 from gfa_theory import __version__
 from gfa_theory.cli.outdir import check_prune_out, prune_request
 from gfa_theory.config import check_seed
 from gfa_theory.errors import ConfigError, DataError
+from gfa_theory.instrument.evaluation import evaluate
 from gfa_theory.methods.pruning import (
     METHODS,
     NEEDS_BATCHES,
+    Ranking,
     calibration_batches,
-    evaluate_model,
     heal,
-    held_out_batches,
     num_params,
     prune,
     rank,
     removable_blocks,
     save_pruned,
 )
-from gfa_theory.train.data import BatchSampler, load_data
+from gfa_theory.train.data import BatchSampler, load_data, run_eval_batches
 from gfa_theory.train.run_config import MAX_LR, MAX_STEPS
 from gfa_theory.train.store import (
     CHECKPOINT_FILE,
@@ -111,32 +112,47 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--out must not be the run directory (its checkpoint would be overwritten)")
     source = read_config(args.run_dir).get("run_id", Path(args.run_dir).name)
     check_prune_out(out, prune_request(args, source, args.method in NEEDS_BATCHES), args.force)
+    report, pruned, ranking, removable = _prune_and_evaluate(args)
+    # The checkpoint first, the evaluation last: a directory with evaluation.json is complete
+    # (a stale one from an earlier prune goes first, so a crash in between never mixes the two).
+    (out / EVALUATION_FILE).unlink(missing_ok=True)
+    save_pruned(pruned, out, source_run=report["source_run"], method=args.method, k=args.k,
+                removed=report["removed"], healed=bool(args.heal_steps))
+    write_json_atomic(out / EVALUATION_FILE, report)
+    if args.format == "json":
+        print(json.dumps(report, indent=2, sort_keys=True))
+    else:
+        print(_summary(args, report, ranking, removable, out))
+    return 0
+
+
+def _prune_and_evaluate(args: argparse.Namespace) -> tuple[dict, torch.nn.Module, Ranking, int]:
+    """Rank, remove, heal and evaluate: the report ``evaluation.json`` holds, the pruned model,
+    the ranking and how many blocks were removable."""
     meta, loaded, data = _load(args.run_dir)
     cfg, model = loaded.config, loaded.model
     names = removable_blocks(model)
     if not 0 <= args.k < len(names):
         raise ConfigError(f"-k must be in 0..{len(names) - 1}: the model has {len(names)} removable blocks "
                           "and one must stay")
-
-    held_out = held_out_batches(cfg, data)
+    held_out = list(run_eval_batches(data, cfg))  # what the run's own evaluations scored
     needs_data = args.method in NEEDS_BATCHES
     calib = calibration_batches(cfg, data, args.calib_batches, args.seed) if needs_data else None
     ranking = rank(args.method, model, gradients=loaded.gradients, batches=calib, seed=args.seed,
                    k=args.k, quantity=args.quantity)
     removed = ranking.lowest(args.k)
     pruned = prune(model, removed)
-    before, after = evaluate_model(model, held_out), evaluate_model(pruned, held_out)
+    before, after = evaluate(model, held_out), evaluate(pruned, held_out)
     after_heal, heal_losses = None, []
     if args.heal_steps:
         sampler = BatchSampler(data, cfg.train.batch_size, args.seed,
                                cfg.model.block_size if cfg.model_name == "gpt" else None)
         heal_losses = heal(pruned, sampler, args.heal_steps, args.heal_lr, seed=args.seed)
-        after_heal = evaluate_model(pruned, held_out)
+        after_heal = evaluate(pruned, held_out)
     pruned.eval()
-
-    run_id = meta.get("run_id", Path(args.run_dir).name)
     report = {
-        "source_run": run_id, "model_name": cfg.model_name, "method": args.method, "k": args.k,
+        "source_run": meta.get("run_id", Path(args.run_dir).name), "model_name": cfg.model_name,
+        "method": args.method, "k": args.k,
         "quantity": args.quantity if args.method == "cascadeflow" else None, "seed": args.seed,
         "calibration_batches": args.calib_batches if needs_data else 0,
         "removed": removed, "ranking": ranking.to_dict(), "cost": ranking.to_dict()["cost"],
@@ -152,26 +168,23 @@ def run(args: argparse.Namespace) -> int:
         "versions": {"gfa_theory": __version__, "torch": torch.__version__,
                      "python": platform.python_version()},
     }
-    # The checkpoint first, the evaluation last: a directory with evaluation.json is complete
-    # (a stale one from an earlier prune goes first, so a crash in between never mixes the two).
-    (out / EVALUATION_FILE).unlink(missing_ok=True)
-    save_pruned(pruned, out, source_run=run_id, method=args.method, k=args.k, removed=removed,
-                healed=bool(args.heal_steps))
-    write_json_atomic(out / EVALUATION_FILE, report)
+    return report, pruned, ranking, len(names)
 
-    if args.format == "json":
-        print(json.dumps(report, indent=2, sort_keys=True))
-        return 0
+
+def _summary(args: argparse.Namespace, report: dict, ranking: Ranking, removable: int, out: Path) -> str:
+    """The human-readable account of a prune: what went, the ranking, its cost, the losses."""
     what = args.method + (f" ({args.quantity})" if args.method == "cascadeflow" else "")
-    print(f"pruned {args.k} of {len(names)} removable blocks of run {run_id} by {what}: "
-          f"removed {', '.join(removed) or 'none'}")
-    print("ranking, least important first: " + ", ".join(f"{n} ({ranking.scores[n]:.4g})" for n in ranking.order))
-    c = ranking.cost
-    print(f"scoring cost: {c.forward_passes} forward, {c.backward_passes} backward passes, {c.seconds:.2f} s")
-    print(f"{'':<11} {'loss':>8} {'ppl':>9} {'accuracy':>9}")
-    rows = [("before", before), ("after", after)] + ([("after heal", after_heal)] if after_heal else [])
-    for label, ev in rows:
-        print(f"{label:<11} {ev.loss:>8.4f} {ev.perplexity:>9.3f} {ev.accuracy:>9.4f}")
+    c = report["cost"]
+    rows = [(label, report[key]) for label, key in (("before", "before"), ("after", "after"),
+                                                     ("after heal", "after_heal")) if report[key]]
+    table = tabulate([[label, f"{ev['loss']:.4f}", f"{ev['perplexity']:.3f}", f"{ev['accuracy']:.4f}"]
+                      for label, ev in rows], headers=["", "loss", "ppl", "accuracy"], tablefmt="plain",
+                     colalign=("left", "right", "right", "right"), disable_numparse=True)
     p = report["params"]
-    print(f"params {p['before']:,} -> {p['after']:,} ({p['ratio']:.3f} x); written to {out}")
-    return 0
+    return "\n".join([
+        f"pruned {args.k} of {removable} removable blocks of run {report['source_run']} by {what}: "
+        f"removed {', '.join(report['removed']) or 'none'}",
+        "ranking, least important first: " + ", ".join(f"{n} ({ranking.scores[n]:.4g})" for n in ranking.order),
+        f"scoring cost: {c['forward_passes']} forward, {c['backward_passes']} backward passes, {c['seconds']:.2f} s",
+        table,
+        f"params {p['before']:,} -> {p['after']:,} ({p['ratio']:.3f} x); written to {out}"])

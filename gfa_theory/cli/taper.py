@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from tabulate import tabulate
+
 from gfa_theory.errors import ConfigError
 from gfa_theory.methods.taper import SCHEDULES, TaperConfig, match, plan
 
@@ -55,13 +57,19 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(d, indent=2))
         return 0
-    c = p.config
-    print(f"CascadeFormer schedule '{c.schedule}' B={c.B} C={c.n_embd} head_dim={p.head_dim} "
-          f"r={c.r:g} alpha={c.alpha:g} quantum={c.quantum}")
-    print(f"{'block':>5} {'fan-in':>7} {'mult':>7} {'heads':>6} {'attn':>6} {'d_ff':>6}")
-    for row in d["blocks"]:
-        print(f"{row['block']:>5} {row['fan_in']:>7} {row['multiplier']:>7.3f} {row['n_head']:>6} "
-              f"{row['attn_width']:>6} {row['d_ff']:>6}")
-    print(f"params {d['params']:,} ({d['params_ratio']:.3f} x uniform), "
-          f"FLOPs/token {d['flops_per_token']:,.0f} ({d['flops_ratio']:.3f} x uniform)")
+    print(_table(p, d))
     return 0
+
+
+def _table(p, d: dict) -> str:
+    """The plan as text: its settings, one row per block, and its cost against uniform."""
+    c = p.config
+    rows = [[row["block"], row["fan_in"], f"{row['multiplier']:.3f}", row["n_head"], row["attn_width"], row["d_ff"]]
+            for row in d["blocks"]]
+    return "\n".join([
+        f"CascadeFormer schedule '{c.schedule}' B={c.B} C={c.n_embd} head_dim={p.head_dim} "
+        f"r={c.r:g} alpha={c.alpha:g} quantum={c.quantum}",
+        tabulate(rows, headers=["block", "fan-in", "mult", "heads", "attn", "d_ff"], tablefmt="plain",
+                 disable_numparse=True, stralign="right"),
+        f"params {d['params']:,} ({d['params_ratio']:.3f} x uniform), "
+        f"FLOPs/token {d['flops_per_token']:,.0f} ({d['flops_ratio']:.3f} x uniform)"])

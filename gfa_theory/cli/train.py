@@ -7,6 +7,8 @@ import time
 import warnings
 
 import pandas as pd
+from scipy.stats import spearmanr
+from tabulate import tabulate
 
 from gfa_theory.cli.outdir import check_results_root
 from gfa_theory.train.loop import train
@@ -51,8 +53,6 @@ def layer_table(gradients: pd.DataFrame, kind: str = "branch", quantity: str = "
 
 def spearman(table: pd.DataFrame) -> tuple[float, float]:
     """Spearman rho and p-value between A and F over the table's units (NaN when undefined)."""
-    from scipy.stats import spearmanr
-
     t = table.dropna(subset=["F", "A"])
     if len(t) < 3:
         return float("nan"), float("nan")
@@ -72,26 +72,32 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return 0
+    print(_report(result, elapsed))
+    return 0
+
+
+def _report(result, elapsed: float) -> str:
+    """Where the run is, its last validation numbers, and A next to F per unit."""
     how = f"trained in {elapsed:.1f} s" if result.trained else "read from an earlier run"
-    print(f"run {result.run_dir.name} ({how}): {result.run_dir}")
+    lines = [f"run {result.run_dir.name} ({how}): {result.run_dir}"]
     val = result.metrics[result.metrics["split"] == "val"]
     if len(val):
         last = val.iloc[-1]
-        print(f"step {int(last['step'])}: val loss {last['loss']:.4f}, accuracy {last['accuracy']:.4f}")
+        lines.append(f"step {int(last['step'])}: val loss {last['loss']:.4f}, accuracy {last['accuracy']:.4f}")
     grads = result.gradients
     kinds = [k for k in ("branch", "block") if k in set(grads["kind"])] if len(grads) else []
     if not kinds:
-        print("gradient tracking was off (train.track=none): no per-layer table")
-        return 0
-    kind = kinds[0]
-    table = layer_table(grads, kind)
-    print(f"\naccumulated gradient A per {kind} vs fan-in F (normalized by the max):")
-    print(f"{'unit':<16} {'F':>6} {'F/max':>7} {'A':>12} {'A/max':>7}")
-    for row in table.itertuples(index=False):
-        F = "-" if pd.isna(row.F) else str(int(row.F))
-        Fn = "-" if pd.isna(row.F_norm) else f"{row.F_norm:.3f}"
-        print(f"{row.unit:<16} {F:>6} {Fn:>7} {row.A:>12.5g} {row.A_norm:>7.3f}")
+        lines.append("gradient tracking was off (train.track=none): no per-layer table")
+        return "\n".join(lines)
+    table = layer_table(grads, kinds[0])
+    rows = [[row.unit, "-" if pd.isna(row.F) else str(int(row.F)),
+             "-" if pd.isna(row.F_norm) else f"{row.F_norm:.3f}", f"{row.A:.5g}", f"{row.A_norm:.3f}"]
+            for row in table.itertuples(index=False)]
+    lines += [f"\naccumulated gradient A per {kinds[0]} vs fan-in F (normalized by the max):",
+              tabulate(rows, headers=["unit", "F", "F/max", "A", "A/max"], tablefmt="plain",
+                       colalign=("left", "right", "right", "right", "right"), disable_numparse=True)]
     for k in kinds:
-        rho, p = spearman(layer_table(grads, k))
-        print(f"Spearman rho(A, F) over {len(layer_table(grads, k))} {k} units: {rho:.3f} (p = {p:.3g})")
-    return 0
+        units = layer_table(grads, k)
+        rho, p = spearman(units)
+        lines.append(f"Spearman rho(A, F) over {len(units)} {k} units: {rho:.3f} (p = {p:.3g})")
+    return "\n".join(lines)
