@@ -32,12 +32,13 @@ import pandas as pd
 
 from gfa_theory.instrument import stats
 from gfa_theory.theory.layout import Layout
+from gfa_theory.theory.symbolic import block_fan_in
 
 from .plans import gpt_run, plan, resnet_run
 from .runner import Context, start
 from .study_io import finish
 from .summary import SUMMARY_COLUMNS
-from .units import block_fan_in, unit_table
+from .units import unit_table
 
 NAME = "fanin_vs_gradients"
 

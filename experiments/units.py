@@ -2,7 +2,8 @@
 
 * :func:`unit_table`: fan-in ``F`` (symbolic, summed over a shared unit's applications),
   accumulated gradients ``A`` (and variants) and the run's descriptors.
-* :func:`heldout_batches`: the fixed held-out batches every model of a study is scored on.
+* :func:`heldout_batches`: the fixed held-out batches every model of a study is scored on
+  (:func:`gfa_theory.train.data.run_eval_batches` with the studies' own seed).
 * :func:`ablation_units`: block tables joined with held-out ablation importance and loss.
 """
 from __future__ import annotations
@@ -12,22 +13,11 @@ from collections.abc import Sequence
 import pandas as pd
 
 from gfa_theory.instrument import importance
-from gfa_theory.theory.layout import Layout
-from gfa_theory.theory.symbolic import analyze
-from gfa_theory.train.data import eval_batches, load_data
+from gfa_theory.theory.symbolic import block_fan_in, branch_fan_in
+from gfa_theory.train.data import load_data, run_eval_batches
 from gfa_theory.train.loop import RunResult
 
 from .plans import ImportancePlan
-
-
-def block_fan_in(layout: Layout) -> dict[int, int]:
-    """Fan-in of each layout block (sum over its branches), by 1-based block index."""
-    return {row["block"]: int(row["fan_in"]) for row in analyze(layout, max_order=1).to_dict()["blocks"]}
-
-
-def branch_fan_in(layout: Layout) -> dict[int, int]:
-    """Fan-in of each branch, by 1-based branch index."""
-    return {row["index"]: int(row["fan_in"]) for row in analyze(layout, max_order=1).to_dict()["branches"]}
 
 
 def unit_table(run: RunResult, kind: str = "block", **descriptors) -> pd.DataFrame:
@@ -59,12 +49,13 @@ def unit_table(run: RunResult, kind: str = "block", **descriptors) -> pd.DataFra
     return df
 
 
-def heldout_batches(run: RunResult, n_batches: int, batch_size: int = 32, seed: int = 1234):
-    """Fixed held-out batches of a run's validation split (the same for every seed)."""
+HELDOUT_SEED = 1234  # of the studies' held-out text windows: one set for every model and training seed
+
+
+def heldout_batches(run: RunResult, n_batches: int, batch_size: int = 32) -> list:
+    """Fixed held-out batches of a run's validation split (the same for every training seed)."""
     cfg = run.config
-    data = load_data(cfg.data)
-    seq = cfg.model.block_size if cfg.model_name == "gpt" else None
-    return list(eval_batches(data, "val", batch_size, n_batches, seq_len=seq, seed=seed))
+    return list(run_eval_batches(load_data(cfg.data), cfg, "val", n_batches, batch_size, seed=HELDOUT_SEED))
 
 
 def ablation_units(runs: Sequence[tuple[dict, object]], results: Sequence[RunResult],
