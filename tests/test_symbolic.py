@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gfa_theory.errors import ConfigError, LayoutError
-from gfa_theory.theory import symbolic
+from gfa_theory.theory import gains, symbolic
 from gfa_theory.theory.layout import Block, Layout
 from gfa_theory.theory.symbolic import B, N, b, i, j, r, s, t
 
@@ -279,3 +279,17 @@ def test_latex_rendering():
     rows = [line for line in table.splitlines() if line.endswith(r"\\")]
     assert rows[1:] == [r"1 & 1 & 3 & 1.000 & 1 & 2 \\", r"2 & 2 & 2 & 0.667 & 1 & 1 \\",
                         r"3 & 3 & 1 & 0.333 & 1 & 0 \\"]
+
+
+@pytest.mark.parametrize("supervision", ["final", "all"])
+def test_gain_path_sums_at_equal_gains_are_the_generating_function(supervision):
+    """P(i) with every g_j = t is G_i(t); P_1 with every g_j = 1 is F(i)."""
+    n = 6
+    layout = Layout.sequential(n, supervision)
+    G = symbolic.generating_function_closed_form(supervision)
+    F = symbolic.fan_in_closed_form(supervision)
+    for idx, expr in enumerate(gains.path_sum_expressions(layout), start=1):
+        same = expr.subs({g: symbolic.t for g in gains.gain_symbols(n)})
+        assert sp.simplify(same - G.subs({symbolic.N: n, symbolic.i: idx})) == 0
+    for idx, expr in enumerate(gains.aligned_expressions(layout), start=1):
+        assert expr.subs({g: 1 for g in gains.gain_symbols(n)}) == F.subs({symbolic.N: n, symbolic.i: idx})

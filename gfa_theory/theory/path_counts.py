@@ -110,7 +110,8 @@ class LayoutSurrogate(nn.Module):
     the loss is the sum of the stream at the head positions. With ``share=True`` one
     :class:`ScalarGain` per parameter group and slot is applied at every application (as a real
     shared module is), so its own probe collects the group sum; with ``share=False`` every
-    application gets its own gain, ``gain[i-1]`` when ``gain`` is a vector of ``N`` gains.
+    application gets its own gain, ``gain[i-1]`` when ``gain`` is a vector (or a list, e.g. of
+    :class:`FormalGain`) of ``N`` gains.
     ``branch_probes[i-1]`` is added to branch ``i``'s output at that application only, like a
     tensor hook on the output.
     """
@@ -119,7 +120,7 @@ class LayoutSurrogate(nn.Module):
                  share: bool = True, dtype: torch.dtype = torch.float64) -> None:
         super().__init__()
         self.layout = layout
-        per_branch = isinstance(gain, torch.Tensor) and gain.dim() == 1
+        per_branch = isinstance(gain, (list, tuple)) or (isinstance(gain, torch.Tensor) and gain.dim() == 1)
         if per_branch and share:
             raise ValueError("per-branch gains need share=False (a shared module has one gain)")
 
@@ -260,6 +261,57 @@ def order1_through(layout) -> list[list[float]]:
         (dg,) = torch.autograd.grad(g, t, retain_graph=True, allow_unused=True)
         D.append([0.0] * n if dg is None else dg.tolist())
     return D
+
+
+class FormalGain(FormalT):
+    """A known scalar gain ``g`` that also raises the path order: ``x -> g * t * x``.
+
+    With one per branch the stream carries the series in ``t`` whose coefficient of ``t^d`` is
+    the sum over the order-``d`` paths of the product of their gains (see :func:`gain_paths`).
+    """
+
+    def __init__(self, gain: float, max_order: int, dtype: torch.dtype = torch.float64) -> None:
+        super().__init__(max_order, dtype)
+        self.gain = float(gain)
+
+    def __mul__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gain * super().__mul__(x)
+
+    __rmul__ = __mul__
+
+
+@dataclass
+class GainPaths:
+    """Per branch: gain-weighted path sums by order (``by_order[i-1][d]``) and the full product."""
+
+    max_order: int
+    by_order: list[list[float]]
+    product: list[float]
+
+    def up_to(self, k: int) -> list[float]:
+        """The order-<=k path sum of every branch."""
+        return [sum(c[: k + 1]) for c in self.by_order]
+
+
+def gain_paths(layout, gains, max_order: int | None = None) -> GainPaths:
+    """Gain-weighted path sums of ``layout`` with branch ``i`` the linear map ``y = g_i x``.
+
+    The full product is ``dL/dz_i`` of the plain linear surrogate (one backward pass, per-branch
+    scalar gains); the split by order comes from the formal-series surrogate with
+    :class:`FormalGain` branches, read like :func:`count_paths`.
+    """
+    gains = [float(v) for v in gains]
+    K = max(layout.n_positions - 1 if max_order is None else max_order, 1)
+    model = LayoutSurrogate(layout, [FormalGain(v, K) for v in gains], probe_shape=(K + 1,),
+                            share=False)
+    x0 = torch.zeros(K + 1, dtype=torch.float64)
+    x0[0] = 1.0
+    grads = torch.autograd.grad(model(x0)[K], model.branch_probes)
+    by_order = [g.flip(0).tolist() for g in grads]
+    plain = LayoutSurrogate(layout, torch.tensor(gains, dtype=torch.float64), share=False)
+    loss = plain(torch.ones((), dtype=torch.float64))
+    product = [float(g) for g in torch.autograd.grad(loss, plain.branch_probes)]
+    return GainPaths(K, by_order, product)
 
 
 def _sum_slots(group_blocks: list[tuple[int, ...]],

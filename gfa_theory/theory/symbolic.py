@@ -22,6 +22,12 @@ Symbol      Meaning
 ``A``       accumulated gradient: sum over optimizer steps of a unit's gradient norm
 ``P``       a parameter group (blocks sharing parameters); ``F(P)`` = sum over applications
 ``r``       repetitions of a shared block (parameter-shared repetition)
+``g_j``     gain of branch ``j`` (scalar surrogate of its Jacobian ``J_j``;
+            :mod:`gfa_theory.theory.gains`); ``G_i(t)`` is every ``g_j = t``
+``a_p``     gain of the skip into position ``p`` (1 for an identity; ``alpha`` under DeepNorm)
+``P_k(i)``  order-<=k path sum: paths of order <= k to branch ``i``, each weighted by the
+            product of its gains; ``P_1`` at unit gains is ``F(i)``, ``P = P_inf`` the full
+            product ``sum_m prod (a_p + sum_w g_w)``
 ==========  ===============================================================================
 
 Definitions. Branch ``i`` writes position ``p(i)``; a head at block ``m`` reads position
