@@ -99,8 +99,23 @@ def _check_integers(data: Any, prefix: str) -> None:
 
 # ---- dicts <-> dataclasses ---------------------------------------------------------------------
 def to_dict(cfg: Any) -> dict:
-    """A plain JSON-ready dict of a (nested) dataclass config."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    """A plain JSON-ready dict of a (nested) dataclass config.
+
+    A field declared with ``metadata={"omit_if_none": True}`` is left out while it is None, so
+    adding such an optional field to a config keeps every existing config's hash."""
+    return json.loads(json.dumps(_plain(cfg)))
+
+
+def _plain(obj: Any) -> Any:
+    """:func:`dataclasses.asdict`, less the ``omit_if_none`` fields that are None."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get("omit_if_none") and getattr(obj, f.name) is None)}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
 
 
 def config_hash(cfg: Any, length: int = 12) -> str:

@@ -1,11 +1,14 @@
 """The package's GPT and ResNet: configs, forward, deep supervision, sharing, ablation, units."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from gfa_theory.config import build, from_dict
+from gfa_theory.config import build, config_hash, from_dict, to_dict
 from gfa_theory.errors import ConfigError, GFAError
 from gfa_theory.models import GPT, MODELS, GPTConfig, ResNet, ResNetConfig, build_model
+from gfa_theory.models.gpt import NormConfig
 from gfa_theory.theory.layout import Block, Layout
 
 
@@ -321,3 +324,144 @@ def test_same_seed_same_model_and_loss():
     assert not torch.equal(a(idx, tgt)[1], c(idx, tgt)[1])
     x, y = images()
     assert torch.equal(resnet(seed=3)(x, y)[1], resnet(seed=3)(x, y)[1])
+
+
+# ---- norm placements (GPTConfig.norm) ------------------------------------------------------------
+VARIANTS = {
+    "pre": NormConfig(),
+    "post": NormConfig(placement="post"),
+    "peri": NormConfig(placement="peri"),
+    "ln-scaling": NormConfig(depth_scaling=True),
+    "mix": NormConfig(placement="mix", mix_post_fraction=0.5),
+    "deepnorm": NormConfig(placement="post", alpha=1.7),
+    "pre-alpha": NormConfig(alpha=0.8),
+    "embedding-scale": NormConfig(embedding_scale=4.0),
+}
+
+
+def _ln(ln, x):
+    return F.layer_norm(x, ln.normalized_shape, ln.weight, ln.bias, ln.eps)
+
+
+def _attn(att, x):
+    n, T, _ = x.shape
+    q, k, v = (F.linear(x, att.c_attn.weight, att.c_attn.bias)
+               .view(n, T, 3, att.n_head, att.head_dim).permute(2, 0, 3, 1, 4))
+    scores = q @ k.transpose(-1, -2) / math.sqrt(att.head_dim)
+    scores = scores.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    y = (scores.softmax(-1) @ v).transpose(1, 2).reshape(n, T, -1)
+    return F.linear(y, att.c_proj.weight, att.c_proj.bias)
+
+
+def _mlp(mlp, x):
+    return F.linear(F.gelu(F.linear(x, mlp.c_fc.weight, mlp.c_fc.bias)), mlp.c_proj.weight, mlp.c_proj.bias)
+
+
+def reference_logits(m, idx, nc):
+    """The norm placements written out by hand from the papers' equations (sequential blocks)."""
+    x = (m.wte.weight[idx] + m.wpe.weight[: idx.shape[1]]) * nc.embedding_scale
+    B = len(m.schedule)
+    for a, u in enumerate(m.schedule, start=1):
+        blk = m.h[u]
+        post = nc.placement == "post" or (nc.placement == "mix" and a <= int(nc.mix_post_fraction * B))
+        s = 1 / math.sqrt(a) if nc.depth_scaling else 1.0
+        for ln, f, name in ((blk.ln_1, _attn, "attn"), (blk.ln_2, _mlp, "mlp")):
+            module = getattr(blk, name)
+            if post:  # x_i = LN(alpha x_{i-1} + f(x_{i-1}))
+                x = _ln(ln, nc.alpha * x + f(module, x))
+                continue
+            y = f(module, s * _ln(ln, x))
+            if nc.placement == "peri":
+                y = _ln(blk.ln_1o if name == "attn" else blk.ln_2o, y)
+            x = nc.alpha * x + y
+    return F.linear(_ln(m.ln_f, x), m.lm_head.weight)
+
+
+@pytest.mark.parametrize("nc", VARIANTS.values(), ids=VARIANTS.keys())
+def test_norm_variant_forward_matches_hand_reference_and_trains(nc):
+    m = gpt(n_blocks=3, norm=nc)
+    with torch.no_grad():  # non-trivial norm affines, so a misplaced norm shows
+        for name, p in m.named_parameters():
+            if "ln_" in name:
+                p.add_(0.3 * torch.randn_like(p))
+    idx, tgt = tokens()
+    logits, loss = m(idx, tgt)
+    torch.testing.assert_close(logits, reference_logits(m, idx, nc), rtol=1e-5, atol=1e-5)
+    before = [p.detach().clone() for p in m.parameters()]
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-2)
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.parameters())
+    opt.step()
+    assert all(not torch.equal(a, p) for a, p in zip(before, m.parameters()) if a.dim() > 1)
+    assert torch.isfinite(m(idx, tgt)[1])
+    assert m.layout() == gpt(n_blocks=3).layout()  # the wiring, hence the fan-in, is unchanged
+
+
+@pytest.mark.parametrize("nc", VARIANTS.values(), ids=VARIANTS.keys())
+def test_norm_variants_build_parallel_deep_and_shared(nc):
+    for kw in (dict(parallel=True), dict(supervision="all"), dict(block_schedule=[0, 1, 1])):
+        logits, loss = gpt(norm=nc, **kw)(*tokens())
+        assert logits.shape == (3, 8, 11) and torch.isfinite(loss)
+
+
+def test_default_norm_is_todays_pre_ln_bit_for_bit():
+    idx, tgt = tokens()
+    ref = gpt(seed=5)
+    for nc in (None, NormConfig()):
+        m = gpt(seed=5, norm=nc)
+        assert torch.equal(m(idx, tgt)[0], ref(idx, tgt)[0])
+    # the general path (taken when branches are tapped) computes the same numbers as the fast path
+    with ref.tap_branches() as taps:
+        tapped = ref(idx, tgt)[0]
+    assert torch.equal(tapped, ref(idx, tgt)[0]) and len(taps) == ref.layout().N
+    torch.testing.assert_close(ref(idx)[0], reference_logits(ref, idx, NormConfig()), rtol=1e-5, atol=1e-5)
+
+
+def test_norm_field_leaves_existing_config_hashes_alone():
+    cfg = GPTConfig.tiny()
+    assert "norm" not in to_dict(cfg)
+    assert config_hash(cfg) == "01a49836f9af"  # GPTConfig.tiny() before GPTConfig.norm existed
+    post = GPTConfig.tiny(norm=NormConfig(placement="post"))
+    assert to_dict(post)["norm"]["placement"] == "post" and config_hash(post) != config_hash(cfg)
+    assert from_dict(GPTConfig, to_dict(post)) == post
+    assert build(GPTConfig, overrides=["norm.placement=mix", "norm.alpha=2.0"]).norms() == \
+        NormConfig(placement="mix", alpha=2.0)
+
+
+@pytest.mark.parametrize("kw, message", [
+    pytest.param(dict(placement="sandwich"), "norm.placement", id="placement"),
+    pytest.param(dict(mix_post_fraction=1.5), "mix_post_fraction", id="mix-fraction"),
+    pytest.param(dict(alpha=0.0), "norm.alpha", id="alpha"),
+    pytest.param(dict(embedding_scale=-1.0), "embedding_scale", id="embedding-scale"),
+    pytest.param(dict(depth_scaling=1), "depth_scaling", id="depth-scaling"),
+])
+def test_norm_config_errors(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        NormConfig(**kw)
+    with pytest.raises(ConfigError, match=message.split(".")[-1]):
+        from_dict(GPTConfig, {"norm": kw})
+
+
+def test_mix_ln_switches_from_post_to_pre():
+    nc = NormConfig(placement="mix", mix_post_fraction=0.25)
+    assert [nc.mode(a, 8) for a in range(1, 9)] == ["post"] * 2 + ["pre"] * 6
+    assert NormConfig(depth_scaling=True).pre_scale(4) == 0.5
+
+
+def test_peri_ln_units_cover_the_output_norms_and_hook_them():
+    m = gpt(n_blocks=2, norm=NormConfig(placement="peri"))
+    heads = ("wte", "wpe", "ln_f", "lm_head")
+    branches = _covered(m, "branch", heads)
+    blocks = _covered(m, "block", heads)
+    assert branches[0].outputs == [m.h[0].ln_1o] and blocks[1].outputs == [m.h[1].ln_1o, m.h[1].ln_2o]
+
+
+def test_tapped_branches_read_and_write_the_stream():
+    m = gpt(n_blocks=2, block_schedule=[0, 1, 1])
+    with m.tap_branches() as taps:
+        m(tokens()[0])
+    assert [t.index for t in taps] == list(range(1, 7))
+    assert [t.unit for t in taps] == ["h.0.attn", "h.0.mlp", "h.1.attn", "h.1.mlp", "h.1.attn", "h.1.mlp"]
+    for a, c in zip(taps, taps[1:]):
+        torch.testing.assert_close(a.x + a.y, c.x, rtol=0, atol=0)
+    assert m._taps is None

@@ -5,7 +5,22 @@ Block ``b`` is two residual branches, attention ``2b-1`` and MLP ``2b`` (see :mo
     x = x + attn(ln_1(x))
     x = x + mlp(ln_2(x))
 
-or, for a parallel (GPT-J) block, ``x = x + attn(ln_1(x)) + mlp(ln_2(x))``. The residual width
+or, for a parallel (GPT-J) block, ``x = x + attn(ln_1(x)) + mlp(ln_2(x))``. ``GPTConfig.norm``
+(a :class:`NormConfig`; None is the Pre-LN above, bit for bit) places the norms otherwise, per
+application ``b`` of ``B``::
+
+    pre    x = alpha x + f(s_b ln(x))            (s_b = 1/sqrt(b) with depth_scaling, else 1)
+    post   x = ln(alpha x + f(x))                (the original Transformer; DeepNorm with alpha)
+    peri   x = alpha x + ln_out(f(s_b ln(x)))    (the branch output normalised too)
+    mix    post for b <= floor(mix_post_fraction * B), pre after (Mix-LN)
+
+and the embedding ``x_0`` is multiplied by ``embedding_scale``. The stream topology, hence
+:meth:`GPT.layout` and the fan-in, is the same for every placement: each branch still reads the
+previous position and writes the next. What changes is the gain of each path: under ``post`` the
+skip into a position passes through its LayerNorm (gain about ``1/RMS`` of the sum, not 1),
+under ``alpha != 1`` it is ``alpha`` (the skip gains ``a_p`` of
+:mod:`gfa_theory.theory.gains`), and the branch gains scale with ``s_b`` and with ``1/RMS(x)``
+of the stream a pre-norm reads. The residual width
 ``C = n_embd`` is constant so identity paths are exact; the number of heads and the FFN hidden
 size can differ per block (a width taper is a config). ``block_schedule`` lists which unique
 block runs at each application, so ``[0, 1, 2, 3, 3, 3]`` applies block 3 three times with the
@@ -16,8 +31,9 @@ each supervised block output; the training loss is the mean of the heads' losses
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +59,51 @@ def _positive(name: str, value: int, high: int = MAX_DIM) -> None:
     bounded(name, value, 1, high)
 
 
+Placement = Literal["pre", "post", "peri", "mix"]
+
+
+@dataclass(frozen=True)
+class NormConfig:
+    """Where the norms sit and how the stream is scaled (see the module docstring)."""
+
+    placement: Placement = "pre"
+    mix_post_fraction: float = 0.25  # mix: fraction of applications (from the first) in Post-LN
+    depth_scaling: bool = False  # LayerNorm Scaling: pre-norm output of application b * 1/sqrt(b)
+    alpha: float = 1.0  # skip gain: x <- alpha x + branch (DeepNorm-style residual scaling)
+    embedding_scale: float = 1.0  # x_0 = embedding_scale * (token + position embedding)
+
+    def __post_init__(self) -> None:
+        if self.placement not in ("pre", "post", "peri", "mix"):
+            raise ConfigError(f"norm.placement must be 'pre', 'post', 'peri' or 'mix', got {self.placement!r}")
+        if not isinstance(self.mix_post_fraction, (int, float)) or not 0.0 <= self.mix_post_fraction <= 1.0:
+            raise ConfigError(f"norm.mix_post_fraction must be in [0, 1], got {self.mix_post_fraction!r}")
+        if not isinstance(self.depth_scaling, bool):
+            raise ConfigError(f"norm.depth_scaling must be true or false, got {self.depth_scaling!r}")
+        for name in ("alpha", "embedding_scale"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v < 1e6:
+                raise ConfigError(f"norm.{name} must be a positive number below 1e6, got {v!r}")
+
+    def mode(self, a: int, B: int) -> str:
+        """Norm placement of application ``a`` (1-based) of ``B``: 'pre', 'post' or 'peri'."""
+        if self.placement == "mix":
+            return "post" if a <= math.floor(self.mix_post_fraction * B) else "pre"
+        return self.placement
+
+    def pre_scale(self, a: int) -> float:
+        """Factor on the pre-norm output of application ``a`` (LayerNorm Scaling: 1/sqrt(a))."""
+        return 1.0 / math.sqrt(a) if self.depth_scaling else 1.0
+
+
+class Tap(NamedTuple):
+    """Branch ``index`` (``i``, of unit ``unit``): the stream it reads and its output, in the graph."""
+
+    index: int
+    unit: str
+    x: torch.Tensor  # (batch, T, C) stream input x_{i-1} (before any norm)
+    y: torch.Tensor  # (batch, T, C) branch output, what it adds to the stream
+
+
 @dataclass
 class GPTConfig:
     """Transformer config. Lists are per *unique* block (length ``n_blocks``); ``supervision``
@@ -61,6 +122,8 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = True
     tie_embeddings: bool = True
+    # None = Pre-LN; left out of to_dict while None so that existing run hashes stay the same
+    norm: NormConfig | None = field(default=None, metadata={"omit_if_none": True})
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_embd"):
@@ -110,6 +173,10 @@ class GPTConfig:
 
     def head_dims(self) -> list[int]:
         return [self.head_dim or self.n_embd // h for h in self.heads()]
+
+    def norms(self) -> NormConfig:
+        """The norm placement (the default Pre-LN when ``norm`` is None)."""
+        return self.norm if self.norm is not None else NormConfig()
 
     def schedule(self) -> list[int]:
         """Unique block index (0-based) applied at each application 1..B."""
@@ -162,16 +229,38 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     def __init__(self, n_embd: int, n_head: int, head_dim: int, d_ff: int, parallel: bool,
-                 bias: bool, dropout: float) -> None:
+                 bias: bool, dropout: float, out_norm: bool = False) -> None:
         super().__init__()
         self.parallel = parallel
         self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
         self.attn = CausalSelfAttention(n_embd, n_head, head_dim, bias, dropout)
         self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
         self.mlp = MLP(n_embd, d_ff, bias, dropout)
+        if out_norm:  # Peri-LN: one more LayerNorm on each branch output
+            self.ln_1o = nn.LayerNorm(n_embd, bias=bias)
+            self.ln_2o = nn.LayerNorm(n_embd, bias=bias)
 
-    def forward(self, x: torch.Tensor, skip: frozenset[str] = frozenset()) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, skip: frozenset[str] = frozenset(), mode: str = "pre",
+                scale: float = 1.0, alpha: float = 1.0, taps: list | None = None) -> torch.Tensor:
         # x: (batch, T, C). A branch named in `skip` is ablated: it writes nothing to the stream.
+        # mode/scale/alpha: the norm placement of this application (NormConfig); `taps` collects
+        # (slot, stream input, branch output) for the gain measurements.
+        if mode == "pre" and scale == 1.0 and alpha == 1.0 and taps is None:
+            return self._pre_ln(x, skip)  # today's Pre-LN, op for op
+        if self.parallel:
+            ys = [self._branch(j, x, mode, scale, taps) for j, n in enumerate(BRANCHES) if n not in skip]
+            out = alpha * x if alpha != 1.0 else x
+            for y in ys:
+                out = out + y
+            return self.ln_1(out) if mode == "post" else out
+        for j, (name, ln) in enumerate(zip(BRANCHES, (self.ln_1, self.ln_2))):
+            y = None if name in skip else self._branch(j, x, mode, scale, taps)
+            x = alpha * x if alpha != 1.0 else x
+            x = x if y is None else x + y
+            x = ln(x) if mode == "post" else x
+        return x
+
+    def _pre_ln(self, x: torch.Tensor, skip: frozenset[str]) -> torch.Tensor:
         if self.parallel:  # both branches read the block input x_{b-1}
             out = x
             if "attn" not in skip:
@@ -185,6 +274,25 @@ class Block(nn.Module):
             x = x + self.mlp(self.ln_2(x))
         return x
 
+    def _branch(self, j: int, x: torch.Tensor, mode: str, scale: float, taps: list | None) -> torch.Tensor:
+        """Output of branch slot ``j`` reading stream ``x`` (its norms included, the skip not)."""
+        f = self.attn if j == 0 else self.mlp
+        if mode == "post":
+            y = f(x)
+        else:
+            h = (self.ln_1 if j == 0 else self.ln_2)(x)
+            y = f(h * scale if scale != 1.0 else h)
+            if mode == "peri":
+                y = (self.ln_1o if j == 0 else self.ln_2o)(y)
+        if taps is not None:
+            taps.append((j, x, y))
+        return y
+
+    def out_norms(self, j: int) -> list[nn.Module]:
+        """Peri-LN output norm of slot ``j`` (none otherwise)."""
+        name = ("ln_1o", "ln_2o")[j]
+        return [getattr(self, name)] if hasattr(self, name) else []
+
 
 class GPT(ResidualModel):
     def __init__(self, config: GPTConfig) -> None:
@@ -196,10 +304,15 @@ class GPT(ResidualModel):
         self.wte = nn.Embedding(config.vocab_size, C)
         self.wpe = nn.Embedding(config.block_size, C)
         self.drop = nn.Dropout(config.dropout)
+        self.norm = config.norms()
+        B = len(self.schedule)
+        self.modes = [self.norm.mode(a, B) for a in range(1, B + 1)]  # per application
+        peri = {u for u, md in zip(self.schedule, self.modes) if md == "peri"}
         self.h = nn.ModuleList(
-            Block(C, h, hd, d, config.parallel, config.bias, config.dropout)
-            for h, hd, d in zip(config.heads(), config.head_dims(), config.ffn())
+            Block(C, h, hd, d, config.parallel, config.bias, config.dropout, u in peri)
+            for u, (h, hd, d) in enumerate(zip(config.heads(), config.head_dims(), config.ffn()))
         )
+        self._taps: list | None = None  # set by tap_branches()
         self.ln_f = nn.LayerNorm(C, bias=config.bias)
         self.lm_head = nn.Linear(C, config.vocab_size, bias=False)
         if config.tie_embeddings:
@@ -229,7 +342,10 @@ class GPT(ResidualModel):
         if T > self.config.block_size:
             raise ConfigError(f"sequence length {T} exceeds block_size={self.config.block_size}")
         pos = torch.arange(T, device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))  # x_0: (batch, T, C)
+        x = self.wte(idx) + self.wpe(pos)
+        if self.norm.embedding_scale != 1.0:
+            x = x * self.norm.embedding_scale
+        x = self.drop(x)  # x_0: (batch, T, C)
         streams = self.streams(x, final_only=final_only or targets is None)
         logits = [self.lm_head(self.ln_f(h)) for h in streams.values()]  # each (batch, T, vocab)
         loss = None
@@ -245,11 +361,25 @@ class GPT(ResidualModel):
         skips = self._skips()
         B = len(self.schedule)
         out: dict[int, torch.Tensor] = {}
+        nc = self.norm
         for a, u in enumerate(self.schedule, start=1):
-            x = self.h[u](x, skips[u])
+            taps = None if self._taps is None else []
+            x = self.h[u](x, skips[u], self.modes[a - 1], nc.pre_scale(a) if self.modes[a - 1] != "post"
+                          else 1.0, nc.alpha, taps)
+            for j, xin, y in taps or ():
+                self._taps.append(Tap(2 * a - 1 + j, f"h.{u}.{BRANCHES[j]}", xin, y))
             if a == B or (not final_only and a in self.supervised):
                 out[a] = x
         return out
+
+    @contextmanager
+    def tap_branches(self) -> Iterator[list[Tap]]:
+        """Collect a :class:`Tap` per branch application of the forward passes run inside."""
+        self._taps = []
+        try:
+            yield self._taps
+        finally:
+            self._taps = None
 
     def _skips(self) -> list[frozenset[str]]:
         """Ablated branch names of each unique block, from ``self.disabled``."""
@@ -262,7 +392,10 @@ class GPT(ResidualModel):
 
     # ---- theory-facing description ----------------------------------------------------------
     def layout(self) -> Layout:
-        """B = len(schedule) blocks of two branches; shared groups = applications of one block."""
+        """B = len(schedule) blocks of two branches; shared groups = applications of one block.
+
+        The same for every norm placement (the wiring does not change, the path gains do: see
+        the module docstring)."""
         blocks = [LayoutBlock(2, self.config.parallel, f"h.{u}") for u in self.schedule]
         shared = [tuple(self._applications(u)) for u in range(len(self.h))]
         return Layout(tuple(blocks), tuple(self.supervised), tuple(g for g in shared if len(g) > 1))
@@ -272,21 +405,25 @@ class GPT(ResidualModel):
 
     def units(self, kind: str = "branch") -> list[Unit]:
         """Branch units ``h.u.attn`` / ``h.u.mlp`` (pre-norm included) or block units ``h.u``,
-        ``u`` the unique block index, ordered by first application."""
+        ``u`` the unique block index, ordered by first application. A unit's output module is
+        what writes the stream (the output norm under Peri-LN); under Post-LN the LayerNorm
+        after the addition lies between it and the stream position."""
         check_kind(kind)
         order = sorted(range(len(self.h)), key=lambda u: self._applications(u)[0])
         out = []
         for u in order:
             blk, apps = self.h[u], self._applications(u)
             if kind == "block":
-                out.append(Unit(f"h.{u}", "block", apps[0], list(blk.parameters()),
-                                [blk.attn, blk.mlp], tuple(apps)))
+                outs = [(blk.out_norms(j) or [f])[0] for j, f in enumerate((blk.attn, blk.mlp))]
+                out.append(Unit(f"h.{u}", "block", apps[0], list(blk.parameters()), outs, tuple(apps)))
                 continue
             for j, (name, ln) in enumerate(zip(BRANCHES, (blk.ln_1, blk.ln_2))):
                 f = getattr(blk, name)
                 branch_apps = tuple(2 * a - 1 + j for a in apps)
+                post = [o for m in blk.out_norms(j) for o in m.parameters()]
                 out.append(Unit(f"h.{u}.{name}", "branch", branch_apps[0],
-                                list(ln.parameters()) + list(f.parameters()), [f], branch_apps))
+                                list(ln.parameters()) + list(f.parameters()) + post,
+                                blk.out_norms(j) or [f], branch_apps))
         return out
 
     def num_params(self, non_embedding: bool = True) -> int:
