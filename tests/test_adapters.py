@@ -34,6 +34,8 @@ CASES = {
     "torchvision-resnet18": ("torchvision:resnet18", None),
     "torchvision-resnet50": ("torchvision:resnet50", None),
     "hf-gpt2": ("hf:gpt2", ["n_layer=3", "n_embd=16", "n_head=2", "n_positions=16", "vocab_size=32"]),
+    "hf-llama": ("hf:llama", ["num_hidden_layers=3", "hidden_size=16", "intermediate_size=32", "num_attention_heads=2",
+                              "num_key_value_heads=1", "max_position_embeddings=16", "vocab_size=32"]),
 }
 
 
@@ -240,7 +242,7 @@ def test_layout_that_disagrees_with_the_wiring_is_caught(monkeypatch):
     ("vit", None, "unknown model 'vit'"),
     ("torchvision:vgg11", None, "unknown torchvision model 'vgg11'"),
     ("torchvision:resnet18", ["width=3"], "torchvision:resnet18"),
-    ("hf:llama", None, "unknown Hugging Face model 'llama'"),
+    ("hf:opt", None, "unknown Hugging Face model 'opt'"),
     ("hf:gpt2", ["n_layers=2"], "unknown GPT2Config key 'n_layers'"),
     ("hf:gpt2", ["n_layer"], "must look like key=value"),
     ("gpt", ["n_head=5"], "does not divide"),

@@ -2,6 +2,10 @@
 
 Every subcommand module exposes ``add_parser(subparsers)`` and ``run(args) -> int``. A user
 mistake (:class:`~gfa_theory.errors.GFAError`) becomes one line on stderr and exit code 2.
+
+Start-up: ``gfa --help`` lists the subcommands from :data:`COMMANDS` alone and imports none of
+their modules (each pulls in torch, pandas or sympy: seconds); ``gfa NAME ...`` imports only
+module NAME.
 """
 from __future__ import annotations
 
@@ -13,8 +17,15 @@ import sys
 from gfa_theory import __version__
 from gfa_theory.errors import GFAError
 
-# Subcommand modules, in the order ``gfa --help`` lists them.
-COMMANDS = ["fanin", "train", "taper", "prune", "bench"]
+# Subcommand modules and their one-line help, in the order ``gfa --help`` lists them (each
+# module's add_parser reads its line from here).
+COMMANDS = {
+    "fanin": "gradient fan-in of a residual layout",
+    "train": "train a model and compare its accumulated gradients with fan-in",
+    "taper": "per-block heads and FFN width of a CascadeFormer schedule",
+    "prune": "remove the k least important blocks of a trained run or a Hugging Face checkpoint",
+    "bench": "timing benchmarks",
+}
 
 # The studies and the figures live in a checkout of the repository, not in the installed
 # package: these names get a one-line pointer instead of "invalid choice".
@@ -27,15 +38,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    """The full parser, or with ``only`` just that subcommand (so ``gfa fanin`` does not pay
-    for importing torch through the training commands)."""
+    """The parser with every subcommand listed, and with ``only`` that subcommand's own options
+    (its module imported); without ``only`` no subcommand module is imported."""
     parser = _Parser(prog="gfa", description="Gradient Fan-in Asymmetry toolkit.")
     parser.add_argument("--version", action="version", version=f"gfa-theory {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMANDS:
-        if only is not None and name != only:
-            continue
-        importlib.import_module(f"gfa_theory.cli.{name}").add_parser(sub)
+    for name, summary in COMMANDS.items():
+        if name == only:
+            importlib.import_module(f"gfa_theory.cli.{name}").add_parser(sub)
+        else:
+            sub.add_parser(name, help=summary, add_help=False)
     return parser
 
 

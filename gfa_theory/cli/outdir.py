@@ -5,7 +5,7 @@
   must not itself be a run directory, a ``gfa prune`` result or a ``gfa reproduce`` folder:
   runs would be nested inside another result. Never allowed (no override).
 * ``gfa prune``: ``--out`` must be missing, empty, or hold the result of an earlier ``gfa prune``
-  of the same run with the same options (rerunning a command replaces its own result).
+  of the same run (or Hugging Face checkpoint) with the same options (rerunning a command replaces its own result).
   Anything else (another prune's result, a run, unrelated files) needs ``--force``.
 * ``gfa reproduce``: ``--out`` must be missing, empty, or hold only files that ``gfa reproduce``
   writes (figures, tables, stamps, the report): it is redrawn in place. Anything else needs
@@ -25,6 +25,10 @@ from gfa_theory.errors import ConfigError
 
 RUN_MARKERS = ("DONE", "config.json", "checkpoint.pt", "metrics.csv", "gradients.csv", "snapshots")
 PRUNE_FILES = ("checkpoint.pt", "evaluation.json")
+# what save_pretrained writes for a pruned Hugging Face checkpoint (model, generation config, tokenizer)
+HF_PRUNE_FILES = re.compile(r"config\.json|generation_config\.json|model(-\d+-of-\d+)?\.safetensors"
+                            r"|model\.safetensors\.index\.json|tokenizer.*|vocab\.(json|txt)|merges\.txt"
+                            r"|special_tokens_map\.json|added_tokens\.json|chat_template\.(jinja|json)")
 REPORT_FILES = ("REPORT.md", "claims.csv")
 STAMP_SUFFIX = ".stamp.json"
 
@@ -116,7 +120,8 @@ def check_prune_out(out: str | Path, request: dict[str, Any], force: bool) -> No
     names = [n for n in _entries(path) if not _is_temp(n)]
     if not names:
         return
-    if set(names) <= set(PRUNE_FILES) and "evaluation.json" in names:
+    ours = all(n in PRUNE_FILES or HF_PRUNE_FILES.fullmatch(n) for n in names)
+    if ours and "evaluation.json" in names:
         earlier = _recorded_request(path)
         if earlier == request:
             return  # the same prune again: its result is replaced

@@ -1,4 +1,5 @@
-"""``gfa prune``: rank the blocks of a finished run, remove the k least important, evaluate."""
+"""``gfa prune``: rank the blocks of a finished run or of a Hugging Face checkpoint
+(:mod:`gfa_theory.cli.prune_hf`), remove the k least important, evaluate."""
 from __future__ import annotations
 
 import argparse
@@ -10,10 +11,18 @@ import torch
 from tabulate import tabulate
 
 from gfa_theory import __version__
+from gfa_theory.cli import COMMANDS, prune_hf
+from gfa_theory.cli.formats import (
+    add_format_argument,
+    fill_defaults,
+    refuse_conflicts,
+    render_rows,
+)
 from gfa_theory.cli.outdir import check_prune_out, prune_request
 from gfa_theory.config import check_seed
 from gfa_theory.errors import ConfigError, DataError
 from gfa_theory.instrument.evaluation import evaluate
+from gfa_theory.methods.hf_pruning import is_hf_checkpoint
 from gfa_theory.methods.pruning import (
     METHODS,
     NEEDS_BATCHES,
@@ -41,35 +50,64 @@ EVALUATION_FILE = "evaluation.json"
 MAX_CALIB_BATCHES = 10_000  # drawn at once (a few batches rank the blocks as well as many)
 
 
+DEFAULTS = {"quantity": "A", "heal_lr": 1e-3, "calib_batches": 8, "batch_size": 8}
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "prune", help="remove the k least important blocks of a trained run and evaluate it",
-        description="Rank the blocks of a finished run (gfa train) by METHOD, physically remove the k "
-                    "lowest, evaluate before/after on the run's held-out batches, and write the pruned "
-                    f"checkpoint and {EVALUATION_FILE} to --out.")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory (written by gfa train)")
+        "prune", help=COMMANDS["prune"],
+        description="Rank the blocks of a finished run (gfa train) or the layers of a Hugging Face causal LM "
+                    "directory (GPT-2, Llama family) by METHOD, physically remove the k lowest, evaluate "
+                    "before/after on held-out data, and write the pruned model and "
+                    f"{EVALUATION_FILE} to --out (a Hugging Face model with save_pretrained).")
+    p.add_argument("run_dir", metavar="RUN_DIR",
+                   help="a finished run directory (written by gfa train) or a Hugging Face model directory")
     p.add_argument("--method", required=True, choices=METHODS,
                    help="cascadeflow: accumulated training gradient (no extra pass); the others are baselines")
     p.add_argument("-k", type=int, required=True, help="number of blocks to remove")
     p.add_argument("--out", required=True, metavar="DIR",
-                   help=f"where the pruned checkpoint and {EVALUATION_FILE} go: a new or empty directory, or "
-                        "the result of this same prune (same run and options), which is replaced; anything "
+                   help=f"where the pruned model and {EVALUATION_FILE} go: a new or empty directory, or "
+                        "the result of this same prune (same source and options), which is replaced; anything "
                         "else is refused unless --force")
     p.add_argument("--force", action="store_true",
-                   help="write into --out even if it holds other files (a checkpoint.pt there is replaced)")
-    p.add_argument("--quantity", choices=("A", "A_rms"), default="A",
-                   help="cascadeflow: raw accumulated gradient A or its per-parameter RMS variant")
+                   help="write into --out even if it holds other files (files of the same name are replaced)")
+    p.add_argument("--gradients", metavar="FILE",
+                   help="cascadeflow on a Hugging Face directory: the tracker log (gradients.csv of "
+                        "gfa_theory.integrations.hf.GradientFanInCallback, or its directory)")
+    p.add_argument("--quantity", choices=("A", "A_rms"), default=None,
+                   help="cascadeflow: raw accumulated gradient A (default) or its per-parameter RMS variant")
     p.add_argument("--heal-steps", type=int, default=0, help="AdamW healing steps after pruning (0: none)")
-    p.add_argument("--heal-lr", type=float, default=1e-3, help="learning rate of the healing fine-tune")
-    p.add_argument("--calib-batches", type=int, default=8,
-                   help="training-split batches the data-based methods (bi, angular, taylor, ablation) score on")
+    p.add_argument("--heal-lr", type=float, default=None,
+                   help=f"learning rate of the healing fine-tune (default {DEFAULTS['heal_lr']:g})")
+    p.add_argument("--calib-batches", type=int, default=None,
+                   help="training-split batches the data-based methods (bi, angular, taylor, ablation) score on "
+                        f"(default {DEFAULTS['calib_batches']})")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help=f"Hugging Face directory: tokens per calibration window (default {prune_hf.DEFAULT_SEQ_LEN}, "
+                        "at most the model's context)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"Hugging Face directory: windows per batch (default {DEFAULTS['batch_size']})")
     p.add_argument("--seed", type=int, default=0, help="seed of random rankings, calibration draws and healing")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    add_format_argument(p, "the prune (table: summary; csv/latex: the ranking)")
     p.set_defaults(func=run)
 
 
-def _check_options(args: argparse.Namespace) -> None:
+def _check_options(args: argparse.Namespace, hf: bool) -> None:
     """Every option that can be checked without reading anything (hostile values included)."""
+    method = f"--method {args.method}"
+    if args.method != "cascadeflow":
+        refuse_conflicts(args, [("--quantity", "--method", f"--quantity picks cascadeflow's gradient, not {method}'s"),
+                                ("--gradients", "--method", f"--gradients is cascadeflow's ranking, not {method}'s")])
+    if args.method not in NEEDS_BATCHES:
+        refuse_conflicts(args, [("--calib-batches", "--method", f"{method} scores no calibration batches")])
+    if not args.heal_steps:
+        refuse_conflicts(args, [("--heal-lr", "--heal-steps", "--heal-lr sets the rate of healing, and "
+                                 "--heal-steps is 0 (no healing)")])
+    if not hf:
+        why = "a gfa run directory brings its own gradients.csv and data"
+        refuse_conflicts(args, [("--gradients", "RUN_DIR", why), ("--seq-len", "RUN_DIR", why),
+                                ("--batch-size", "RUN_DIR", why)])
+    fill_defaults(args, DEFAULTS)
     if args.k < 0:
         raise ConfigError(f"-k must be >= 0, got {args.k}")
     if not 0 <= args.heal_steps <= MAX_STEPS:
@@ -78,6 +116,9 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ConfigError(f"--heal-lr must be a number in (0, {MAX_LR:g}], got {args.heal_lr}")
     if not 1 <= args.calib_batches <= MAX_CALIB_BATCHES:
         raise ConfigError(f"--calib-batches must be in 1..{MAX_CALIB_BATCHES}, got {args.calib_batches}")
+    for name, value in (("--seq-len", args.seq_len), ("--batch-size", args.batch_size)):
+        if value is not None and not 1 <= value <= MAX_CALIB_BATCHES:
+            raise ConfigError(f"{name} must be in 1..{MAX_CALIB_BATCHES}, got {value}")
     check_seed("--seed", args.seed)
 
 
@@ -105,22 +146,34 @@ def _load(run_dir: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    _check_options(args)
-    _check_run_dir(Path(args.run_dir))
+    hf = is_hf_checkpoint(args.run_dir) and not is_complete(args.run_dir)
+    _check_options(args, hf)
+    if not hf:
+        _check_run_dir(Path(args.run_dir))
     out = Path(args.out)
     if out.resolve() == Path(args.run_dir).resolve():
-        raise ConfigError("--out must not be the run directory (its checkpoint would be overwritten)")
-    source = read_config(args.run_dir).get("run_id", Path(args.run_dir).name)
+        raise ConfigError("--out must not be the source directory (its model would be overwritten)")
+    source = Path(args.run_dir).resolve().name if hf else read_config(args.run_dir).get("run_id", Path(args.run_dir).name)
     check_prune_out(out, prune_request(args, source, args.method in NEEDS_BATCHES), args.force)
-    report, pruned, ranking, removable = _prune_and_evaluate(args)
-    # The checkpoint first, the evaluation last: a directory with evaluation.json is complete
+    # The model first, the evaluation last: a directory with evaluation.json is complete
     # (a stale one from an earlier prune goes first, so a crash in between never mixes the two).
-    (out / EVALUATION_FILE).unlink(missing_ok=True)
-    save_pruned(pruned, out, source_run=report["source_run"], method=args.method, k=args.k,
-                removed=report["removed"], healed=bool(args.heal_steps))
+    if hf:
+        report, checkpoint = prune_hf.prune_checkpoint(args)
+        (out / EVALUATION_FILE).unlink(missing_ok=True)
+        prune_hf.write(checkpoint, out)
+        ranking, removable = report["ranking"], report["blocks"]["before"]
+    else:
+        report, pruned, ranking, removable = _prune_and_evaluate(args)
+        ranking = ranking.to_dict()
+        (out / EVALUATION_FILE).unlink(missing_ok=True)
+        save_pruned(pruned, out, source_run=report["source_run"], method=args.method, k=args.k,
+                    removed=report["removed"], healed=bool(args.heal_steps))
     write_json_atomic(out / EVALUATION_FILE, report)
     if args.format == "json":
         print(json.dumps(report, indent=2, sort_keys=True))
+    elif args.format in ("csv", "latex"):
+        print(render_rows([{"unit": n, "rank": r, "score": ranking["scores"][n], "removed": n in report["removed"]}
+                           for r, n in enumerate(ranking["order"])], args.format))
     else:
         print(_summary(args, report, ranking, removable, out))
     return 0
@@ -139,7 +192,7 @@ def _prune_and_evaluate(args: argparse.Namespace) -> tuple[dict, torch.nn.Module
     needs_data = args.method in NEEDS_BATCHES
     calib = calibration_batches(cfg, data, args.calib_batches, args.seed) if needs_data else None
     ranking = rank(args.method, model, gradients=loaded.gradients, batches=calib, seed=args.seed,
-                   k=args.k, quantity=args.quantity)
+                   k=args.k, quantity=args.quantity, progress=True)
     removed = ranking.lowest(args.k)
     pruned = prune(model, removed)
     before, after = evaluate(model, held_out), evaluate(pruned, held_out)
@@ -147,7 +200,7 @@ def _prune_and_evaluate(args: argparse.Namespace) -> tuple[dict, torch.nn.Module
     if args.heal_steps:
         sampler = BatchSampler(data, cfg.train.batch_size, args.seed,
                                cfg.model.block_size if cfg.model_name == "gpt" else None)
-        heal_losses = heal(pruned, sampler, args.heal_steps, args.heal_lr, seed=args.seed)
+        heal_losses = heal(pruned, sampler, args.heal_steps, args.heal_lr, seed=args.seed, progress=True)
         after_heal = evaluate(pruned, held_out)
     pruned.eval()
     report = {
@@ -171,7 +224,7 @@ def _prune_and_evaluate(args: argparse.Namespace) -> tuple[dict, torch.nn.Module
     return report, pruned, ranking, len(names)
 
 
-def _summary(args: argparse.Namespace, report: dict, ranking: Ranking, removable: int, out: Path) -> str:
+def _summary(args: argparse.Namespace, report: dict, ranking: dict, removable: int, out: Path) -> str:
     """The human-readable account of a prune: what went, the ranking, its cost, the losses."""
     what = args.method + (f" ({args.quantity})" if args.method == "cascadeflow" else "")
     c = report["cost"]
@@ -184,7 +237,7 @@ def _summary(args: argparse.Namespace, report: dict, ranking: Ranking, removable
     return "\n".join([
         f"pruned {args.k} of {removable} removable blocks of run {report['source_run']} by {what}: "
         f"removed {', '.join(report['removed']) or 'none'}",
-        "ranking, least important first: " + ", ".join(f"{n} ({ranking.scores[n]:.4g})" for n in ranking.order),
+        "ranking, least important first: " + ", ".join(f"{n} ({ranking['scores'][n]:.4g})" for n in ranking["order"]),
         f"scoring cost: {c['forward_passes']} forward, {c['backward_passes']} backward passes, {c['seconds']:.2f} s",
         table,
         f"params {p['before']:,} -> {p['after']:,} ({p['ratio']:.3f} x); written to {out}"])

@@ -45,6 +45,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from gfa_theory.config import to_dict
 from gfa_theory.errors import ConfigError, DataError
@@ -196,7 +197,8 @@ def _angular(apps: list[str], view: nn.Module, to_model: dict[str, str], batches
 
 
 def _greedy_ablation(view: ResidualModel, to_model: dict[str, str], batches: list[Batch],
-                     names: list[str], k: int | None) -> tuple[list[str], dict[str, float], int, dict]:
+                     names: list[str], k: int | None,
+                     progress: bool = False) -> tuple[list[str], dict[str, float], int, dict]:
     """SLEB-style greedy removal on calibration loss; returns model names, scores, forward passes."""
     to_view = {m: v for v, m in to_model.items()}
     base = importance.evaluate(view, batches)
@@ -206,7 +208,8 @@ def _greedy_ablation(view: ResidualModel, to_model: dict[str, str], batches: lis
     remaining = list(names)
     scores: dict[str, float] = {}
     deltas: dict[str, float] = {}
-    for _ in range(max(rounds, 1)):  # at least one round, to order the blocks that stay
+    for _ in tqdm(range(max(rounds, 1)), desc="ablation scoring", disable=not progress, leave=False):
+        # at least one round, to order the blocks that stay
         deltas = {}
         for n in remaining:
             with view.ablate([to_view[r] for r in removed + [n]]):
@@ -225,7 +228,7 @@ def _greedy_ablation(view: ResidualModel, to_model: dict[str, str], batches: lis
 
 
 def rank(method: str, model: nn.Module, *, gradients: Any = None, batches: Iterable[Batch] | None = None,
-         seed: int = 0, k: int | None = None, quantity: str = "A") -> Ranking:
+         seed: int = 0, k: int | None = None, quantity: str = "A", progress: bool = False) -> Ranking:
     """Rank the removable blocks of ``model`` by ``method`` (see the module docstring).
 
     ``gradients``: the tracker's long frame (``gfa_theory.train.store.load_run(dir).gradients``) or a
@@ -233,7 +236,8 @@ def rank(method: str, model: nn.Module, *, gradients: Any = None, batches: Itera
     total (``A``, ``A_rms``: per-parameter RMS, comparable across widths, ``A_sq``, ``A_stream``).
     ``batches``: calibration ``(inputs, targets)`` for ``bi``, ``angular``, ``taylor``,
     ``ablation``. ``k``: how many blocks will go (needed by ``angular``; ``ablation`` then stops
-    its greedy search after ``k`` removals). ``seed``: for ``random``.
+    its greedy search after ``k`` removals). ``seed``: for ``random``. ``progress``: a progress
+    bar on stderr for the long scorer (``ablation``'s greedy rounds).
     """
     if method not in METHODS:
         raise ConfigError(f"unknown pruning method '{method}' (choices: {', '.join(METHODS)})")
@@ -248,7 +252,8 @@ def rank(method: str, model: nn.Module, *, gradients: Any = None, batches: Itera
     if method in NEEDS_BATCHES and not batches:
         raise ConfigError(f"method '{method}' scores blocks on calibration data: pass batches")
     t0 = time.perf_counter()
-    order, scores, fwd, bwd, details = _score(method, model, family, names, gradients, batches, seed, k, quantity)
+    order, scores, fwd, bwd, details = _score(method, model, family, names, gradients, batches, seed, k, quantity,
+                                              progress)
     if order is None:
         order = _ordered(names, scores)
     cost = Cost(int(fwd), int(bwd), time.perf_counter() - t0)
@@ -256,8 +261,8 @@ def rank(method: str, model: nn.Module, *, gradients: Any = None, batches: Itera
 
 
 def _score(method: str, model: nn.Module, family: PrunableAdapter, names: list[str], gradients: Any,
-           batches: list[Batch], seed: int, k: int | None,
-           quantity: str) -> tuple[list[str] | None, dict[str, float], int, int, dict]:
+           batches: list[Batch], seed: int, k: int | None, quantity: str,
+           progress: bool = False) -> tuple[list[str] | None, dict[str, float], int, int, dict]:
     """``(order or None, scores, forward passes, backward passes, details)`` of one method;
     ``order`` is None where it simply follows the scores."""
     if method == "cascadeflow":
@@ -269,7 +274,7 @@ def _score(method: str, model: nn.Module, family: PrunableAdapter, names: list[s
         order, scores, fwd, details = _angular(family.applications(model), view, to_model, batches, names, k)
         return order, scores, fwd, 0, details
     if method == "ablation":
-        order, scores, fwd, details = _greedy_ablation(view, to_model, batches, names, k)
+        order, scores, fwd, details = _greedy_ablation(view, to_model, batches, names, k, progress)
         return order, scores, fwd, 0, details
     kw = {"seed": seed} if method == "random" else {}
     df = importance.SCORERS[method](view, batches, kind="block", **kw)
@@ -345,13 +350,13 @@ def _stream(batches: Any, steps: int) -> Iterator[Batch]:
 
 
 def heal(model: nn.Module, batches: Any, steps: int, lr: float = 1e-3, *, weight_decay: float = 0.0,
-         grad_clip: float = 1.0, seed: int = 0) -> list[float]:
+         grad_clip: float = 1.0, seed: int = 0, progress: bool = False) -> list[float]:
     """Short healing fine-tune after pruning: ``steps`` AdamW updates of all parameters, in place.
 
     ``batches``: training ``(inputs, targets)`` as a :class:`~gfa_theory.train.data.BatchSampler`, a
     list (cycled) or an iterator. Seeded (dropout draws come from ``seed``; the caller's RNG is
     left alone) and deterministic on CPU. The loss is the model's training loss (mean over its
-    supervised heads). Returns the loss of every step.
+    supervised heads). Returns the loss of every step. ``progress``: a progress bar on stderr.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ConfigError(f"healing steps must be an integer >= 0, got {steps!r}")
@@ -369,7 +374,8 @@ def heal(model: nn.Module, batches: Any, steps: int, lr: float = 1e-3, *, weight
         torch.manual_seed(seed)
         model.train()
         try:
-            for x, y in _stream(batches, steps):
+            for x, y in tqdm(_stream(batches, steps), total=steps, desc="healing", disable=not progress,
+                             leave=False):
                 opt.zero_grad(set_to_none=True)
                 _, loss = logits_and_loss(model, x.to(device), y.to(device), final_only=False)
                 loss.backward()

@@ -50,7 +50,8 @@ class TupleOutput(nn.Module):
         super().__init__()
         self.inner, self.extras = inner, extras
 
-    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> tuple:
+    def forward(self, *args: Any, **kwargs: Any) -> tuple:
+        x = args[0] if args else kwargs["hidden_states"]  # Llama passes it by keyword
         return (self.inner(x),) + (None,) * self.extras
 
 

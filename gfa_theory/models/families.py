@@ -1,7 +1,8 @@
 """The model-family registry: the one place that knows which family a model belongs to.
 
 :data:`ADAPTERS` holds one :class:`~gfa_theory.models.adapter.Adapter` per family (this
-package's GPT and ResNet, torchvision ResNets and their scoring view, Hugging Face GPT-2);
+package's GPT and ResNet, torchvision ResNets, Hugging Face GPT-2 and Llama-family causal LMs, and
+the scoring views of the foreign families);
 :func:`find_adapter` picks a model's, optionally one with a capability (post hoc scoring,
 pruning). To add a family, subclass the adapter protocol and call :func:`register_adapter`.
 
@@ -21,7 +22,7 @@ a different number of times than its layout says is an error: the adapter's layo
 with the model's wiring.
 
 Finally, :func:`parse_model_spec` builds a model of any family by name (``gpt``,
-``torchvision:resnet18``, ``hf:gpt2``).
+``torchvision:resnet18``, ``hf:gpt2``, ``hf:llama``).
 """
 from __future__ import annotations
 
@@ -41,7 +42,12 @@ from gfa_theory.models.adapter import (
     TupleOutput,
     copy_with,
 )
-from gfa_theory.models.adapters_hf import HFGPT2Adapter
+from gfa_theory.models.adapters_hf import (
+    HFCausalLMView,
+    HFCausalLMViewAdapter,
+    HFGPT2Adapter,
+    HFLlamaAdapter,
+)
 from gfa_theory.models.adapters_package import GPTAdapter, ResNetAdapter
 from gfa_theory.models.adapters_torchvision import (
     TorchvisionResNetAdapter,
@@ -56,7 +62,7 @@ from gfa_theory.theory.path_counts import ScalarGain, first_order_counts
 A = TypeVar("A", bound=Adapter)
 
 ADAPTERS: list[Adapter] = [GPTAdapter(), ResNetAdapter(), TorchvisionResNetAdapter(), TorchvisionViewAdapter(),
-                           HFGPT2Adapter()]
+                           HFGPT2Adapter(), HFLlamaAdapter(), HFCausalLMViewAdapter()]
 
 # What is missing when no adapter of a capability reads a model (``{model}``, ``{names}``).
 _MISSING = {
@@ -217,11 +223,16 @@ TORCHVISION_FAMILIES = ("resnet", "resnext", "wide_resnet")
 # GPT-2 small's depth (12 blocks) with narrow widths: fan-in depends on the wiring only, and a
 # full-width model would cost seconds and half a gigabyte for nothing. --set restores any size.
 HF_GPT2_DEFAULTS = {"n_layer": 12, "n_embd": 64, "n_head": 4, "n_positions": 128, "vocab_size": 256}
+HF_LLAMA_DEFAULTS = {"num_hidden_layers": 12, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
+                     "num_key_value_heads": 2, "max_position_embeddings": 128, "vocab_size": 256}
+# spec name -> (config class, model class, defaults) in transformers
+HF_FAMILIES = {"gpt2": ("GPT2Config", "GPT2LMHeadModel", HF_GPT2_DEFAULTS),
+               "llama": ("LlamaConfig", "LlamaForCausalLM", HF_LLAMA_DEFAULTS)}
 
 
 def parse_model_spec(spec: str, overrides: list[str] | dict | None = None) -> nn.Module:
-    """Build a model from ``gpt``, ``resnet``, ``torchvision:NAME`` (weights=None) or ``hf:gpt2``
-    (from a GPT2Config, never pretrained weights), with ``key=value`` overrides."""
+    """Build a model from ``gpt``, ``resnet``, ``torchvision:NAME`` (weights=None) or ``hf:gpt2`` /
+    ``hf:llama`` (from a config, never pretrained weights), with ``key=value`` overrides."""
     if spec in ("gpt", "resnet"):
         return build_model(spec, overrides)
     family, _, name = spec.partition(":")
@@ -238,30 +249,32 @@ def parse_model_spec(spec: str, overrides: list[str] | dict | None = None) -> nn
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"torchvision:{name}: {exc}") from None
     if family == "hf":
-        if name != "gpt2":
-            raise ConfigError(f"unknown Hugging Face model '{name}' (choices: gpt2)")
-        return _hf_gpt2(kwargs)
-    raise ConfigError(f"unknown model '{spec}' (choices: gpt, resnet, torchvision:NAME, hf:gpt2)")
+        if name not in HF_FAMILIES:
+            raise ConfigError(f"unknown Hugging Face model '{name}' (choices: {', '.join(HF_FAMILIES)})")
+        return _hf_model(name, kwargs)
+    raise ConfigError(f"unknown model '{spec}' (choices: gpt, resnet, torchvision:NAME, hf:gpt2, hf:llama)")
 
 
-def _hf_gpt2(kwargs: dict) -> nn.Module:
+def _hf_model(name: str, kwargs: dict) -> nn.Module:
     try:
-        from transformers import GPT2Config, GPT2LMHeadModel  # noqa: PLC0415  (optional family)
+        import transformers  # noqa: PLC0415  (optional family)
     except ImportError:
-        raise ConfigError("hf:gpt2 needs the 'transformers' package (pip install 'gfa-theory[test]')") from None
-    valid = set(GPT2Config().to_dict())
+        raise ConfigError(f"hf:{name} needs the 'transformers' package (pip install 'gfa-theory[hf]')") from None
+    config_name, model_name, defaults = HF_FAMILIES[name]
+    config_cls, model_cls = getattr(transformers, config_name), getattr(transformers, model_name)
+    valid = set(config_cls().to_dict())
     unknown = sorted(set(kwargs) - valid)
     if unknown:
-        raise ConfigError(f"unknown GPT2Config key '{unknown[0]}'")
+        raise ConfigError(f"unknown {config_name} key '{unknown[0]}'")
     try:
-        kw = {**HF_GPT2_DEFAULTS, **kwargs}
+        kw = {**defaults, **kwargs}
         for special in ("bos_token_id", "eos_token_id"):  # GPT-2's 50256 is outside a small vocab
             kw.setdefault(special, kw["vocab_size"] - 1)
-        return GPT2LMHeadModel(GPT2Config(**kw))
+        return model_cls(config_cls(**kw))
     except (TypeError, ValueError, AssertionError) as exc:
-        raise ConfigError(f"hf:gpt2: {exc}") from None
+        raise ConfigError(f"hf:{name}: {exc}") from None
 
 
-__all__ = ["ADAPTERS", "Adapter", "AppliedGain", "DTYPE", "HF_GPT2_DEFAULTS", "PrunableAdapter", "ScorableAdapter",
+__all__ = ["ADAPTERS", "Adapter", "AppliedGain", "DTYPE", "HF_FAMILIES", "HF_GPT2_DEFAULTS", "HF_LLAMA_DEFAULTS", "HFCausalLMView", "PrunableAdapter", "ScorableAdapter",
            "TorchvisionView", "TupleOutput", "copy_with", "find_adapter", "get_layout", "get_units",
            "module_fan_in", "module_layout", "parse_model_spec", "register_adapter", "unwrap"]

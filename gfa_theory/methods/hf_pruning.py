@@ -1,0 +1,147 @@
+"""Pruning Hugging Face checkpoints: load a model directory, build calibration text, write the
+pruned model back with ``save_pretrained``.
+
+Ranking and removal are :mod:`gfa_theory.methods.pruning`'s, through the GPT-2 and Llama
+adapters of the model-family registry; this module only reads and writes checkpoints.
+
+Calibration text (the decision). The data-based methods (``bi``, ``angular``, ``taylor``,
+``ablation``) and the before/after evaluation read the package's default corpus (the CPython
+documentation topics shipped with it) tokenized with the **checkpoint's own tokenizer**, split
+like ``gfa train`` splits text (the last 10% held out; calibration windows come from the
+training part, evaluation windows from the held-out part, both drawn with fixed seeds). A
+directory without a tokenizer gets no substitute: random token ids would rank blocks by how
+they treat noise, so a method that needs text is a one-line error there, and the methods that
+need none (``cascadeflow`` from a ``gradients.csv``, ``magnitude``, ``random``, ``last``) work
+and skip the evaluation.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from gfa_theory.errors import ConfigError, DataError
+from gfa_theory.train.data import TextData, eval_batches, pydoc_corpus
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+VAL_FRACTION = 0.1  # as gfa train's default text split
+CORPUS_CHARS = 400_000  # the corpus prefix tokenized: plenty of windows, tokenized in about a second
+
+
+@dataclass
+class Checkpoint:
+    """A loaded Hugging Face causal LM directory: the model (eval mode) and its tokenizer, if any."""
+
+    path: Path
+    model: nn.Module
+    tokenizer: Any | None
+
+
+def is_hf_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a Hugging Face model directory (a ``config.json`` with ``model_type``)."""
+    cfg = Path(path) / "config.json"
+    try:
+        return cfg.is_file() and "model_type" in json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def has_tokenizer(path: str | os.PathLike) -> bool:
+    """Whether a Hugging Face directory holds tokenizer files."""
+    return any((Path(path) / name).is_file() for name in TOKENIZER_FILES)
+
+
+def require_tokenizer(path: str | os.PathLike) -> None:
+    """The one-line refusal of a method that scores on text, for a directory without a tokenizer."""
+    if not has_tokenizer(path):
+        raise ConfigError(f"{path} has no tokenizer: this method scores blocks on text "
+                          "(use cascadeflow --gradients FILE, magnitude, random or last)")
+
+
+def _transformers():
+    try:
+        import transformers  # noqa: PLC0415  (optional dependency)
+    except ImportError:
+        raise ConfigError("pruning a Hugging Face checkpoint needs 'transformers' "
+                          "(pip install 'gfa-theory[hf]')") from None
+    return transformers
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """The model of a Hugging Face directory (``AutoModelForCausalLM``) and its tokenizer when
+    the directory has one; anything unreadable is a one-line :class:`DataError`."""
+    tf = _transformers()
+    path = Path(path)
+    try:
+        model = tf.AutoModelForCausalLM.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"cannot load a causal LM from {path}: {str(exc).splitlines()[0]}") from None
+    tokenizer = None
+    if has_tokenizer(path):
+        try:
+            tokenizer = tf.AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError, KeyError) as exc:
+            raise DataError(f"cannot load the tokenizer of {path}: {str(exc).splitlines()[0]}") from None
+    return Checkpoint(path, model.eval(), tokenizer)
+
+
+def context_length(model: nn.Module) -> int:
+    """The longest sequence the model's position embeddings take."""
+    cfg = model.config
+    for key in ("n_positions", "max_position_embeddings"):
+        if isinstance(getattr(cfg, key, None), int):
+            return getattr(cfg, key)
+    raise ConfigError(f"{type(model).__name__}'s config names no context length")
+
+
+def corpus_tokens(checkpoint: Checkpoint) -> TextData:
+    """The default corpus tokenized with the checkpoint's tokenizer, split train / held out."""
+    require_tokenizer(checkpoint.path)
+    text = pydoc_corpus()[:CORPUS_CHARS]
+    ids = torch.tensor(checkpoint.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    vocab = checkpoint.model.config.vocab_size
+    if len(ids) and int(ids.max()) >= vocab:
+        raise DataError(f"the tokenizer of {checkpoint.path} yields token {int(ids.max())}, beyond the "
+                        f"model's vocab_size {vocab}")
+    n_val = max(1, int(len(ids) * VAL_FRACTION))
+    return TextData("", ids[:-n_val], ids[-n_val:], "", f"default corpus, {type(checkpoint.tokenizer).__name__}")
+
+
+def text_batches(data: TextData, split: str, n: int, batch_size: int, seq_len: int,
+                 seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``n`` fixed batches of ``seq_len``-token windows and their next tokens from ``split``."""
+    data.check_seq_len(seq_len)
+    return list(eval_batches(data, split, batch_size, n, seq_len, seed=seed))
+
+
+def read_gradient_log(path: str | os.PathLike) -> pd.DataFrame:
+    """A tracker log (``gradients.csv`` as written by ``gfa train`` or the integrations'
+    callbacks): the file itself or the directory holding it."""
+    path = Path(path)
+    file = path / "gradients.csv" if path.is_dir() else path
+    try:
+        frame = pd.read_csv(file)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise DataError(f"cannot read the gradient log {file}: {str(exc).splitlines()[0]}") from None
+    if "step" in frame:
+        frame["step"] = pd.to_numeric(frame["step"], errors="coerce").astype("Int64")
+    return frame
+
+
+def save_checkpoint(model: nn.Module, tokenizer: Any | None, out: str | os.PathLike) -> Path:
+    """``save_pretrained`` of the pruned model (safetensors + config.json) and of the tokenizer."""
+    out = Path(out)
+    model.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out
+
+
+__all__ = ["Checkpoint", "context_length", "corpus_tokens", "is_hf_checkpoint", "load_checkpoint",
+           "has_tokenizer", "read_gradient_log", "require_tokenizer", "save_checkpoint", "text_batches"]
