@@ -1,12 +1,14 @@
 """GradientTracker against hand-computed references on a tiny model with a shared branch."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from gfa_theory.errors import ConfigError
 from gfa_theory.instrument.tracking import (
+    ACCUMULATED,
     GradientTracker,
     UnitNorms,
     equalize_gradients_,
@@ -213,3 +215,122 @@ def test_hf_gpt2_tuple_outputs_through_adapters():
     assert list(tot["unit"][:4]) == ["transformer.h.0.attn", "transformer.h.0.mlp",
                                      "transformer.h.1.attn", "transformer.h.1.mlp"]
     assert list(tot["fan_in"][:4]) == [4, 3, 2, 1] and (tot["A_stream"] > 0).all()
+
+
+# ---- opt-in accumulations: ||sum g||, noise floor, updates, displacement ------------------------
+class TwoUnits(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 3)
+        self.b = nn.Linear(3, 2, bias=False)
+
+    def units(self):
+        a, b = self.a, self.b
+        return [Unit("a", "branch", 1, [a.weight, a.bias], [a], (1,)),
+                Unit("b", "branch", 2, [b.weight], [b], (2,)),
+                Unit("ab", "block", 1, [a.weight, a.bias, b.weight], [a, b], (1,))]
+
+
+def _feed(model, tracker, grads):
+    """One tracker step per entry: ``grads[t]`` = tensors for (a.weight, a.bias, b.weight)."""
+    for g in grads:
+        for p, v in zip((model.a.weight, model.a.bias, model.b.weight), g):
+            p.grad = v.clone()
+        tracker.step()
+
+
+def _acc(tracker, name):
+    return tracker.accumulated()[name]
+
+
+def _random_grads(T, mu_scale, seed):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(3, 3), (3,), (2, 3)]
+    mu = [mu_scale * torch.randn(s, generator=gen) for s in shapes]
+    return mu, [[m + torch.randn(s, generator=gen) for m, s in zip(mu, shapes)] for _ in range(T)]
+
+
+def test_accumulated_gradient_norm_and_noise_floor_on_known_gradients():
+    model = TwoUnits()
+    const = [torch.full((3, 3), 0.5), torch.ones(3), torch.full((2, 3), -2.0)]
+    tracker = GradientTracker(model, units=model.units(), accumulate=True, fan_in=[1, 1, 1])
+    _feed(model, tracker, [const] * 10)
+    g = np.array([_norm(const[:2]), _norm(const[2:]), _norm(const)])
+    np.testing.assert_allclose(_acc(tracker, "G_norm"), 10 * g, rtol=1e-6)
+    # no noise: zero up to float32 cancellation in T A_sq - G_norm^2 (about sqrt(eps32) of A)
+    assert np.all(_acc(tracker, "noise_floor") <= 1e-3 * tracker.A.numpy())
+
+    flip = GradientTracker(model, units=model.units(), accumulate=True, fan_in=[1, 1, 1])
+    _feed(model, flip, [[s * v for v in const] for s in (1, -1) * 5])  # +g, -g, ...: all noise
+    np.testing.assert_allclose(_acc(flip, "G_norm"), 0.0, atol=1e-6)
+    np.testing.assert_allclose(_acc(flip, "noise_floor"), 10 * g * math.sqrt(10 / 9), rtol=1e-6)
+
+
+def test_noise_floor_recovers_the_noise_share_of_a_random_walk():
+    model = TwoUnits()
+    T = 400
+    for mu_scale, seed in ((0.0, 1), (0.5, 2)):
+        mu, grads = _random_grads(T, mu_scale, seed)
+        tracker = GradientTracker(model, units=model.units(), accumulate=True, fan_in=[1, 1, 1])
+        _feed(model, tracker, grads)
+        total = [torch.stack([g[k] for g in grads]).sum(0) for k in range(3)]
+        np.testing.assert_allclose(_acc(tracker, "G_norm"),
+                                   [_norm(total[:2]), _norm(total[2:]), _norm(total)], rtol=1e-5)
+        numel = np.array([12, 6, 18])  # sigma^2 = numel: unit-variance noise per parameter
+        np.testing.assert_allclose(_acc(tracker, "noise_floor"), T * np.sqrt(numel), rtol=0.08)
+        A = tracker.A.numpy()
+        if mu_scale == 0.0:
+            np.testing.assert_allclose(_acc(tracker, "noise_floor") / A, 1.0, rtol=0.08)
+        else:
+            assert np.all(_acc(tracker, "noise_floor") < 0.97 * A)
+
+
+def test_updates_and_displacement_follow_the_parameters():
+    torch.manual_seed(0)
+    model = TwoUnits()
+    tracker = GradientTracker(model, units=model.units(), track_updates=True, fan_in=[1, 1, 1])
+    start = [p.detach().clone() for p in (model.a.weight, model.a.bias, model.b.weight)]
+    steps = [[torch.randn_like(p) for p in start] for _ in range(5)]
+    expected_U = np.zeros(3)
+    for delta in steps:
+        tracker.before_update()
+        with torch.no_grad():
+            for p, d in zip((model.a.weight, model.a.bias, model.b.weight), delta):
+                p.add_(d)
+        got = tracker.after_update().numpy()
+        expected_U += [_norm(delta[:2]), _norm(delta[2:]), _norm(delta)]
+        np.testing.assert_allclose(got, [_norm(delta[:2]), _norm(delta[2:]), _norm(delta)], rtol=1e-5)
+    np.testing.assert_allclose(_acc(tracker, "U"), expected_U, rtol=1e-5)
+    moved = [sum(s[k] for s in steps) for k in range(3)]
+    np.testing.assert_allclose(_acc(tracker, "displacement"),
+                               [_norm(moved[:2]), _norm(moved[2:]), _norm(moved)], rtol=1e-5)
+    assert np.all(_acc(tracker, "displacement") <= _acc(tracker, "U"))  # the triangle inequality
+    frame = tracker.to_frame()
+    assert {"U", "displacement"} <= set(frame.quantity) and "G_norm" not in set(frame.quantity)
+
+
+def test_accumulations_are_opt_in_and_checkpointed():
+    model = TwoUnits()
+    plain = GradientTracker(model, units=model.units(), fan_in=[1, 1, 1])
+    assert plain.grad_sum == [] and plain.theta0 == [] and plain.accumulated() == {}
+    _, grads = _random_grads(6, 0.3, 3)
+    _feed(model, plain, grads)
+    assert not set(plain.to_frame().quantity) & set(ACCUMULATED)
+    with pytest.raises(ConfigError, match="accumulate=True"):
+        plain.add_gradients()
+    with pytest.raises(ConfigError, match="track_updates=True"):
+        plain.before_update()
+    full = GradientTracker(model, units=model.units(), fan_in=[1, 1, 1], accumulate=True,
+                           track_updates=True)
+    with pytest.raises(ConfigError, match="before_update"):
+        full.after_update()
+    _feed(model, full, grads[:3])
+    resumed = GradientTracker(model, units=model.units(), fan_in=[1, 1, 1], accumulate=True,
+                              track_updates=True)
+    resumed.load_state_dict(full.state_dict())
+    _feed(model, full, grads[3:])
+    _feed(model, resumed, grads[3:])
+    for k, v in full.accumulated().items():
+        np.testing.assert_allclose(resumed.accumulated()[k], v, rtol=1e-6)
+    with pytest.raises(ConfigError, match="grad_sum"):
+        GradientTracker(model, units=model.units(), accumulate=True).load_state_dict(plain.state_dict())

@@ -22,6 +22,25 @@ quantity        meaning
 ``stream_grad_norm``  series: the same for the stream gradient
 ==============  ==============================================================================
 
+Opt-in accumulations (each costs one more copy of the tracked parameters, on their device):
+
+==============  ==============================================================================
+``G_norm``      ``||sum_t g_t||_2`` (``accumulate=True``): the net gradient; with ``A`` it
+                separates drift from minibatch noise
+``noise_floor`` ``T sigma`` (``accumulate=True``): the ``A`` that minibatch noise alone would
+                accumulate, under the random-walk model ``g_t = mu + e_t`` (``mu`` constant,
+                ``e_t`` independent, zero mean, ``E||e_t||^2 = sigma^2``). Then
+                ``E sum||g_t||^2 = T(||mu||^2 + sigma^2)`` and ``E||sum g_t||^2 = T^2 ||mu||^2 +
+                T sigma^2``, so ``sigma^2 = (T A_sq - G_norm^2) / (T (T - 1))`` (clipped at 0);
+                pure noise gives ``noise_floor ~ A``, a constant gradient gives 0. A drifting
+                ``mu`` also counts as noise, so it is an upper bound on the noise share; the
+                norms are float32, so a floor below about ``1e-3 A`` is not resolved
+``U``           ``sum_t ||theta_(t+1) - theta_t||_2`` (``track_updates=True``): the applied
+                update, read by :meth:`GradientTracker.before_update` /
+                :meth:`GradientTracker.after_update` around ``optimizer.step()``
+``displacement``  ``||theta_T - theta_0||_2`` (``track_updates=True``; ``theta_0`` at construction)
+==============  ==============================================================================
+
 A parameter used by several applications of a unit (parameter-shared repetition) appears once
 in the unit: its ``.grad`` already sums the applications. The per-step work is one fused
 ``torch._foreach_norm`` over all tracked gradients, one small matrix product mapping parameter
@@ -49,6 +68,7 @@ Kind = Literal["branch", "block", "both"]
 # quantity names in the long frame: totals (step is NA) and per-step series
 TOTALS = ("A", "A_sq", "A_rms", "A_stream", "numel")
 SERIES = ("grad_norm", "stream_grad_norm")
+ACCUMULATED = ("G_norm", "noise_floor", "U", "displacement")  # opt-in totals
 
 
 def discover_units(model: nn.Module, kind: Kind = "branch") -> list[Unit]:
@@ -122,6 +142,11 @@ class UnitNorms:
     def grads(self) -> list[torch.Tensor]:
         return [p.grad if p.grad is not None else self._zero for p in self.params]
 
+    def unit_norms(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Per-unit 2-norms of per-parameter tensors aligned with ``params`` (no host sync)."""
+        norms = torch._foreach_norm(list(tensors), 2, dtype=torch.float32)
+        return (self.M @ torch.stack(norms).to(self.dtype).square()).sqrt()
+
     def squared(self) -> torch.Tensor:
         """``||g_unit||^2`` for every unit, a (U,) tensor on the device (no host sync)."""
         norms = torch._foreach_norm(self.grads(), 2, dtype=torch.float32)
@@ -141,11 +166,17 @@ class GradientTracker:
     ``process_group``: the DDP group whose ranks each hold part of the batch (default: the
     initialized default group, if any); only needed for the stream gradient, which is local
     to each rank, while parameter gradients are already all-reduced.
+    ``accumulate``: keep ``sum_t g_t`` per parameter (``G_norm``, ``noise_floor``; fed by
+    :meth:`step`, or by :meth:`add_gradients` where :meth:`record` is used).
+    ``track_updates``: keep ``theta_0`` and accumulate the applied updates (``U``,
+    ``displacement``); call :meth:`before_update` and :meth:`after_update` around the
+    optimizer step.
     """
 
     def __init__(self, model: nn.Module, units: Sequence[Unit] | None = None, kind: Kind = "branch",
                  stream: bool = False, series_every: int = 1, max_steps: int | None = None,
-                 fan_in: Sequence[int] | dict[str, int] | None = None, process_group=None) -> None:
+                 fan_in: Sequence[int] | dict[str, int] | None = None, process_group=None,
+                 accumulate: bool = False, track_updates: bool = False) -> None:
         if isinstance(series_every, bool) or not isinstance(series_every, int) or series_every < 1:
             raise ConfigError(f"series_every must be a positive integer, got {series_every!r}")
         model = unwrap(model)
@@ -172,6 +203,12 @@ class GradientTracker:
         self._handles: list = []
         if stream:
             self._hook_outputs()
+        self.accumulate, self.track_updates = bool(accumulate), bool(track_updates)
+        params = self.norms.params
+        self.grad_sum = [torch.zeros_like(p, dtype=torch.float32) for p in params] if accumulate else []
+        self.theta0 = [p.detach().clone() for p in params] if track_updates else []
+        self.U = zeros(U)
+        self._before: list[torch.Tensor] = []
 
     # ---- configuration helpers ------------------------------------------------------------
     def _hook_outputs(self) -> None:
@@ -259,6 +296,39 @@ class GradientTracker:
     def step(self) -> None:
         """Record the current ``.grad`` of every unit (call after backward, before the update)."""
         self.record(self.norms.squared())
+        if self.accumulate:
+            self.add_gradients()
+
+    @torch.no_grad()
+    def add_gradients(self, grads: Sequence[torch.Tensor | None] | None = None) -> None:
+        """Add this step's gradients (default: the current ``.grad``, aligned with
+        ``norms.params``) to ``sum_t g_t``. One fused add; parameters without a gradient add 0."""
+        if not self.accumulate:
+            raise ConfigError("add_gradients needs GradientTracker(accumulate=True)")
+        grads = [p.grad for p in self.norms.params] if grads is None else list(grads)
+        pairs = [(s, g) for s, g in zip(self.grad_sum, grads) if g is not None]
+        if pairs:
+            torch._foreach_add_([s for s, _ in pairs], [g.to(torch.float32) for _, g in pairs])
+
+    @torch.no_grad()
+    def before_update(self) -> None:
+        """Snapshot the parameters just before ``optimizer.step()`` (``track_updates=True``)."""
+        if not self.track_updates:
+            raise ConfigError("before_update needs GradientTracker(track_updates=True)")
+        if not self._before:
+            self._before = [p.detach().clone() for p in self.norms.params]
+        else:
+            torch._foreach_copy_(self._before, [p.detach() for p in self.norms.params])
+
+    @torch.no_grad()
+    def after_update(self) -> torch.Tensor:
+        """Add ``||theta_after - theta_before||`` per unit to ``U``; returns this step's (U,)."""
+        if not self._before:
+            raise ConfigError("after_update without before_update: call it right before optimizer.step()")
+        step = self.norms.unit_norms(torch._foreach_sub([p.detach() for p in self.norms.params],
+                                                        self._before))
+        self.U += step
+        return step
 
     @torch.no_grad()
     def record(self, sq: torch.Tensor) -> torch.Tensor:
@@ -285,6 +355,11 @@ class GradientTracker:
                  "steps": self.steps, "series_every": self.series_every, "stream": self.stream,
                  "A": self.A, "A_sq": self.A_sq, "A_stream": self.A_stream,
                  "series": self.series[:, :n], "stream_series": self.stream_series[:, :n]}
+        if self.accumulate:
+            state["grad_sum"] = [t.detach().cpu().clone() for t in self.grad_sum]
+        if self.track_updates:
+            state["U"] = self.U
+            state["theta0"] = [t.detach().cpu().clone() for t in self.theta0]
         return {k: v.detach().cpu().clone() if torch.is_tensor(v) else v for k, v in state.items()}
 
     def load_state_dict(self, state: dict) -> None:
@@ -292,9 +367,17 @@ class GradientTracker:
         if state["units"] != names or state["series_every"] != self.series_every \
                 or state["stream"] != self.stream:
             raise ConfigError("tracker checkpoint does not match the tracked units/settings")
+        for key, on in (("grad_sum", self.accumulate), ("theta0", self.track_updates)):
+            if on and key not in state:
+                raise ConfigError(f"tracker checkpoint has no '{key}': it was saved without this option")
         self.steps = int(state["steps"])
         for key in ("A", "A_sq", "A_stream"):
             getattr(self, key).copy_(state[key])
+        if self.accumulate:
+            torch._foreach_copy_(self.grad_sum, [t.to(s) for t, s in zip(state["grad_sum"], self.grad_sum)])
+        if self.track_updates:
+            self.U.copy_(state["U"])
+            torch._foreach_copy_(self.theta0, [t.to(s) for t, s in zip(state["theta0"], self.theta0)])
         for key in ("series", "stream_series"):
             buf = getattr(self, key)
             saved = state[key]
@@ -316,6 +399,7 @@ class GradientTracker:
         if self.stream:
             totals["A_stream"] = self.A_stream.cpu().double().numpy()
         totals["numel"] = numel
+        totals.update(self.accumulated())
         n = self._used()
         ends = np.minimum(np.arange(1, n + 1) * self.series_every, self.steps)  # window ends
         counts = ends - np.arange(n) * self.series_every  # the last window may be partial
@@ -334,6 +418,23 @@ class GradientTracker:
         df["step"] = df["step"].astype("Int64")
         df["fan_in"] = df["fan_in"].astype("Int64")
         return df
+
+    @torch.no_grad()
+    def accumulated(self) -> dict[str, np.ndarray]:
+        """The opt-in totals of the module docstring that this tracker keeps, per unit."""
+        out: dict[str, np.ndarray] = {}
+        if self.accumulate:
+            G = self.norms.unit_norms(self.grad_sum).cpu().double().numpy()
+            T = self.steps
+            A_sq = self.A_sq.cpu().double().numpy()
+            var = (T * A_sq - G ** 2) / (T * (T - 1)) if T > 1 else np.full_like(G, np.nan)
+            out["G_norm"] = G
+            out["noise_floor"] = T * np.sqrt(np.clip(var, 0.0, None))
+        if self.track_updates:
+            out["U"] = self.U.cpu().double().numpy()
+            moved = torch._foreach_sub([p.detach() for p in self.norms.params], self.theta0)
+            out["displacement"] = self.norms.unit_norms(moved).cpu().double().numpy()
+        return out
 
     def totals(self, quantity: str = "A", kind: str | None = None) -> pd.DataFrame:
         """One row per unit: unit, kind, index, fan_in and the accumulated ``quantity``."""
