@@ -10,7 +10,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from gfa_theory.cli import main  # noqa: E402
-from gfa_theory.methods.pruning import prune  # noqa: E402
+from gfa_theory.methods.pruning import prune, removable_blocks  # noqa: E402
 from gfa_theory.models.families import module_fan_in, module_layout  # noqa: E402
 
 CONFIGS = {
@@ -126,3 +126,46 @@ def test_llama_adapter_fan_in():
     counted = module_fan_in(model)
     assert [r["fan_in"] for r in counted["branches"]] == [6, 5, 4, 3, 2, 1]
     assert counted["branches"][0]["name"] == "model.layers.0.self_attn"
+
+
+# ---- the package's own models: one directory, one call each way --------------------------------
+def _tapered_gpt():
+    from gfa_theory.methods.taper import TaperConfig, plan
+    from gfa_theory.models import build_model
+
+    p = plan(TaperConfig(B=4, n_embd=32, n_head=4, d_ff=64, schedule="linear", r=0.5, quantum=8))
+    return build_model("gpt", {"vocab_size": 64, "block_size": 16, **p.model_overrides()})
+
+
+def _pruned(name: str):
+    from gfa_theory.models import build_model
+
+    model = build_model(name, {"n_blocks": 4, "n_embd": 16, "n_head": 2, "d_ff": 32, "vocab_size": 64,
+                               "block_size": 16} if name == "gpt" else None)
+    return prune(model, [removable_blocks(model)[1]])
+
+
+@pytest.mark.parametrize("build", [_tapered_gpt, lambda: _pruned("gpt"), lambda: _pruned("resnet")],
+                         ids=["tapered-gpt", "pruned-gpt", "pruned-resnet"])
+def test_package_models_save_and_load_in_one_directory(build, tmp_path):
+    from gfa_theory.models.storage import load_model, save_model
+
+    torch.manual_seed(0)
+    model = build().eval()
+    save_model(model, tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    loaded = load_model(tmp_path / "m")
+    assert type(loaded) is type(model) and loaded.config == model.config
+    x = (torch.randint(0, 64, (2, 16)) if hasattr(model.config, "vocab_size")
+         else torch.randn(2, model.config.in_channels, model.config.image_size, model.config.image_size))
+    with torch.no_grad():
+        assert torch.equal(loaded(x)[0], model(x)[0])
+
+
+def test_load_model_refuses_a_foreign_directory(tmp_path):
+    from gfa_theory.errors import DataError
+    from gfa_theory.models.storage import load_model
+
+    (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
+    with pytest.raises(DataError, match="not written by"):
+        load_model(tmp_path)
