@@ -1,6 +1,8 @@
 """``gfa bench <name>``: timing benchmarks (``tracker``: :mod:`gfa_theory.train.benchmark`;
 ``taper``: :mod:`gfa_theory.methods.taper_timing`).
 
+The help texts are plain sentences (:data:`DESCRIPTION`), not this docstring's markup.
+
 Each benchmark is one entry of :data:`BENCHMARKS`: a help line, a function adding its own
 options to its sub-parser, and a function ``run(args) -> dict`` whose result is printed as JSON
 (``--format json``) or as ``key: value`` lines. A new benchmark is one more entry. The modules
@@ -13,6 +15,8 @@ import json
 from dataclasses import dataclass
 from typing import Callable
 
+from gfa_theory.cli import COMMANDS
+from gfa_theory.cli.formats import add_format_argument, render_rows
 from gfa_theory.cli.taper import MAX_BLOCKS as MAX_TAPER_BLOCKS
 from gfa_theory.errors import ConfigError
 from gfa_theory.models import MAX_DIM
@@ -100,13 +104,18 @@ BENCHMARKS: dict[str, Benchmark] = {
 }
 
 
+DESCRIPTION = ("Timing benchmarks, measured in interleaved blocks: tracker (training-step time with and "
+               "without the gradient tracker) and taper (latency and throughput of a tapered vs a "
+               "uniform Transformer).")
+
+
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="timing benchmarks", description=__doc__.splitlines()[0])
+    p = sub.add_parser("bench", help=COMMANDS["bench"], description=DESCRIPTION)
     names = p.add_subparsers(dest="bench", metavar="BENCHMARK", required=True,
                              parser_class=type(p))
     for name, bench in BENCHMARKS.items():
         q = names.add_parser(name, help=bench.help, description=bench.help)
-        q.add_argument("--format", choices=("text", "json"), default="text")
+        add_format_argument(q, "the measurement (csv/latex: one row)")
         bench.add_arguments(q)
         q.set_defaults(func=run, bench_run=bench.run)
 
@@ -115,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
     result = args.bench_run(args)
     if args.format == "json":
         print(json.dumps(result))
+    elif args.format in ("csv", "latex"):  # the scalar results as one row
+        print(render_rows([{k: v for k, v in result.items() if isinstance(v, (int, float, str))}], args.format))
     else:
         for key, value in result.items():
             print(f"{key}: {value:.6g}" if isinstance(value, float) else f"{key}: {value}")

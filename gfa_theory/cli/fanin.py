@@ -18,11 +18,12 @@ from typing import Any
 import sympy as sp
 from tabulate import tabulate
 
+from gfa_theory.cli import COMMANDS
+from gfa_theory.cli.formats import FORMATS, render_rows
 from gfa_theory.errors import ConfigError
 from gfa_theory.theory import symbolic
 from gfa_theory.theory.layout import Layout
 
-FORMATS = ("table", "json", "latex")
 TABLE_ORDERS = 4  # path orders k = 0..3 shown in table and LaTeX output
 SYMBOLIC_CHECK_N = range(1, 17)  # sequential stacks on which --symbolic --check runs autograd
 # Every order of every branch is ~P^2/2 integers of up to P bits: beyond this many stream
@@ -48,13 +49,14 @@ def add_source_arguments(source: argparse._MutuallyExclusiveGroup) -> None:
                         help="closed forms in N and i for a sequential stack")
     source.add_argument("--model", metavar="NAME",
                         help="a real module: gpt, resnet, torchvision:resnet18 (any torchvision "
-                             "ResNet) or hf:gpt2; its layout's fan-in is checked against autograd "
-                             "path counts on the module itself (exit 1 on disagreement)")
+                             "ResNet), hf:gpt2 or hf:llama; its layout's fan-in is checked against autograd "
+                             "path counts on the module itself (exit 1 on disagreement), and every "
+                             "branch and block is named by its module path")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "fanin", help="gradient fan-in of a residual layout",
+        "fanin", help=COMMANDS["fanin"],
         description="Exact gradient fan-in F(i) and path counts by order of every branch, "
                     "block and shared parameter group; or the symbolic closed forms.")
     source = p.add_mutually_exclusive_group(required=True)
@@ -65,7 +67,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=None, metavar="KEY=VALUE",
                    help="model config override for --model (repeatable), e.g. n_blocks=6, "
                         "supervision=all, n_layer=4")
-    p.add_argument("--format", choices=FORMATS, default="table")
+    p.add_argument("--format", choices=FORMATS, default="table",
+                   help="a text table, JSON (everything), the branch table as CSV, or LaTeX")
     p.add_argument("--max-order", type=int, default=None, metavar="K",
                    help="report path counts of orders 0..K only (default: every order in JSON, "
                         f"orders 0..{TABLE_ORDERS - 1} in table and LaTeX)")
@@ -116,12 +119,14 @@ def _model_params(spec: str, overrides: list[str] | None) -> int | None:
     # start-up: each of these imports torch
     from gfa_theory.config import parse_overrides  # noqa: PLC0415
     from gfa_theory.models import build_config  # noqa: PLC0415
-    from gfa_theory.models.families import HF_GPT2_DEFAULTS  # noqa: PLC0415
+    from gfa_theory.models.families import HF_GPT2_DEFAULTS, HF_LLAMA_DEFAULTS  # noqa: PLC0415
     from gfa_theory.train.memory import param_count  # noqa: PLC0415
 
     if spec in ("gpt", "resnet"):
         return param_count(spec, build_config(spec, overrides))
     family, _, name = spec.partition(":")
+    if family == "hf" and name == "llama":
+        return _llama_params({**HF_LLAMA_DEFAULTS, **parse_overrides(overrides)})
     if family == "hf":
         kw = {**HF_GPT2_DEFAULTS, **parse_overrides(overrides)}
         sizes = [kw.get(k) for k in ("n_layer", "n_embd", "vocab_size", "n_positions")]
@@ -143,6 +148,20 @@ def _model_params(spec: str, overrides: list[str] | None) -> int | None:
             return None
         return sum(p.numel() for p in model.parameters())
     return None
+
+
+def _llama_params(kw: dict) -> int | None:
+    """Parameters of a LlamaForCausalLM config (untied head), without building it."""
+    keys = ("num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size", "num_attention_heads")
+    sizes = [kw.get(k) for k in keys]
+    kv = kw.get("num_key_value_heads") or kw.get("num_attention_heads")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in [*sizes, kv]):
+        return None  # LlamaConfig refuses it with its own message
+    L, C, inner, V, heads = sizes
+    if L > MAX_MODEL_BLOCKS:
+        raise ConfigError(f"num_hidden_layers must be at most {MAX_MODEL_BLOCKS:,}, got {L}")
+    kv_width = C // heads * kv
+    return 2 * V * C + C + L * (2 * C * C + 2 * C * kv_width + 3 * C * inner + 2 * C)
 
 
 def check_model_size(spec: str, overrides: list[str] | None) -> None:
@@ -167,11 +186,17 @@ def run(args: argparse.Namespace) -> int:
     layout = layout_from_args(args)
     max_order = _checked_max_order(args, layout)
     result = symbolic.analyze(layout, max_order=max_order)
+    names = None
     if getattr(args, "model", None) is not None:  # a real module: always count on its wiring
-        check = module_check(model_from_args(args), result)
+        from gfa_theory.models.families import module_fan_in  # noqa: PLC0415  (start-up: torch)
+
+        counted = module_fan_in(model_from_args(args))
+        check = module_check(model_from_args(args), result, counted)
+        names = {"branches": [r["name"] for r in counted["branches"]],
+                 "blocks": [r["name"] for r in counted["blocks"]]}
     else:
         check = autograd_check(layout, result) if args.check else None
-    print(_render(args, layout, result, check))
+    print(_render(args, layout, result, check, names))
     return _check_status(check)
 
 
@@ -196,14 +221,35 @@ def _checked_max_order(args: argparse.Namespace, layout: Layout) -> int | None:
     return max_order
 
 
+def _branch_rows(result: symbolic.FanInResult, names: dict | None) -> list[dict[str, Any]]:
+    """One row per branch: index, block, slot, module name (of a --model), F(i), path counts."""
+    shown = TABLE_ORDERS if result.max_order is None else min(TABLE_ORDERS, result.max_order + 1)
+    rows = []
+    for k, (br, nf) in enumerate(zip(result.branches, result.fan_in_normalized)):
+        row: dict[str, Any] = {"i": br.index, "block": br.block, "slot": br.slot}
+        if names is not None:
+            row["unit"] = names["branches"][k]
+        row |= {"F": br.fan_in, "F_norm": round(nf, 6)}
+        row |= {f"k={o}": br.paths_by_order[o] if o < len(br.paths_by_order) else 0 for o in range(shown)}
+        rows.append(row)
+    return rows
+
+
 def _render(args: argparse.Namespace, layout: Layout, result: symbolic.FanInResult,
-            check: dict[str, Any] | None) -> str:
-    """``result`` (and the check) as JSON, LaTeX or a text table."""
+            check: dict[str, Any] | None, names: dict | None = None) -> str:
+    """``result`` (and the check) as JSON, CSV, LaTeX or a text table; ``names``: the module
+    name of every branch and block of a ``--model``."""
     if args.format == "json":
         out = result.to_dict()
+        if names is not None:
+            for key in ("branches", "blocks"):
+                for row, name in zip(out[key], names[key]):
+                    row["name"] = name
         if check is not None:
             out["check"] = check
         return json.dumps(out)
+    if args.format == "csv":
+        return render_rows(_branch_rows(result, names), "csv")
     lines = []
     if args.format == "latex":
         if args.branches is not None:
@@ -213,7 +259,8 @@ def _render(args: argparse.Namespace, layout: Layout, result: symbolic.FanInResu
         if check is not None:
             lines.append(f"% {_check_line(check)}")
         return "\n".join(lines)
-    lines.append(_table(result, closed_form=args.supervision or "final" if args.branches is not None else None))
+    lines.append(_table(result, closed_form=args.supervision or "final" if args.branches is not None else None,
+                        names=names))
     if check is not None:
         lines.append(_check_line(check))
     return "\n".join(lines)
@@ -240,12 +287,13 @@ def autograd_check(layout: Layout, result: symbolic.FanInResult) -> dict[str, An
     return _agreement(pairs, method="count_paths: one backward through a formal-series surrogate")
 
 
-def module_check(model, result: symbolic.FanInResult) -> dict[str, Any]:
+def module_check(model, result: symbolic.FanInResult, counted: dict | None = None) -> dict[str, Any]:
     """Compare ``result`` (the model's layout) with autograd counts on the real module, its
-    branches swapped for scalar gains (:func:`gfa_theory.models.families.module_fan_in`)."""
+    branches swapped for scalar gains (:func:`gfa_theory.models.families.module_fan_in`;
+    ``counted``: its result when already computed)."""
     from gfa_theory.models.families import module_fan_in  # noqa: PLC0415  (start-up: torch)
 
-    counted = module_fan_in(model)
+    counted = module_fan_in(model) if counted is None else counted
     pairs = []
     for br, row in zip(result.branches, counted["branches"]):
         pairs.append((br.fan_in, row["fan_in"]))
@@ -291,7 +339,7 @@ def _run_symbolic(args: argparse.Namespace) -> int:
     forms = symbolic.closed_forms(supervision)
     attn_mlp = symbolic.block_stack_closed_form(2, False, supervision)
     check = _symbolic_check(supervision) if args.check else None
-    render = {"json": _symbolic_json, "latex": _symbolic_latex}.get(args.format, _symbolic_text)
+    render = {"json": _symbolic_json, "latex": _symbolic_latex, "csv": _symbolic_csv}.get(args.format, _symbolic_text)
     print(render(supervision, forms, attn_mlp, check))
     return _check_status(check)
 
@@ -316,6 +364,14 @@ def _symbolic_json(supervision: str, forms: dict, attn_mlp: tuple, check: dict |
     if check is not None:
         out["check"] = check
     return json.dumps(out)
+
+
+def _symbolic_csv(supervision: str, forms: dict, attn_mlp: tuple, check: dict | None) -> str:
+    rows = [{"quantity": symbolic.CLOSED_FORM_LHS[key], "expression": str(expr), "supervision": supervision}
+            for key, expr in forms.items()]
+    rows += [{"quantity": lhs, "expression": str(expr), "supervision": supervision}
+             for lhs, expr in zip(("F(b, s)", "F(b)"), attn_mlp)]
+    return render_rows(rows, "csv")
 
 
 def _symbolic_latex(supervision: str, forms: dict, attn_mlp: tuple, check: dict | None) -> str:
@@ -358,23 +414,26 @@ def _symbolic_check(supervision: str) -> dict[str, Any]:
 
 
 # ---- table -------------------------------------------------------------------------------------
-def _table(result: symbolic.FanInResult, closed_form: str | None = None) -> str:
+def _table(result: symbolic.FanInResult, closed_form: str | None = None, names: dict | None = None) -> str:
     layout = result.layout
     shown = TABLE_ORDERS if result.max_order is None else min(TABLE_ORDERS, result.max_order + 1)
     lines = [f"N = {layout.N} branches, B = {layout.B} blocks, heads on blocks "
              f"S = {{{', '.join(map(str, layout.supervision))}}}"]
     if closed_form is not None:
         lines.append(f"closed form: F(i) = {symbolic.fan_in_closed_form(closed_form)}")
-    header = ["i", "block", "slot", "F(i)", "F/max"] + [f"k={k}" for k in range(shown)]
-    rows = [[str(br.index), str(br.block), str(br.slot), str(br.fan_in), f"{nf:.3f}"]
+    unit = ["unit"] if names is not None else []
+    header = ["i", "block", "slot", *unit, "F(i)", "F/max"] + [f"k={k}" for k in range(shown)]
+    rows = [[str(br.index), str(br.block), str(br.slot)] + ([names["branches"][n]] if names else [])
+            + [str(br.fan_in), f"{nf:.3f}"]
             + [str(br.paths_by_order[k]) if k < len(br.paths_by_order) else "0"
                for k in range(shown)]
-            for br, nf in zip(result.branches, result.fan_in_normalized)]
+            for n, (br, nf) in enumerate(zip(result.branches, result.fan_in_normalized))]
     lines += _aligned(header, rows)
     lines.append("")
-    lines += _aligned(["block", "branches", "F(b)"],
-                      [[str(bl.block), ",".join(map(str, bl.branches)), str(bl.fan_in)]
-                       for bl in result.blocks])
+    lines += _aligned(["block", *unit, "branches", "F(b)"],
+                      [[str(bl.block)] + ([names["blocks"][n]] if names else [])
+                       + [",".join(map(str, bl.branches)), str(bl.fan_in)]
+                       for n, bl in enumerate(result.blocks)])
     shared = [g for g in result.groups if g.shared]
     if shared:
         lines.append("")

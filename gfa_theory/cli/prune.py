@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         _check_run_dir(Path(args.run_dir))
     out = Path(args.out)
     if out.resolve() == Path(args.run_dir).resolve():
-        raise ConfigError("--out must not be the source directory (its model would be overwritten)")
+        raise ConfigError("--out must not be the run directory or checkpoint pruned (its model would be overwritten)")
     source = Path(args.run_dir).resolve().name if hf else read_config(args.run_dir).get("run_id", Path(args.run_dir).name)
     check_prune_out(out, prune_request(args, source, args.method in NEEDS_BATCHES), args.force)
     # The model first, the evaluation last: a directory with evaluation.json is complete

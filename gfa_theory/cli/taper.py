@@ -1,33 +1,59 @@
-"""``gfa taper``: print a CascadeFormer width schedule."""
+"""``gfa taper``: print a CascadeFormer width schedule and its budget against the uniform model.
+
+The budget (parameters, FLOPs per token) counts the embedding and the head, so it depends on the
+vocabulary and the context: give them (``--vocab``, ``--context``) or a model config
+(``--model-config``: a GPT config as JSON, or a ``gfa train`` run's ``config.json``).
+"""
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from tabulate import tabulate
 
-from gfa_theory.errors import ConfigError
+from gfa_theory.cli import COMMANDS
+from gfa_theory.cli.formats import (
+    add_format_argument,
+    fill_defaults,
+    refuse_conflicts,
+    render_rows,
+)
+from gfa_theory.errors import ConfigError, DataError
 from gfa_theory.methods.taper import SCHEDULES, TaperConfig, match, plan
 
 MAX_BLOCKS = 10_000  # a schedule of this many blocks is planned in ~2 s
+# options a model config sets -> (TaperConfig field, GPT config key, default)
+SIZES = {"blocks": ("B", "n_blocks", None), "n_embd": ("n_embd", "n_embd", 128), "heads": ("n_head", "n_head", 4),
+         "d_ff": ("d_ff", "d_ff", 512), "vocab": ("vocab_size", "vocab_size", 96),
+         "context": ("block_size", "block_size", 64)}
+DEFAULTS = {"r": 0.5, "alpha": 1.0, "step_at": 0.5}
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("taper", help="per-block heads and FFN width of a CascadeFormer schedule",
-                       description="Per-block widths of a depth-tapered Transformer (residual width constant).")
-    p.add_argument("--blocks", type=int, required=True, help=f"number of Transformer blocks B (at most {MAX_BLOCKS:,})")
+    p = sub.add_parser("taper", help=COMMANDS["taper"],
+                       description="Per-block heads and FFN width of a depth-tapered Transformer (residual width "
+                                   "constant), and its parameters and FLOPs per token against the uniform model "
+                                   "(they count the embedding and head: give --vocab and --context, or --model-config).")
+    p.add_argument("--blocks", type=int, help=f"number of Transformer blocks B (at most {MAX_BLOCKS:,})")
+    p.add_argument("--model-config", metavar="FILE.json",
+                   help="take B, width, heads, FFN, vocabulary and context from a GPT config (JSON), "
+                        "or from a gfa train run's config.json")
     p.add_argument("--schedule", choices=SCHEDULES, default="linear")
-    p.add_argument("--n-embd", type=int, default=128, help="residual width C (kept constant)")
-    p.add_argument("--heads", type=int, default=4, help="heads of the uniform model")
-    p.add_argument("--d-ff", type=int, default=512, help="FFN hidden size of the uniform model")
-    p.add_argument("--r", type=float, default=0.5, help="width multiplier of the last block")
-    p.add_argument("--alpha", type=float, default=1.0, help="exponent of the fan-in schedule")
-    p.add_argument("--step-at", type=float, default=0.5, help="step schedule: fraction kept full width")
+    p.add_argument("--n-embd", type=int, help="residual width C, kept constant (default 128)")
+    p.add_argument("--heads", type=int, help="heads of the uniform model (default 4)")
+    p.add_argument("--d-ff", type=int, help="FFN hidden size of the uniform model (default 512)")
+    p.add_argument("--vocab", type=int, help="vocabulary size, for the budget (default 96)")
+    p.add_argument("--context", type=int, help="context length in tokens, for the budget (default 64)")
+    p.add_argument("--r", type=float, help="width multiplier of the last block (default 0.5)")
+    p.add_argument("--alpha", type=float, help="exponent of the fan-in schedule (default 1)")
+    p.add_argument("--step-at", type=float, help="step schedule: fraction kept full width (default 0.5)")
     p.add_argument("--quantum", type=int, default=32, help="FFN sizes are multiples of this")
     p.add_argument("--supervision", choices=("final", "all"), default="final")
     p.add_argument("--match", metavar="BUDGET=FRACTION",
-                   help="solve the strength for a budget, e.g. params=0.8 or flops=0.9")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+                   help="solve the strength for a budget, e.g. params=0.8 or flops=0.9 (the fan-in "
+                        "schedule solves alpha, the others r)")
+    add_format_argument(p, "the schedule (csv/latex: one row per block)")
     p.set_defaults(func=run)
 
 
@@ -42,12 +68,62 @@ def _parse_match(text: str) -> tuple[str, float]:
     return budget, value
 
 
+def _check_conflicts(args: argparse.Namespace) -> None:
+    s = f"--schedule {args.schedule}"
+    pairs = [("--match", "--alpha" if args.schedule == "fanin" else "--r",
+              f"--match solves {'alpha' if args.schedule == 'fanin' else 'r'} for the budget")]
+    if args.schedule != "fanin":
+        pairs.append(("--alpha", "--schedule", f"--alpha shapes the fanin schedule, not {s}"))
+    if args.schedule != "step":
+        pairs.append(("--step-at", "--schedule", f"--step-at shapes the step schedule, not {s}"))
+    if args.schedule == "uniform":
+        pairs.append(("--r", "--schedule", "the uniform schedule has no last-block multiplier"))
+    pairs += [("--model-config", f"--{o.replace('_', '-')}", "the model config sets it") for o in SIZES]
+    refuse_conflicts(args, pairs)
+
+
+def _from_model_config(path: str) -> dict:
+    """TaperConfig sizes from a GPT config file (or a run's config.json)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"--model-config {path}: {exc}") from None
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):  # a gfa train run's config.json
+        data = data["config"].get("model", data["config"])
+    if not isinstance(data, dict):
+        raise DataError(f"--model-config {path} is not a JSON object")
+    out = {}
+    for field, key, _ in SIZES.values():
+        value = data.get(key)
+        if key in ("n_head", "d_ff") and isinstance(value, list):
+            value = max(value)  # a tapered config: its widest block is the uniform model
+        if value is None and key != "n_blocks":
+            continue
+        if value is None:
+            raise DataError(f"--model-config {path} has no '{key}'")
+        out[field] = value
+    return out
+
+
+def _config(args: argparse.Namespace) -> TaperConfig:
+    fill_defaults(args, DEFAULTS)
+    if args.model_config:
+        sizes = {field: default for field, _, default in SIZES.values() if default is not None}
+        sizes |= _from_model_config(args.model_config)
+    else:
+        if args.blocks is None:
+            raise ConfigError("give --blocks B (and optionally --vocab, --context, ...) or --model-config FILE.json")
+        sizes = {field: getattr(args, o) if getattr(args, o) is not None else default
+                 for o, (field, _, default) in SIZES.items()}
+    if not 1 <= sizes["B"] <= MAX_BLOCKS:  # the fan-in schedule's symbolic analysis is O(B) but slow
+        raise ConfigError(f"--blocks must be in 1..{MAX_BLOCKS:,}, got {sizes['B']}")
+    return TaperConfig(**sizes, schedule=args.schedule, r=args.r, alpha=args.alpha, step_at=args.step_at,
+                       quantum=args.quantum, supervision=args.supervision)
+
+
 def run(args: argparse.Namespace) -> int:
-    if not 1 <= args.blocks <= MAX_BLOCKS:  # the fan-in schedule's symbolic analysis is O(B) but slow
-        raise ConfigError(f"--blocks must be in 1..{MAX_BLOCKS:,}, got {args.blocks}")
-    cfg = TaperConfig(B=args.blocks, n_embd=args.n_embd, n_head=args.heads, d_ff=args.d_ff,
-                      schedule=args.schedule, r=args.r, alpha=args.alpha, step_at=args.step_at,
-                      quantum=args.quantum, supervision=args.supervision)
+    _check_conflicts(args)
+    cfg = _config(args)
     if args.match:
         budget, frac = _parse_match(args.match)
         p = match(cfg, frac, budget)
@@ -56,8 +132,10 @@ def run(args: argparse.Namespace) -> int:
     d = p.to_dict()
     if args.format == "json":
         print(json.dumps(d, indent=2))
-        return 0
-    print(_table(p, d))
+    elif args.format in ("csv", "latex"):
+        print(render_rows(d["blocks"], args.format))
+    else:
+        print(_table(p, d))
     return 0
 
 
@@ -68,7 +146,7 @@ def _table(p, d: dict) -> str:
             for row in d["blocks"]]
     return "\n".join([
         f"CascadeFormer schedule '{c.schedule}' B={c.B} C={c.n_embd} head_dim={p.head_dim} "
-        f"r={c.r:g} alpha={c.alpha:g} quantum={c.quantum}",
+        f"r={c.r:g} alpha={c.alpha:g} quantum={c.quantum} vocab={c.vocab_size} context={c.block_size}",
         tabulate(rows, headers=["block", "fan-in", "mult", "heads", "attn", "d_ff"], tablefmt="plain",
                  disable_numparse=True, stralign="right"),
         f"params {d['params']:,} ({d['params_ratio']:.3f} x uniform), "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 import warnings
@@ -10,6 +11,8 @@ import pandas as pd
 from scipy.stats import spearmanr
 from tabulate import tabulate
 
+from gfa_theory.cli import COMMANDS
+from gfa_theory.cli.formats import add_format_argument, render_rows
 from gfa_theory.cli.outdir import check_results_root
 from gfa_theory.train.loop import train
 from gfa_theory.train.memory import check_training_memory
@@ -19,7 +22,7 @@ from gfa_theory.train.store import results_root
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "train", help="train a model and compare its accumulated gradients with fan-in",
+        "train", help=COMMANDS["train"],
         description="Train a model (resumable; results keyed by the config hash under --out) and "
                     "print, per layer, fan-in F and accumulated gradient A with their Spearman correlation.")
     p.add_argument("--model", required=True, choices=sorted(MODEL_TASKS), help="model family")
@@ -37,6 +40,7 @@ def add_parser(sub) -> None:
     p.add_argument("--force", action="store_true",
                    help="retrain from scratch even if the run is complete or its stored files are "
                         "refused (corrupt, another run's, trained with other threads / torch / CPU)")
+    add_format_argument(p, "A next to F per unit (json adds the run and its Spearman correlations)")
     p.set_defaults(func=run)
 
 
@@ -72,8 +76,21 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
         return 0
-    print(_report(result, elapsed))
+    print(_report(result, elapsed) if args.format == "table" else _structured(result, args.format))
     return 0
+
+
+def _structured(result, fmt: str) -> str:
+    """The per-unit table of A next to F as JSON (with the run and its correlations), CSV or LaTeX."""
+    grads = result.gradients
+    kinds = [k for k in ("branch", "block") if k in set(grads["kind"])] if len(grads) else []
+    tables = {k: layer_table(grads, k).assign(kind=k) for k in kinds}
+    if fmt == "json":
+        return json.dumps({"run": result.run_dir.name, "run_dir": str(result.run_dir), "trained": result.trained,
+                           "units": {k: t.drop(columns="kind").to_dict("records") for k, t in tables.items()},
+                           "spearman": {k: dict(zip(("rho", "p"), spearman(t))) for k, t in tables.items()}})
+    rows = pd.concat(tables.values()).to_dict("records") if tables else []
+    return render_rows(rows, fmt)
 
 
 def _report(result, elapsed: float) -> str:

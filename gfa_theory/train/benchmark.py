@@ -13,6 +13,7 @@ import time
 from typing import Callable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from gfa_theory.train.loop import Trainer
 from gfa_theory.train.run_config import RunConfig, default_run_config, resolve
@@ -25,9 +26,10 @@ def _sync(device: torch.device) -> None:
 
 def interleaved_times(steps: Sequence[Callable[[], None]], repeats: int, block: int,
                       device: torch.device) -> list[list[float]]:
-    """Seconds per call of each function, one entry per repeat, timed in interleaved blocks."""
+    """Seconds per call of each function, one entry per repeat, timed in interleaved blocks
+    (a progress bar on stderr when it is a terminal: ``gfa bench`` runs for minutes)."""
     times: list[list[float]] = [[] for _ in steps]
-    for r in range(repeats):
+    for r in tqdm(range(repeats), desc="timing", disable=None, leave=False):
         order = list(range(len(steps)))
         if r % 2:
             order.reverse()
