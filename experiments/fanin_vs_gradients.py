@@ -28,6 +28,7 @@ fan-in: the closer line is the better-fitting profile. T5 lists the regression r
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from gfa_theory.instrument import stats
@@ -69,8 +70,35 @@ def _with_linear_fan_in(df: pd.DataFrame, run) -> pd.DataFrame:
     return df
 
 
+def _exponents(d: pd.DataFrame, fcol: str, tag: str, label: str) -> list[dict]:
+    """The exponent of A on a fan-in profile (log-log, cluster-robust by run, t with G - 1 df):
+    pooled; within runs (an intercept per run, so only the depth profile counts); within runs with
+    the first block left out (it carries most of A in small models); and within runs controlling
+    for relative depth (what fan-in explains beyond position, where depths differ across runs)."""
+    rest = d[d["order"] > 1]
+    return [stats.loglog_slope(d, "A", fcol, cluster="run_id", test=f"{tag}: log-log slope A ~ {label}"),
+            stats.loglog_slope(d, "A", fcol, cluster="run_id", fixed="run_id",
+                               test=f"{tag}: within-run exponent A ~ {label}"),
+            stats.loglog_slope(rest, "A", fcol, cluster="run_id", fixed="run_id",
+                               test=f"{tag}: within-run exponent A ~ {label}, first block excluded"),
+            {**stats.ols_slope(d.assign(_lA=np.log(d["A"]), _lF=np.log(d[fcol])), "_lA", "_lF",
+                               cluster="run_id", controls=["depth"], fixed="run_id"),
+             "test": f"{tag}: within-run exponent A ~ {label} + depth"}]
+
+
+def _profile_aic(d: pd.DataFrame, tag: str) -> dict:
+    """Deep supervision: which fan-in is A proportional to? AIC of ``log A = log F + c_run`` with the
+    quadratic minus with the linear fan-in (same rows, same parameter count): negative favours the
+    quadratic profile, positive the linear one; |difference| > 2 is the usual threshold."""
+    logs = d.assign(_lA=np.log(d["A"]), _lq=np.log(d["F"]), _ll=np.log(d["F_linear"]))
+    diff = (stats.offset_aic(logs, "_lA", "_lq", "run_id") - stats.offset_aic(logs, "_lA", "_ll", "run_id"))
+    return {"test": f"{tag}: AIC(A proportional to quadratic F) - AIC(A proportional to linear F)",
+            "estimate": diff, "ci_low": np.nan, "ci_high": np.nan, "p": np.nan, "r2": np.nan, "n": len(d),
+            "n_groups": d["run_id"].nunique(), "method": "OLS on logs with run intercepts, exponent fixed at 1"}
+
+
 def summarize(units: pd.DataFrame) -> pd.DataFrame:
-    """Per (family, supervision): per-run Spearman, OLS and log-log slope of A on each fan-in."""
+    """Per (family, supervision): per-run Spearman, OLS and the exponents of A on each fan-in."""
     rows = []
     for (family, sup), d in units.groupby(["family", "supervision"], sort=False):
         tag = f"{family}/{sup}"
@@ -82,8 +110,9 @@ def summarize(units: pd.DataFrame) -> pd.DataFrame:
             d = d.assign(_Fn=d[fcol] / d.groupby("run_id")[fcol].transform("mean"))
             rows.append(stats.ols_slope(d, "A_norm", "_Fn", cluster="run_id",
                                         test=f"{tag}: OLS A_norm ~ {label}_norm"))
-            rows.append(stats.loglog_slope(d, "A", fcol, cluster="run_id",
-                                           test=f"{tag}: log-log slope A ~ {label}"))
+            rows += _exponents(d, fcol, tag, label)
+        if sup == "all":
+            rows.append(_profile_aic(d, tag))
         rows.append(stats.per_run_correlation(d, "F", "A_rms", test=f"{tag}: per-run Spearman A_rms vs F"))
         if "A_stream" in d:
             rows.append(stats.per_run_correlation(d, "F", "A_stream",

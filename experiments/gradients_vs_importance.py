@@ -34,7 +34,7 @@ from . import fanin_vs_gradients
 from .plans import ImportancePlan
 from .runner import Context, start
 from .study_io import finish
-from .summary import SUMMARY_COLUMNS
+from .summary import SUMMARY_COLUMNS, mean_row
 from .units import heldout_batches, unit_table
 
 NAME = "gradients_vs_importance"
@@ -60,6 +60,26 @@ def score_run(res, imp: ImportancePlan, desc: dict, seed: int = 0) -> pd.DataFra
     return units
 
 
+def _absolute(d: pd.DataFrame, family: str) -> list[dict]:
+    """The numbers behind the shares: per run, the first block's share of ablation importance and
+    of A, and the ablation loss increase (nats) of the first block and of the mean later block,
+    each as a mean over runs with its t-interval."""
+    per_run = []
+    for _, g in d.groupby("run_id"):
+        first, rest = g[g["order"] == 1], g[g["order"] > 1]
+        imp = g["imp_ablation"].clip(lower=0)
+        per_run.append({"first_share_ablation": float(imp[g["order"] == 1].sum() / imp.sum()) if imp.sum() > 0
+                        else float("nan"), "first_share_A": float(first["A"].sum() / g["A"].sum()),
+                        "first_dloss": float(first["imp_ablation"].mean()),
+                        "rest_dloss": float(rest["imp_ablation"].mean())})
+    t = pd.DataFrame(per_run)
+    names = {"first_share_ablation": "first block's share of ablation importance",
+             "first_share_A": "first block's share of A",
+             "first_dloss": "ablation delta-loss, first block (nats)",
+             "rest_dloss": "ablation delta-loss, mean later block (nats)"}
+    return [mean_row(f"{family}: {text}", t[col], method="mean over runs, t-interval") for col, text in names.items()]
+
+
 def summarize(units: pd.DataFrame) -> pd.DataFrame:
     """Per family: OLS and mixed-model slopes of ablation importance on A (with and without the
     depth control and the first block), and every metric's per-run rank correlation with A."""
@@ -83,6 +103,7 @@ def summarize(units: pd.DataFrame) -> pd.DataFrame:
                                     test=f"{family}: OLS ablation_norm ~ A_norm + depth, first block excluded"))
         rows.append(stats.per_run_correlation(rest, "A", "imp_ablation",
                                               test=f"{family}: per-run spearman ablation vs A, first block excluded"))
+        rows += _absolute(d, family)
         for m in importance.METRICS:
             col = f"imp_{m}"
             if col not in d:

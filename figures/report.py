@@ -7,28 +7,51 @@ profile in ``figures/generated`` it also refreshes ``paper/`` and the README's g
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
-from experiments.plans import plan
+from experiments.plans import gpt_run, plan, resnet_run
+from gfa_theory.models import build_model
 
 from . import stamp as stamps
+from .claims import RULES
 from .outputs import GENERATED, REPO, figures
+
+RULES_NOTE = ("several comparisons inside a claim are Holm-adjusted; 'does not change', 'comparable' and "
+              "'competitive' are equivalence (TOST) or non-inferiority tests at a declared margin, and a "
+              "non-significant difference never supports them; a positive claim without significant evidence "
+              "either way is inconclusive, and 'does not hold' needs evidence against it; cluster-robust "
+              "intervals use t with G - 1 df (G runs); p-values below 1e-4 print as 'p < 1e-4'.")
+
+PAPER_MAX_PARAMS = 1.2e9  # the largest model of the paper (its abstract)
+
+
+def _params(cfg) -> int:
+    return sum(q.numel() for q in build_model(cfg.model_name, cfg.model).parameters())
 
 
 def scale(profile: str) -> str:
-    """What was trained here, next to what the paper trained."""
+    """What was trained here, next to what the paper trained: parameter and token counts of the
+    models this profile builds, and the orders of magnitude between them and the paper's largest."""
     p = plan(profile)
     m = p.model
+    gpt = [_params(gpt_run(p, n_blocks=B, seed=p.seeds[0])) for B in p.depths]
+    res = [_params(resnet_run(p, blocks_per_stage=list(b), seed=p.seeds[0])) for b in p.resnet_depths]
+    tokens = p.train.steps * p.train.batch_size * m.block_size
+    lo, hi = (math.log10(PAPER_MAX_PARAMS / x) for x in (max(gpt), min(gpt)))
     return (f"Trained here (profile `{profile}`, CPU): character-level Pre-LN Transformers with residual width "
-            f"{m.n_embd}, {m.n_head} heads, FFN {m.d_ff}, context {m.block_size}, depths "
-            f"{list(p.depths)} blocks, {p.train.steps} AdamW steps of batch {p.train.batch_size} on the CPython "
-            f"documentation text; pre-activation ResNets (widths {list(p.resnet.widths)}) for {p.resnet.steps} SGD "
-            f"steps on scikit-learn's 8x8 digits; seeds {list(p.seeds)}. The paper trains models up to 1.2B "
-            f"parameters on web-scale text (and full-size image data): our models are 4-5 orders of magnitude "
-            f"smaller and trained for minutes, so a claim that fails here may still hold at scale, and one that "
-            f"holds here is a small-scale check only.")
+            f"{m.n_embd}, {m.n_head} heads, FFN {m.d_ff}, context {m.block_size}, depths {list(p.depths)} blocks "
+            f"({min(gpt):,}-{max(gpt):,} parameters), {p.train.steps} AdamW steps of batch {p.train.batch_size} "
+            f"({tokens:,} training tokens per run) on the CPython documentation text; pre-activation ResNets "
+            f"(widths {list(p.resnet.widths)}, {min(res):,}-{max(res):,} parameters) for {p.resnet.steps} SGD "
+            f"steps on scikit-learn's 8x8 digits; seeds {list(p.seeds)}. The paper trains models up to "
+            f"{PAPER_MAX_PARAMS / 1e9:.1f}B parameters on web-scale text (and full-size image data): our "
+            f"Transformers are {lo:.1f}-{hi:.1f} orders of magnitude smaller in parameters (and trained on far "
+            f"fewer tokens, for minutes), so a claim that fails here may still hold at scale, and one that holds "
+            f"here is a small-scale check only.")
 
 
 def _rel(p: Path) -> str:
@@ -52,6 +75,8 @@ def report_text(claims: pd.DataFrame, st: dict, profile: str, out: Path) -> str:
              f"_{stamps.line(st)}_", "", "## Scale", "", scale(profile), "", "## Claims of the abstract", ""]
     counts = claims.verdict.value_counts().to_dict()
     lines += ["Summary: " + ", ".join(f"{v}: {n}" for v, n in counts.items()) + ".", ""]
+    lines += ["Rules: " + RULES_NOTE + " Thresholds and margins, declared once in `figures/claims.py` "
+              "before the results are read: " + ", ".join(f"{k} = {v:g}" for k, v in asdict(RULES).items()) + ".", ""]
     for r in claims.to_dict("records"):
         lines += [f"### {r['claim']}. {r['paper']}", "", f"- **Measured here:** {r['measured here']}",
                   f"- **Evidence:** {r['evidence']}", f"- **Verdict:** **{r['verdict']}**", f"- _Rule:_ {r['rule']}",
@@ -100,8 +125,8 @@ def update_readme(claims: pd.DataFrame, out: Path, st: dict) -> Path:
     readme = REPO / "README.md"
     table = claims[["claim", "paper", "measured here", "verdict"]].copy()
     table["verdict"] = "**" + table["verdict"] + "**"
-    # the headline number only (up to the first ';'); the report has the rest
-    table["measured here"] = table["measured here"].str.split("; ").str[0]
+    # the full measurement with its qualifiers (never cut: a qualifier is what makes a verdict honest);
+    # the rules are in paper/REPORT.md
     body = f"_{stamps.line(st)}_\n\n" + table.to_markdown(index=False)
     figs = [f"**{o.key}. {o.title}**\n\n![{o.key}]({_rel(out / f'{o.key}.png')})\n" for o in _drawn(out)]
     text = _between(readme.read_text(), "claims", body)

@@ -47,7 +47,7 @@ def test_smoke_study_columns_values_and_files(study):
     assert uni.latency_ratio == 1 and uni.throughput_ratio == 1 and uni.loss_gap == 0
     assert (summary.loc[summary.schedule != "uniform", "flops_ratio"] < 1).all()
     assert (summary.latency_ratio > 0).all() and (summary.throughput_ratio > 0).all()
-    assert set(summary["matches_paper"].str.split(":").str[0]) <= {"yes", "no", "baseline"}
+    assert not {"comparable", "speedup", "matches_paper"} & set(summary.columns)  # verdicts live in claims
 
     tables = load_study(ctx, cf.NAME)
     assert {"runs", "summary", "timing", "timing_summary", "schedules"} <= set(tables)
@@ -122,8 +122,7 @@ def test_t1_and_f8_panels(study):
         assert not panel({}).axison  # a missing study draws a note, not an error
     found = claims.evaluate_claims(tables).set_index("claim")
     verdict, text = found.loc["C8", "verdict"], found.loc["C8", "measured here"]
-    assert verdict in (claims.HOLDS, claims.MIXED, claims.FAILS, claims.UNDEFINED) and "tapered schedules" in text
-    assert (verdict, text) == claims.c8(tables[cf.NAME]["summary"])
+    assert (verdict, text) == claims.c8(tables[cf.NAME]["summary"]) and "tapered schedules" in text
     assert found.loc["C9", "verdict"] == claims.MISSING  # the pruning study is not in these tables
 
 
@@ -136,36 +135,3 @@ def test_t1_f8_and_c8_are_listed():
     assert cf.NAME in OUTPUTS["F8"].studies and OUTPUTS["F8"].build is ef.f8
     assert [c.key for c in CLAIMS].count("C8") == 1
     assert next(c for c in CLAIMS if c.key == "C8").studies == (cf.NAME,)
-
-
-def _row(label, ppl, ppl_hi, lat, thr, lat_q75=None, thr_q25=None):
-    return {"label": label, "schedule": label.split()[0], "ppl_gap_pct": ppl, "ppl_gap_pct_ci_low": ppl - 1.0,
-            "ppl_gap_pct_ci_high": ppl_hi, "latency_ratio": lat, "latency_ratio_q25": lat - 0.01,
-            "latency_ratio_q75": lat + 0.01 if lat_q75 is None else lat_q75, "throughput_ratio": thr,
-            "throughput_ratio_q25": thr - 0.01 if thr_q25 is None else thr_q25, "throughput_ratio_q75": thr + 0.01,
-            "params_ratio": 0.8, "flops_ratio": 0.8}
-
-
-UNIFORM = _row("uniform", 0.0, 0.0, 1.0, 1.0, 1.0, 1.0)
-
-
-@pytest.mark.parametrize("rows,expected", [
-    # comparable (upper bound +1.5 % <= +2 %) and the paper's speedups: holds
-    ([_row("linear r=0.5", 0.5, 1.5, 0.90, 1.12), _row("fanin r=0.25", 6.0, 8.0, 0.80, 1.30)], "holds"),
-    # comparable and measurably faster, but less than the paper: mixed
-    ([_row("linear r=0.75", 0.2, 1.9, 0.96, 1.05)], "mixed"),
-    # the paper's speedups only where perplexity is worse than the margin: does not hold
-    ([_row("fanin r=0.25", 4.0, 5.0, 0.85, 1.20), _row("linear r=0.75", 0.0, 1.0, 1.00, 1.00, 1.02, 0.98)],
-     "does not hold"),
-    # point estimate within the margin but the interval reaches past it: not comparable
-    ([_row("linear r=0.5", 1.0, 2.5, 0.90, 1.12)], "does not hold"),
-    # no interval (one seed): inconclusive
-    ([_row("linear r=0.5", 0.5, float("nan"), 0.90, 1.12)], "inconclusive"),
-], ids=["holds", "mixed-smaller-speedup", "fails-speed-costs-perplexity", "fails-wide-interval", "undefined"])
-def test_c8_verdict_rule(rows, expected):
-    from figures import claims
-
-    verdict, text = claims.c8(pd.DataFrame([UNIFORM, *rows]))
-    assert verdict.startswith(expected), (verdict, text)
-    if expected == "holds":
-        assert "best: linear r=0.5" in text and "1 also match" in text

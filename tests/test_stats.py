@@ -87,3 +87,65 @@ def test_paired_difference_and_mean_ci():
     m, lo, hi = stats.mean_ci([1.0, 2.0, 3.0])
     assert m == 2.0 and lo < 2.0 < hi
     assert stats.normalize(np.array([1.0, 3.0])).tolist() == [0.5, 1.5]
+
+
+# ---- few-cluster inference, equivalence, multiplicity, power, formatting ---------------------------
+
+def test_cluster_robust_interval_uses_t_with_groups_minus_one_df(clustered):
+    from scipy import stats as sps
+
+    row = stats.ols_slope(clustered, "y", "x", cluster="run")
+    half = (row["ci_high"] - row["ci_low"]) / 2
+    assert half / row["se"] == pytest.approx(sps.t.ppf(0.975, 6 - 1))  # 6 runs: df = 5, not the normal
+    assert "t with 5 df" in row["method"]
+
+
+def test_within_run_exponent_recovers_a_power_law():
+    rng = np.random.default_rng(1)
+    scale = np.exp(rng.normal(0, 1, 5))  # one scale per run: only the within-run profile is a power law
+    d = pd.DataFrame([{"run": r, "F": f, "A": scale[r] * f ** 0.5 * np.exp(rng.normal(0, 0.02))}
+                      for r in range(5) for f in range(1, 9)])
+    row = stats.loglog_slope(d, "A", "F", cluster="run", fixed="run")
+    assert row["ci_low"] < 0.5 < row["ci_high"] and row["ci_high"] - row["ci_low"] < 0.1
+
+
+def test_offset_aic_prefers_the_true_profile():
+    f_lin = np.tile(np.arange(1, 9), 4).astype(float)
+    d = pd.DataFrame({"run": np.repeat(range(4), 8), "lF_lin": np.log(f_lin),
+                      "lF_quad": np.log(f_lin * (f_lin + 1) / 2)})
+    d["lA"] = d["lF_lin"] + np.random.default_rng(2).normal(0, 0.05, len(d)) + d["run"]
+    assert stats.offset_aic(d, "lA", "lF_lin", "run") < stats.offset_aic(d, "lA", "lF_quad", "run") - 2
+
+
+def test_tost_matches_statsmodels_and_rejects_only_inside_the_margin():
+    rng = np.random.default_rng(3)
+    a = rng.normal(1.0, 0.1, 12)
+    b = a + rng.normal(0.0, 0.01, 12)
+    ref = stats.tost_paired(a, b, 0.02)
+    d = a - b
+    mine = stats.tost(d.mean(), d.std(ddof=1) / np.sqrt(len(d)), len(d) - 1, 0.02)
+    assert mine["p"] == pytest.approx(ref["p"]) and mine["p"] < 0.05
+    assert stats.tost(d.mean() + 0.05, d.std(ddof=1) / np.sqrt(12), 11, 0.02)["p"] > 0.5  # outside
+    assert stats.tost(0.0, 0.0, 2, 0.02)["p"] == 0.0 and stats.tost(0.05, 0.0, 2, 0.02)["p"] == 1.0
+
+
+def test_se_from_interval_inverts_mean_ci():
+    v = [0.1, 0.3, 0.2, 0.5]
+    m, lo, hi = stats.mean_ci(v)
+    assert stats.se_from_interval(lo, hi, 4) == pytest.approx(np.std(v, ddof=1) / 2)
+
+
+def test_holm_and_power():
+    np.testing.assert_allclose(stats.holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
+    assert np.isnan(stats.holm([np.nan, 0.01])[0])
+    assert stats.tost_power(0.05, 0.01, 3) > 0.9 > stats.tost_power(0.05, 0.1, 3)
+    n = stats.tost_n_for_power(0.05, 0.1)
+    assert stats.tost_power(0.05, 0.1, int(n)) >= 0.8 > stats.tost_power(0.05, 0.1, int(n) - 1)
+
+
+def test_p_values_print_with_a_floor_and_no_spread_prints_as_such():
+    assert stats.format_p(0.0) == "p < 1e-4" and stats.format_p(0.0123) == "p = 0.012"
+    assert stats.format_p(np.nan) == "p n/a"
+    assert stats.format_interval(1.0, 1.0, 1.0, n=9) == "all 9 runs: 1.000"
+    assert stats.format_interval(0.0, 0.0, 0.0, "+.2f", n=3, unit="seed pairs") == "all 3 seed pairs: +0.00"
+    assert stats.format_interval(0.5, 0.4, 0.6) == "0.500 [0.400, 0.600]"

@@ -6,6 +6,12 @@ Every function returns a *tidy row*: a dict with ``test``, ``estimate``, ``ci_lo
 
 Conventions: ``A`` accumulated gradient, ``F`` fan-in, ``run`` the cluster (one training run),
 ``depth`` the relative depth of a unit in its network (0 = first, 1 = last).
+
+Inference fits the design: with few runs, cluster-robust intervals and p-values use Student's t
+with G - 1 degrees of freedom (G clusters), never the normal; equivalence is a TOST with a margin
+fixed by the caller; several comparisons in one claim are Holm-adjusted; p-values print with a
+floor (:func:`format_p`) and a statistic without spread prints as what it is
+(:func:`format_interval` with ``n``).
 """
 from __future__ import annotations
 
@@ -16,8 +22,12 @@ import numpy as np
 import pandas as pd
 import statsmodels.formula.api as smf
 from scipy import stats as sps
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
+from statsmodels.stats.weightstats import ttost_paired
 
 ALPHA = 0.05
+P_FLOOR = 1e-4  # smaller p-values print as "p < 1e-4": the tails of t with few df are not that exact
 
 
 def _row(test: str, estimate: float, ci: tuple[float, float], p: float, n: int,
@@ -39,31 +49,56 @@ def _ols(formula: str, data: pd.DataFrame, cluster: str | None):
     model = smf.ols(formula, data=data)
     if cluster is not None and data[cluster].nunique() > 1:
         groups = pd.factorize(data[cluster])[0]
-        return model.fit(cov_type="cluster", cov_kwds={"groups": groups})
+        return model.fit(cov_type="cluster", cov_kwds={"groups": groups, "use_correction": True,
+                                                       "df_correction": True}, use_t=True)
     return model.fit()
 
 
+def _t_inference(fit, term: str, df: float) -> tuple[float, float, float, float]:
+    """Estimate, CI and two-sided p of ``term`` from its (cluster-robust) SE with Student's t at
+    ``df`` degrees of freedom: G - 1 for G clusters, set here rather than trusted to a default."""
+    est, se = float(fit.params[term]), float(fit.bse[term])
+    if not (np.isfinite(se) and se > 0 and df > 0):
+        return est, float("nan"), float("nan"), float("nan")
+    q = sps.t.ppf(1 - ALPHA / 2, df)
+    return est, est - q * se, est + q * se, float(2 * sps.t.sf(abs(est / se), df))
+
+
 def ols_slope(data: pd.DataFrame, y: str, x: str, cluster: str | None = None,
-              controls: Iterable[str] = (), test: str | None = None) -> dict:
-    """OLS slope of ``y`` on ``x`` (plus ``controls``), errors clustered by ``cluster`` when given."""
-    cols = [y, x, *controls] + ([cluster] if cluster else [])
+              controls: Iterable[str] = (), test: str | None = None, fixed: str | None = None) -> dict:
+    """OLS slope of ``y`` on ``x`` (plus ``controls``; ``fixed``: a categorical column whose levels
+    get their own intercept, e.g. the run), errors clustered by ``cluster`` when given, inference
+    with t at G - 1 df (G clusters)."""
+    cols = list(dict.fromkeys([y, x, *controls] + ([cluster] if cluster else []) + ([fixed] if fixed else [])))
     d = data[cols].replace([np.inf, -np.inf], np.nan).dropna()
-    rhs = " + ".join([f"Q('{x}')", *[f"Q('{c}')" for c in controls]])
+    rhs = " + ".join([f"Q('{x}')", *[f"Q('{c}')" for c in controls]] + ([f"C(Q('{fixed}'))"] if fixed else []))
     fit = _ols(f"Q('{y}') ~ {rhs}", d, cluster)
     term = f"Q('{x}')"
-    lo, hi = fit.conf_int(alpha=ALPHA).loc[term]
     n_groups = d[cluster].nunique() if cluster else 1
+    clustered = bool(cluster) and n_groups > 1
+    est, lo, hi, p = _t_inference(fit, term, n_groups - 1 if clustered else fit.df_resid)
     name = test or f"OLS {y} ~ {x}" + (f" + {' + '.join(controls)}" if controls else "")
-    return _row(name, fit.params[term], (lo, hi), fit.pvalues[term], len(d), fit.rsquared, n_groups,
-                method="OLS" + (" (cluster-robust by run)" if cluster and n_groups > 1 else ""))
+    method = "OLS" + (f" (cluster-robust by run, t with {n_groups - 1} df)" if clustered else "")
+    return _row(name, est, (lo, hi), p, len(d), fit.rsquared, n_groups, method=method + (
+        f", {fixed} intercepts" if fixed else ""), se=float(fit.bse[term]), aic=float(fit.aic))
+
+
+def offset_aic(data: pd.DataFrame, y: str, offset: str, fixed: str) -> float:
+    """AIC of ``y = offset + intercept per fixed level + noise``: the model with the exponent fixed
+    at 1 in log space (``log A = log F + c_run``). Two such fits on the same rows have the same
+    number of parameters, so their AIC difference is a likelihood ratio between the two profiles."""
+    d = data[[y, offset, fixed]].replace([np.inf, -np.inf], np.nan).dropna()
+    fit = smf.ols(f"I(Q('{y}') - Q('{offset}')) ~ C(Q('{fixed}'))", d).fit()
+    return float(fit.aic)
 
 
 def loglog_slope(data: pd.DataFrame, y: str, x: str, cluster: str | None = None,
-                 test: str | None = None) -> dict:
-    """Power-law exponent: slope of ``log y`` on ``log x`` with a CI (positive values only)."""
+                 test: str | None = None, fixed: str | None = None) -> dict:
+    """Power-law exponent: slope of ``log y`` on ``log x`` with a CI (positive values only);
+    ``fixed`` (the run): a separate intercept per level, so the exponent is estimated within runs."""
     d = data[(data[y] > 0) & (data[x] > 0)].copy()
     d["_log_y"], d["_log_x"] = np.log(d[y]), np.log(d[x])
-    row = ols_slope(d, "_log_y", "_log_x", cluster=cluster, test=test or f"log-log slope {y} ~ {x}")
+    row = ols_slope(d, "_log_y", "_log_x", cluster=cluster, test=test or f"log-log slope {y} ~ {x}", fixed=fixed)
     row["method"] = row["method"].replace("OLS", "OLS on logs")
     return row
 
@@ -157,11 +192,82 @@ def paired_difference(a: Iterable[float], b: Iterable[float], test: str = "paire
 
 
 def format_interval(m: float, lo: float, hi: float, fmt: str = ".3f", missing: str = "n/a",
-                    no_interval: str = "") -> str:
+                    no_interval: str = "", n: int | None = None, unit: str = "runs") -> str:
     """``m [lo, hi]`` for reports; ``missing`` when ``m`` is not finite, ``m`` followed by
-    ``no_interval`` when the interval is undefined. The one place intervals are formatted."""
+    ``no_interval`` when the interval is undefined, and ``all n units: m`` (or ``m (no spread)``
+    without ``n``) when the interval has zero width: a statistic with no spread is not an
+    interval. The one place intervals are formatted."""
     if not np.isfinite(m):
         return missing
     if not (np.isfinite(lo) and np.isfinite(hi)):
         return f"{m:{fmt}}{no_interval}"
+    if lo == hi:
+        return f"all {n} {unit}: {m:{fmt}}" if n is not None else f"{m:{fmt}} (no spread)"
     return f"{m:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
+
+
+def format_p(p: float, floor: float = P_FLOOR) -> str:
+    """``p = 0.012`` / ``p < 1e-4`` / ``p n/a``: never ``p = 0``."""
+    if not np.isfinite(p):
+        return "p n/a"
+    return f"p < {floor:.0e}".replace("e-0", "e-") if p < floor else f"p = {p:.2g}"
+
+
+# ---- equivalence, multiplicity, power ------------------------------------------------------------
+
+def se_from_interval(lo: float, hi: float, n: int) -> float:
+    """The standard error behind a 95 % t-interval over ``n`` paired values (df = n - 1)."""
+    if n < 2 or not (np.isfinite(lo) and np.isfinite(hi)):
+        return float("nan")
+    return float((hi - lo) / (2 * sps.t.ppf(1 - ALPHA / 2, n - 1)))
+
+
+def tost(estimate: float, se: float, df: float, margin: float) -> dict:
+    """Two one-sided t-tests of ``|true difference| < margin`` from a mean difference, its SE and
+    df (the same numbers statsmodels' ``ttost_paired`` uses). ``p`` = max of the two one-sided
+    p-values (equivalent at level alpha iff the 90 % interval lies inside +-margin); ``p_upper``
+    alone is the non-inferiority test (difference < +margin). A zero SE with a nonzero mean is
+    decided exactly; NaN where undefined."""
+    if not (np.isfinite(estimate) and np.isfinite(se) and df > 0):
+        return {"p": float("nan"), "p_lower": float("nan"), "p_upper": float("nan")}
+    if se == 0:
+        lo_p, up_p = float(estimate <= -margin), float(estimate >= margin)
+    else:
+        lo_p = float(sps.t.sf((estimate + margin) / se, df))  # H0: diff <= -margin
+        up_p = float(sps.t.cdf((estimate - margin) / se, df))  # H0: diff >= +margin
+    return {"p": max(lo_p, up_p), "p_lower": lo_p, "p_upper": up_p}
+
+
+def tost_paired(a: Iterable[float], b: Iterable[float], margin: float) -> dict:
+    """TOST of the paired difference ``a - b`` within +-``margin`` (statsmodels ``ttost_paired``)."""
+    a, b = np.asarray(list(a), float), np.asarray(list(b), float)
+    p, lower, upper = ttost_paired(a, b, -margin, margin)
+    return {"p": float(p), "p_lower": float(lower[1]), "p_upper": float(upper[1])}
+
+
+def holm(pvalues: Iterable[float]) -> np.ndarray:
+    """Holm-adjusted p-values (family-wise error control); NaN stays NaN."""
+    p = np.asarray(list(pvalues), float)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        out[ok] = multipletests(p[ok], alpha=ALPHA, method="holm")[1]
+    return out
+
+
+def tost_power(margin: float, sd: float, n: int, alpha: float = ALPHA) -> float:
+    """Power of a paired TOST at true difference 0: 2 * (power of one one-sided t-test at effect
+    margin / sd) - 1 (the usual approximation), with statsmodels' ``TTestPower``."""
+    if not (np.isfinite(sd) and sd > 0 and n >= 2):
+        return float("nan")
+    one = TTestPower().power(effect_size=margin / sd, nobs=n, alpha=alpha, alternative="larger")
+    return float(max(0.0, 2 * one - 1))
+
+
+def tost_n_for_power(margin: float, sd: float, power: float = 0.8, alpha: float = ALPHA,
+                     max_n: int = 10_000) -> float:
+    """Smallest number of pairs whose paired TOST reaches ``power`` at true difference 0 (see
+    :func:`tost_power`); NaN when no spread or beyond ``max_n``."""
+    if not (np.isfinite(sd) and sd > 0):
+        return float("nan")
+    return float(next((n for n in range(2, max_n + 1) if tost_power(margin, sd, n, alpha) >= power), np.nan))

@@ -1,0 +1,315 @@
+"""Every claim rule (C2-C11) on small synthetic tables shaped like the studies' tables: each rule
+reaches each of its verdicts (holds, mixed, does not hold, inconclusive), and no test accepts more
+than one verdict."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from figures import claims
+from figures.claims import FAILS, HOLDS, INCONCLUSIVE, MIXED, RULES
+
+NAN = float("nan")
+
+
+def _r(test, est, lo, hi, p=NAN, n=9):
+    return {"test": test, "estimate": est, "ci_low": lo, "ci_high": hi, "p": p, "r2": NAN, "n": n * 6,
+            "n_groups": n, "method": "synthetic"}
+
+
+def _check(found, expected):
+    verdict, text = found
+    assert verdict.startswith(expected), (verdict, text)
+    if expected == INCONCLUSIVE:
+        assert verdict.startswith(INCONCLUSIVE)
+    else:
+        assert verdict == expected
+    return text
+
+
+# ---- C2 / C3 -----------------------------------------------------------------------------------
+
+def _fanin(family, rho, e, e1):
+    tag = f"{family}/final"
+    return pd.DataFrame([_r(f"{tag}: per-run Spearman A vs linear F", *rho),
+                         _r(f"{tag}: within-run exponent A ~ linear F", *e),
+                         _r(f"{tag}: within-run exponent A ~ linear F, first block excluded", *e1),
+                         _r(f"{tag}: within-run exponent A ~ linear F + depth", *e),
+                         _r(f"{tag}: log-log slope A ~ linear F", *e)])
+
+
+PROP, FLAT = (1.0, 0.97, 1.03), (0.3, 0.2, 0.4)
+
+
+@pytest.mark.parametrize("rule,family", [(claims.c2, "transformer"), (claims.c3, "resnet")])
+@pytest.mark.parametrize("rho,e,e1,expected", [
+    ((0.9, 0.8, 1.0), PROP, PROP, HOLDS),  # order and shape
+    ((0.9, 0.8, 1.0), PROP, FLAT, MIXED),  # proportional only with the first block: order only
+    ((0.9, 0.8, 1.0), FLAT, FLAT, MIXED),  # the order follows, the magnitude does not
+    ((0.1, -0.2, 0.4), PROP, PROP, FAILS),  # rho below 0.5 and not above 0
+    ((0.4, -0.1, 0.9), PROP, PROP, INCONCLUSIVE),  # rho undecided
+    ((0.9, NAN, NAN), PROP, PROP, INCONCLUSIVE),  # undefined
+], ids=["holds", "mixed-first-block", "mixed-not-proportional", "fails", "inconclusive", "undefined"])
+def test_follows_rule(rule, family, rho, e, e1, expected):
+    text = _check(rule(_fanin(family, rho, e, e1)), expected)
+    assert "exponent" in text and "without the first block" in text
+
+
+def test_follows_reports_no_spread_as_such():
+    text = claims.c2(_fanin("transformer", (1.0, 1.0, 1.0), PROP, PROP)).measured
+    assert "all 9 runs: 1.000" in text and "[1.000, 1.000]" not in text
+
+
+# ---- C4 ----------------------------------------------------------------------------------------
+
+def _deep(family, aic, q, q1, lin, l1):
+    tag = f"{family}/all"
+    return [_r(f"{tag}: AIC(A proportional to quadratic F) - AIC(A proportional to linear F)", aic, NAN, NAN),
+            _r(f"{tag}: within-run exponent A ~ quadratic F", *q),
+            _r(f"{tag}: within-run exponent A ~ quadratic F, first block excluded", *q1),
+            _r(f"{tag}: within-run exponent A ~ linear F", *lin),
+            _r(f"{tag}: within-run exponent A ~ linear F, first block excluded", *l1)]
+
+
+STEEP = (2.0, 1.9, 2.1)
+QUAD = (-10.0, PROP, PROP, STEEP, STEEP)
+LINEAR = (10.0, FLAT, FLAT, PROP, PROP)
+
+
+@pytest.mark.parametrize("transformer,resnet,expected", [
+    (QUAD, QUAD, HOLDS),
+    (LINEAR, LINEAR, FAILS),
+    (QUAD, LINEAR, MIXED),  # the families disagree
+    ((-10.0, PROP, FLAT, STEEP, PROP), None, MIXED),  # quadratic with the first block, linear without it
+    ((0.5, FLAT, FLAT, FLAT, FLAT), None, INCONCLUSIVE),  # neither profile fits or is preferred
+    ((NAN, PROP, PROP, STEEP, STEEP), None, INCONCLUSIVE),
+], ids=["holds", "fails-linear", "mixed-families", "mixed-first-block", "inconclusive", "undefined"])
+def test_c4_rule(transformer, resnet, expected):
+    rows = _deep("transformer", *transformer) + (_deep("resnet", *resnet) if resnet else [])
+    text = _check(claims.c4(pd.DataFrame(rows)), expected)
+    assert "AIC(quadratic) - AIC(linear)" in text
+    if expected == FAILS:
+        assert "decays like the linear count" in text
+
+
+# ---- C5 ----------------------------------------------------------------------------------------
+
+def _importance(slope_p, ex_p, sign=1.0):
+    rows = []
+    for fam in ("transformer", "resnet"):
+        rows += [_r(f"{fam}: OLS ablation_norm ~ A_norm + depth", sign * 2.0, sign * 1.5, sign * 2.5, slope_p),
+                 _r(f"{fam}: per-run spearman ablation vs A, first block excluded", sign * 0.5, -0.1, 0.9, ex_p),
+                 _r(f"{fam}: per-run spearman ablation vs A", 0.7, 0.5, 0.9, 1e-4),
+                 _r(f"{fam}: first block's share of ablation importance", 0.9, 0.85, 0.95),
+                 _r(f"{fam}: first block's share of A", 0.5, 0.45, 0.55),
+                 _r(f"{fam}: ablation delta-loss, first block (nats)", 1.4, 1.1, 1.6),
+                 _r(f"{fam}: ablation delta-loss, mean later block (nats)", 0.02, 0.01, 0.03)]
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("slope_p,ex_p,sign,expected", [
+    (1e-6, 1e-3, 1.0, HOLDS),
+    (1e-6, 0.4, 1.0, MIXED),  # not without the first block
+    (1e-6, 0.4, -1.0, FAILS),  # importance falls with A
+    (0.4, 0.4, 1.0, INCONCLUSIVE),
+], ids=["holds", "mixed", "fails", "inconclusive"])
+def test_c5_rule(slope_p, ex_p, sign, expected):
+    text = _check(claims.c5(_importance(slope_p, ex_p, sign)), expected)
+    assert "nats" in text and "Holm" in text
+
+
+def test_c5_is_holm_adjusted():
+    # four p-values of 0.01: Holm's adjusted values are all 0.04, every test passes
+    assert claims.c5(_importance(0.01, 0.01)).verdict == HOLDS
+    # four of 0.02 would each pass unadjusted; adjusted (0.08) none does
+    assert claims.c5(_importance(0.02, 0.02)).verdict == INCONCLUSIVE
+
+
+# ---- C6 ----------------------------------------------------------------------------------------
+
+NONE, RISE, WIDE = (0.0, -0.01, 0.01, 0.9), (0.1, 0.08, 0.12, 0.001), (0.0, -0.2, 0.2, 0.9)
+
+
+def _equalization(adamw, sgd):
+    rows = []
+    for opt, d in (("adamw", adamw), ("sgd", sgd)):
+        rows.append(_r(f"{opt}: late_half_share (baseline)", 0.05, 0.03, 0.07, n=3))
+        rows.append(_r(f"{opt}: late_half_share equalized - baseline", *d, n=3))
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("adamw,sgd,expected", [
+    (NONE, NONE, HOLDS),
+    (NONE, RISE, MIXED),
+    (RISE, RISE, FAILS),
+    (WIDE, WIDE, INCONCLUSIVE),  # a non-significant change is not support
+    (NONE, WIDE, INCONCLUSIVE),
+], ids=["holds", "mixed", "fails", "inconclusive-wide", "inconclusive-one-undecided"])
+def test_c6_rule(adamw, sgd, expected):
+    text = _check(claims.c6(_equalization(adamw, sgd)), expected)
+    assert "TOST" in text and "power" in text
+
+
+def test_c6_margin_is_in_the_rule():
+    assert f"+-{RULES.share_margin:g}" in claims.C6_RULE and "TTestPower" in claims.C6_RULE
+
+
+# ---- C7 ----------------------------------------------------------------------------------------
+
+def _repetition(vs_base, vs_ctl):
+    return pd.DataFrame([_r("repeat r=2 - baseline: last_share", *vs_base, n=3),
+                         _r("repeat r=2 - control +1: last_share", *vs_ctl, n=3),
+                         _r("repeat r=2: last_share", 0.2, 0.1, 0.3, n=3)])
+
+
+UP, DOWN, FLATD = (0.05, 0.03, 0.07, 0.001), (-0.05, -0.07, -0.03, 0.001), (0.01, -0.05, 0.07, 0.6)
+
+
+@pytest.mark.parametrize("vs_base,vs_ctl,expected", [
+    (UP, UP, HOLDS), (UP, FLATD, MIXED), (DOWN, FLATD, FAILS), (FLATD, FLATD, INCONCLUSIVE),
+], ids=["holds", "mixed", "fails", "inconclusive"])
+def test_c7_rule(vs_base, vs_ctl, expected):
+    assert "Holm p" in _check(claims.c7(_repetition(vs_base, vs_ctl)), expected)
+
+
+# ---- C8 ----------------------------------------------------------------------------------------
+
+def _schedule(label, gap, lat, thr, lat_q75=None, thr_q25=None, n=3):
+    est, lo, hi = gap
+    return {"label": label, "schedule": label.split()[0], "n_seeds": n, "val_loss": 2.2 + est,
+            "loss_gap": est, "loss_gap_ci_low": lo, "loss_gap_ci_high": hi, "loss_gap_p": 0.5,
+            "ppl_gap_pct": 100 * math.expm1(est), "ppl_gap_pct_ci_low": 100 * math.expm1(lo),
+            "ppl_gap_pct_ci_high": 100 * math.expm1(hi), "latency_ratio": lat, "latency_ratio_q25": lat - 0.01,
+            "latency_ratio_q75": lat + 0.01 if lat_q75 is None else lat_q75, "throughput_ratio": thr,
+            "throughput_ratio_q25": thr - 0.01 if thr_q25 is None else thr_q25, "throughput_ratio_q75": thr + 0.01,
+            "params_ratio": 0.8, "flops_ratio": 0.8}
+
+
+UNIFORM = _schedule("uniform", (0.0, 0.0, 0.0), 1.0, 1.0, 1.0, 1.0)
+TIGHT, LOOSE, WORSE = (0.0, -0.004, 0.004), (0.0, -0.2, 0.2), (0.1, 0.08, 0.12)
+
+
+@pytest.mark.parametrize("rows,expected", [
+    ([_schedule("linear r=0.5", TIGHT, 0.90, 1.12), _schedule("fanin r=0.25", WORSE, 0.80, 1.30)], HOLDS),
+    ([_schedule("linear r=0.75", TIGHT, 0.96, 1.05)], MIXED),  # comparable, faster, less than the paper
+    ([_schedule("linear r=0.75", TIGHT, 1.00, 1.00, 1.02, 0.98), _schedule("fanin r=0.25", WORSE, 0.8, 1.3)],
+     FAILS),  # the paper's speed only where perplexity is worse than the margin
+    ([_schedule("linear r=0.5", LOOSE, 0.90, 1.12)], INCONCLUSIVE),  # a wide interval is not "comparable"
+    ([_schedule("linear r=0.5", (0.0, NAN, NAN), 0.90, 1.12)], INCONCLUSIVE),
+], ids=["holds", "mixed", "fails", "inconclusive-wide", "undefined"])
+def test_c8_rule(rows, expected):
+    text = _check(claims.c8(pd.DataFrame([UNIFORM, *rows])), expected)
+    if expected == HOLDS:
+        assert "best: linear r=0.5" in text and "power" in text
+
+
+def test_c8_verdict_columns_live_in_claims():
+    from experiments import cascadeformer as cf
+
+    for name in ("is_comparable", "has_paper_speedup", "PPL_TOLERANCE_PCT", "paper_match"):
+        assert not hasattr(cf, name)
+
+
+# ---- C9-C11 (pruning comparisons) --------------------------------------------------------------
+
+def _comp(quantity, method, est, lo, hi, p, model="transformer B=8", family="transformer", stage="", context="",
+          k=NAN, n=3):
+    return {"test": f"{model} {quantity} {method}", "model": model, "family": family, "depth_B": 8,
+            "quantity": quantity, "stage": stage, "context": context, "k": k, "method": method,
+            "estimate": est, "ci_low": lo, "ci_high": hi, "p": p, "n": n, "by_construction": method == "last"}
+
+
+BETTER_LOSS, WORSE_LOSS, EVEN = (-0.1, -0.15, -0.05, 0.001), (0.05, 0.03, 0.07, 0.001), (0.0, -0.1, 0.1, 0.9)
+
+
+def _c9(kind: dict, default=EVEN, undefined=False):
+    rows = [_comp("loss", m, *kind.get(m, default), stage=stage)
+            for stage in ("pruned", "healed") for m in (*claims.C9_RIVALS, "random", "ablation")]
+    if undefined:
+        rows[0].update(ci_low=NAN, ci_high=NAN)
+    rows.append(_comp("loss", "bi", 0.5, 0.4, 0.6, 0.001, model="resnet B=9", family="resnet", stage="pruned"))
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("kind,default,undefined,expected", [
+    ({}, BETTER_LOSS, False, HOLDS),
+    ({"last": BETTER_LOSS}, EVEN, False, MIXED),
+    ({"random": BETTER_LOSS}, WORSE_LOSS, False, FAILS),  # beating random (the floor) does not count
+    ({}, EVEN, False, INCONCLUSIVE),
+    ({}, BETTER_LOSS, True, INCONCLUSIVE),
+], ids=["holds", "mixed", "fails-random-is-floor", "inconclusive", "undefined"])
+def test_c9_rule(kind, default, undefined, expected):
+    text = _check(claims.c9(_c9(kind, default, undefined)), expected)
+    assert "random (floor)" in text and "ablation (oracle)" in text
+
+
+SAME = (0.0, 0.0, 0.0, NAN)  # identical rankings in every pair: no spread
+
+
+def _c10(kind: dict, default, context_wins=False):
+    rows = [_comp("tau", m, *kind.get(m, default), context="seeds") for m in claims.STABILITY_RIVALS]
+    if context_wins:  # nested checkpoints and calibration subsets never count
+        rows += [_comp("tau", m, 0.5, 0.4, 0.6, 0.001, context=c) for m in ("bi", "taylor")
+                 for c in ("checkpoints", "calibration")]
+    return pd.DataFrame(rows)
+
+
+STABLER, LESS = (0.3, 0.2, 0.4, 0.001), (-0.3, -0.4, -0.2, 0.001)
+
+
+@pytest.mark.parametrize("kind,default,wins,expected", [
+    ({"last": SAME}, STABLER, False, HOLDS),  # better than every heuristic, matches the fixed-order ceiling
+    ({"last": LESS}, STABLER, False, MIXED),  # less stable than last-k
+    ({}, LESS, True, FAILS),
+    ({}, (0.1, -0.2, 0.4, 0.5), False, INCONCLUSIVE),
+    ({"bi": (0.3, NAN, NAN, NAN)}, STABLER, False, INCONCLUSIVE),
+], ids=["holds", "mixed-ceiling", "fails-nested-do-not-count", "inconclusive", "undefined"])
+def test_c10_rule(kind, default, wins, expected):
+    text = _check(claims.c10(_c10(kind, default, wins)), expected)
+    assert "ceiling" in text
+    if kind.get("last") == SAME:
+        assert "all 3 seed pairs: +0.00" in text and "[+0.00, +0.00]" not in text
+
+
+def _c11(shortfalls, transformer=()):
+    rows = [_comp("accuracy_vs_best", "taylor", *d, model="resnet B=9", family="resnet", stage="pruned", k=i + 1)
+            for i, d in enumerate(shortfalls)]
+    rows += [_comp("accuracy_vs_best", "bi", *d, stage="pruned", k=i + 1) for i, d in enumerate(transformer)]
+    rows.append(_comp("accuracy", "bi", -0.5, -0.6, -0.4, 0.001, model="resnet B=9", family="resnet",
+                      stage="pruned", k=1))  # per-method rows: not the rule
+    return pd.DataFrame(rows)
+
+
+AT_PAR, EXACT, SHORT, UNSURE = (0.0, -0.005, 0.005, 0.9), (0.0, 0.0, 0.0, NAN), (-0.1, -0.12, -0.08, 0.001), \
+    (0.0, -0.2, 0.2, 0.9)
+
+
+@pytest.mark.parametrize("shortfalls,transformer,expected", [
+    ([AT_PAR, EXACT], [SHORT], HOLDS),  # Transformer next-token accuracy is reported, not counted
+    ([AT_PAR, SHORT], [], MIXED),
+    ([SHORT, SHORT], [], FAILS),
+    ([AT_PAR, UNSURE], [], INCONCLUSIVE),  # an undecided comparison is not "competitive"
+    ([], [AT_PAR], INCONCLUSIVE),
+], ids=["holds", "mixed", "fails", "inconclusive", "undefined"])
+def test_c11_rule(shortfalls, transformer, expected):
+    text = _check(claims.c11(_c11(shortfalls, transformer)), expected)
+    if transformer and shortfalls:
+        assert "reported only" in text
+
+
+# ---- the list ----------------------------------------------------------------------------------
+
+def test_every_margin_is_printed_in_its_rule():
+    by_key = {c.key: c.rule for c in claims.CLAIMS}
+    assert f"1 +- {RULES.exponent_margin:g}" in by_key["C2"] and f"{RULES.aic_threshold:g}" in by_key["C4"]
+    assert f"+-{RULES.ppl_margin_pct:g} %" in by_key["C8"]
+    assert f"{100 * RULES.acc_margin:g} accuracy points" in by_key["C11"]
+    assert all("Holm" in by_key[k] for k in ("C5", "C6", "C7", "C8", "C9", "C10", "C11"))
+
+
+def test_unrun_study_is_not_measured():
+    found = claims.evaluate_claims({}).set_index("claim")
+    assert (found.drop(index="C1")["verdict"] == claims.MISSING).all()
+    assert found.loc["C1", "verdict"] == HOLDS
+    assert np.isfinite(RULES.alpha)
