@@ -1,4 +1,5 @@
-"""``gfa train`` and ``gfa bench tracker``: output, and one-line errors with exit code 2."""
+"""``gfa train`` and ``gfa bench tracker``: output, one-line errors with exit code 2, conflicting options,
+the output formats of every subcommand, and a start-up that imports no subcommand for ``gfa --help``."""
 import json
 
 import pytest
@@ -99,3 +100,115 @@ def test_bench_tracker_json(capsys):
     result = json.loads(out)
     assert result["overhead_ratio"] > 0 and result["repeats"] == 3 and result["units"] == 3
     assert result["step_s_with"] > 0 and result["step_s_without"] > 0
+
+
+def test_metrics_csv_gains_a_row_at_every_evaluation(tmp_path, monkeypatch, capsys):
+    import pandas as pd
+
+    from gfa_theory.train import loop as training
+
+    seen = []  # val rows on disk when each evaluation starts
+    original = training.Trainer.evaluate
+
+    def spy(self, split="val"):
+        files = list(tmp_path.glob("gpt-*/metrics.csv"))
+        seen.append(int((pd.read_csv(files[0])["split"] == "val").sum()) if files else 0)
+        return original(self, split)
+
+    monkeypatch.setattr(training.Trainer, "evaluate", spy)
+    small = [s for s in TINY if not s.startswith(("train.eval_interval", "train.checkpoint_interval"))]
+    code, _, err = _gfa(capsys, "train", "--model", "gpt", "--no-progress", "--out", str(tmp_path), "--set", *small,
+                        "train.eval_interval=2", "train.checkpoint_interval=100")
+    assert code == 0, err
+    assert seen == [0, 1, 2, 3]  # steps 0, 2, 4, 6; no checkpoint before the end
+
+
+@pytest.mark.parametrize("argv, both", [
+    (["taper", "--blocks", "4", "--schedule", "fanin", "--alpha", "0.5", "--match", "flops=0.85"], ("--match", "--alpha")),
+    (["taper", "--blocks", "4", "--r", "0.4", "--match", "params=0.8"], ("--match", "--r")),
+    (["taper", "--blocks", "4", "--alpha", "2"], ("--alpha", "--schedule")),
+    (["taper", "--blocks", "4", "--step-at", "0.3"], ("--step-at", "--schedule")),
+    (["taper", "--model-config", "x.json", "--vocab", "50"], ("--model-config", "--vocab")),
+    (["prune", "r", "--method", "last", "-k", "1", "--out", "o", "--quantity", "A_rms"], ("--quantity", "--method")),
+    (["prune", "r", "--method", "magnitude", "-k", "1", "--out", "o", "--calib-batches", "4"],
+     ("--calib-batches", "--method")),
+    (["prune", "r", "--method", "bi", "-k", "1", "--out", "o", "--heal-lr", "0.1"], ("--heal-lr", "--heal-steps")),
+    (["prune", "r", "--method", "last", "-k", "1", "--out", "o", "--gradients", "g.csv"], ("--gradients", "--method")),
+])
+def test_conflicting_options_are_one_error_naming_both(argv, both, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _gfa(capsys, *argv)
+    assert code == 2 and out == ""
+    (line,) = err.strip().splitlines()
+    assert line.startswith("gfa: error: ") and all(opt in line for opt in both), line
+
+
+def test_taper_budget_follows_vocabulary_and_context(capsys):
+    runs = {}
+    for vocab, context in ((96, 64), (50257, 1024)):
+        code, out, err = _gfa(capsys, "taper", "--blocks", "4", "--vocab", str(vocab), "--context", str(context),
+                              "--format", "json")
+        assert code == 0, err
+        runs[vocab] = json.loads(out)
+    assert runs[50257]["params"] > runs[96]["params"] + 50257 * 128 - 96 * 128 - 1
+    assert runs[50257]["params_ratio"] > runs[96]["params_ratio"]  # the embedding is not tapered
+
+
+def test_taper_reads_a_model_config(tmp_path, capsys):
+    cfg = tmp_path / "gpt.json"
+    cfg.write_text(json.dumps({"vocab_size": 200, "block_size": 32, "n_embd": 64, "n_blocks": 6, "n_head": 2,
+                               "d_ff": 128}))
+    code, out, err = _gfa(capsys, "taper", "--model-config", str(cfg), "--format", "json")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert len(plan["blocks"]) == 6 and plan["config"]["vocab_size"] == 200 and plan["config"]["block_size"] == 32
+
+
+@pytest.mark.parametrize("argv", [["taper", "--blocks", "3"], ["fanin", "--branches", "3"],
+                                  ["fanin", "--symbolic"]])
+def test_csv_and_latex_formats(argv, capsys):
+    code, out, err = _gfa(capsys, *argv, "--format", "csv")
+    assert code == 0, err
+    from io import StringIO
+
+    import pandas as pd
+
+    frame = pd.read_csv(StringIO(out))
+    assert len(frame) >= 3
+    code, out, err = _gfa(capsys, *argv, "--format", "latex")
+    assert code == 0 and ("tabular" in out or r"\[" in out), err
+
+
+def test_every_printing_subcommand_offers_the_same_formats():
+    import argparse
+
+    from gfa_theory.cli import COMMANDS, build_parser
+    from gfa_theory.cli.formats import FORMATS
+
+    def format_choices(parser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from format_choices(sub)
+            elif "--format" in action.option_strings:
+                yield parser.prog, tuple(action.choices)
+
+    found = dict(x for name in COMMANDS for x in format_choices(build_parser(only=name)))
+    assert {"gfa fanin", "gfa train", "gfa taper", "gfa prune", "gfa bench tracker", "gfa bench taper"} <= set(found)
+    assert set(found.values()) == {FORMATS}
+
+
+def test_help_does_not_import_torch_and_is_plain():
+    import subprocess
+    import sys
+
+    code = ("import sys; from gfa_theory.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = sorted(m for m in ('torch', 'pandas', 'sympy', 'scipy', 'transformers') if m in sys.modules)\n"
+            "print('IMPORTED', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "IMPORTED []" in out, out
+    assert "fanin" in out and "prune" in out
+    bench = subprocess.run([sys.executable, "-m", "gfa_theory.cli", "bench", "--help"], capture_output=True,
+                           text=True, check=True).stdout
+    assert "``" not in bench and ":mod:" not in bench

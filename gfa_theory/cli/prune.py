@@ -100,9 +100,9 @@ def _check_options(args: argparse.Namespace, hf: bool) -> None:
                                 ("--gradients", "--method", f"--gradients is cascadeflow's ranking, not {method}'s")])
     if args.method not in NEEDS_BATCHES:
         refuse_conflicts(args, [("--calib-batches", "--method", f"{method} scores no calibration batches")])
-    if not args.heal_steps:
-        refuse_conflicts(args, [("--heal-lr", "--heal-steps", "--heal-lr sets the rate of healing, and "
-                                 "--heal-steps is 0 (no healing)")])
+    if args.heal_lr is not None and not args.heal_steps:
+        raise ConfigError("--heal-lr and --heal-steps conflict: --heal-lr sets the rate of healing, and "
+                          "--heal-steps is 0 (no healing)")
     if not hf:
         why = "a gfa run directory brings its own gradients.csv and data"
         refuse_conflicts(args, [("--gradients", "RUN_DIR", why), ("--seq-len", "RUN_DIR", why),
@@ -233,6 +233,8 @@ def _summary(args: argparse.Namespace, report: dict, ranking: dict, removable: i
     table = tabulate([[label, f"{ev['loss']:.4f}", f"{ev['perplexity']:.3f}", f"{ev['accuracy']:.4f}"]
                       for label, ev in rows], headers=["", "loss", "ppl", "accuracy"], tablefmt="plain",
                      colalign=("left", "right", "right", "right"), disable_numparse=True)
+    if not rows:
+        table = "no held-out evaluation: the directory has no tokenizer to read the evaluation text with"
     p = report["params"]
     return "\n".join([
         f"pruned {args.k} of {removable} removable blocks of run {report['source_run']} by {what}: "

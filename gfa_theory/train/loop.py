@@ -582,11 +582,22 @@ class _RunWriter:
             save_torch_atomic(self.rdir / SNAPSHOT_DIR / f"step-{step}.pt",
                               {"step": step, "model": self.trainer.raw_model.state_dict()})
             fault_point("snapshot")
-            write_csv_atomic(self.rdir / METRICS_FILE, pd.DataFrame(self.rows, columns=METRIC_COLUMNS))
+            self.write_metrics()
             fault_point("metrics")
             save_torch_atomic(self.ckpt_path, state)
             fault_point("checkpoint")
         self.world.barrier()
+
+    def write_metrics(self) -> None:
+        """``metrics.csv`` with every row so far, atomically (rank 0). Written after each
+        evaluation too, so a long run's curve can be watched; a kill leaves rows past the last
+        checkpoint, which its resumption rewrites identically."""
+        write_csv_atomic(self.rdir / METRICS_FILE, pd.DataFrame(self.rows, columns=METRIC_COLUMNS))
+
+    def evaluate(self) -> None:
+        """A held-out evaluation (rank 0): its row, and metrics.csv rewritten."""
+        self.rows.append(self.trainer.evaluate())
+        self.write_metrics()
 
     def interrupted(self) -> None:  # one process only (stop.deferred is never set under DDP)
         self.check_finite()
@@ -607,7 +618,7 @@ class _RunWriter:
                 self.rows.append(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", refresh=False)
         if world.main and ((tc.eval_interval and s % tc.eval_interval == 0) or final):
-            self.rows.append(trainer.evaluate())
+            self.evaluate()
         if tc.checkpoint_interval and s % tc.checkpoint_interval == 0 and not final:
             self.check_finite()
             self.checkpoint()
@@ -619,7 +630,7 @@ class _RunWriter:
 
         trainer, tc, world, stop = self.trainer, self.trainer.cfg.train, self.world, self.stop
         if trainer.step == 0 and tc.eval_interval and world.main:
-            self.rows.append(trainer.evaluate())
+            self.evaluate()
         bar = tqdm(total=tc.steps, initial=trainer.step, desc=self.key, dynamic_ncols=True,
                    disable=not (progress and world.main))
         with bar:
