@@ -169,3 +169,28 @@ def test_load_model_refuses_a_foreign_directory(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "gpt2"}')
     with pytest.raises(DataError, match="not written by"):
         load_model(tmp_path)
+
+
+def test_per_layer_config_lists_are_sliced_and_index_scaled_gpt2_is_refused():
+    from gfa_theory.errors import ConfigError
+
+    torch.manual_seed(0)
+    llama = transformers.AutoModelForCausalLM.from_config(CONFIGS["llama"]())
+    llama.config.layer_types = ["full_attention", "a", "b", "c"]
+    pruned = prune(llama, ["model.layers.1", "model.layers.3"])
+    assert pruned.config.layer_types == ["full_attention", "b"] and pruned.config.num_hidden_layers == 2
+    assert llama.config.num_hidden_layers == 4 and len(llama.config.layer_types) == 4  # the source is untouched
+    cfg = CONFIGS["gpt2"]()
+    cfg.scale_attn_by_inverse_layer_idx = True
+    with pytest.raises(ConfigError, match="scale_attn_by_inverse_layer_idx"):
+        prune(transformers.AutoModelForCausalLM.from_config(cfg), ["transformer.h.0"])
+
+
+def test_prune_refuses_to_overwrite_another_result(tmp_path, capsys):
+    _, src = _saved("gpt2", tmp_path)
+    out = tmp_path / "pruned"
+    assert main(["prune", str(src), "--method", "last", "-k", "1", "--out", str(out)]) == 0
+    assert main(["prune", str(src), "--method", "last", "-k", "1", "--out", str(out)]) == 0  # the same prune again
+    capsys.readouterr()
+    assert main(["prune", str(src), "--method", "magnitude", "-k", "1", "--out", str(out)]) == 2
+    assert "another gfa prune" in capsys.readouterr().err
