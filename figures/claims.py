@@ -335,6 +335,15 @@ C6_RULE = (f"For AdamW and SGD: the paired (by seed) change in the late-half imp
            f"for {RULES.power:.0%} power are printed")
 
 
+def _val_loss(summary: pd.DataFrame, opt: str) -> str:
+    """The absolute numbers behind the shares: validation loss per arm (when the study has them)."""
+    arms = [summary[summary.test == f"{opt}: val_loss ({a})"] for a in ("baseline", "equalized")]
+    if any(a.empty for a in arms):
+        return ""
+    b, e = (a.iloc[0] for a in arms)
+    return f"; validation loss {_ci(b, '.3f', 'seeds')} (baseline) vs {_ci(e, '.3f', 'seeds')} (equalized)"
+
+
 def c6(summary: pd.DataFrame) -> Finding:
     """Equalized gradient norms must leave the late-half importance share unchanged (AdamW and SGD)."""
     rows, parts = [], []
@@ -344,7 +353,7 @@ def c6(summary: pd.DataFrame) -> Finding:
         rows.append(d)
         parts.append(f"{opt}: late-half importance share {_ci(b, '.3f', 'seeds')} (baseline), change under "
                      f"equalization {_ci(d, '+.3f', 'seeds')}, TOST {format_p(_tost(d, RULES.share_margin)['p'])}; "
-                     f"{_power(d, RULES.share_margin)}")
+                     f"{_power(d, RULES.share_margin)}{_val_loss(summary, opt)}")
     text = "; ".join(parts)
     if not _defined(*rows):
         return Finding(UNDEFINED, text)
@@ -382,6 +391,12 @@ def c7(summary: pd.DataFrame) -> Finding:
     pos, neg = (p < RULES.alpha) & (est > 0), (p < RULES.alpha) & (est < 0)
     text = "last-group importance share change: " + "; ".join(
         f"{n} {_ci(r, '+.3f', 'seeds')} (Holm p = {q:.2g})" for n, r, q in zip(names, rows, p))
+    arms = [(v, summary[summary.test == f"{v}: {c}"]) for v in ("baseline", *(f"repeat r={r}" for r in repeats))
+            for c in ("last_importance", "val_loss")]
+    if all(len(a) for _, a in arms):
+        text += ". Absolute: " + "; ".join(
+            f"{arms[i][0]}: last-group ablation delta-loss {_ci(arms[i][1].iloc[0], '.3f', 'seeds')} nats, "
+            f"validation loss {_ci(arms[i + 1][1].iloc[0], '.3f', 'seeds')}" for i in range(0, len(arms), 2))
     return Finding(_superiority(pos, neg, True), text)
 
 
