@@ -127,6 +127,7 @@ def test_metrics_csv_gains_a_row_at_every_evaluation(tmp_path, monkeypatch, caps
     (["taper", "--blocks", "4", "--schedule", "fanin", "--alpha", "0.5", "--match", "flops=0.85"], ("--match", "--alpha")),
     (["taper", "--blocks", "4", "--r", "0.4", "--match", "params=0.8"], ("--match", "--r")),
     (["taper", "--blocks", "4", "--alpha", "2"], ("--alpha", "--schedule")),
+    (["fanin", "--branches", "8", "--max-order", "5"], ("--max-order", "--format")),
     (["taper", "--blocks", "4", "--step-at", "0.3"], ("--step-at", "--schedule")),
     (["taper", "--model-config", "x.json", "--vocab", "50"], ("--model-config", "--vocab")),
     (["prune", "r", "--method", "last", "-k", "1", "--out", "o", "--quantity", "A_rms"], ("--quantity", "--method")),

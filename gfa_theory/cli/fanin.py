@@ -206,6 +206,9 @@ def _checked_max_order(args: argparse.Namespace, layout: Layout) -> int | None:
     if positions > MAX_POSITIONS:
         raise ConfigError(f"the layout writes {positions:,} stream positions: at most {MAX_POSITIONS:,}")
     max_order = args.max_order
+    if args.format != "json" and max_order is not None and max_order >= TABLE_ORDERS:
+        raise ConfigError(f"--max-order {max_order} and --format {args.format} conflict: its table shows orders "
+                          f"0..{TABLE_ORDERS - 1} (every order: --format json)")
     if args.format != "json":
         max_order = TABLE_ORDERS - 1 if max_order is None else min(max_order, TABLE_ORDERS - 1)
     elif max_order is None and positions > FULL_ORDER_LIMIT:
