@@ -215,7 +215,7 @@ def t5(t):
     s2 = t["gradients_vs_importance"]["summary"].assign(study="A vs importance")
     s = pd.concat([s1, s2], ignore_index=True)
     return pd.DataFrame({
-        "study": s["study"], "test": s["test"],
+        "study": s["study"], "test": s["test"].str.replace(" | run", " (run intercepts)", regex=False),
         "estimate [CI95]": [format_interval(r.estimate, r.ci_low, r.ci_high, ".3g", n=int(r.n_groups))
                             for r in s.itertuples()],
         "p": [format_p(p) for p in s["p"]], "runs": s["n_groups"].astype(int), "method": s["method"]})
