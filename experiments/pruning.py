@@ -66,6 +66,7 @@ from gfa_theory.errors import ConfigError
 from gfa_theory.instrument.evaluation import evaluate
 from gfa_theory.methods import pruning
 from gfa_theory.models import build_model
+from gfa_theory.models.base import logits_and_loss
 from gfa_theory.train.data import load_data
 from gfa_theory.train.store import load_run, snapshots
 
@@ -92,6 +93,11 @@ CALIBRATION_FREE = ("cascadeflow", "cascadeflow_rms", "magnitude", "last")
 STAGES = ("pruned", "healed")
 CONTEXTS = ("seeds", "calibration", "checkpoints")
 CALIB_SEED, HEAL_SEED = 1000, 2000  # seeds of calibration subset j (CALIB_SEED + j) and healing batches
+# C11's Transformer task (distinct from the training loss): in a window of the model's context length
+# from the validation split, pick the true last quarter (CHOICE_FRACTION) after the first three
+# quarters among CHOICES candidates (the others taken from elsewhere in the split) by total
+# log-likelihood; chance = 1 / CHOICES
+CHOICE_ITEMS, CHOICE_FRACTION, CHOICES, CHOICE_SEED = 256, 4, 4, 3000
 
 
 # ---- rank-stability measures (pure) ---------------------------------------------------------
@@ -262,8 +268,43 @@ def _context_rankings(run_dir: str, cfg, model, grads, calib: list[list], K: int
     return rankings
 
 
+def choice_items(data, block_size: int, seed: int = CHOICE_SEED) -> tuple[torch.Tensor, torch.Tensor]:
+    """The multiple-choice continuation items, built deterministically from the validation split:
+    contexts (items, C) and candidates (items, CHOICES, L) with L = block_size // CHOICE_FRACTION and
+    C + L = block_size, the true continuation first (scoring never looks at the position; ties
+    count as wrong)."""
+    val = data.split("val")
+    g = torch.Generator().manual_seed(seed)
+    length = max(1, block_size // CHOICE_FRACTION)
+    context = block_size - length
+    starts = torch.randint(0, len(val) - block_size, (CHOICE_ITEMS,), generator=g)
+    others = torch.randint(0, len(val) - length, (CHOICE_ITEMS, CHOICES - 1), generator=g)
+    ctx = torch.stack([val[s:s + context] for s in starts.tolist()])
+    true = torch.stack([val[s + context:s + block_size] for s in starts.tolist()])
+    wrong = torch.stack([torch.stack([val[o:o + length] for o in row]) for row in others.tolist()])
+    return ctx, torch.cat([true.unsqueeze(1), wrong], dim=1)
+
+
+@torch.no_grad()
+def choice_accuracy(model, items: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """Share of items whose true continuation has a strictly higher total log-likelihood under
+    ``model``'s final head than every other candidate."""
+    ctx, cands = items
+    M, K, L = cands.shape
+    seq = torch.cat([ctx.unsqueeze(1).expand(M, K, -1), cands], dim=2).reshape(M * K, -1)
+    x, y = seq[:, :-1], seq[:, 1:]
+    was = model.training
+    model.eval()
+    try:
+        logits, _ = logits_and_loss(model, x, y, final_only=True)
+    finally:
+        model.train(was)
+    ll = logits.log_softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)[:, -L:].sum(-1).view(M, K)
+    return float((ll[:, 0] > ll[:, 1:].max(dim=1).values).double().mean())
+
+
 def _prune_and_heal(model, removal: dict[tuple[str, int, int], list[str]], K: int, pp: PrunePlan,
-                    heldout: list, heal_batches: list, seed: int, base: dict) -> list[dict]:
+                    heldout: list, heal_batches: list, seed: int, base: dict, choice=None) -> list[dict]:
     """Every method's pruned model at every ``k`` (and the unpruned one, ``none``), scored on the
     held-out batches before and after healing; a removal set shared by several methods is done once."""
     done: dict[tuple[str, ...], tuple] = {}
@@ -273,20 +314,22 @@ def _prune_and_heal(model, removal: dict[tuple[str, int, int], list[str]], K: in
         if key not in done:
             pruned = pruning.prune(model, remove) if remove else copy.deepcopy(model)
             before = evaluate(pruned, heldout)
+            mc_before = choice_accuracy(pruned, choice) if choice is not None else float("nan")
             pruning.heal(pruned, heal_batches, pp.heal_steps, pp.heal_lr, seed=seed)
             after = evaluate(pruned, heldout)
-            done[key] = (before, after, pruning.num_params(pruned))
+            mc_after = choice_accuracy(pruned, choice) if choice is not None else float("nan")
+            done[key] = (before, after, pruning.num_params(pruned), mc_before, mc_after)
         return done[key]
 
     evals = []
     todo = [("none", 0, 0, [])] + [(v, k, d, removal[(v, k, d)]) for v in METHODS
                                    for k in range(1, K + 1) for d in range(pp.random_draws if v == "random" else 1)]
     for v, k, d, remove in todo:
-        before, after, params = measure(remove)
-        for stage, e in zip(STAGES, (before, after)):
+        before, after, params, mc_before, mc_after = measure(remove)
+        for stage, e, mc in zip(STAGES, (before, after), (mc_before, mc_after)):
             evals.append({**base, "method": v, "k": k, "draw": d, "removed": ";".join(remove), "stage": stage,
-                          "loss": e.loss, "perplexity": e.perplexity, "accuracy": e.accuracy, "count": e.count,
-                          "params": params})
+                          "loss": e.loss, "perplexity": e.perplexity, "accuracy": e.accuracy,
+                          "choice_accuracy": mc, "count": e.count, "params": params})
     return evals
 
 
@@ -310,7 +353,8 @@ def analyze_run(desc: dict, run_dir: str, profile: str) -> dict[str, list[dict]]
             "heal_steps": pp.heal_steps}
     rankings, cost, removal = _final_rankings(model, grads, calib[0], K, seed, steps, pp.random_draws, base)
     rankings += _context_rankings(run_dir, cfg, model, grads, calib, K, seed, steps, pp.random_draws, base)
-    evals = _prune_and_heal(model, removal, K, pp, heldout, heal_batches, seed, base)
+    choice = choice_items(data, cfg.model.block_size) if text else None
+    evals = _prune_and_heal(model, removal, K, pp, heldout, heal_batches, seed, base, choice)
     return {"raw": evals, "rankings": rankings, "cost": cost}
 
 
@@ -331,6 +375,7 @@ def aggregate_draws(raw: pd.DataFrame) -> pd.DataFrame:
     keys = RUN_KEYS + ["method", "k", "stage"]
     agg = raw.groupby(keys, sort=False).agg(
         loss=("loss", "mean"), perplexity=("perplexity", "mean"), accuracy=("accuracy", "mean"),
+        choice_accuracy=("choice_accuracy", "mean"),
         params=("params", "mean"), n_draws=("draw", "nunique"), removed=("removed", "first"),
         heal_steps=("heal_steps", "first")).reset_index()
     agg.loc[agg["n_draws"] > 1, "removed"] = ""  # several sets: see raw.csv
@@ -416,19 +461,30 @@ def _pruning_comparisons(results: pd.DataFrame) -> list[dict]:
                                        cf[seeds], per_seed.loc[m, seeds], **info, quantity="loss", stage=stage,
                                        context="", k=np.nan, method=m, by_construction=False))
             for k, dk in ds.groupby("k"):
-                acc = dk.pivot_table(index="method", columns="seed", values="accuracy")
-                cfa = acc.loc[CASCADEFLOW]
-                for m in METHODS:
-                    if m == CASCADEFLOW or m not in acc.index:
-                        continue
-                    rows.append(paired_row(f"{model} {stage} k={k}: accuracy, cascadeflow - {m}", cfa, acc.loc[m],
-                                           **info, quantity="accuracy", stage=stage, context="", k=int(k), method=m,
-                                           by_construction=False))
-                heur = acc.loc[[h for h in HEURISTICS if h in acc.index]]
-                best = heur.mean(axis=1).idxmax()
-                rows.append(paired_row(f"{model} {stage} k={k}: accuracy, cascadeflow - best heuristic ({best})",
-                                       cfa, acc.loc[best], **info, quantity="accuracy_vs_best", stage=stage,
-                                       context="", k=int(k), method=best, by_construction=False))
+                rows += _accuracy_rows(dk, info, stage, int(k))
+    return rows
+
+
+def _accuracy_rows(dk: pd.DataFrame, info: dict, stage: str, k: int) -> list[dict]:
+    """Accuracy rows at one ``k`` and stage: next-token / top-1 ``accuracy`` and, for Transformers,
+    the multiple-choice ``choice_accuracy``; CascadeFlow minus every method and minus the heuristic
+    with the highest mean there (``<quantity>_vs_best``)."""
+    rows = []
+    for q in ("accuracy", "choice_accuracy"):
+        if q not in dk or not np.isfinite(dk[q].to_numpy(float)).any():
+            continue
+        acc = dk.pivot_table(index="method", columns="seed", values=q)
+        cfa = acc.loc[CASCADEFLOW]
+        for m in METHODS:
+            if m == CASCADEFLOW or m not in acc.index:
+                continue
+            rows.append(paired_row(f"{info['model']} {stage} k={k}: {q}, cascadeflow - {m}", cfa, acc.loc[m],
+                                   **info, quantity=q, stage=stage, context="", k=k, method=m,
+                                   by_construction=False))
+        best = acc.loc[[h for h in HEURISTICS if h in acc.index]].mean(axis=1).idxmax()
+        rows.append(paired_row(f"{info['model']} {stage} k={k}: {q}, cascadeflow - best heuristic ({best})",
+                               cfa, acc.loc[best], **info, quantity=f"{q}_vs_best", stage=stage, context="", k=k,
+                               method=best, by_construction=False))
     return rows
 
 
