@@ -215,7 +215,10 @@ def test_t2_t3_t4_tables(study):
     assert len(t2) == results["model"].nunique() + n_k * len(pr.METHODS)
     assert set(t2.loc[t2.model.str.startswith("resnet"), "metric"]) == {"loss"}
     t3 = ef.t3(t)
-    assert set(t3["task"]) == {"next-token accuracy pct", "top-1 accuracy pct"} and len(t3) == len(t2)
+    choice = f"{pr.CHOICES}-way continuation choice pct (chance {100 / pr.CHOICES:g})"
+    assert set(t3["task"]) == {"next-token accuracy pct", "top-1 accuracy pct", choice}
+    # every Transformer row twice (the continuation task C11 counts, and next-token accuracy)
+    assert len(t3) == len(t2) + int(t2.model.str.startswith("transformer").sum())
     t4 = ef.t4(t)
     assert len(t4) == results["model"].nunique() * len(pr.METHODS)
     cf_row = t4[t4.method == "cascadeflow"].iloc[0]
@@ -273,3 +276,44 @@ def test_claims_measure_the_smoke_study(study):
         assert tuple(found.loc[key, ["verdict", "measured here"]]) == tuple(rule(comp)), key
     assert "ceiling" in found.loc["C10", "measured here"]
     assert "random (floor)" in found.loc["C9", "measured here"]
+
+
+def test_choice_task_is_deterministic_and_scores_an_oracle(monkeypatch):
+    """C11's Transformer task: items from the validation split only, the same every call; a model
+    that predicts the text exactly picks every true continuation, one that predicts nothing none."""
+    import torch
+
+    from gfa_theory.train.data import make_text_data
+
+    text = "abcdefghijklmnopqrstuvwxyz" * 160  # every character has one successor
+    data = make_text_data(text, 0.25, "synthetic")
+    ctx, cands = pr.choice_items(data, 16)
+    again = pr.choice_items(data, 16)
+    assert torch.equal(ctx, again[0]) and torch.equal(cands, again[1])
+    assert ctx.shape == (pr.CHOICE_ITEMS, 12) and cands.shape == (pr.CHOICE_ITEMS, pr.CHOICES, 4)
+    val = data.split("val").tolist()
+    window = ctx[0].tolist() + cands[0, 0].tolist()
+    assert any(val[i:i + 16] == window for i in range(len(val) - 15))  # a real validation window
+
+    class Lookup(torch.nn.Module):
+        """Logits peaked on the corpus' own successor (exact), or flat (blind)."""
+
+        def __init__(self, exact: bool):
+            super().__init__()
+            self.exact, self.w = exact, torch.nn.Parameter(torch.zeros(1))
+            nxt = {}
+            for a, b in zip(val, val[1:]):
+                nxt.setdefault(a, b)
+            self.nxt = nxt
+
+        def forward(self, x):
+            out = torch.full((*x.shape, data.vocab_size), -20.0 if self.exact else 0.0)
+            for i, row in enumerate(x.tolist()):
+                for t, a in enumerate(row):
+                    out[i, t, self.nxt.get(a, 0)] = 0.0
+            return out
+
+    monkeypatch.setattr(pr, "logits_and_loss", lambda model, x, y, final_only=True: (model(x), None))
+    exact = pr.choice_accuracy(Lookup(True), (ctx[:16], cands[:16]))
+    blind = pr.choice_accuracy(Lookup(False), (ctx[:16], cands[:16]))
+    assert exact > 0.8 and blind == 0.0  # ties count as wrong: a model that sees nothing gets none
