@@ -574,7 +574,8 @@ def c10(comp: pd.DataFrame) -> Finding:
     text = ("Kendall tau, CascadeFlow minus: " + "; ".join(parts)
             + f". Holm-adjusted over {len(d)} comparisons: better in {int(better.sum())}, worse in "
               f"{int(worse.sum())}; identical to the last-k ceiling in "
-              f"{int((ceiling & (d['estimate'].to_numpy(float) == 0)).sum())} of {int(ceiling.sum())} models"
+              f"{int((ceiling & (d['estimate'].to_numpy(float) == 0)).sum())} of {int(ceiling.sum())} models "
+              f"(a match counts as success in that comparison)"
             + (f". Not counted: {', '.join(sorted(set(others['context'])))}" if len(others) else ""))
     ok = bool(_finite_ci(d).all())
     counted = better | (ceiling & (d["estimate"].to_numpy(float) == 0) & (d["ci_low"].to_numpy(float) == 0))
@@ -601,9 +602,10 @@ def c11(comp: pd.DataFrame) -> Finding:
     for (model, task), g in d.groupby(["model", "task"], sort=False):
         m = d.index.isin(g.index)
         worst = g.loc[g["estimate"].idxmin()]
+        short = format_interval(100 * worst["estimate"], 100 * worst["ci_low"], 100 * worst["ci_high"], "+.1f",
+                                n=_n(worst), unit="seeds")
         parts.append(f"{model} {task}: non-inferior (Holm) at {int(ok[m].sum())} of {len(g)} (k, stage), shown "
-                     f"inferior at {int(inferior[m].sum())}; largest shortfall {100 * worst['estimate']:+.1f} "
-                     f"[{100 * worst['ci_low']:+.1f}, {100 * worst['ci_high']:+.1f}] points vs {worst['method']} at "
+                     f"inferior at {int(inferior[m].sum())}; largest shortfall {short} points vs {worst['method']} at "
                      f"k = {int(worst['k'])} ({_stage(worst['stage'])}), {_power(pd.Series(worst), worst['margin'])}")
     other = comp[(comp["quantity"] == "accuracy_vs_best") & (comp["family"] == "transformer")]
     if len(other):
