@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from experiments import STUDIES
+from experiments import EXPLORATORY, STUDIES
 from experiments.plans import PROFILES
 from experiments.runner import Context
 from experiments.study_io import format_table, study_module
@@ -22,7 +22,8 @@ MAX_JOBS = 256  # training processes at once (each holds a model, torch and its 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments",
                                 description="Run a worked study and print its key statistics.")
-    p.add_argument("name", choices=STUDIES, metavar="NAME", help=f"study: {', '.join(STUDIES)}")
+    p.add_argument("name", choices=STUDIES + EXPLORATORY, metavar="NAME",
+                   help=f"study: {', '.join(STUDIES + EXPLORATORY)}")
     p.add_argument("--profile", default="default", choices=PROFILES)
     p.add_argument("--out", default=None,
                    help="results root (default: $GFA_RESULTS or ./results): its runs are reused by config "

@@ -8,6 +8,7 @@ written (:mod:`figures.report`).
 """
 from __future__ import annotations
 
+import io
 import json
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 from experiments.runner import Context
 from experiments.study_io import load_study, study_module
 from gfa_theory.errors import ConfigError
-from gfa_theory.train.store import results_root
+from gfa_theory.train.store import results_root, write_bytes_atomic, write_text_atomic
 
 from . import report
 from . import stamp as stamps
@@ -49,21 +50,24 @@ def save_figure(fig, out: Path, key: str, title: str, stamp: dict) -> list[Path]
     fig.tight_layout(rect=(0, 0.02, 1, 0.98))
     meta = json.dumps(stamp)
     paths = [out / f"{key}.png", out / f"{key}.pdf"]
-    fig.savefig(paths[0], dpi=170, metadata={"Description": meta}, bbox_inches="tight")
-    fig.savefig(paths[1], metadata={"Subject": meta, "Title": f"{key}. {title}", "CreationDate": None},
+    png, pdf = io.BytesIO(), io.BytesIO()  # drawn in memory, then moved into place atomically
+    fig.savefig(png, format="png", dpi=170, metadata={"Description": meta}, bbox_inches="tight")
+    fig.savefig(pdf, format="pdf", metadata={"Subject": meta, "Title": f"{key}. {title}", "CreationDate": None},
                 bbox_inches="tight")  # no date: regenerating identical results gives identical files
     plt.close(fig)
+    write_bytes_atomic(paths[0], png.getvalue())
+    write_bytes_atomic(paths[1], pdf.getvalue())
     return paths + [stamps.write_sidecar(p, stamp) for p in paths]
 
 
 def save_table(df: pd.DataFrame, out: Path, key: str, title: str, stamp: dict) -> list[Path]:
     line = stamps.line(stamp)
     csv, md, tex = out / f"{key}.csv", out / f"{key}.md", out / f"{key}.tex"
-    csv.write_text(f"# {json.dumps(stamp)}\n" + df.to_csv(index=False))
-    md.write_text(f"**{key}. {title}**\n\n{df.to_markdown(index=False, floatfmt='.4g')}\n\n_{line}_\n")
+    write_text_atomic(csv, df.to_csv(index=False))  # plain: pandas.read_csv reads it; the stamp is the sidecar
+    write_text_atomic(md, f"**{key}. {title}**\n\n{df.to_markdown(index=False, floatfmt='.4g')}\n\n_{line}_\n")
     body = df.to_latex(index=False, float_format=lambda v: f"{v:.4g}", caption=f"{title}",
                        label=f"tab:{key.lower()}", longtable=len(df) > 30)
-    tex.write_text(f"% {line}\n% {json.dumps(stamp)}\n{body}")
+    write_text_atomic(tex, f"% {line}\n% {json.dumps(stamp)}\n{body}")
     return [csv, md, tex] + [stamps.write_sidecar(p, stamp) for p in (csv, md, tex)]
 
 

@@ -6,7 +6,6 @@ profile in ``figures/generated`` it also refreshes ``paper/`` and the README's g
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -15,6 +14,7 @@ import pandas as pd
 
 from experiments.plans import gpt_run, plan, resnet_run
 from gfa_theory.models import build_model
+from gfa_theory.train.store import write_text_atomic
 
 from . import stamp as stamps
 from .claims import RULES
@@ -97,16 +97,17 @@ def write_report(claims: pd.DataFrame, metas: dict, profile: str, out: Path) -> 
     st = stamps.merge(metas.values(), profile, "REPORT")
     text = report_text(claims, st, profile, out)
     target, claims_csv = out / "REPORT.md", out / "claims.csv"
-    target.write_text(text)
-    claims_csv.write_text(f"# {json.dumps(st)}\n" + claims.to_csv(index=False))
+    write_text_atomic(target, text)
+    write_text_atomic(claims_csv, claims.to_csv(index=False))
+    stamps.write_sidecar(claims_csv, st)
     paths = [target, claims_csv]
     if profile == "default" and out.resolve() == GENERATED.resolve():
         paper = REPO / "paper"
         tex_dir = paper / "tables"
         tex_dir.mkdir(parents=True, exist_ok=True)
-        (paper / "REPORT.md").write_text(text.replace("](", "](../figures/generated/"))
+        write_text_atomic(paper / "REPORT.md", text.replace("](", "](../figures/generated/"))
         for tex in out.glob("T*.tex"):
-            (tex_dir / tex.name).write_text(tex.read_text())
+            write_text_atomic(tex_dir / tex.name, tex.read_text())
         paths += [paper / "REPORT.md", update_readme(claims, out, st)]
     return paths
 
@@ -131,5 +132,5 @@ def update_readme(claims: pd.DataFrame, out: Path, st: dict) -> Path:
     figs = [f"**{o.key}. {o.title}**\n\n![{o.key}]({_rel(out / f'{o.key}.png')})\n" for o in _drawn(out)]
     text = _between(readme.read_text(), "claims", body)
     text = _between(text, "figures", "\n".join(figs))
-    readme.write_text(text)
+    write_text_atomic(readme, text)
     return readme

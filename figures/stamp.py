@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Iterable
 
 from gfa_theory import __version__
+from gfa_theory.train.store import write_text_atomic
 
 
 def merge(metas: Iterable[dict], profile: str, output: str) -> dict:
@@ -28,5 +29,5 @@ def line(stamp: dict) -> str:
 
 def write_sidecar(path: Path, stamp: dict) -> Path:
     side = path.with_suffix(path.suffix + ".stamp.json")
-    side.write_text(json.dumps(stamp, indent=1))
+    write_text_atomic(side, json.dumps(stamp, indent=1))
     return side

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 import figures.plots
@@ -32,6 +33,9 @@ def test_reproduce_smoke_writes_every_stamped_output(smoke_root, tmp_path):
                 assert stamp["seeds"] and stamp["config_hashes"] and stamp["data_sha256"]
             if ext in ("png", "pdf"):  # embedded in the file itself too
                 assert b'"profile": "smoke"' in f.read_bytes()
+            elif ext == "csv":  # plain: the stamp lives only in the sidecar, pandas reads it as is
+                assert not f.read_text().startswith("#")
+                assert len(pd.read_csv(f)) > 0
             else:
                 assert "profile smoke" in f.read_text() or '"profile": "smoke"' in f.read_text()
     report = (out / "REPORT.md").read_text()

@@ -29,8 +29,8 @@ PRUNE_FILES = ("checkpoint.pt", "evaluation.json")
 HF_PRUNE_FILES = re.compile(r"config\.json|generation_config\.json|model(-\d+-of-\d+)?\.safetensors"
                             r"|model\.safetensors\.index\.json|tokenizer.*|vocab\.(json|txt)|merges\.txt"
                             r"|special_tokens_map\.json|added_tokens\.json|chat_template\.(jinja|json)")
-REPORT_FILES = ("REPORT.md", "claims.csv")
 STAMP_SUFFIX = ".stamp.json"
+REPORT_FILES = ("REPORT.md", "claims.csv", "claims.csv" + STAMP_SUFFIX)
 
 
 def _entries(path: Path) -> list[str]:
