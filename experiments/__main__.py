@@ -13,7 +13,7 @@ from experiments.plans import PROFILES
 from experiments.runner import Context
 from experiments.study_io import format_table, study_module
 from gfa_theory.cli.outdir import check_results_root
-from gfa_theory.errors import ConfigError, GFAError
+from gfa_theory.errors import ConfigError, report_user_errors
 from gfa_theory.train.store import results_root
 
 MAX_JOBS = 256  # training processes at once (each holds a model, torch and its data)
@@ -52,14 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        return run(args)
-    except GFAError as exc:
-        print(f"experiments: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("experiments: interrupted", file=sys.stderr)
-        return 130
+    return report_user_errors("experiments", lambda: run(args))
 
 
 if __name__ == "__main__":

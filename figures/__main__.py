@@ -22,7 +22,7 @@ from experiments.plans import PROFILES
 from figures import build
 from figures.outputs import OUTPUTS
 from gfa_theory.cli.outdir import check_figures_out, reproduce_names
-from gfa_theory.errors import GFAError
+from gfa_theory.errors import report_user_errors
 
 
 def parser() -> argparse.ArgumentParser:
@@ -46,17 +46,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        check_jobs(args.jobs)
-        out = Path(args.out) if args.out else build.default_out(args.profile)
-        check_figures_out(out, reproduce_names(OUTPUTS), args.force)
-        return build.build(args)
-    except GFAError as exc:
-        print(f"figures: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("figures: interrupted", file=sys.stderr)
-        return 130
+    return report_user_errors("figures", lambda: _build(args))
+
+
+def _build(args: argparse.Namespace) -> int:
+    check_jobs(args.jobs)
+    out = Path(args.out) if args.out else build.default_out(args.profile)
+    check_figures_out(out, reproduce_names(OUTPUTS), args.force)
+    return build.build(args)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import os
 import sys
 
 from gfa_theory import __version__
-from gfa_theory.errors import GFAError
+from gfa_theory.errors import report_user_errors
 
 # Subcommand modules and their one-line help, in the order ``gfa --help`` lists them (each
 # module's add_parser reads its line from here).
@@ -56,10 +56,6 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 EXIT_BROKEN_PIPE = 141
 
 
-def _one_line(exc: BaseException) -> str:
-    """The message of ``exc`` as one line (the CLI's errors are always exactly one line)."""
-    return "; ".join(part.strip() for part in str(exc).splitlines() if part.strip()) or type(exc).__name__
-
 
 def _silence_stdout() -> None:
     """Point stdout at the null device, so that flushing it at exit cannot fail again."""
@@ -97,14 +93,7 @@ def _main(argv: list[str] | None) -> int:
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return 2
-    try:
-        return int(args.func(args) or 0)
-    except GFAError as exc:
-        print(f"gfa: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("gfa: interrupted", file=sys.stderr)
-        return 130
+    return report_user_errors("gfa", lambda: args.func(args))
 
 
 if __name__ == "__main__":
