@@ -20,6 +20,10 @@ from gfa_theory.train.loop import RunResult
 from .plans import ImportancePlan
 
 
+# the tracker's opt-in totals (TrainConfig.accumulate / track_updates), in a run's table when recorded
+ACCUMULATED = ("G_norm", "noise_floor", "U", "displacement")
+
+
 def unit_table(run: RunResult, kind: str = "block", **descriptors) -> pd.DataFrame:
     """One row per unit of ``kind``: fan-in (summed over a shared unit's applications, as the
     gradient of a shared parameter is), accumulated gradients and run descriptors."""
@@ -37,13 +41,13 @@ def unit_table(run: RunResult, kind: str = "block", **descriptors) -> pd.DataFra
              "unit": u.name, "kind": kind, "index": u.index, "order": pos + 1, "n_units": n,
              "depth": pos / (n - 1) if n > 1 else 0.0,
              "applications": len(u.applications), "F": sum(fan[a] for a in u.applications)}
-        for q in ("A", "A_sq", "A_rms", "A_stream", "numel"):
+        for q in ("A", "A_sq", "A_rms", "A_stream", "numel", *ACCUMULATED):
             if q in wide.columns:
                 r[q] = float(wide.loc[u.name, q])
         r.update(descriptors)
         rows.append(r)
     df = pd.DataFrame(rows)
-    for q in ("F", "A", "A_rms", "A_stream"):
+    for q in ("F", "A", "A_rms", "A_stream", *ACCUMULATED):
         if q in df:
             df[f"{q}_norm"] = df[q] / df[q].mean()  # profile shape, comparable across runs
     return df

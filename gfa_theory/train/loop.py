@@ -180,7 +180,8 @@ class Trainer:
         self.tracker = None
         if tc.track != "none":
             self.tracker = GradientTracker(self.raw_model, kind=tc.track, stream=tc.track_stream,
-                                           series_every=tc.series_every, max_steps=tc.steps)
+                                           series_every=tc.series_every, max_steps=tc.steps,
+                                           accumulate=bool(tc.accumulate), track_updates=bool(tc.track_updates))
         self.block_norms = UnitNorms(self.raw_model.units("block")) if tc.intervention == "equalize" else None
         self.hooks = list(on_after_backward)
         self.params = [p for p in self.raw_model.parameters() if p.requires_grad]
@@ -209,7 +210,12 @@ class Trainer:
             equalize_gradients_(self.block_norms)
         if self.cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip, foreach=True)
+        updates = self.tracker is not None and self.tracker.track_updates
+        if updates:
+            self.tracker.before_update()
         self.optimizer.step()
+        if updates:
+            self.tracker.after_update()
         self.scheduler.step()
         loss = loss.detach()
         self._loss_sum += loss

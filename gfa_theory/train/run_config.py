@@ -11,7 +11,7 @@ import dataclasses
 import math
 import os
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
@@ -51,7 +51,8 @@ class TrainConfig:
 
     Intervals count optimizer steps; 0 means "only at the end". ``track``: which units the
     gradient tracker records ("none" disables it). ``series_points``: length of the
-    downsampled per-step gradient series. ``intervention``: "equalize" rescales each block's
+    downsampled per-step gradient series. ``accumulate`` / ``track_updates``: the tracker's opt-in
+    totals (``G_norm``, ``noise_floor`` / ``U``, ``displacement``). ``intervention``: "equalize" rescales each block's
     gradient to the mean block norm before every update (the equalization study). ``device``: ``auto``
     (CUDA when present, else the CPU), ``cpu``, ``cuda``, ``cuda:<index>``, ``mps``; whether
     the machine has it is checked when training starts (a stored CUDA config still loads here).
@@ -77,6 +78,11 @@ class TrainConfig:
     track: Literal["branch", "block", "both", "none"] = "both"
     track_stream: bool = True
     series_points: int = 100
+    # Opt-in tracker totals (see gfa_theory.instrument.tracking): ``accumulate`` adds ``G_norm`` and
+    # ``noise_floor``, ``track_updates`` adds ``U`` and ``displacement``. Off is stored as None and
+    # left out of the config, so runs without them keep their hashes.
+    accumulate: bool | None = field(default=None, metadata={"omit_if_none": True})
+    track_updates: bool | None = field(default=None, metadata={"omit_if_none": True})
 
     def __post_init__(self) -> None:
         def check(name: str, ok: bool, what: str) -> None:
@@ -99,6 +105,9 @@ class TrainConfig:
         check("series_points", 1 <= self.series_points <= MAX_POINTS, f"in 1..{MAX_POINTS:.0e}")
         check_seed("train.seed", self.seed)
         parse_device(self.device, "train.device")
+        for name in ("accumulate", "track_updates"):
+            if getattr(self, name) is False:  # off is one value, whichever way it was written
+                object.__setattr__(self, name, None)
 
     @property
     def series_every(self) -> int:
