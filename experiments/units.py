@@ -19,7 +19,6 @@ from gfa_theory.train.loop import RunResult
 
 from .plans import ImportancePlan
 
-
 # the tracker's opt-in totals (TrainConfig.accumulate / track_updates), in a run's table when recorded
 ACCUMULATED = ("G_norm", "noise_floor", "U", "displacement")
 
