@@ -3,7 +3,6 @@ per-application, equal-applications and fan-in tables."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -68,14 +67,13 @@ def test_application_ablation_rows_and_unshared_equals_block_ablation():
 
 def test_skipping_an_application_out_of_range_is_a_config_error():
     model = _model(SCHEDULE)
-    with pytest.raises(ConfigError, match="out of range 1..5"):
-        with model.skip_applications([6]):
-            pass
+    with pytest.raises(ConfigError, match="out of range 1..5"), model.skip_applications([6]):
+        pass
     assert model.skipped == frozenset()
 
 
 def test_a_model_that_cannot_skip_applications_says_so():
     from gfa_theory.models.base import ResidualModel
-    with pytest.raises(ConfigError, match="cannot skip single block applications"):
-        with ResidualModel().skip_applications([1]):
-            pass
+    with pytest.raises(ConfigError, match="cannot skip single block applications"), \
+            ResidualModel().skip_applications([1]):
+        pass
