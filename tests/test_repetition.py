@@ -77,3 +77,65 @@ def test_a_model_that_cannot_skip_applications_says_so():
     with pytest.raises(ConfigError, match="cannot skip single block applications"), \
             ResidualModel().skip_applications([1]):
         pass
+
+
+# ---- the study (smoke profile: seconds) --------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def study(smoke_root):
+    from experiments import repetition
+    from experiments.runner import Context
+    from experiments.study_io import load_study
+    repetition.run(ctx=Context("smoke", smoke_root, jobs=1, progress=False))
+    return load_study(Context("smoke", smoke_root, jobs=1, progress=False), repetition.NAME)
+
+
+def test_study_tables_cover_every_application_and_equal_removals(study):
+    from experiments.plans import plan
+    p = plan("smoke").repetition
+    apps, joint, units = study["applications"], study["joint"], study["units"]
+    for rid, d in apps.groupby("run_id"):
+        n = d["n_applications"].iloc[0]
+        assert sorted(d["application"]) == list(range(1, n + 1))
+        assert sorted(joint[joint.run_id == rid]["m"]) == list(range(1, min(max(p.repeats), n) + 1))
+    # every arm loses the same number of applications at each m
+    assert (joint.groupby("m")["removed"].apply(lambda s: s.str.split().str.len().nunique()) == 1).all()
+    # skipping a repeated model's last r applications = ablating its shared group (group ablation)
+    for r in p.repeats:
+        rep_runs = units[(units.variant == f"repeat r={r}")]
+        last = rep_runs.loc[rep_runs.groupby("run_id")["order"].idxmax()].set_index("run_id")["imp_ablation"]
+        j = joint[(joint.variant == f"repeat r={r}") & (joint.m == r)].set_index("run_id")["delta_loss"]
+        assert np.allclose(j.loc[last.index], last, atol=1e-6)
+    # without sharing, skipping one application = ablating its block
+    plain = apps[apps.group_applications == 1].merge(units, on=["run_id", "unit"])
+    assert np.allclose(plain["imp_application"], plain["imp_ablation"], atol=1e-6)
+    assert set(units["arm"]) == {"parameter-matched control", "repetition", "compute-matched control (of r=2)"}
+
+
+def test_manipulation_check_counts_agree_and_repetition_raises_the_last_fan_in(study):
+    fan = study["fanin"]
+    assert np.array_equal(fan["F"].to_numpy(float), fan["F_paths"].to_numpy(float))
+    last = fan[fan.order == fan.n_units].set_index("variant")["F_paths"]
+    assert last["repeat r=2"] > max(last["baseline"], last["control +1"])
+    s = study["summary"].set_index("test")
+    assert s.loc["repeat r=2: last_F (autograd paths)", "estimate"] == last["repeat r=2"]
+
+
+def test_summary_leads_with_the_primary_comparisons(study):
+    from experiments import repetition as rep
+    tests = study["summary"]["test"].tolist()
+    primary = [rep.comparison(2, rep.BASELINE, rep.PRIMARY), rep.comparison(2, "control", rep.PRIMARY)]
+    assert primary == ["repeat r=2 - baseline (parameter-matched): joint_delta_loss m=2",
+                       "repeat r=2 - control +1 (compute-matched): joint_delta_loss m=2"]
+    first = [t for t in tests if " - " in t][:2]
+    assert first == primary
+    assert {"baseline: joint_delta_loss m=2", "repeat r=2: application_importance from_end=1",
+            rep.comparison(2, "control", "late_application_importance")} <= set(tests)
+
+
+def test_f7_and_c7_read_the_study(study):
+    from figures import claims, gfa
+    fig = gfa.f7({"repetition": study})
+    assert len(fig.axes) == 3 and all(ax.has_data() for ax in fig.axes)
+    found = claims.c7(study["summary"])
+    assert "Manipulation check" in found.measured and found.verdict
