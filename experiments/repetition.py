@@ -159,27 +159,49 @@ def fan_in_table(runs: Sequence[tuple[dict, object]], results) -> pd.DataFrame:
     return df
 
 
-def application_tables(runs: Sequence[tuple[dict, object]], results, imp, max_m: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+class _SkippedSets:
+    """Delta-loss of skipping a set of a run's block applications, each set evaluated once
+    (``known``: sets already measured, e.g. block ablations; held-out batches loaded on demand)."""
+
+    def __init__(self, res, imp, base: float, known: dict[frozenset, float]) -> None:
+        self.res, self.imp, self.base, self.known, self.batches = res, imp, base, known, None
+
+    def __call__(self, positions: list[int]) -> float:
+        key = frozenset(positions)
+        if key not in self.known:
+            self.batches = self.batches or heldout_batches(self.res, self.imp.batches, self.imp.batch_size)
+            self.known[key] = importance.joint_ablation(self.res.model, self.batches, positions, self.base)
+        return self.known[key]
+
+
+def application_tables(runs: Sequence[tuple[dict, object]], results, imp, max_m: int,
+                       units: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per run: the importance of every block application skipped alone (``applications``), and
-    the delta-loss of skipping its last ``m`` applications together, m = 1..max_m (``joint``)."""
+    the delta-loss of skipping its last ``m`` applications together, m = 1..max_m (``joint``).
+
+    Skipping a set of applications is one computation whatever it is called: skipping all of a
+    block's applications is ablating the block (tested in ``tests/test_repetition.py``), so the
+    block ablations of ``units`` (and its full-model loss) are reused and only new sets are
+    evaluated (a repeated group's single applications, joint sets that are no one block)."""
     apps, joint = [], []
     for (desc, _), res in zip(runs, results):
         model = res.model
-        batches = heldout_batches(res, imp.batches, imp.batch_size)
+        mine = units[units.run_id == res.run_dir.name].set_index("unit")
+        base = float(mine["val_loss"].iloc[0])
+        known = {frozenset(u.applications): float(mine.loc[u.name, "imp_ablation"]) for u in model.units("block")}
+        skipped = _SkippedSets(res, imp, base, known)
+        owner = {a: u.name for u in model.units("block") for a in u.applications}
+        n = len(owner)
         fan = block_fan_in(model.layout())
-        per = importance.application_ablation(model, batches)
-        n = len(per)
-        group_size = per["unit"].map(per["unit"].value_counts())
-        base = importance.evaluate(model, batches)
         common = {"run_id": res.run_dir.name, "seed": res.config.train.seed, "variant": desc["variant"],
                   "arm": arm(desc["variant"]), "n_applications": n}
-        apps.append(pd.DataFrame({**common, "application": per["index"], "from_end": n - per["index"] + 1,
-                                  "unit": per["unit"], "group_applications": group_size,
-                                  "F_application": per["index"].map(fan), "imp_application": per["score"]}))
+        sizes = pd.Series(owner).value_counts()
+        apps.append(pd.DataFrame([{**common, "application": a, "from_end": n - a + 1, "unit": owner[a],
+                                   "group_applications": int(sizes[owner[a]]), "F_application": fan[a],
+                                   "imp_application": skipped([a])} for a in sorted(owner)]))
         for m in range(1, min(max_m, n) + 1):
             removed = list(range(n - m + 1, n + 1))
-            joint.append({**common, "m": m, "removed": " ".join(map(str, removed)),
-                          "delta_loss": importance.joint_ablation(model, batches, removed, base)})
+            joint.append({**common, "m": m, "removed": " ".join(map(str, removed)), "delta_loss": skipped(removed)})
     return pd.concat(apps, ignore_index=True), pd.DataFrame(joint)
 
 
@@ -251,7 +273,7 @@ def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
     units = ablation_units(runs, results, p.importance)
     units["arm"] = units["variant"].map(arm)
     groups = last_group(units)
-    apps, joint = application_tables(runs, results, p.importance, max(p.repetition.repeats))
+    apps, joint = application_tables(runs, results, p.importance, max(p.repetition.repeats), units)
     fanin = fan_in_table(runs, results)
     summary = summarize(groups, p.repetition.repeats, apps, joint, fanin)
     return finish(ctx, NAME, units, summary, results, started, last_group=groups, applications=apps,
