@@ -28,6 +28,7 @@ import pandas as pd
 
 from experiments import cascadeformer as cf
 from experiments import pruning as pr
+from experiments import repetition as rep
 from gfa_theory.instrument import stats
 from gfa_theory.instrument.stats import format_interval, format_p
 from gfa_theory.theory.layout import Layout
@@ -50,6 +51,9 @@ class Rules:
     exponent_margin: float = 0.2  # C2-C4: "A proportional to F" = exponent equivalent to 1 within +-0.2
     aic_threshold: float = 2.0  # C4: an AIC difference beyond 2 prefers one fan-in profile
     share_margin: float = 0.05  # C6: a change in the late-half importance share within +-5 points = none
+    # C7: a change in the equal-applications joint delta-loss within +-0.02 nats (about 1 % of the held-out loss
+    # near 2 nats) = no difference between the repeated model and a control
+    rep_margin_nats: float = 0.02
     ppl_margin_pct: float = 2.0  # C8: perplexity at most 2 % above uniform = comparable
     paper_latency_ratio: float = 1 - 0.086  # C8: the paper's latency -8.6 %
     paper_throughput_ratio: float = 1 + 0.094  # C8: the paper's throughput +9.4 %
@@ -373,38 +377,79 @@ def c6(summary: pd.DataFrame) -> Finding:
     return Finding(FAILS if rises.any() and not equiv.any() else INCONCLUSIVE, text)
 
 
-C7_RULE = ("For every r: the paired change of the last group's importance share vs the baseline (restores) and vs "
-           "the compute-matched control (elevates); all two-sided p-values Holm-adjusted. Holds if every change "
-           "is positive-significant; mixed if some; does not hold if none is and some is negative-significant; "
-           "inconclusive otherwise")
+C7_RULE = (f"Primary measure, fixed before the results were read: the equal-applications joint ablation, the "
+           f"held-out loss increase (nats) when the last r block applications are skipped together, in the model "
+           f"with the last block applied r times, in its parameter-matched control (the B-block baseline) and in its "
+           f"compute-matched control (B + r - 1 unshared blocks), so every arm loses r applications. For every r the "
+           f"paired differences repeat - parameter-matched (restores) and repeat - compute-matched (elevates); "
+           f"two-sided paired-t p-values Holm-adjusted over all comparisons; 'no difference' = TOST within "
+           f"+-{RULES.rep_margin_nats:g} nats, Holm-adjusted. Holds if every difference is positive-significant; "
+           f"mixed if some are; does not hold if none is and some is negative-significant or equivalent (TOST); "
+           f"inconclusive otherwise, and whenever repetition did not raise the last group's fan-in above both "
+           f"controls' (manipulation check, autograd path counts). Per-application importance and the group "
+           f"importance shares are reported, not counted")
+
+
+def _c7_repeats(summary: pd.DataFrame) -> list[int]:
+    return sorted({int(x.split("r=")[1].split(" ")[0]) for x in summary.test
+                   if x.startswith("repeat r=") and " - " in x})
+
+
+def _c7_manipulation(summary: pd.DataFrame, r: int) -> tuple[bool, str]:
+    """Did repetition raise the last group's fan-in (autograd path count) above both controls'?"""
+    arms = [rep.BASELINE, rep.repeat(r), rep.control(r)]
+    rows = {a: summary[summary.test == f"{a}: last_F (autograd paths)"] for a in arms}
+    if any(d.empty for d in rows.values()):
+        return False, f"r = {r}: last-group fan-in not counted"
+    f = {a: float(d.iloc[0].estimate) for a, d in rows.items()}
+    ok = f[rep.repeat(r)] > max(f[rep.BASELINE], f[rep.control(r)])
+    return ok, (f"r = {r}: last-group fan-in (autograd paths, no spread) {f[rep.repeat(r)]:g} vs "
+                f"{f[rep.BASELINE]:g} (parameter-matched) and {f[rep.control(r)]:g} (compute-matched)")
+
+
+def _c7_secondary(summary: pd.DataFrame, r: int) -> str:
+    """The per-application and group-share comparisons, reported beside the primary one."""
+    parts = []
+    for measure, label in (("late_application_importance", "mean per-application delta-loss of the last r"),
+                           ("last_share", "last-group importance share")):
+        for against, name in ((rep.BASELINE, "parameter-matched"), ("control", "compute-matched")):
+            d = summary[summary.test == rep.comparison(r, against, measure)]
+            if len(d):
+                parts.append(f"{label} vs {name} {_ci(d.iloc[0], '+.3f', 'seeds')} ({format_p(d.iloc[0].p)})")
+    return f"r = {r} secondary: " + "; ".join(parts) if parts else ""
 
 
 def c7(summary: pd.DataFrame) -> Finding:
-    """Repetition must raise the last group's importance share vs baseline and vs the control."""
-    repeats = sorted({int(x.split("r=")[1].split(" ")[0]) for x in summary.test
-                      if x.startswith("repeat r=") and " - " in x})
-    rows, names = [], []
+    """Repetition must raise the joint delta-loss of the last r applications above both controls'."""
+    repeats = _c7_repeats(summary)
+    rows, names, absolute, checks, secondary = [], [], [], [], []
     for r in repeats:
-        rows.append(_row(summary, f"repeat r={r} - baseline: last_share"))
-        names.append(f"r = {r} vs baseline")
-        ctl = summary[summary.test == f"repeat r={r} - control +{r - 1}: last_share"]
-        if not ctl.empty:
-            rows.append(ctl.iloc[0])
-            names.append(f"r = {r} vs compute-matched control")
+        for against, name in ((rep.BASELINE, "parameter-matched"), ("control", "compute-matched")):
+            d = summary[summary.test == rep.comparison(r, against, rep.PRIMARY)]
+            if len(d):
+                rows.append(d.iloc[0])
+                names.append(f"r = {r} vs {name}")
+        arms = [(a, summary[summary.test == f"{a}: {rep.PRIMARY} m={r}"])
+                for a in (rep.repeat(r), rep.BASELINE, rep.control(r))]
+        absolute.append(f"r = {r}: " + ", ".join(f"{a} {_ci(d.iloc[0], '.3f', 'seeds')}" for a, d in arms if len(d)))
+        checks.append(_c7_manipulation(summary, r))
+        secondary.append(_c7_secondary(summary, r))
     if not rows or not _defined(*rows):
-        return Finding(UNDEFINED, "last-group importance share undefined")
+        return Finding(UNDEFINED, "equal-applications joint delta-loss undefined")
     p = stats.holm([_exact_p(r) for r in rows])
+    p_eq = stats.holm([_tost(r, RULES.rep_margin_nats)["p"] for r in rows])
     est = np.array([r.estimate for r in rows])
     pos, neg = (p < RULES.alpha) & (est > 0), (p < RULES.alpha) & (est < 0)
-    text = "last-group importance share change: " + "; ".join(
-        f"{n} {_ci(r, '+.3f', 'seeds')} (Holm p = {q:.2g})" for n, r, q in zip(names, rows, p))
-    arms = [(v, summary[summary.test == f"{v}: {c}"]) for v in ("baseline", *(f"repeat r={r}" for r in repeats))
-            for c in ("last_importance", "val_loss")]
-    if all(len(a) for _, a in arms):
-        text += ". Absolute: " + "; ".join(
-            f"{arms[i][0]}: last-group ablation delta-loss {_ci(arms[i][1].iloc[0], '.3f', 'seeds')} nats, "
-            f"validation loss {_ci(arms[i + 1][1].iloc[0], '.3f', 'seeds')}" for i in range(0, len(arms), 2))
-    return Finding(_superiority(pos, neg, True), text)
+    equiv = p_eq < RULES.alpha
+    text = ("joint delta-loss of the last r applications, repeat minus control: " + "; ".join(
+        f"{n} {_ci(r, '+.3f', 'seeds')} nats (Holm p = {q:.2g}, TOST Holm p = {e:.2g})"
+        for n, r, q, e in zip(names, rows, p, p_eq))
+        + ". Absolute (nats): " + "; ".join(absolute)
+        + ". Manipulation check: " + "; ".join(c for _, c in checks)
+        + ". " + ". ".join(s for s in secondary if s))
+    if not all(ok for ok, _ in checks):
+        return Finding(INCONCLUSIVE + " (repetition did not raise the last group's fan-in)", text)
+    return Finding(_superiority(pos, neg | equiv, True), text)
 
 
 # ---- C8: CascadeFormer ---------------------------------------------------------------------------

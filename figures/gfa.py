@@ -180,28 +180,52 @@ def f6(t):
     return fig
 
 
-def repetition_bands(units: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """Per unique block, the importance share over seeds of every variant: baseline first, then
-    the repeated models, then the compute-matched controls."""
-    d = units.copy()
-    d["share"] = importance_share(d)
-    variants = sorted(d.variant.unique(), key=lambda v: (v != "baseline", v.startswith("control"), v))
-    return [(v, bands(d[d.variant == v], "order", "share")) for v in variants]
+def _arm_label(variant: str) -> str:
+    """A variant with its role: the parameter-matched and the compute-matched controls named."""
+    if variant == "baseline":
+        return "baseline (parameter-matched)"
+    return f"{variant} (compute-matched)" if variant.startswith("control") else variant
 
 
-def repetition_fanin_shares(units: pd.DataFrame) -> pd.DataFrame:
-    """Each unique block's share of its variant's total group fan-in."""
-    d = units.drop_duplicates(["variant", "order"]).copy()
-    d["F_share"] = d["F"] / d.groupby("variant")["F"].transform("sum")
+def _arm_order(variants) -> list[str]:
+    """Baseline first, then the repeated models, then the compute-matched controls."""
+    return sorted(variants, key=lambda v: (v != "baseline", v.startswith("control"), v))
+
+
+def repetition_application_bands(apps: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Per arm, each block application's ablation delta-loss (skipped alone; nats) over seeds,
+    x = the application's position."""
+    return [(_arm_label(v), bands(apps[apps.variant == v], "application", "imp_application"))
+            for v in _arm_order(apps.variant.unique())]
+
+
+def repetition_joint_bands(joint: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Per arm, the delta-loss of skipping its last m applications together, over seeds, x = m."""
+    return [(_arm_label(v), bands(joint[joint.variant == v], "m", "delta_loss"))
+            for v in _arm_order(joint.variant.unique())]
+
+
+def repetition_fanin_shares(fanin: pd.DataFrame) -> pd.DataFrame:
+    """Each parameter group's share of its arm's total group fan-in (autograd path counts)."""
+    d = fanin.copy()
+    d["variant"] = d["variant"].map(_arm_label)
     return d[["order", "F_share", "variant"]]
 
 
 def f7(t):
-    u = t["repetition"]["units"]
-    fig, (a, b) = _fig(2)
-    plots.plot_importance_shares(repetition_bands(u), "unique block (the last one is shared in 'repeat')",
-                                 "Parameter-shared repetition", ax=a)
-    plots.plot_repetition_fanin(repetition_fanin_shares(u), ax=b)
+    rep = t["repetition"]
+    fig, (a, b, c) = _fig(3)
+    if rep.get("applications") is None or rep.get("joint") is None or rep.get("fanin") is None:
+        for ax in (a, b, c):
+            plots.plot_note("rerun the repetition study: per-application tables missing", ax=ax)
+        return fig
+    plots.plot_importance_shares(repetition_application_bands(rep["applications"]), "block application (position)",
+                                 "Per-application importance", ax=a)
+    a.set_ylabel("delta-loss, skipped alone (nats, symlog)")
+    a.set_xticks(sorted(rep["applications"]["application"].unique()))
+    plots.plot_repetition_fanin(repetition_fanin_shares(rep["fanin"]), ax=b)
+    b.set_title("Manipulation: fan-in of each parameter group")
+    plots.plot_joint_ablation(repetition_joint_bands(rep["joint"]), ax=c)
     return fig
 
 

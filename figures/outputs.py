@@ -38,7 +38,8 @@ OUTPUTS: dict[str, Output] = {o.key: o for o in (
     Output("F4", "figure", "Deep supervision: accumulated gradient vs quadratic fan-in", (FANIN,), gfa.f4),
     Output("F5", "figure", "Accumulated gradient vs post hoc (ablation) importance", (IMPORTANCE,), gfa.f5),
     Output("F6", "figure", "Gradient-norm equalization: per-block importance", ("equalization",), gfa.f6),
-    Output("F7", "figure", "Parameter-shared repetition: per-block importance and fan-in", ("repetition",), gfa.f7),
+    Output("F7", "figure", "Parameter-shared repetition: per-application importance, group fan-in and "
+           "equal-applications ablation", ("repetition",), gfa.f7),
     Output("F8", "figure", "CascadeFormer vs uniform; CascadeFlow Pruning: perplexity vs blocks removed",
            (cf.NAME, pr.NAME), efficiency.f8),
     Output("T1", "table", "CascadeFormer vs uniform Transformer (same depth and training budget)", (cf.NAME,),

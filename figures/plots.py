@@ -303,3 +303,21 @@ def plot_pruning_curve(curves: pd.DataFrame, model: str, family: str, metric: st
     what = "no healing" if stage == "pruned" else (f"healed ({heal_steps} AdamW steps)" if heal_steps else "healed")
     ax.set_title(f"Pruning, {model}: {what}")
     return ax
+
+
+# ---- F7: equal-applications ablation -------------------------------------------------------------
+
+def plot_joint_ablation(bands: list[tuple[str, pd.DataFrame]], ax=None):
+    """Delta-loss (nats) of skipping the last m block applications together, one band per arm
+    (``bands``: (label, x/mean/lo/hi frame), x = m); compute-matched controls dotted. Arms compare
+    at equal m: each loses the same number of applications."""
+    ax = _ax(ax)
+    for k, (label, band) in enumerate(bands):
+        _band(ax, band, label, PALETTE[k], ls=":" if "compute-matched" in label else "-")
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.set_xticks(sorted({int(x) for _, b in bands for x in b["x"]}))
+    ax.set_xlabel("last m applications skipped together")
+    ax.set_ylabel("delta-loss (nats)")
+    ax.set_title("Equal-applications ablation")
+    ax.legend(fontsize=6)
+    return ax

@@ -157,20 +157,45 @@ def test_c6_margin_is_in_the_rule():
 
 # ---- C7 ----------------------------------------------------------------------------------------
 
-def _repetition(vs_base, vs_ctl):
-    return pd.DataFrame([_r("repeat r=2 - baseline: last_share", *vs_base, n=3),
-                         _r("repeat r=2 - control +1: last_share", *vs_ctl, n=3),
-                         _r("repeat r=2: last_share", 0.2, 0.1, 0.3, n=3)])
+def _repetition(vs_base, vs_ctl, fan_in=(10, 3, 5), r=2):
+    """A repetition summary for r: the primary comparisons, the arms' joint delta-loss, the
+    last-group fan-in (repeat, baseline, control) and a secondary row."""
+    from experiments import repetition as rep
+    rows = [_r(rep.comparison(r, rep.BASELINE, rep.PRIMARY), *vs_base, n=3),
+            _r(rep.comparison(r, "control", rep.PRIMARY), *vs_ctl, n=3),
+            _r(rep.comparison(r, "control", "last_share"), 0.01, 0.005, 0.015, 0.01, n=3)]
+    for a, f in zip((rep.repeat(r), rep.BASELINE, rep.control(r)), fan_in):
+        rows += [_r(f"{a}: {rep.PRIMARY} m={r}", 0.2, 0.1, 0.3, n=3), _r(f"{a}: last_F (autograd paths)", f, f, f, n=3)]
+    return pd.DataFrame(rows)
 
 
 UP, DOWN, FLATD = (0.05, 0.03, 0.07, 0.001), (-0.05, -0.07, -0.03, 0.001), (0.01, -0.05, 0.07, 0.6)
+SAME = (0.001, -0.004, 0.006, 0.5)  # 90 % interval well inside +-0.02 nats at n = 3: equivalent
 
 
-@pytest.mark.parametrize("vs_base,vs_ctl,expected", [
-    (UP, UP, HOLDS), (UP, FLATD, MIXED), (DOWN, FLATD, FAILS), (FLATD, FLATD, INCONCLUSIVE),
-], ids=["holds", "mixed", "fails", "inconclusive"])
-def test_c7_rule(vs_base, vs_ctl, expected):
-    assert "Holm p" in _check(claims.c7(_repetition(vs_base, vs_ctl)), expected)
+@pytest.mark.parametrize("vs_base,vs_ctl,fan_in,expected", [
+    (UP, UP, (10, 3, 5), HOLDS),
+    (UP, FLATD, (10, 3, 5), MIXED),
+    (DOWN, FLATD, (10, 3, 5), FAILS),  # worse than the parameter-matched control
+    (FLATD, SAME, (10, 3, 5), FAILS),  # no difference to the compute-matched control (TOST)
+    (FLATD, FLATD, (10, 3, 5), INCONCLUSIVE),  # neither difference nor equivalence
+    (UP, UP, (5, 3, 5), INCONCLUSIVE),  # manipulation failed: fan-in not above the control's
+    ((NAN, NAN, NAN, NAN), UP, (10, 3, 5), INCONCLUSIVE),  # undefined
+], ids=["holds", "mixed", "fails-negative", "fails-equivalent", "inconclusive", "manipulation-failed", "undefined"])
+def test_c7_rule(vs_base, vs_ctl, fan_in, expected):
+    text = _check(claims.c7(_repetition(vs_base, vs_ctl, fan_in)), expected)
+    if expected != INCONCLUSIVE or fan_in[0] == 5:
+        assert "Holm p" in text and "TOST" in text and "Manipulation check" in text and "nats" in text
+
+
+def test_c7_manipulation_failure_is_named():
+    found = claims.c7(_repetition(UP, UP, (5, 3, 5)))
+    assert "did not raise the last group's fan-in" in found.verdict
+
+
+def test_c7_margin_and_primary_measure_are_in_the_rule():
+    assert f"+-{RULES.rep_margin_nats:g} nats" in claims.C7_RULE
+    assert "equal-applications joint ablation" in claims.C7_RULE and "compute-matched" in claims.C7_RULE
 
 
 # ---- C8 ----------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ EXPECTED = {
     "gradients_vs_importance": ({"imp_ablation", "imp_bi", "imp_angular", "imp_taylor", "imp_magnitude",
                                  "imp_random", "A", "F"}, ["imp_ablation", "imp_bi", "imp_taylor", "A"]),
     "equalization": ({"optimizer", "intervention", "imp_ablation", "val_loss", "A"}, ["imp_ablation", "val_loss"]),
-    "repetition": ({"variant", "applications", "imp_ablation", "F", "A"}, ["imp_ablation", "F", "A"]),
+    "repetition": ({"variant", "arm", "applications", "imp_ablation", "F", "A"}, ["imp_ablation", "F", "A"]),
     "cascadeformer": ({"run_id", "seed", "schedule", "label", "params", "flops_per_token", "val_loss", "val_ppl"},
                       ["val_loss", "val_ppl", "params"]),
     "pruning": ({"run_id", "seed", "model", "family", "method", "k", "stage", "loss", "perplexity", "accuracy"},

@@ -13,6 +13,12 @@ Every metric scores the units of a trained model (``model.units(kind)``, kind ``
 * ``magnitude``: mean ``|theta|`` of the unit's parameters (size-normalized so widths compare);
 * ``random``: seeded uniform scores (the floor every method must beat).
 
+A shared block (one parameter group applied at several positions) is one unit: ablating it removes
+every application at once. :func:`application_ablation` scores each *application* instead (one
+position of the block order skipped, the group's other applications kept), and
+:func:`joint_ablation` skips a set of applications together (e.g. the last ``m`` of every model,
+so that models with and without sharing lose the same number of applications).
+
 Functions are pure: a model and a list of ``(inputs, targets)`` batches in, a tidy DataFrame out
 (columns ``unit, kind, index, metric, score, forward_passes, backward_passes, seconds``).
 """
@@ -60,6 +66,32 @@ def ablation(model: nn.Module, batches: Sequence[Batch], kind: str = "block") ->
         with model.ablate([u.name]):
             deltas.append(evaluate(model, batches) - base)
     return _frame(units, deltas, "ablation", (1 + len(units)) * len(batches), 0, time.perf_counter() - t0)
+
+
+def joint_ablation(model: nn.Module, batches: Sequence[Batch], positions: Iterable[int],
+                   base: float | None = None) -> float:
+    """Loss increase when the 1-based block applications ``positions`` are skipped together
+    (``base``: the full model's loss, when already known)."""
+    base = evaluate(model, batches) if base is None else base
+    with model.skip_applications(positions):
+        return evaluate(model, batches) - base
+
+
+def application_ablation(model: nn.Module, batches: Sequence[Batch]) -> pd.DataFrame:
+    """Loss increase when each block application is skipped alone: one row per application
+    (``index`` = its 1-based position, ``unit`` = the block applied there). Without sharing it
+    equals :func:`ablation` of the blocks."""
+    t0 = time.perf_counter()
+    owner = {a: u.name for u in model.units("block") for a in u.applications}
+    base = evaluate(model, batches)
+    positions = sorted(owner)
+    deltas = [joint_ablation(model, batches, [a], base) for a in positions]
+    frame = pd.DataFrame({"unit": [owner[a] for a in positions], "kind": "application", "index": positions,
+                          "metric": "ablation", "score": deltas})
+    frame["forward_passes"] = (1 + len(positions)) * len(batches)
+    frame["backward_passes"] = 0
+    frame["seconds"] = time.perf_counter() - t0
+    return frame
 
 
 # ---- stream states ---------------------------------------------------------------------------

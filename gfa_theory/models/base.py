@@ -54,11 +54,15 @@ def check_kind(kind: str) -> None:
 
 class ResidualModel(nn.Module):
     """Ablation by unit name, shared by the package's models (and the views that put other
-    families behind the same protocol)."""
+    families behind the same protocol); models that apply a block several times (a shared
+    group) can also skip single applications (``skips_applications``)."""
+
+    skips_applications = False  # True where the forward pass honours `skipped`
 
     def __init__(self) -> None:
         super().__init__()
         self.disabled: set[str] = set()  # unit names currently ablated
+        self.skipped: frozenset[int] = frozenset()  # 1-based block applications currently skipped
 
     def unit_names(self) -> set[str]:
         """Every valid ablation name: branch and block units."""
@@ -83,6 +87,25 @@ class ResidualModel(nn.Module):
             yield self
         finally:
             self.disabled = previous
+
+    @contextmanager
+    def skip_applications(self, positions: Iterable[int]) -> Iterator["ResidualModel"]:
+        """Temporarily skip the given 1-based block applications (positions in the layout's block
+        order): each writes nothing to the stream, while the other applications of a shared group
+        keep running. Skipping every application of a group equals ablating the group."""
+        if not self.skips_applications:
+            raise ConfigError(f"{type(self).__name__} cannot skip single block applications")
+        positions = set(positions)
+        n = len(self.layout().blocks)
+        bad = sorted(a for a in positions if isinstance(a, bool) or not isinstance(a, int) or not 1 <= a <= n)
+        if bad:
+            raise ConfigError(f"block application {bad[0]!r} is out of range 1..{n}")
+        previous = self.skipped
+        self.skipped = frozenset(previous | positions)
+        try:
+            yield self
+        finally:
+            self.skipped = previous
 
 
 def unwrap(model: nn.Module) -> nn.Module:

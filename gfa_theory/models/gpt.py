@@ -53,6 +53,7 @@ from gfa_theory.theory.layout import Block as LayoutBlock
 from gfa_theory.theory.layout import Layout
 
 BRANCHES = ("attn", "mlp")  # forward order of the two branches in a block
+ALL_BRANCHES = frozenset(BRANCHES)  # a skipped application: neither branch writes
 
 
 def _positive(name: str, value: int, high: int = MAX_DIM) -> None:
@@ -295,6 +296,8 @@ class Block(nn.Module):
 
 
 class GPT(ResidualModel):
+    skips_applications = True
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
@@ -364,7 +367,8 @@ class GPT(ResidualModel):
         nc = self.norm
         for a, u in enumerate(self.schedule, start=1):
             taps = None if self._taps is None else []
-            x = self.h[u](x, skips[u], self.modes[a - 1], nc.pre_scale(a) if self.modes[a - 1] != "post"
+            skip = ALL_BRANCHES if a in self.skipped else skips[u]  # one application of a shared group
+            x = self.h[u](x, skip, self.modes[a - 1], nc.pre_scale(a) if self.modes[a - 1] != "post"
                           else 1.0, nc.alpha, taps)
             for j, xin, y in taps or ():
                 self._taps.append(Tap(2 * a - 1 + j, f"h.{u}.{BRANCHES[j]}", xin, y))
