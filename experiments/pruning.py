@@ -622,7 +622,7 @@ def depth_order_table(cases: pd.DataFrame) -> pd.DataFrame:
         diff = d[d["differs"].astype(bool)]
         tau = d["tau"].to_numpy(float)
         row = {"model": model, "family": d["family"].iloc[0], "depth_B": int(d["depth_B"].iloc[0]), "stage": stage,
-               "k": int(k), "n_runs": int(d["run_id"].nunique()), "n_differ": int(len(diff)),
+               "k": int(k), "n_runs": int(d["run_id"].nunique()), "n_differ": len(diff),
                "tau_mean": float(np.mean(tau)), "tau_min": float(np.min(tau)), "tau_max": float(np.max(tau))}
         if len(diff):
             r = paired_row("", diff["loss_cascadeflow"], diff["loss_last"])

@@ -613,7 +613,7 @@ def c9(comp: pd.DataFrame, depth: pd.DataFrame | None = None) -> Finding:
     rivals = d[d["method"].isin(C9_RIVALS)]
     if rivals.empty:
         return Finding(UNDEFINED, "no Transformer comparisons")
-    p, worse, better = _holm_rows(rivals)  # loss: negative = CascadeFlow better
+    _, worse, better = _holm_rows(rivals)  # loss: negative = CascadeFlow better
     secondary = _superiority(better, worse, bool(_finite_ci(rivals).all()))
     parts = []
     for (model, stage), g in d.groupby(["model", "stage"], sort=False):

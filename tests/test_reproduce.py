@@ -50,7 +50,7 @@ def test_reproduce_smoke_writes_every_stamped_output(smoke_root, tmp_path):
 
 
 def test_outputs_and_claims_are_static_lists():
-    assert list(OUTPUTS) == [f"F{i}" for i in range(1, 9)] + [f"T{i}" for i in range(1, 6)]
+    assert list(OUTPUTS) == [f"F{i}" for i in range(1, 9)] + [f"T{i}" for i in range(1, 7)]
     assert all(o.kind == ("figure" if k.startswith("F") else "table") and callable(o.build)
                for k, o in OUTPUTS.items())
     assert OUTPUTS["F8"].build is efficiency.f8 and set(OUTPUTS["F8"].studies) == {"cascadeformer", "pruning"}
