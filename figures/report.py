@@ -83,9 +83,9 @@ def time_table(metas: dict) -> pd.DataFrame:
     for c in counts:  # a total only when every study recorded its count
         total[c] = int(df[c].sum()) if df[c].notna().all() else None
     df = pd.concat([df, pd.DataFrame([total])], ignore_index=True)
-    df["wall seconds (last run)"] = df["wall seconds (last run)"].map(lambda v: f"{v:.1f}" if v == v else "n/a")
+    df["wall seconds (last run)"] = df["wall seconds (last run)"].map(lambda v: "n/a" if pd.isna(v) else f"{v:.1f}")
     for c in counts:
-        df[c] = df[c].map(lambda v: "n/a" if v is None or v != v else str(int(v)))
+        df[c] = df[c].map(lambda v: "n/a" if pd.isna(v) else str(int(v)))
     return df
 
 
@@ -93,10 +93,10 @@ def _time_section(metas: dict | None) -> list[str]:
     table = time_table(metas or {})
     if table.empty:
         return []
-    return ["## Where the time goes", "",
-            "Wall seconds of each study's last run (`meta.json`), and how many of its training runs that call "
+    note = ("Wall seconds of each study's last run (`meta.json`), and how many of its training runs that call "
             "trained and how many it read from the result cache (a cached run costs only its read-back and "
-            "analysis). The total adds the last runs: studies that share cached runs train each run once.", "",
+            "analysis). The total adds the last runs: studies that share cached runs train each run once.")
+    return ["## Where the time goes", "", note, "",
             table.to_markdown(index=False, disable_numparse=True), ""]
 
 
