@@ -37,6 +37,15 @@ visible. Rank stability of each method's full layer ranking is Kendall tau (and 
   prefix of the final sum, so part of its agreement is mechanical; read it as "would pruning early
   pick the same blocks", which is the practical question.
 
+**Control: depth order.** ``A`` decays with depth (it follows fan-in), so CascadeFlow's ranking is
+close to "remove the last ``k``" (``last``), the ranking depth alone predicts. Last-k is therefore
+the primary baseline of the claim, fixed before results are read (:data:`DEPTH_ORDER`). Per run:
+Kendall tau between CascadeFlow's ranking and depth order (last block first); at each ``k``,
+whether the two remove different blocks; and the held-out loss CascadeFlow minus last-k on exactly
+the differing runs (pruned and healed; t-interval over those ``G`` runs, ``G - 1`` df). Where the
+two never differ, the two methods pruned the same model: nothing there can separate CascadeFlow
+from depth order.
+
 ``random`` uses a fresh draw in every comparison (the chance floor, tau near 0); ``last`` is the
 same fixed order everywhere (tau = 1 by construction). Scoring cost is each method's extra
 forward / backward passes over calibration batches and its wall time (one CPU thread).
@@ -47,7 +56,9 @@ per compared pair; ``stability_summary.csv`` its means per method and comparison
 scoring cost per method. ``comparisons.csv``: CascadeFlow (``A``) minus every other method, paired
 by seed (perplexity as the mean held-out loss over ``k``, accuracy at each ``k``) or by compared
 pair (Kendall tau), with t-intervals; the claims C9-C11 of the report apply their stated rules to
-these rows. ``summary.csv``: one row per model and method (means over ``k`` and seeds).
+these rows. ``depth_order_cases.csv``: one row per run, ``k`` and stage, CascadeFlow vs last-k (tau,
+whether the removed sets differ, both losses); ``depth_order.csv``: per model, stage and ``k``, how
+many runs differ and their loss difference. ``summary.csv``: one row per model and method (means over ``k`` and seeds).
 """
 from __future__ import annotations
 
@@ -87,6 +98,9 @@ VARIANTS: dict[str, tuple[str, str]] = {
 METHODS = tuple(VARIANTS)
 CASCADEFLOW = "cascadeflow"  # the variant the claims test (A, the paper's signal)
 HEURISTICS = ("bi", "angular", "taylor", "magnitude", "random", "last")  # what C9 must beat
+# C9's primary baseline, fixed before any result is read: A decays with depth (fan-in), so ranking by A
+# is close to removing the last k blocks; CascadeFlow adds something only where it picks other blocks
+DEPTH_ORDER = "last"
 ORACLE = "ablation"  # reported, not a heuristic to beat
 # ranking does not read calibration data: identical across calibration subsets by construction
 CALIBRATION_FREE = ("cascadeflow", "cascadeflow_rms", "magnitude", "last")
@@ -560,6 +574,65 @@ def summarize(results: pd.DataFrame, stab: pd.DataFrame, cost: pd.DataFrame) -> 
     return pd.DataFrame(rows)
 
 
+# ---- CascadeFlow vs depth order ------------------------------------------------------------------
+
+def removed_sets_differ(a: str, b: str) -> bool:
+    """Whether two removal sets (``;``-joined block names, any order) name different blocks."""
+    return set(filter(None, str(a).split(";"))) != set(filter(None, str(b).split(";")))
+
+
+def depth_order_cases(results: pd.DataFrame, rankings: pd.DataFrame) -> pd.DataFrame:
+    """One row per run, ``k`` and stage: Kendall tau between CascadeFlow's final ranking and depth
+    order (``last``: last block first) of that run, whether the two remove different blocks at this
+    ``k``, and the held-out loss of each and their difference (CascadeFlow minus last-k; zero by
+    construction where the sets agree: the same pruned model)."""
+    final = rankings[(rankings["context"] == "final") & (rankings["draw"] == 0)]
+    orders = final.set_index(["run_id", "method"])["order"]
+    pruned = results[(results["k"] > 0) & results["method"].isin([CASCADEFLOW, DEPTH_ORDER])]
+    rows = []
+    for (run_id, k, stage), d in pruned.groupby(["run_id", "k", "stage"], sort=False):
+        by = d.set_index("method")
+        if not {CASCADEFLOW, DEPTH_ORDER} <= set(by.index):
+            continue
+        cf, last = by.loc[CASCADEFLOW], by.loc[DEPTH_ORDER]
+        tau = kendall_tau(orders[(run_id, CASCADEFLOW)].split(";"), orders[(run_id, DEPTH_ORDER)].split(";"))
+        rows.append({**{c: cf[c] for c in RUN_KEYS if c != "run_id"}, "run_id": run_id, "k": int(k),
+                     "stage": stage, "tau": tau, "differs": removed_sets_differ(cf["removed"], last["removed"]),
+                     "removed_cascadeflow": cf["removed"], "removed_last": last["removed"],
+                     "loss_cascadeflow": float(cf["loss"]), "loss_last": float(last["loss"]),
+                     "loss_diff": float(cf["loss"]) - float(last["loss"])})
+    cols = [*RUN_KEYS, "k", "stage", "tau", "differs", "removed_cascadeflow", "removed_last", "loss_cascadeflow",
+            "loss_last", "loss_diff"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+DEPTH_ORDER_COLUMNS = ["model", "family", "depth_B", "stage", "k", "n_runs", "n_differ", "tau_mean", "tau_min",
+                       "tau_max", "estimate", "ci_low", "ci_high", "p", "n"]
+
+
+def depth_order_table(cases: pd.DataFrame) -> pd.DataFrame:
+    """Per model, stage and ``k``: in how many runs CascadeFlow removes other blocks than last-k
+    (``n_differ`` of ``n_runs``), the per-run Kendall tau of its ranking with depth order (mean,
+    min, max over runs: one number per run, the same at every ``k``), and the held-out loss
+    difference CascadeFlow minus last-k on exactly the differing runs: mean with a paired t-interval
+    over those ``G`` runs (G - 1 df) and its two-sided p; NaN bounds for one differing run (no
+    spread), NaN estimate for none (nothing to compare: the two methods pruned the same model)."""
+    rows = []
+    for (model, stage, k), d in cases.groupby(["model", "stage", "k"], sort=False):
+        diff = d[d["differs"].astype(bool)]
+        tau = d["tau"].to_numpy(float)
+        row = {"model": model, "family": d["family"].iloc[0], "depth_B": int(d["depth_B"].iloc[0]), "stage": stage,
+               "k": int(k), "n_runs": int(d["run_id"].nunique()), "n_differ": len(diff),
+               "tau_mean": float(np.mean(tau)), "tau_min": float(np.min(tau)), "tau_max": float(np.max(tau))}
+        if len(diff):
+            r = paired_row("", diff["loss_cascadeflow"], diff["loss_last"])
+            row.update(estimate=r["estimate"], ci_low=r["ci_low"], ci_high=r["ci_high"], p=r["p"], n=r["n"])
+        else:
+            row.update(estimate=np.nan, ci_low=np.nan, ci_high=np.nan, p=np.nan, n=0)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=DEPTH_ORDER_COLUMNS)
+
+
 def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
     """Read back study 1's runs, prune every one with every method in the pool, tabulate, write."""
     ctx, started, p, runs, results_runs = start(NAME, configs, profile, ctx)
@@ -571,7 +644,9 @@ def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
     cost = cost_table(parts["cost"])
     comp = comparisons(results, pairs)
     summary = summarize(results, stab, cost)
+    cases = depth_order_cases(results, rankings)
     meta = {**p.prune.meta(), "calib_seed": CALIB_SEED, "heal_seed": HEAL_SEED,
             "checkpoint_steps": sorted({int(x) for x in rankings.loc[rankings.context == "checkpoint", "step"]})}
     return finish(ctx, NAME, results, summary, results_runs, started, main_table="results", meta=meta, raw=raw,
-                  rankings=rankings, stability=pairs, stability_summary=stab, cost=cost, comparisons=comp)
+                  rankings=rankings, stability=pairs, stability_summary=stab, cost=cost, comparisons=comp,
+                  depth_order_cases=cases, depth_order=depth_order_table(cases))

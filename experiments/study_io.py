@@ -1,7 +1,8 @@
 """Study I/O: a study's tables written atomically with their stamp, and read back.
 
 A study writes ``<root>/studies/<profile>/<name>/<table>.csv`` and a ``meta.json`` stamp
-(profile, seeds, run ids, config hashes, corpus hashes, package and torch versions, wall time),
+(profile, seeds, run ids, config hashes, corpus hashes, package and torch versions, wall time, runs
+trained vs read from the cache),
 written last, so a study without ``meta.json`` is unfinished. :func:`load_study` reads the tables
 back (what ``python -m figures`` draws from).
 """
@@ -34,6 +35,8 @@ def stamp(ctx: Context, runs: Iterable[RunResult], study: str, started: float, *
             "runs": sorted({r.run_dir.name for r in runs}),
             "config_hashes": sorted({r.run_dir.name.split("-", 1)[1] for r in runs}),
             "data_sha256": sorted({m["data"]["sha256"] for m in metas}),
+            # where the time went: runs trained by this call vs read back from the result cache
+            "runs_trained": sum(bool(r.trained) for r in runs), "runs_cached": sum(not r.trained for r in runs),
             "wall_seconds": round(time.time() - started, 1), **extra}
 
 

@@ -67,9 +67,12 @@ class Rules:
 RULES = Rules()
 PPL_TOLERANCE_PCT = RULES.ppl_margin_pct  # figures draw the margin and the paper's point
 PAPER_LATENCY_RATIO, PAPER_THROUGHPUT_RATIO = RULES.paper_latency_ratio, RULES.paper_throughput_ratio
-# C9: the heuristics CascadeFlow must beat (last-k is the ranking fan-in itself predicts); random
-# is the chance floor and the greedy ablation oracle the ceiling, both reported, not counted
-C9_RIVALS = ("bi", "angular", "taylor", "magnitude", "last")
+# C9: the primary baseline is last-k (depth order: the ranking fan-in itself predicts, and A decays
+# with depth), judged only where CascadeFlow removes other blocks than it; the other heuristics are
+# secondary comparisons; random is the chance floor and the greedy ablation oracle the ceiling, both
+# reported, not counted
+C9_PRIMARY = pr.DEPTH_ORDER
+C9_RIVALS = ("bi", "angular", "taylor", "magnitude")
 C9_REPORTED = ("random", pr.ORACLE)
 # C10: the heuristics compared on rank stability; last-k's ranking is one fixed order (tau = 1
 # whatever the model): the stability ceiling, which CascadeFlow can at best match
@@ -536,13 +539,22 @@ def c8(summary: pd.DataFrame) -> Finding:
 
 # ---- C9-C11: CascadeFlow Pruning, from the study's comparisons (CascadeFlow minus each method) ----
 
-C9_RULE = ("Transformer runs, CascadeFlow ranked by A. For each heuristic (bi, angular, taylor, magnitude, and "
-           "last-k, the ranking fan-in itself predicts) and each stage (no healing, healed): the per-seed mean "
-           "held-out loss (log-perplexity) over k = 1..B/2, CascadeFlow minus the heuristic, paired over seeds; the "
-           "two-sided paired-t p-values Holm-adjusted over all these comparisons. Better = adjusted p < 0.05 and "
-           "negative. Holds if better in every comparison; mixed if in some; does not hold if in none and worse in "
-           "some; inconclusive otherwise. Random (the chance floor) and the greedy ablation oracle (the ceiling) "
-           "are reported, not counted")
+C9_RULE = ("Transformer runs, CascadeFlow ranked by A. Primary baseline, declared before the results: last-k "
+           "(depth order; A decays with depth, so ranking by A is close to it). At each k = 1..B/2 and stage (no "
+           "healing, healed): the runs where CascadeFlow removes a different block set than last-k, and on exactly "
+           "those G runs the held-out loss CascadeFlow minus last-k, t-interval with G - 1 df and two-sided t-test; "
+           "p-values Holm-adjusted over the (k, stage) cells with G >= 2. Better = adjusted p < 0.05 and negative. "
+           "A cell where the two never differ (G = 0) cannot separate CascadeFlow from depth order: it is "
+           "inconclusive there and never counted as a win; one differing run (G = 1) has no spread and no test. "
+           "Beats last-k: holds if better in every cell; mixed if in some; does not hold if in none and worse in "
+           "some; inconclusive otherwise. Secondary: for bi, angular, taylor and magnitude and each stage, the "
+           "per-seed mean held-out loss over k, CascadeFlow minus the heuristic, paired over seeds, Holm-adjusted "
+           "over these comparisons, judged the same way. C9 holds if both parts hold; mixed if the primary part "
+           "holds or is mixed otherwise, or if it does not hold while the secondary holds; does not hold if the "
+           "primary part does not hold, or it is inconclusive while the secondary does not hold; inconclusive "
+           "otherwise (the primary part decides); inconclusive if a statistic of either part is undefined. "
+           "Per-run Kendall tau between CascadeFlow's ranking and depth order is reported. Random (the chance "
+           "floor) and the greedy ablation oracle (the ceiling) are reported, not counted")
 C10_RULE = ("Kendall tau of the layer ranking across training seeds (every pair of seeds; the only independent "
             "units here: checkpoints of one run are nested and not counted, and CascadeFlow's ranking uses no "
             "calibration data, so calibration subsets cannot separate it), CascadeFlow (A) minus each heuristic "
@@ -584,22 +596,94 @@ def _holm_rows(d: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return p, (p < RULES.alpha) & (est > 0), (p < RULES.alpha) & (est < 0)
 
 
-def c9(comp: pd.DataFrame) -> Finding:
-    """C9 from the pruning study's ``comparisons`` rows (:data:`C9_RULE`)."""
+def _depth_cells(depth: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray]:
+    """C9's primary cells (Transformer, one per model, k and stage) with Holm-adjusted p over the
+    testable ones (two or more differing runs), and the better / worse masks (loss: negative = better)."""
+    d = depth[depth["family"] == "transformer"].reset_index(drop=True)
+    testable = (d["n_differ"].to_numpy(int) >= 2) & _finite_ci(d) & np.isfinite(d["p"].to_numpy(float))
+    p = np.full(len(d), np.nan)
+    p[testable] = stats.holm(d.loc[testable, "p"].to_numpy(float))
+    est = d["estimate"].to_numpy(float)
+    return d, p, (p < RULES.alpha) & (est < 0), (p < RULES.alpha) & (est > 0)
+
+
+def _depth_cell_text(r, p_adj: float) -> str:
+    """One cell of C9's primary part: how many runs differ and the loss difference on them."""
+    head = f"k = {int(r.k)} {_stage(r.stage)}: differs in {int(r.n_differ)} of {int(r.n_runs)} runs"
+    if r.n_differ == 0:
+        return head + " (cannot separate CascadeFlow from depth order: inconclusive)"
+    if r.n_differ == 1 or not np.isfinite(r.ci_low):
+        return head + f", loss {r.estimate:+.4f} (one run, no spread: no test)"
+    return head + f", loss {_ci(r, '+.4f', 'runs')}, Holm {format_p(p_adj)}"
+
+
+def c9_primary(depth: pd.DataFrame) -> Finding:
+    """C9's primary part, CascadeFlow vs last-k on the runs where the two differ (:data:`C9_RULE`)."""
+    d, p, better, worse = _depth_cells(depth)
+    if d.empty:
+        return Finding(UNDEFINED, "no Transformer depth-order comparison")
+    parts = []
+    for model, g in d.groupby("model", sort=False):
+        tau = g.iloc[0]
+        spread = (f"{tau.tau_mean:.2f} [min {tau.tau_min:.2f}, max {tau.tau_max:.2f}] over {int(tau.n_runs)} runs"
+                  if tau.tau_min != tau.tau_max else f"all {int(tau.n_runs)} runs: {tau.tau_mean:.2f}")
+        cells = "; ".join(_depth_cell_text(r, p[i]) for i, r in zip(g.index, g.itertuples()))
+        parts.append(f"{model}: Kendall tau(CascadeFlow, depth order) {spread}; CascadeFlow minus last-k held-out "
+                     f"loss on the differing runs: {cells}")
+    never = d[d["n_differ"] == 0]
+    text = ("; ".join(parts) + f". Better than last-k in {int(better.sum())} of {len(d)} (k, stage) cells, worse in "
+            f"{int(worse.sum())}"
+            + (f"; never differs at k = {', '.join(str(int(k)) for k in sorted(set(never['k'])))}: C9 cannot "
+               f"separate CascadeFlow from depth order there" if len(never) else ""))
+    return Finding(_superiority(better, worse, True), text)
+
+
+def _c9_verdict(primary: str, secondary: str) -> str:
+    """C9 from its two parts (:data:`C9_RULE`): the primary part (last-k) decides."""
+    if UNDEFINED in (primary, secondary):
+        return UNDEFINED
+    if primary == INCONCLUSIVE:
+        return FAILS if secondary == FAILS else INCONCLUSIVE
+    if primary == HOLDS:
+        return HOLDS if secondary == HOLDS else MIXED
+    if primary == FAILS:
+        return MIXED if secondary == HOLDS else FAILS
+    return MIXED
+
+
+def c9(comp: pd.DataFrame, depth: pd.DataFrame | None = None) -> Finding:
+    """C9 from the pruning study's ``comparisons`` rows (secondary heuristics) and its
+    ``depth_order`` table (the primary baseline, last-k) (:data:`C9_RULE`)."""
     d = comp[(comp["quantity"] == "loss") & (comp["family"] == "transformer")]
     rivals = d[d["method"].isin(C9_RIVALS)]
     if rivals.empty:
         return Finding(UNDEFINED, "no Transformer comparisons")
-    p, worse, better = _holm_rows(rivals)  # loss: negative = CascadeFlow better
+    _, worse, better = _holm_rows(rivals)  # loss: negative = CascadeFlow better
+    secondary = _superiority(better, worse, bool(_finite_ci(rivals).all()))
     parts = []
     for (model, stage), g in d.groupby(["model", "stage"], sort=False):
-        items = [f"{r.method}{' (floor)' if r.method == 'random' else ' (oracle)' if r.method == pr.ORACLE else ''} "
-                 f"x{_perplexity_ratio(r)}" for r in g.itertuples() if r.method in (*C9_RIVALS, *C9_REPORTED)]
+        shown = (C9_PRIMARY, *C9_RIVALS, *C9_REPORTED)
+        tags = {"random": " (floor)", pr.ORACLE: " (oracle)", C9_PRIMARY: " (the primary baseline, all k)"}
+        items = [f"{r.method}{tags.get(r.method, '')} "
+                 f"x{_perplexity_ratio(r)}" for r in g.itertuples() if r.method in shown]
         parts.append(f"{model}, {_stage(stage)}: " + ", ".join(items))
-    text = ("CascadeFlow's perplexity (geometric mean over k) relative to each method: " + "; ".join(parts)
-            + f". Holm-adjusted over {len(rivals)} heuristic comparisons: better in {int(better.sum())}, worse in "
-              f"{int(worse.sum())}")
-    return Finding(_superiority(better, worse, bool(_finite_ci(rivals).all())), text)
+    if depth is None or depth.empty:
+        primary = Finding(UNDEFINED, "no depth-order table (rerun the pruning study)")
+    else:
+        primary = c9_primary(depth)
+    text = (f"Primary, vs last-k (depth order), {primary.verdict}: {primary.measured}. Secondary, "
+            f"{secondary}: CascadeFlow's perplexity (geometric mean over k) relative to each method: "
+            + "; ".join(parts) + f". Holm-adjusted over {len(rivals)} secondary heuristic comparisons: better in "
+            f"{int(better.sum())}, worse in {int(worse.sum())}")
+    return Finding(_c9_verdict(primary.verdict, secondary), text)
+
+
+def _c9_measure(tables: dict) -> Finding:
+    t = tables[pr.NAME]
+    comp = t.get("comparisons")
+    if comp is None or comp.empty:
+        return Finding(UNDEFINED, NO_COMPARISONS)
+    return c9(comp, t.get("depth_order"))
 
 
 def c10(comp: pd.DataFrame) -> Finding:
@@ -712,8 +796,8 @@ CLAIMS: list[Claim] = [
                 "training budget while reducing latency by 8.6% and increasing throughput by 9.4%.",
           C8_RULE, "T1, F8", (cf.NAME,), _reads(cf.NAME, "summary", c8)),
     Claim("C9", "CascadeFlow Pruning (remove the blocks with the smallest accumulated training gradient) outperforms "
-                "standard pruning heuristics on perplexity.", C9_RULE, "F8, T2", (pr.NAME,),
-          _reads(pr.NAME, "comparisons", c9, NO_COMPARISONS)),
+                "standard pruning heuristics on perplexity.", C9_RULE, "F8, T2, T6", (pr.NAME,),
+          _c9_measure),
     Claim("C10", "CascadeFlow Pruning outperforms standard heuristics on rank stability.", C10_RULE, "T4", (pr.NAME,),
           _reads(pr.NAME, "comparisons", c10, NO_COMPARISONS)),
     Claim("C11", "CascadeFlow Pruning stays competitive on downstream accuracy.", C11_RULE, "T3", (pr.NAME,),

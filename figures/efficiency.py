@@ -1,4 +1,4 @@
-"""Builders of F8 and T1-T4: CascadeFormer (``experiments/cascadeformer.py``) and CascadeFlow
+"""Builders of F8, T1-T4 and T6: CascadeFormer (``experiments/cascadeformer.py``) and CascadeFlow
 Pruning (``experiments/pruning.py``).
 
 Read from the study tables:
@@ -6,7 +6,8 @@ Read from the study tables:
 * CascadeFormer ``summary.csv`` (one row per schedule) and ``timing_summary.csv`` (with the A/A
   timing control);
 * pruning ``results.csv`` (held-out loss / perplexity / accuracy per run, method, ``k``, stage),
-  ``stability_summary.csv`` (Kendall tau and top-k overlap of rankings) and ``cost.csv``.
+  ``stability_summary.csv`` (Kendall tau and top-k overlap of rankings), ``cost.csv`` and
+  ``depth_order.csv`` (CascadeFlow vs last-k, T6).
 
 The claims these outputs are evidence for (C8-C11) are judged in :mod:`figures.claims`.
 """
@@ -274,4 +275,36 @@ def t4(tables) -> pd.DataFrame:
                             "backward passes": f"{c['backward_passes']:.0f}",
                             "scoring seconds": f"{c['seconds']:.3g}", "needs": c["needs"]})
             rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _depth_loss(r) -> str:
+    """The loss difference on the differing runs: interval, one run without spread, or none."""
+    if r["n_differ"] == 0:
+        return "no differing cases"
+    if r["n_differ"] == 1 or not np.isfinite(r["ci_low"]):
+        return f"{r['estimate']:+.4f} (one run, no spread)"
+    return format_interval(r["estimate"], r["ci_low"], r["ci_high"], "+.4f", n=int(r["n_differ"]))
+
+
+def t6(tables) -> pd.DataFrame:
+    """CascadeFlow vs depth order (last-k, C9's primary baseline), per model, k and stage: Kendall tau
+    between CascadeFlow's ranking and depth order (last block first; mean [min, max] over runs), in how
+    many runs the two remove different blocks, and on exactly those runs the held-out loss CascadeFlow
+    minus last-k (mean [95 % t-interval, G - 1 df over the G differing runs]), its perplexity ratio and
+    two-sided p (not multiplicity-adjusted; C9 applies Holm). 'no differing cases': both pruned the same
+    model, nothing separates them there."""
+    d = _table(tables, pr.NAME, "depth_order")
+    if d is None or d.empty:
+        return pd.DataFrame([{"model": "depth-order table missing: rerun the pruning study"}])
+    rows = []
+    for model in _models(d):
+        for _, r in d[d["model"] == model].sort_values(["k", "stage"], ascending=[True, False]).iterrows():
+            ratio = (format_interval(np.exp(r["estimate"]), np.exp(r["ci_low"]), np.exp(r["ci_high"]), ".3f",
+                                     missing="n/a", no_interval=" (no spread)") if r["n_differ"] else "n/a")
+            rows.append({"model": model, "k": int(r["k"]), "stage": "no healing" if r["stage"] == "pruned" else "healed",
+                         "tau vs depth order [min, max]": _interval(r["tau_mean"], r["tau_min"], r["tau_max"], ".2f"),
+                         "runs differing": f"{int(r['n_differ'])} of {int(r['n_runs'])}",
+                         "loss CascadeFlow - last-k [CI95]": _depth_loss(r),
+                         "perplexity ratio": ratio, "p": format_p(r["p"]) if r["n_differ"] >= 2 else ""})
     return pd.DataFrame(rows)

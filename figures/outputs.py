@@ -1,4 +1,4 @@
-"""Every output of ``python -m figures``, in one static list: figures F1-F8 and tables T1-T5, each
+"""Every output of ``python -m figures``, in one static list: figures F1-F8 and tables T1-T6, each
 with its title, the studies it reads and the function that builds it from their tables (a
 matplotlib Figure for a figure, a DataFrame for a table).
 
@@ -52,6 +52,8 @@ OUTPUTS: dict[str, Output] = {o.key: o for o in (
                           "top-k overlap) across seeds, calibration subsets and checkpoints; scoring cost",
            (pr.NAME,), efficiency.t4),
     Output("T5", "table", "Regression statistics (fan-in vs A; A vs importance)", (FANIN, IMPORTANCE), gfa.t5),
+    Output("T6", "table", "CascadeFlow vs depth order: Kendall tau with last-k, runs whose removed blocks differ, "
+                          "and the held-out loss difference on exactly those runs", (pr.NAME,), efficiency.t6),
 )}
 
 

@@ -250,23 +250,72 @@ BETTER_LOSS, WORSE_LOSS, EVEN = (-0.1, -0.15, -0.05, 0.001), (0.05, 0.03, 0.07, 
 
 def _c9(kind: dict, default=EVEN, undefined=False):
     rows = [_comp("loss", m, *kind.get(m, default), stage=stage)
-            for stage in ("pruned", "healed") for m in (*claims.C9_RIVALS, "random", "ablation")]
+            for stage in ("pruned", "healed") for m in (claims.C9_PRIMARY, *claims.C9_RIVALS, "random", "ablation")]
     if undefined:
-        rows[0].update(ci_low=NAN, ci_high=NAN)
+        rows[1].update(ci_low=NAN, ci_high=NAN)
     rows.append(_comp("loss", "bi", 0.5, 0.4, 0.6, 0.001, model="resnet B=9", family="resnet", stage="pruned"))
     return pd.DataFrame(rows)
 
 
-@pytest.mark.parametrize("kind,default,undefined,expected", [
-    ({}, BETTER_LOSS, False, HOLDS),
-    ({"last": BETTER_LOSS}, EVEN, False, MIXED),
-    ({"random": BETTER_LOSS}, WORSE_LOSS, False, FAILS),  # beating random (the floor) does not count
-    ({}, EVEN, False, INCONCLUSIVE),
-    ({}, BETTER_LOSS, True, INCONCLUSIVE),
-], ids=["holds", "mixed", "fails-random-is-floor", "inconclusive", "undefined"])
-def test_c9_rule(kind, default, undefined, expected):
-    text = _check(claims.c9(_c9(kind, default, undefined)), expected)
-    assert "random (floor)" in text and "ablation (oracle)" in text
+# C9's primary cells: (runs differing, estimate, ci_low, ci_high, p) of CascadeFlow - last-k on them
+DIFF_BETTER, DIFF_WORSE, DIFF_EVEN = (3, -0.02, -0.03, -0.01, 0.001), (3, 0.02, 0.01, 0.03, 0.001), \
+    (3, 0.0, -0.05, 0.05, 0.9)
+NEVER, ONE_RUN = (0, NAN, NAN, NAN, NAN), (1, -0.05, NAN, NAN, NAN)
+
+
+def _depth(cells: dict, default, K=4):
+    """A ``depth_order`` table: one Transformer row per k and stage (``cells[k]`` overrides), and a
+    ResNet that never differs (not counted)."""
+    rows = []
+    for k in range(1, K + 1):
+        for stage in ("pruned", "healed"):
+            g, est, lo, hi, p = cells.get(k, default)
+            rows.append({"model": "transformer B=8", "family": "transformer", "depth_B": 8, "stage": stage, "k": k,
+                         "n_runs": 3, "n_differ": g, "tau_mean": 0.6, "tau_min": 0.4, "tau_max": 0.8,
+                         "estimate": est, "ci_low": lo, "ci_high": hi, "p": p, "n": g})
+    rows.append({"model": "resnet B=9", "family": "resnet", "depth_B": 9, "stage": "pruned", "k": 1, "n_runs": 3,
+                 "n_differ": 0, "tau_mean": 1.0, "tau_min": 1.0, "tau_max": 1.0, "estimate": NAN, "ci_low": NAN,
+                 "ci_high": NAN, "p": NAN, "n": 0})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("cells,primary,secondary,undefined,expected", [
+    ({}, DIFF_BETTER, BETTER_LOSS, False, HOLDS),
+    ({}, DIFF_BETTER, EVEN, False, MIXED),  # beats depth order, not the other heuristics
+    ({1: NEVER}, DIFF_BETTER, BETTER_LOSS, False, MIXED),  # never differs at k = 1: not a win there
+    ({}, DIFF_WORSE, EVEN, False, FAILS),
+    ({}, DIFF_WORSE, BETTER_LOSS, False, MIXED),
+    ({}, DIFF_EVEN, WORSE_LOSS, False, FAILS),  # primary undecided, secondary shows it worse
+    ({}, DIFF_EVEN, BETTER_LOSS, False, INCONCLUSIVE),  # the primary part decides
+    ({}, NEVER, BETTER_LOSS, False, INCONCLUSIVE),  # never differs: cannot separate from depth order
+    ({}, ONE_RUN, BETTER_LOSS, False, INCONCLUSIVE),  # one differing run per cell: no test
+    ({}, DIFF_BETTER, BETTER_LOSS, True, INCONCLUSIVE),
+], ids=["holds", "mixed-secondary", "mixed-never-differs-at-one-k", "fails", "mixed-worse-than-last",
+        "fails-by-secondary", "inconclusive", "inconclusive-never-differs", "inconclusive-one-run", "undefined"])
+def test_c9_rule(cells, primary, secondary, undefined, expected):
+    text = _check(claims.c9(_c9({}, secondary, undefined), _depth(cells, primary)), expected)
+    assert "random (floor)" in text and "ablation (oracle)" in text and "Kendall tau(CascadeFlow, depth order)" in text
+    assert "resnet" not in text.split("Secondary")[0]  # C9 counts Transformers only
+
+
+def test_c9_never_differing_cells_are_named_not_won():
+    text = _check(claims.c9(_c9({}, BETTER_LOSS), _depth({1: NEVER, 2: ONE_RUN}, DIFF_BETTER)), MIXED)
+    assert "never differs at k = 1: C9 cannot separate CascadeFlow from depth order there" in text
+    assert "k = 1 no healing: differs in 0 of 3 runs (cannot separate" in text
+    assert "k = 2 healed: differs in 1 of 3 runs, loss -0.0500 (one run, no spread: no test)" in text
+    assert "Better than last-k in 4 of 8 (k, stage) cells" in text
+
+
+def test_c9_primary_is_holm_adjusted_over_testable_cells():
+    # p = 0.02 in each of 8 cells: significant alone, not after Holm over the 8
+    found = claims.c9(_c9({}, BETTER_LOSS), _depth({}, (3, -0.02, -0.03, -0.01, 0.02)))
+    assert found.verdict == INCONCLUSIVE
+    assert "Better than last-k in 0 of 8" in found.measured
+    assert claims.C9_PRIMARY == "last" and "last" not in claims.C9_RIVALS
+
+
+def test_c9_without_depth_table_is_undefined():
+    assert claims.c9(_c9({}, BETTER_LOSS)).verdict == claims.UNDEFINED
 
 
 SAME = (0.0, 0.0, 0.0, NAN)  # identical rankings in every pair: no spread

@@ -302,6 +302,44 @@ def test_cascadeflow_ranks_by_the_accumulated_gradient_exactly():
         pruning.rank("cascadeflow", model, gradients=pd.concat([grads, grads]))
 
 
+def test_cascadeflow_ranks_by_every_tracker_total():
+    """Every accumulated proxy the tracker records ranks the blocks: A, A_rms, A_sq, A_stream and the
+    opt-in G_norm, noise_floor, U, displacement, each exactly by its own totals."""
+    from gfa_theory.instrument.tracking import GradientTracker
+
+    torch.manual_seed(0)
+    model = _gpt()
+    tracker = GradientTracker(model, kind="block", stream=True, accumulate=True, track_updates=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(4):
+        x = torch.randint(0, 11, (4, 8))
+        opt.zero_grad()
+        model(x, x)[1].backward()
+        tracker.step()
+        tracker.before_update()
+        opt.step()
+        tracker.after_update()
+    grads = tracker.to_frame()
+    assert set(pruning.GRADIENT_QUANTITIES) == {"A", "A_rms", "A_sq", "A_stream", "G_norm", "noise_floor", "U",
+                                                "displacement"}
+    orders = set()
+    for q in pruning.GRADIENT_QUANTITIES:
+        totals = tracker.totals(q, kind="block").set_index("unit")[q]
+        r = pruning.rank("cascadeflow", model, gradients=grads, quantity=q)
+        assert r.order == list(totals.sort_values(kind="stable").index), q
+        assert r.scores == pytest.approx(totals.to_dict()) and r.details == {"quantity": q}
+        orders.add(tuple(r.order))
+    assert len(orders) > 1  # the proxies are different signals, not one order relabelled
+
+
+def test_cascadeflow_missing_quantity_names_what_the_run_has():
+    grads = _synthetic_gradients([3.0, 1.0, 4.0, 2.0], [0.1, 0.4, 0.2, 0.3])
+    with pytest.raises(ConfigError, match=r"no block total 'G_norm' \(it has: A, A_sq, A_rms;"):
+        pruning.rank("cascadeflow", _gpt(), gradients=grads, quantity="G_norm")
+    with pytest.raises(ConfigError, match="unknown gradient quantity 'numel'"):
+        pruning.rank("cascadeflow", _gpt(), gradients=grads, quantity="numel")
+
+
 def test_cascadeflow_prune_reads_a_run_directory(trained):
     pruned, ranking = pruning.cascadeflow_prune(trained.run_dir, k=1, quantity="A_rms")
     g = trained.gradients
@@ -397,10 +435,18 @@ def test_cli_prunes_heals_and_writes_a_rebuildable_checkpoint(trained, tmp_path)
     assert "removed" in table.stdout and "after" in table.stdout
     assert json.loads((tmp_path / "bi" / "evaluation.json").read_text())["cost"]["forward_passes"] == 2
 
+    # any tracker total the run kept ranks: here the stream gradient A_stream
+    stream = _gfa(trained.run_dir, "--method", "cascadeflow", "--quantity", "A_stream", "-k", 1, "--out",
+                  tmp_path / "stream", "--format", "json", cwd=tmp_path)
+    assert stream.returncode == 0, stream.stderr
+    expected = pruning.rank("cascadeflow", trained.model, gradients=trained.gradients, quantity="A_stream")
+    got = json.loads(stream.stdout)
+    assert got["quantity"] == "A_stream" and got["ranking"]["order"] == expected.order
 
-@pytest.mark.parametrize("case", ["missing", "incomplete", "k-too-large", "k-negative", "method"])
+
+@pytest.mark.parametrize("case", ["missing", "incomplete", "k-too-large", "k-negative", "method", "quantity"])
 def test_cli_errors_are_one_line_with_exit_2(case, trained, tmp_path):
-    run_dir, k, method = trained.run_dir, 1, "last"
+    run_dir, k, method, extra = trained.run_dir, 1, "last", []
     if case == "missing":
         run_dir = tmp_path / "nope"
     elif case == "incomplete":
@@ -411,10 +457,14 @@ def test_cli_errors_are_one_line_with_exit_2(case, trained, tmp_path):
         k = 4
     elif case == "k-negative":
         k = -1
+    elif case == "quantity":  # a proxy the run's tracker did not keep: named with what it has
+        method, extra = "cascadeflow", ["--quantity", "G_norm"]
     else:
         method = "sparsegpt"
-    res = _gfa(run_dir, "--method", method, "-k", k, "--out", tmp_path / "out", cwd=tmp_path)
+    res = _gfa(run_dir, "--method", method, "-k", k, "--out", tmp_path / "out", *extra, cwd=tmp_path)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gfa: error:"), res.stderr
+    if case == "quantity":
+        assert "no block total 'G_norm' (it has: A, A_sq, A_rms, A_stream;" in lines[0], lines[0]
     assert not (tmp_path / "out" / "evaluation.json").exists()

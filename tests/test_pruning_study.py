@@ -53,7 +53,7 @@ def test_smoke_study_tables(study):
     assert (pruned["params"].to_numpy() < base.loc[list(zip(pruned.run_id, pruned.stage))].to_numpy()).all()
 
     assert {"results", "raw", "rankings", "stability", "stability_summary", "cost", "comparisons",
-            "summary"} <= set(tables)
+            "summary", "depth_order", "depth_order_cases"} <= set(tables)
     raw = tables["raw"]
     assert (raw[raw.method == "random"].groupby(["run_id", "k", "stage"])["draw"].nunique()
             == p.prune.random_draws).all()
@@ -202,6 +202,79 @@ def test_stability_pairs_on_known_rankings():
     assert (pairs["context"] == "seeds").all()
 
 
+# ---- CascadeFlow vs depth order -------------------------------------------------------------------
+
+def _depth_inputs(cf_orders: dict, cf_losses: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Synthetic ``results`` and ``rankings`` of a 4-block model (blocks a..d, depth order d;c;b;a):
+    ``cf_orders[seed]`` is CascadeFlow's ranking, ``cf_losses[(seed, k)]`` its loss (last-k: 2.0)."""
+    last = ["d", "c", "b", "a"]
+    res, rk = [], []
+    for seed, order in cf_orders.items():
+        base = {"model": "transformer B=4", "family": "transformer", "depth_B": 4, "run_id": f"r{seed}", "seed": seed}
+        for m, o in ((pr.CASCADEFLOW, order), (pr.DEPTH_ORDER, last)):
+            rk.append({**base, "method": m, "context": "final", "draw": 0, "order": ";".join(o)})
+            for k in (1, 2):
+                for stage in pr.STAGES:
+                    loss = cf_losses.get((seed, k), 2.0) if m == pr.CASCADEFLOW else 2.0
+                    res.append({**base, "method": m, "k": k, "stage": stage, "loss": loss,
+                                "removed": ";".join(o[:k])})
+    return pd.DataFrame(res), pd.DataFrame(rk)
+
+
+def test_depth_order_tau_of_identical_and_reversed_orders():
+    res, rk = _depth_inputs({0: ["d", "c", "b", "a"], 1: ["a", "b", "c", "d"]}, {})
+    cases = pr.depth_order_cases(res, rk).groupby("seed")["tau"].first()
+    assert cases[0] == 1.0 and cases[1] == -1.0
+
+
+def test_depth_order_counts_differing_cases_and_compares_only_them():
+    # seed 0 = depth order; seed 1 swaps the last two (differs at k = 1 only: same set {d, c} at k = 2);
+    # seeds 2 and 3 pick other blocks at every k
+    orders = {0: ["d", "c", "b", "a"], 1: ["c", "d", "b", "a"], 2: ["a", "b", "c", "d"], 3: ["b", "a", "d", "c"]}
+    losses = {(1, 1): 1.9, (2, 1): 1.8, (2, 2): 2.2, (3, 1): 1.7, (3, 2): 2.4,
+              (0, 1): 9.9, (1, 2): 9.9}  # the last two are never compared: same set as last-k
+    res, rk = _depth_inputs(orders, losses)
+    for r in res.itertuples():  # identical sets prune the same model: the same loss
+        if r.method == pr.CASCADEFLOW and not pr.removed_sets_differ(r.removed, ";".join(["d", "c", "b"][:r.k])):
+            res.loc[r.Index, "loss"] = 2.0
+    cases = pr.depth_order_cases(res, rk)
+    assert len(cases) == 4 * 2 * 2
+    table = pr.depth_order_table(cases).set_index(["stage", "k"])
+    k1, k2 = table.loc[("pruned", 1)], table.loc[("pruned", 2)]
+    assert (k1["n_runs"], k1["n_differ"], k2["n_differ"]) == (4, 3, 2)
+    assert k1["estimate"] == pytest.approx(-0.2) and k1["n"] == 3  # (-0.1 - 0.2 - 0.3) / 3 over the differing runs
+    assert k1["ci_low"] < k1["estimate"] < k1["ci_high"] and np.isfinite(k1["p"])
+    assert k2["estimate"] == pytest.approx(0.3) and k2["n"] == 2
+    assert table.loc[("healed", 1), "n_differ"] == 3
+    assert pr.removed_sets_differ("a;b", "b;a") is False and pr.removed_sets_differ("a;b", "a;c") is True
+
+
+def test_depth_order_without_differing_cases_has_no_statistic():
+    res, rk = _depth_inputs({0: ["d", "c", "b", "a"], 1: ["d", "c", "a", "b"]}, {})  # k <= 2: same sets
+    table = pr.depth_order_table(pr.depth_order_cases(res, rk))
+    assert (table["n_differ"] == 0).all() and table["estimate"].isna().all() and (table["n"] == 0).all()
+    # one differing run: its difference, with no interval (a statistic with no spread)
+    t1 = pr.depth_order_table(pr.depth_order_cases(*_depth_inputs(
+        {0: ["d", "c", "b", "a"], 1: ["a", "c", "b", "d"]}, {(1, 1): 1.5, (1, 2): 1.5})))
+    assert (t1["n_differ"] == 1).all() and t1["estimate"].eq(-0.5).all() and t1["ci_low"].isna().all()
+
+
+def test_t6_table(study):
+    from figures import efficiency as ef
+
+    _, results, tables = study
+    t6 = ef.t6({pr.NAME: tables})
+    assert {"model", "k", "stage", "tau vs depth order [min, max]", "runs differing",
+            "loss CascadeFlow - last-k [CI95]", "perplexity ratio", "p"} <= set(t6.columns)
+    assert len(t6) == results.loc[results.k > 0].groupby("model")["k"].max().sum() * len(pr.STAGES)
+    none = t6["runs differing"].str.startswith("0 of")
+    assert (t6.loc[none, "loss CascadeFlow - last-k [CI95]"] == "no differing cases").all()
+    assert "%" not in t6.to_csv()
+    cases = tables["depth_order_cases"]
+    assert cases["tau"].between(-1, 1).all() and set(cases["stage"]) == set(pr.STAGES)
+    assert (cases.loc[~cases["differs"], "loss_diff"] == 0).all()  # the same blocks: the same pruned model
+
+
 # ---- outputs -----------------------------------------------------------------------------------
 
 def test_t2_t3_t4_tables(study):
@@ -272,8 +345,10 @@ def test_claims_measure_the_smoke_study(study):
     _, _, tables = study
     found = claims.evaluate_claims({pr.NAME: tables}).set_index("claim")
     comp = tables["comparisons"]
-    for key, rule in (("C9", claims.c9), ("C10", claims.c10), ("C11", claims.c11)):
+    for key, rule in (("C9", lambda c: claims.c9(c, tables["depth_order"])), ("C10", claims.c10),
+                      ("C11", claims.c11)):
         assert tuple(found.loc[key, ["verdict", "measured here"]]) == tuple(rule(comp)), key
+    assert "depth order" in found.loc["C9", "measured here"]
     assert "ceiling" in found.loc["C10", "measured here"]
     assert "random (floor)" in found.loc["C9", "measured here"]
 

@@ -50,7 +50,7 @@ def test_reproduce_smoke_writes_every_stamped_output(smoke_root, tmp_path):
 
 
 def test_outputs_and_claims_are_static_lists():
-    assert list(OUTPUTS) == [f"F{i}" for i in range(1, 9)] + [f"T{i}" for i in range(1, 6)]
+    assert list(OUTPUTS) == [f"F{i}" for i in range(1, 9)] + [f"T{i}" for i in range(1, 7)]
     assert all(o.kind == ("figure" if k.startswith("F") else "table") and callable(o.build)
                for k, o in OUTPUTS.items())
     assert OUTPUTS["F8"].build is efficiency.f8 and set(OUTPUTS["F8"].studies) == {"cascadeformer", "pruning"}
@@ -77,3 +77,42 @@ def test_plots_only_draw():
         if name.startswith("plot_"):
             sig = inspect.signature(fn)
             assert "ax" in sig.parameters and sig.parameters["ax"].default is None, name
+
+
+# ---- where the time goes -------------------------------------------------------------------------
+
+def test_stamp_records_runs_trained_and_cached(tmp_path):
+    from types import SimpleNamespace
+
+    from experiments.study_io import stamp
+
+    runs = []
+    for i, trained in enumerate((True, False, False)):
+        d = tmp_path / f"gpt-{i:012d}"
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"data": {"sha256": "abc"}}))
+        runs.append(SimpleNamespace(run_dir=d, config=SimpleNamespace(train=SimpleNamespace(seed=i)), trained=trained))
+    meta = stamp(SimpleNamespace(profile="smoke"), runs, "synthetic", started=0.0)
+    assert (meta["runs_trained"], meta["runs_cached"]) == (1, 2) and meta["wall_seconds"] > 0
+
+
+def test_time_table_and_report_section(tmp_path):
+    from figures import report
+
+    metas = {"b_study": {"study": "b_study", "wall_seconds": 12.5, "runs_trained": 2, "runs_cached": 4},
+             "a_study": {"study": "a_study", "wall_seconds": 30.0, "runs_trained": 0, "runs_cached": 6}}
+    t = report.time_table(metas)
+    assert list(t["study"]) == ["a_study", "b_study", "total"]
+    total = t.iloc[-1]
+    assert (total["wall seconds (last run)"], total["runs trained"], total["runs read from cache"]) == ("42.5", "2", "10")
+    # a meta written before the run counts were recorded: its counts and the totals' are n/a, seconds still add
+    old = report.time_table({**metas, "c_study": {"study": "c_study", "wall_seconds": 7.5}})
+    assert tuple(old.iloc[-1][1:]) == ("50.0", "n/a", "n/a") and tuple(old.iloc[-2][2:]) == ("n/a", "n/a")
+    assert report.time_table({}).empty
+    claims = pd.DataFrame([{"claim": "C1", "paper": "p", "measured here": "m", "evidence": "F1", "verdict": "holds",
+                            "rule": "r"}])
+    st = report.stamps.merge(metas.values(), "smoke", "REPORT")
+    text = report.report_text(claims, st, "smoke", tmp_path, metas)
+    section = text.split("## Where the time goes", 1)[1]
+    assert "| a_study" in section and "| total" in section and "42.5" in section
+    assert "## Where the time goes" not in report.report_text(claims, st, "smoke", tmp_path)

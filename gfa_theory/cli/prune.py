@@ -24,6 +24,7 @@ from gfa_theory.errors import ConfigError, DataError
 from gfa_theory.instrument.evaluation import evaluate
 from gfa_theory.methods.hf_pruning import is_hf_checkpoint
 from gfa_theory.methods.pruning import (
+    GRADIENT_QUANTITIES,
     METHODS,
     NEEDS_BATCHES,
     Ranking,
@@ -74,8 +75,10 @@ def add_parser(sub) -> None:
     p.add_argument("--gradients", metavar="FILE",
                    help="cascadeflow on a Hugging Face directory: the tracker log (gradients.csv of "
                         "gfa_theory.integrations.hf.GradientFanInCallback, or its directory)")
-    p.add_argument("--quantity", choices=("A", "A_rms"), default=None,
-                   help="cascadeflow: raw accumulated gradient A (default) or its per-parameter RMS variant")
+    p.add_argument("--quantity", choices=GRADIENT_QUANTITIES, default=None,
+                   help="cascadeflow: the accumulated total to rank by: A (default), its per-parameter RMS A_rms, A_sq, "
+                        "the stream gradient A_stream, or an opt-in total the run's tracker kept (G_norm, noise_floor, "
+                        "U, displacement); a quantity the run lacks is refused, naming those it has")
     p.add_argument("--heal-steps", type=int, default=0, help="AdamW healing steps after pruning (0: none)")
     p.add_argument("--heal-lr", type=float, default=None,
                    help=f"learning rate of the healing fine-tune (default {DEFAULTS['heal_lr']:g})")

@@ -8,7 +8,8 @@ so the methods differ only in which blocks they pick. Scores: higher = more impo
 =================  =============================================================  ==============
 method             score of a block                                               needs
 =================  =============================================================  ==============
-``cascadeflow``    accumulated training gradient ``A`` (or ``A_rms``, ...)        gradients
+``cascadeflow``    accumulated training gradient ``A`` (or any tracker total,     gradients
+                   :data:`GRADIENT_QUANTITIES`)
 ``bi``             Block Influence ``1 - mean cos(x_in, x_out)`` (ShortGPT)       batches
 ``angular``        Gromov et al.: the contiguous k-block span with the smallest   batches, k
                    angular distance goes first; scores are the 1-block distances
@@ -50,6 +51,7 @@ from tqdm.auto import tqdm
 from gfa_theory.config import to_dict
 from gfa_theory.errors import ConfigError, DataError
 from gfa_theory.instrument import importance
+from gfa_theory.instrument.tracking import ACCUMULATED, TOTALS
 from gfa_theory.models import MODELS, ResidualModel, build_model, unwrap
 from gfa_theory.models.base import logits_and_loss
 from gfa_theory.models.families import PrunableAdapter, find_adapter
@@ -60,7 +62,9 @@ from gfa_theory.train.store import load_run, save_torch_atomic
 Batch = tuple[torch.Tensor, torch.Tensor]
 METHODS = ("cascadeflow", "bi", "angular", "taylor", "magnitude", "random", "last", "ablation")
 NEEDS_BATCHES = ("bi", "angular", "taylor", "ablation")
-GRADIENT_QUANTITIES = ("A", "A_rms", "A_sq", "A_stream")  # the tracker's per-unit totals
+# every per-unit total the tracker can record (numel is a size, not a signal); the opt-in ones
+# (G_norm, noise_floor: accumulate=True; U, displacement: track_updates=True) only where the run kept them
+GRADIENT_QUANTITIES = (*(q for q in TOTALS if q != "numel"), *ACCUMULATED)
 PRUNED_CHECKPOINT = "checkpoint.pt"
 
 
@@ -144,9 +148,17 @@ def _gradient_scores(gradients: Any, quantity: str, names: Sequence[str]) -> dic
     frame = gradients.to_frame() if hasattr(gradients, "to_frame") else gradients
     if not isinstance(frame, pd.DataFrame) or not {"unit", "kind", "quantity", "value"} <= set(frame.columns):
         raise ConfigError("gradients must be the tracker's long frame (columns unit, kind, quantity, step, value)")
-    rows = frame[(frame["kind"] == "block") & (frame["quantity"] == quantity)]
-    if "step" in rows:
-        rows = rows[rows["step"].isna()]  # totals, not the per-step series
+    blocks = frame[frame["kind"] == "block"]
+    if "step" in blocks:
+        blocks = blocks[blocks["step"].isna()]  # totals, not the per-step series
+    if blocks.empty:
+        raise ConfigError("gradients frame has no block totals: train with train.track=block or both")
+    rows = blocks[blocks["quantity"] == quantity]
+    if rows.empty:
+        has = [q for q in GRADIENT_QUANTITIES if q in set(blocks["quantity"])]
+        raise ConfigError(f"the run's gradients have no block total '{quantity}' (it has: {', '.join(has) or 'none'}; "
+                          "the tracker records A_stream with stream=True, G_norm and noise_floor with accumulate=True, "
+                          "U and displacement with track_updates=True)")
     twice = rows["unit"][rows["unit"].duplicated()]
     if len(twice):
         raise ConfigError(f"gradients frame has several '{quantity}' totals for block {twice.iloc[0]} "
