@@ -42,6 +42,7 @@ def test_reproduce_smoke_writes_every_stamped_output(smoke_root, tmp_path):
     for claim in ("C1", "C2", "C5", "C6", "C7"):
         assert f"### {claim}." in report
     assert "Verdict" in report and "profile smoke" in report
+    assert "## Where the time goes" in report and "| total" in report
     # warm cache: a second build only redraws (no study reruns), and --only limits the outputs
     res = subprocess.run(cmd + ["--only", "F1,T5"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
