@@ -1,43 +1,66 @@
-"""Study 5 — CascadeFormer: do Transformers whose width shrinks with depth lose anything?
+"""Study 5 — CascadeFormer: is narrowing late blocks (by gradient fan-in) better than shrinking uniformly?
 
 **Hypothesis (GFA: width where the gradient is).** A block's gradient fan-in falls with depth
-(``F(b)`` of :mod:`gfa_theory.theory.symbolic`), so late blocks receive fewer gradient paths and, by the
-fan-in account, contribute less. Giving them fewer attention heads and a narrower FFN (the
+(``F(b)`` of :mod:`gfa_theory.theory.symbolic`), so late blocks receive fewer gradient paths and, by
+the fan-in account, contribute less. Giving them fewer attention heads and a narrower FFN (the
 residual width stays constant, so every identity path stays exact) should cost little loss while
-saving parameters, FLOPs and time.
+saving parameters, FLOPs and time; and, if fan-in is the reason, *where* the width is removed must
+matter: the same budget spent uniformly should do worse.
 
-**Prediction (the paper's claim).** At the same depth and training budget, a tapered model reaches
-a perplexity comparable to the uniform model's while cutting latency by 8.6 % and raising
-throughput by 9.4 %.
+**Prediction (the paper's claim, and what separates it from its rival).** At the same depth and
+training budget, the fan-in-tapered model reaches a perplexity comparable to the full uniform
+model's while cutting latency by 8.6 % and raising throughput by 9.4 %. The rival: any smaller
+model trains faster in a short run (here ~1 token per parameter), so a saving alone proves
+nothing; the fan-in taper must also beat a uniformly narrowed model of the same size.
 
-**Method.** Character-level Transformers of one depth (``cascade.depth`` blocks), every schedule of
-:mod:`gfa_theory.methods.taper` (uniform, linear, fan-in-proportional ``max(r, F(b)/F(1))``, cosine, step)
-with a sweep of the taper strength ``r`` (the last block's width multiplier), sizes rounded to
-whole heads and FFN multiples of ``cascade.quantum``. Every model trains with the same budget:
-the same steps, batch, token stream (per seed), optimizer, learning rate and schedule; the
-profile's seeds (3 in ``default``). After training: held-out loss and perplexity on fixed
-validation batches (the same for every model), parameters, analytic forward FLOPs per token.
-Speed: one trained model per schedule (the first seed's; speed depends on the architecture, not
-on the weights) is timed with every other one in one process, interleaved, median of repeats
-after warm-up, with a fixed torch thread count (:mod:`gfa_theory.methods.taper_timing`): latency is a
-forward pass at batch 1 and the full context, throughput the tokens per second of a forward pass
-at a large batch. Ratios are per-repeat ratios against the uniform model (median and IQR). A
-copy of the uniform model is timed alongside as an A/A control (``timing_summary.csv`` and
-``meta.json``): its ratios should be 1 up to the timing noise.
+**Method.** Character-level Transformers of ``cascade.depth`` blocks. One primary schedule is
+declared in code before any result (:data:`PRIMARY`: ``fanin``, ``s_b = max(r, F(b)/F(1))`` at the
+plan's ``primary.r``); its parameter count fixes *one* budget (``cascade.budget``: parameters, the
+capacity the rival explains the result by; FLOPs per token follow within ~1 %, both reported) and
+every other arm is matched to it with :func:`gfa_theory.methods.taper.match` (the nearest rounded
+plan: whole heads and FFN multiples of ``cascade.quantum``; each arm's achieved ratio is in the
+table). Arms: the full uniform model (the reference), the **narrow uniform** model (the same depth,
+every block uniformly smaller: the control), the primary, and exploratory schedules —
+``linear``, ``inverse`` (widening with depth, OpenELM / DeLighT's layer-wise scaling: the opposite
+of the fan-in prediction) and ``measured`` (data-driven: ``s_b = max(r, (A_b/A_1)^alpha)`` from the
+accumulated training gradient ``A`` of each block of the full uniform run of the same seed and
+length, trained first; ``gfa taper --from-run RUN_DIR`` gives the same schedule for any finished
+run). Every arm trains the same steps, batch, token stream (per seed), optimizer and schedule on
+the profile's seeds. A **token sweep** retrains the full uniform, the narrow uniform and the
+primary for ``sweep_factor`` x the steps (``sweep_seeds``; one seed in ``default``: 2 CPU cores
+cannot train ~20 tokens per parameter, so the sweep shows whether the ranking moves as training
+lengthens). After training: held-out loss and perplexity on fixed validation batches (the same
+for every model), parameters, analytic FLOPs per token, tokens per parameter. Speed
+(:mod:`gfa_theory.methods.taper_timing`): each arm's first-seed model, timed in one process,
+interleaved, median of repeats after warm-up, with a fixed torch thread count: latency (batch 1)
+and throughput (a fixed batch) of inference *and* of a training step (forward, backward, AdamW),
+each as per-repeat ratios against the full uniform model (median, IQR).
 
-**Reading the result.** ``summary`` has one row per schedule: perplexity (mean, 95 % t-interval
-over seeds), the loss gap to uniform (paired by seed, t-interval) and the same gap as a perplexity
-change in percent, params / FLOPs / latency / throughput ratios. This study computes numbers only:
-what counts as *comparable* perplexity (a non-inferiority test at a declared margin) and as the
-paper's speedup is decided by claim C8 in ``figures/claims.py``. CPU timing
-of small models is noisy and overhead-bound at batch 1: read the IQR columns, and expect the
-batch-1 latency to follow the FLOPs ratio far less than the large-batch throughput does.
+**Controls (the rival each rules out).** *Narrow uniform at the same budget*: "a smaller model
+wins a short run" (the decisive test: primary vs narrow, paired by seed). *Inverse taper*: "any
+non-uniform allocation helps" (width against the gradient). *Measured schedule*: "the symbolic
+fan-in is a poor stand-in for the gradient actually received". *Token sweep*: "the ranking is an
+artefact of under-training". *A/A timing control* (a copy of the uniform model timed alongside):
+"the speedup is timing noise or a position bias of the interleaving" — a speed ratio counts only
+beyond the A/A IQR. *One declared primary*: "the winner is the best of many" (the others are
+exploratory, Holm-adjusted, not counted).
 
-Table T1 prints the summary row by row. Figure F8's CascadeFormer panels plot the perplexity gap
-to uniform (with its interval) against the throughput ratio, with C8's margin and the paper's
-point marked (a schedule that matches the paper sits right of the paper's throughput line and
-below the margin), and the latency and throughput ratios per schedule with their IQR against the
-paper's lines.
+**Reading the result.** ``summary`` has one row per arm and training length (main first, then the
+sweep): role, params / FLOPs ratios, tokens per parameter, perplexity (mean, 95 % t-interval over
+seeds), the loss gap to the full uniform and to the narrow uniform model (paired by seed,
+t-interval; none from one seed) and as perplexity changes in percent, and the four speed ratios
+with their IQR beside the A/A control's (``aa_*`` columns). This study computes numbers only: what
+counts as comparable, better than narrow, or a speedup is decided by claim C8 in
+``figures/claims.py``. If the primary beats the narrow model, where the width goes matters; if
+the narrow model is as good, the saving is explained by size and the fan-in rationale is not
+supported, whatever the gap to the full model. CPU timing of small models is noisy and
+overhead-bound at batch 1: expect the batch-1 latency to follow the FLOPs ratio far less than the
+batched throughput does, and read every ratio against the A/A band.
+
+Table T1 prints the summary row by row with the A/A row last. Figure F8's CascadeFormer panels
+plot the perplexity change against the throughput ratio (A/A band shaded, the token sweep as
+hollow markers) and, per arm, perplexity vs full and narrow uniform and the four speed ratios
+with the A/A IQR ticks and the paper's lines.
 """
 from __future__ import annotations
 

@@ -196,7 +196,9 @@ def match(cfg: TaperConfig, target: float, budget: Literal["params", "flops"] = 
     # one strength s in [0, 1] (0: no taper, 1: the strongest); cost falls as s grows, so bisect
     # for the mildest taper that meets the budget
     if cfg.schedule in _ALPHA_MATCHED:  # s scales alpha; r stays the floor
-        make = lambda s: plan(replace(cfg, alpha=16.0 * s))  # noqa: E731
+        # a measured profile may fall only slightly (g_B / g_1 near 1): it needs a far larger alpha
+        top = 16.0 if cfg.schedule == "fanin" else 1e3
+        make = lambda s: plan(replace(cfg, alpha=top * s))  # noqa: E731
     else:  # s lowers the last block's width r
         make = lambda s: plan(replace(cfg, r=1.0 - (1.0 - 1e-3) * s))  # noqa: E731
     best = make(1.0)
