@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 
-from gfa_theory.errors import ConfigError
 from gfa_theory.cli import main as gfa
+from gfa_theory.errors import ConfigError
 from gfa_theory.methods.taper import (
     SCHEDULES,
     SHRINKING,
