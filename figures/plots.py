@@ -257,7 +257,8 @@ def plot_cascade_speed(tapered: pd.DataFrame, paper_latency: float, paper_throug
     ax.axhline(1, color="0.3", lw=0.8)
     ax.axhline(paper_latency, color=PALETTE[2], ls=":", lw=1, label=f"paper latency {paper_latency:.3f}")
     ax.axhline(paper_throughput, color=PALETTE[3], ls=":", lw=1, label=f"paper throughput {paper_throughput:.3f}")
-    ax.set_ylim(min(0.5, float(np.nanmin(d["params_ratio"])) - 0.05), None)
+    top = max(float(np.nanmax(np.asarray(b[3], float))) for b in bars)
+    ax.set_ylim(min(0.5, float(np.nanmin(d["params_ratio"])) - 0.05), 1.3 * top)  # room for the legend
     ax.set_xticks(x, [f"{lab}\n({role})" for lab, role in zip(d["label"], d["role"])], fontsize=7)
     ax.set_ylabel("ratio (grey ticks: A/A control IQR)")
     ax.set_title("CascadeFormer vs full uniform: perplexity and speed")
