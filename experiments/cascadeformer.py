@@ -1,43 +1,66 @@
-"""Study 5 — CascadeFormer: do Transformers whose width shrinks with depth lose anything?
+"""Study 5 — CascadeFormer: is narrowing late blocks (by gradient fan-in) better than shrinking uniformly?
 
 **Hypothesis (GFA: width where the gradient is).** A block's gradient fan-in falls with depth
-(``F(b)`` of :mod:`gfa_theory.theory.symbolic`), so late blocks receive fewer gradient paths and, by the
-fan-in account, contribute less. Giving them fewer attention heads and a narrower FFN (the
+(``F(b)`` of :mod:`gfa_theory.theory.symbolic`), so late blocks receive fewer gradient paths and, by
+the fan-in account, contribute less. Giving them fewer attention heads and a narrower FFN (the
 residual width stays constant, so every identity path stays exact) should cost little loss while
-saving parameters, FLOPs and time.
+saving parameters, FLOPs and time; and, if fan-in is the reason, *where* the width is removed must
+matter: the same budget spent uniformly should do worse.
 
-**Prediction (the paper's claim).** At the same depth and training budget, a tapered model reaches
-a perplexity comparable to the uniform model's while cutting latency by 8.6 % and raising
-throughput by 9.4 %.
+**Prediction (the paper's claim, and what separates it from its rival).** At the same depth and
+training budget, the fan-in-tapered model reaches a perplexity comparable to the full uniform
+model's while cutting latency by 8.6 % and raising throughput by 9.4 %. The rival: any smaller
+model trains faster in a short run (here ~1 token per parameter), so a saving alone proves
+nothing; the fan-in taper must also beat a uniformly narrowed model of the same size.
 
-**Method.** Character-level Transformers of one depth (``cascade.depth`` blocks), every schedule of
-:mod:`gfa_theory.methods.taper` (uniform, linear, fan-in-proportional ``max(r, F(b)/F(1))``, cosine, step)
-with a sweep of the taper strength ``r`` (the last block's width multiplier), sizes rounded to
-whole heads and FFN multiples of ``cascade.quantum``. Every model trains with the same budget:
-the same steps, batch, token stream (per seed), optimizer, learning rate and schedule; the
-profile's seeds (3 in ``default``). After training: held-out loss and perplexity on fixed
-validation batches (the same for every model), parameters, analytic forward FLOPs per token.
-Speed: one trained model per schedule (the first seed's; speed depends on the architecture, not
-on the weights) is timed with every other one in one process, interleaved, median of repeats
-after warm-up, with a fixed torch thread count (:mod:`gfa_theory.methods.taper_timing`): latency is a
-forward pass at batch 1 and the full context, throughput the tokens per second of a forward pass
-at a large batch. Ratios are per-repeat ratios against the uniform model (median and IQR). A
-copy of the uniform model is timed alongside as an A/A control (``timing_summary.csv`` and
-``meta.json``): its ratios should be 1 up to the timing noise.
+**Method.** Character-level Transformers of ``cascade.depth`` blocks. One primary schedule is
+declared in code before any result (:data:`PRIMARY`: ``fanin``, ``s_b = max(r, F(b)/F(1))`` at the
+plan's ``primary.r``); its parameter count fixes *one* budget (``cascade.budget``: parameters, the
+capacity the rival explains the result by; FLOPs per token follow within ~1 %, both reported) and
+every other arm is matched to it with :func:`gfa_theory.methods.taper.match` (the nearest rounded
+plan: whole heads and FFN multiples of ``cascade.quantum``; each arm's achieved ratio is in the
+table). Arms: the full uniform model (the reference), the **narrow uniform** model (the same depth,
+every block uniformly smaller: the control), the primary, and exploratory schedules —
+``linear``, ``inverse`` (widening with depth, OpenELM / DeLighT's layer-wise scaling: the opposite
+of the fan-in prediction) and ``measured`` (data-driven: ``s_b = max(r, (A_b/A_1)^alpha)`` from the
+accumulated training gradient ``A`` of each block of the full uniform run of the same seed and
+length, trained first; ``gfa taper --from-run RUN_DIR`` gives the same schedule for any finished
+run). Every arm trains the same steps, batch, token stream (per seed), optimizer and schedule on
+the profile's seeds. A **token sweep** retrains the full uniform, the narrow uniform and the
+primary for ``sweep_factor`` x the steps (``sweep_seeds``; one seed in ``default``: 2 CPU cores
+cannot train ~20 tokens per parameter, so the sweep shows whether the ranking moves as training
+lengthens). After training: held-out loss and perplexity on fixed validation batches (the same
+for every model), parameters, analytic FLOPs per token, tokens per parameter. Speed
+(:mod:`gfa_theory.methods.taper_timing`): each arm's first-seed model, timed in one process,
+interleaved, median of repeats after warm-up, with a fixed torch thread count: latency (batch 1)
+and throughput (a fixed batch) of inference *and* of a training step (forward, backward, AdamW),
+each as per-repeat ratios against the full uniform model (median, IQR).
 
-**Reading the result.** ``summary`` has one row per schedule: perplexity (mean, 95 % t-interval
-over seeds), the loss gap to uniform (paired by seed, t-interval) and the same gap as a perplexity
-change in percent, params / FLOPs / latency / throughput ratios. This study computes numbers only:
-what counts as *comparable* perplexity (a non-inferiority test at a declared margin) and as the
-paper's speedup is decided by claim C8 in ``figures/claims.py``. CPU timing
-of small models is noisy and overhead-bound at batch 1: read the IQR columns, and expect the
-batch-1 latency to follow the FLOPs ratio far less than the large-batch throughput does.
+**Controls (the rival each rules out).** *Narrow uniform at the same budget*: "a smaller model
+wins a short run" (the decisive test: primary vs narrow, paired by seed). *Inverse taper*: "any
+non-uniform allocation helps" (width against the gradient). *Measured schedule*: "the symbolic
+fan-in is a poor stand-in for the gradient actually received". *Token sweep*: "the ranking is an
+artefact of under-training". *A/A timing control* (a copy of the uniform model timed alongside):
+"the speedup is timing noise or a position bias of the interleaving" — a speed ratio counts only
+beyond the A/A IQR. *One declared primary*: "the winner is the best of many" (the others are
+exploratory, Holm-adjusted, not counted).
 
-Table T1 prints the summary row by row. Figure F8's CascadeFormer panels plot the perplexity gap
-to uniform (with its interval) against the throughput ratio, with C8's margin and the paper's
-point marked (a schedule that matches the paper sits right of the paper's throughput line and
-below the margin), and the latency and throughput ratios per schedule with their IQR against the
-paper's lines.
+**Reading the result.** ``summary`` has one row per arm and training length (main first, then the
+sweep): role, params / FLOPs ratios, tokens per parameter, perplexity (mean, 95 % t-interval over
+seeds), the loss gap to the full uniform and to the narrow uniform model (paired by seed,
+t-interval; none from one seed) and as perplexity changes in percent, and the four speed ratios
+with their IQR beside the A/A control's (``aa_*`` columns). This study computes numbers only: what
+counts as comparable, better than narrow, or a speedup is decided by claim C8 in
+``figures/claims.py``. If the primary beats the narrow model, where the width goes matters; if
+the narrow model is as good, the saving is explained by size and the fan-in rationale is not
+supported, whatever the gap to the full model. CPU timing of small models is noisy and
+overhead-bound at batch 1: expect the batch-1 latency to follow the FLOPs ratio far less than the
+batched throughput does, and read every ratio against the A/A band.
+
+Table T1 prints the summary row by row with the A/A row last. Figure F8's CascadeFormer panels
+plot the perplexity change against the throughput ratio (A/A band shaded, the token sweep as
+hollow markers) and, per arm, perplexity vs full and narrow uniform and the four speed ratios
+with the A/A IQR ticks and the paper's lines.
 """
 from __future__ import annotations
 
@@ -51,159 +74,239 @@ from gfa_theory.errors import ConfigError
 from gfa_theory.instrument import importance, stats
 from gfa_theory.methods import taper
 from gfa_theory.methods.taper import TaperConfig, TaperPlan
-from gfa_theory.methods.taper_timing import TimingConfig, time_models, timing_summary
+from gfa_theory.methods.taper_timing import MODES, TimingConfig, time_models, timing_summary
 from gfa_theory.train.data import load_data
 from gfa_theory.train.loop import RunResult
 
-from .plans import StudyPlan, TaperSpec, gpt_run, plan
-from .runner import Context, start
+from .plans import StudyPlan, gpt_run, plan
+from .runner import Context, run_many, start
 from .study_io import finish
 from .summary import without_single_interval
 from .units import heldout_batches
 
 NAME = "cascadeformer"
 AA_CONTROL = "uniform (A/A copy)"  # timed as a noise control, not a schedule
+# Declared before any result was read: the one schedule C8 judges. Width follows the gradient
+# fan-in F(b) (the paper's rationale); its size is the budget every other arm is matched to.
+PRIMARY = "fanin"
+REFERENCE, CONTROL, MEASURED = "uniform", "narrow", "measured"
+ROLES = {REFERENCE: "reference", CONTROL: "control", PRIMARY: "primary"}  # the rest: exploratory
 
 
-# ---- schedules ---------------------------------------------------------------------------------
-
-def schedule_label(spec: TaperSpec) -> str:
-    """``uniform``, ``linear r=0.5``, ``fanin r=0.25``, ``fanin r=0.5 a=2``, ``step r=0.5 at=0.5``."""
-    s = spec.schedule
-    if s == "uniform":
-        return s
-    label = f"{s} r={spec.r:g}"
-    if s == "fanin" and spec.alpha != 1.0:
-        label += f" a={spec.alpha:g}"
-    if s == "step" and spec.step_at != 0.5:
-        label += f" at={spec.step_at:g}"
-    return label
+def role(schedule: str) -> str:
+    return ROLES.get(schedule, "exploratory")
 
 
-def taper_plans(profile: str) -> dict[str, TaperPlan]:
-    """The rounded per-block widths of every schedule of the profile, by label (uniform first)."""
-    p = plan(profile)
+# ---- arms --------------------------------------------------------------------------------------
+
+def base_config(p: StudyPlan) -> TaperConfig:
     m, c = p.model, p.cascade
     vocab = load_data(gpt_run(p, n_blocks=1, seed=0).data).vocab_size  # for params / FLOPs only
-    base = TaperConfig(B=c.depth, n_embd=m.n_embd, n_head=m.n_head, d_ff=m.d_ff, quantum=c.quantum,
+    return TaperConfig(B=c.depth, n_embd=m.n_embd, n_head=m.n_head, d_ff=m.d_ff, quantum=c.quantum,
                        vocab_size=vocab, block_size=m.block_size)
-    plans: dict[str, TaperPlan] = {}
-    for spec in c.schedules:
-        label = schedule_label(spec)
-        if label in plans:
-            raise ConfigError(f"cascade schedule '{label}' is listed twice")
-        plans[label] = taper.plan(replace(base, **spec.fields()))
-    if "uniform" not in plans:
-        raise ConfigError("the cascade schedules must include the uniform baseline")
-    return {"uniform": plans.pop("uniform"), **plans}
+
+
+def primary_plan(p: StudyPlan) -> TaperPlan:
+    if p.cascade.primary.schedule != PRIMARY:
+        raise ConfigError(f"the plan's primary schedule must be the declared {PRIMARY!r}, "
+                          f"got {p.cascade.primary.schedule!r}")
+    return taper.plan(replace(base_config(p), **p.cascade.primary.fields()))
+
+
+def budget_target(p: StudyPlan) -> float:
+    """The primary schedule's params (or FLOPs) over the full uniform model's: every arm's budget."""
+    return taper.budget_ratio(primary_plan(p), p.cascade.budget)
+
+
+def arm_plan(p: StudyPlan, schedule: str, profile: tuple[float, ...] | None = None) -> TaperPlan:
+    """The widths of one arm: the full uniform reference, the primary, or a schedule matched to the
+    primary's budget (nearest achievable: rounded widths move in steps; the ratio is reported)."""
+    base = base_config(p)
+    if schedule == REFERENCE:
+        return taper.uniform_plan(base)
+    if schedule == PRIMARY:
+        return primary_plan(p)
+    cfg = replace(base, schedule=schedule, profile=profile)
+    if schedule in ("fanin", MEASURED):  # alpha is solved; the floor is the primary's
+        cfg = replace(cfg, r=p.cascade.primary.r)
+    return taper.match(cfg, budget_target(p), p.cascade.budget, nearest=True)
+
+
+def schedules(profile: str) -> list[str]:
+    """The arms of the main comparison, in table order."""
+    c = plan(profile).cascade
+    names = [REFERENCE, CONTROL, PRIMARY, *c.exploratory]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"a cascade arm is listed twice: {', '.join(names)}")
+    return names
+
+
+def _run(p: StudyPlan, tp: TaperPlan, seed: int, steps: int, source: str = "") -> tuple[dict, object]:
+    c = tp.config
+    budget = replace(p, train=replace(p.train, steps=steps))
+    desc = {"schedule": c.schedule, "label": c.schedule, "role": role(c.schedule),
+            "r": c.r if c.schedule != REFERENCE else 1.0, "alpha": c.alpha, "depth_B": c.B,
+            "arm": "main" if steps == p.cascade.steps else "sweep", "source_run": source}
+    if c.schedule == REFERENCE:  # the plain config: shared with other studies' runs
+        return desc, gpt_run(budget, n_blocks=c.B, seed=seed)
+    overrides = tp.model_overrides()
+    overrides.pop("n_blocks")
+    return desc, gpt_run(budget, n_blocks=c.B, seed=seed, **overrides)
 
 
 def configs(profile: str) -> list[tuple[dict, object]]:
-    """(descriptors, RunConfig) of every run: each schedule x seed, one training budget."""
+    """(descriptors, RunConfig) of every run whose widths are known before training: the token
+    sweep (longest first, for the worker pool) and each main arm x seed except the measured arm
+    (its widths come from trained runs: :func:`measured_configs`)."""
     p = plan(profile)
-    budget = replace(p, train=replace(p.train, steps=p.cascade.steps))
+    c = p.cascade
     out = []
-    for label, tp in taper_plans(profile).items():
-        c = tp.config
-        desc = {"schedule": c.schedule, "label": label, "r": c.r if c.schedule != "uniform" else 1.0,
-                "alpha": c.alpha, "step_at": c.step_at, "depth_B": c.B}
-        overrides = tp.model_overrides()
-        overrides.pop("n_blocks")
-        for seed in p.seeds:
-            if c.schedule == "uniform":  # the plain config: shared with other studies' runs
-                cfg = gpt_run(budget, n_blocks=c.B, seed=seed)
-            else:
-                cfg = gpt_run(budget, n_blocks=c.B, seed=seed, **overrides)
-            out.append((desc, cfg))
+    if c.sweep_factor > 1:
+        for s in (REFERENCE, CONTROL, PRIMARY):
+            tp = arm_plan(p, s)
+            out += [_run(p, tp, seed, c.sweep_factor * c.steps) for seed in c.sweep_seeds]
+    for s in schedules(profile):
+        if s != MEASURED:
+            tp = arm_plan(p, s)
+            out += [_run(p, tp, seed, c.steps) for seed in p.seeds]
+    return out
+
+
+def measured_configs(p: StudyPlan, uniform: dict[int, RunResult]) -> list[tuple[dict, object]]:
+    """The data-driven arm: per seed, widths from the accumulated training gradient A of each
+    block of that seed's full uniform run (same budget), matched to the primary's budget."""
+    out = []
+    for seed in p.seeds:
+        res = uniform[seed]
+        profile = taper.gradient_profile(res.gradients, p.cascade.depth)
+        out.append(_run(p, arm_plan(p, MEASURED, profile), seed, p.cascade.steps, source=res.run_dir.name))
     return out
 
 
 # ---- measurement -------------------------------------------------------------------------------
 
+def _gap(d: pd.DataFrame, ref: pd.DataFrame, same: bool) -> dict:
+    """Paired (by seed) loss difference ``d - ref``; ``same``: the arm is the reference (exact 0)."""
+    seeds = sorted(set(d.index) & set(ref.index))
+    gap = stats.paired_difference(d.loc[seeds, "val_loss"], ref.loc[seeds, "val_loss"])
+    return gap if same else without_single_interval(gap)
+
+
 def summarize(runs: pd.DataFrame, timing: pd.DataFrame) -> pd.DataFrame:
-    """One row per schedule: loss/perplexity over seeds, paired gaps to uniform, cost ratios."""
-    base = runs[runs.schedule == "uniform"].set_index("seed")
+    """One row per arm and training length: loss/perplexity over seeds, tokens per parameter,
+    paired gaps to the full uniform and to the narrow uniform of the same length, cost ratios,
+    speed ratios (median, IQR) and the A/A control's band on every row."""
     tim = timing.set_index("model")
+    aa = tim.loc[AA_CONTROL] if AA_CONTROL in tim.index else None
+    ratio_cols = [f"{m}_ratio{q}" for m in MODES for q in ("", "_q25", "_q75") if f"{m}_ratio" in tim.columns]
     rows = []
-    for label, d in runs.groupby("label", sort=False):
+    ordered = runs.sort_values("steps", kind="stable")  # the main comparison first, then the token sweep
+    for (steps, label), d in ordered.groupby(["steps", "label"], sort=False):
         d = d.set_index("seed")
-        seeds = sorted(set(d.index) & set(base.index))
+        same_len = runs[runs.steps == steps]
+        base = same_len[same_len.schedule == REFERENCE].set_index("seed")
+        narrow = same_len[same_len.schedule == CONTROL].set_index("seed")
         first = d.iloc[0]
-        row = {"label": label, "schedule": first.schedule, "r": first.r, "n_seeds": len(d),
-               "params": int(first.params), "params_ratio": first.params / base["params"].iloc[0],
-               "flops_per_token": first.flops_per_token,
-               "flops_ratio": first.flops_per_token / base["flops_per_token"].iloc[0]}
+        full = runs[(runs.schedule == REFERENCE)].iloc[0]
+        row = {"label": label, "schedule": first.schedule, "role": first.role, "arm": first.arm, "steps": int(steps),
+               "r": first.r, "alpha": first.alpha, "n_seeds": len(d), "params": int(first.params),
+               "params_ratio": d["params"].mean() / full["params"], "flops_per_token": first.flops_per_token,
+               "flops_ratio": d["flops_per_token"].mean() / full["flops_per_token"],
+               "tokens": int(first.tokens), "tokens_per_param": first.tokens / d["params"].mean()}
         for col in ("val_loss", "val_ppl"):
             m, lo, hi = stats.mean_ci(d[col])
             row.update({col: m, f"{col}_ci_low": lo, f"{col}_ci_high": hi})
-        gap = stats.paired_difference(d.loc[seeds, "val_loss"], base.loc[seeds, "val_loss"])
-        if label != "uniform":  # uniform's gap to itself is exactly 0, even from one seed
-            gap = without_single_interval(gap)
-        row.update(loss_gap=gap["estimate"], loss_gap_ci_low=gap["ci_low"], loss_gap_ci_high=gap["ci_high"],
-                   loss_gap_p=gap["p"])
-        # the loss is log-perplexity: a loss gap g is a perplexity ratio exp(g)
-        for k in ("", "_ci_low", "_ci_high"):
-            row[f"ppl_gap_pct{k}"] = 100 * math.expm1(row[f"loss_gap{k}"])
-        t = tim.loc[label]
-        for col in ("latency_ms", "latency_ratio", "latency_ratio_q25", "latency_ratio_q75", "throughput_tok_s",
-                    "throughput_ratio", "throughput_ratio_q25", "throughput_ratio_q75"):
-            row[col] = float(t[col])
+        for suffix, ref, name in (("", base, REFERENCE), ("_narrow", narrow, CONTROL)):
+            gap = _gap(d, ref, first.schedule == name) if len(ref) else \
+                {"estimate": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, "n": 0}
+            row.update({f"loss_gap{suffix}": gap["estimate"], f"loss_gap{suffix}_ci_low": gap["ci_low"],
+                        f"loss_gap{suffix}_ci_high": gap["ci_high"], f"loss_gap{suffix}_p": gap["p"],
+                        f"loss_gap{suffix}_n": gap["n"]})
+            # the loss is log-perplexity: a loss gap g is a perplexity ratio exp(g)
+            for k in ("", "_ci_low", "_ci_high"):
+                row[f"ppl_gap{suffix}_pct{k}"] = 100 * math.expm1(row[f"loss_gap{suffix}{k}"])
+        t = tim.loc[label]  # the architecture timed (first seed's; the same at every length)
+        row.update({c: float(t[c]) for c in ratio_cols})
+        if aa is not None:
+            row.update({f"aa_{c}": float(aa[c]) for c in ratio_cols})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def evaluate_runs(runs: list[tuple[dict, object]], results: list[RunResult], plans: dict[str, TaperPlan],
+def evaluate_runs(runs: list[tuple[dict, object]], results: list[RunResult], plans: dict,
                   batches: list) -> tuple[pd.DataFrame, dict]:
     """One row per run: held-out loss and perplexity on ``batches`` (the same tokens for every
-    model), parameters, FLOPs and training budget; and the model of each schedule's first seed
-    (what is timed: speed depends on the architecture, not on the weights)."""
+    model), parameters, FLOPs and training budget; and the model of each arm's first seed at the
+    main length (what is timed: speed depends on the architecture, not on the weights).
+    ``plans``: the TaperPlan of each run, by run directory name."""
     rows, timed = [], {}
     for (desc, cfg), res in zip(runs, results):
-        p = plans[desc["label"]]
+        p = plans[res.run_dir.name]
         model = res.model
         loss = importance.evaluate(model, batches)
+        params = sum(q.numel() for q in model.parameters())
+        tokens = cfg.train.steps * cfg.train.batch_size * cfg.model.block_size
         rows.append({"run_id": res.run_dir.name, "seed": cfg.train.seed, **desc,
-                     "params": sum(q.numel() for q in model.parameters()), "params_analytic": p.params(),
-                     "flops_per_token": p.flops_per_token(), "val_loss": loss, "val_ppl": math.exp(loss),
-                     "steps": cfg.train.steps, "batch_size": cfg.train.batch_size,
-                     "tokens": cfg.train.steps * cfg.train.batch_size * cfg.model.block_size,
+                     "params": params, "params_analytic": p.params(), "flops_per_token": p.flops_per_token(),
+                     "val_loss": loss, "val_ppl": math.exp(loss), "steps": cfg.train.steps,
+                     "batch_size": cfg.train.batch_size, "tokens": tokens, "tokens_per_param": tokens / params,
                      "optimizer": cfg.train.optimizer, "lr": cfg.train.lr, "quantum": p.config.quantum,
                      "head_dim": p.head_dim, "n_head": ",".join(map(str, p.n_head)),
                      "d_ff": ",".join(map(str, p.d_ff))})
-        timed.setdefault(desc["label"], model)  # first seed of each schedule
+        if desc["arm"] == "main":
+            timed.setdefault(desc["label"], model)  # first seed of each arm
     return pd.DataFrame(rows), timed
 
 
 def time_schedules(timed: dict, vocab_size: int, p: StudyPlan) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every schedule's model timed interleaved with the others, plus an A/A control: a copy of the
-    uniform model timed like the others, whose ratios (ideally 1) show the timing noise and any
-    position bias of the interleaving. Returns the raw timings and their per-model summary."""
-    timed = {**timed, AA_CONTROL: copy.deepcopy(timed["uniform"])}
+    """Every arm's model timed interleaved with the others in every mode (inference and training
+    step, batch 1 and a fixed batch), plus an A/A control: a copy of the full uniform model timed
+    like the others, whose ratios (ideally 1) show the timing noise and any position bias of the
+    interleaving. Returns the raw timings and their per-model summary."""
+    timed = {**timed, AA_CONTROL: copy.deepcopy(timed[REFERENCE])}
     tcfg = TimingConfig(context=p.model.block_size, **p.cascade.timing.fields())
     times = time_models(timed, vocab_size, tcfg)
-    return times, timing_summary(times, baseline="uniform")
+    return times, timing_summary(times, baseline=REFERENCE)
 
 
-def width_table(plans: dict[str, TaperPlan]) -> pd.DataFrame:
-    """Heads and FFN width of every block of every schedule."""
-    return pd.DataFrame([{"label": label, "schedule": tp.config.schedule, "r": tp.config.r, **r}
-                         for label, tp in plans.items() for r in tp.rows()])
+def width_table(plans: dict[tuple[str, int], TaperPlan]) -> pd.DataFrame:
+    """Heads and FFN width of every block of every arm (the measured arm: per seed)."""
+    return pd.DataFrame([{"label": label, "seed": seed, "schedule": tp.config.schedule, "role": role(label),
+                          "r": tp.config.r, "alpha": tp.config.alpha, **r}
+                         for (label, seed), tp in plans.items() for r in tp.rows()])
 
 
 def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
-    """Train (or read back) every schedule x seed, score and time them, summarize, write."""
+    """Train (or read back) every arm x seed, then the measured arm from the uniform runs' gradients;
+    score and time them, summarize, write."""
     ctx, started, p, runs, results = start(NAME, configs, profile, ctx)
-    plans = taper_plans(ctx.profile)
+    uniform = {cfg.train.seed: res for (d, cfg), res in zip(runs, results)
+               if d["schedule"] == REFERENCE and d["arm"] == "main"}
+    if MEASURED in p.cascade.exploratory:
+        extra = measured_configs(p, uniform)
+        runs, results = runs + extra, results + run_many([c for _, c in extra], ctx, desc=f"{NAME} (measured)")
+    plans, widths = {}, {}
+    for (desc, cfg), res in zip(runs, results):
+        m = cfg.model
+        tp = arm_plan(p, desc["schedule"], taper.gradient_profile(uniform[cfg.train.seed].gradients, p.cascade.depth)
+                      if desc["schedule"] == MEASURED else None)
+        if tp.n_head != tuple(m.n_head if isinstance(m.n_head, (list, tuple)) else [m.n_head] * m.n_blocks):
+            raise ConfigError(f"run {res.run_dir.name} does not have the widths of arm {desc['label']}")
+        plans[res.run_dir.name] = tp
+        widths.setdefault((desc["label"], cfg.train.seed if desc["schedule"] == MEASURED else None), tp)
     batches = heldout_batches(results[0], p.cascade.eval_batches, p.cascade.eval_batch_size)
     table, timed = evaluate_runs(runs, results, plans, batches)
     times, tsum = time_schedules(timed, results[0].config.model.vocab_size, p)
     summary = summarize(table, tsum)
     aa = tsum.set_index("model").loc[AA_CONTROL]
-    meta = {"timing": {**p.cascade.timing.fields(), "context": p.model.block_size,
+    meta = {"timing": {**TimingConfig(context=p.model.block_size, **p.cascade.timing.fields()).__dict__,
                        "threads": int(times["threads"].iloc[0])},
-            "depth_B": p.cascade.depth, "steps": p.cascade.steps,
-            "aa_control": {k: float(aa[k]) for k in ("latency_ratio", "latency_ratio_q25", "latency_ratio_q75",
-                                                     "throughput_ratio", "throughput_ratio_q25",
-                                                     "throughput_ratio_q75")}}
+            "depth_B": p.cascade.depth, "steps": p.cascade.steps, "primary": PRIMARY,
+            "primary_r": p.cascade.primary.r, "budget": p.cascade.budget, "budget_target": budget_target(p),
+            "sweep_steps": p.cascade.sweep_factor * p.cascade.steps, "sweep_seeds": list(p.cascade.sweep_seeds),
+            "measured_source": "the full uniform run of the same seed (main length): block accumulated gradient A",
+            "aa_control": {k: float(v) for k, v in aa.items() if k.endswith(("_ratio", "_q25", "_q75"))
+                           and "ratio" in k}}
+    meta["timing"]["modes"] = list(meta["timing"]["modes"])
     return finish(ctx, NAME, table, summary, results, started, main_table="runs", meta=meta,
-                  schedules=width_table(plans), timing=times, timing_summary=tsum)
+                  schedules=width_table(widths), timing=times, timing_summary=tsum)

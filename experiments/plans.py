@@ -119,6 +119,8 @@ class TimingPlan:
     throughput_calls: int
     threads: int
     device: str | None = None
+    train_batch: int | None = None  # training-step throughput batch (None: TimingConfig's)
+    train_calls: int | None = None
 
     def fields(self) -> dict[str, Any]:
         """The set fields, as TimingConfig keywords (and as recorded in the study's meta.json)."""
@@ -127,16 +129,26 @@ class TimingPlan:
 
 @dataclass(frozen=True)
 class CascadePlan:
-    """Study 5 (CascadeFormer): tapered vs uniform models of ``depth`` blocks, each trained for
-    ``steps`` (one budget for all), FFN sizes rounded to multiples of ``quantum``, scored on
-    ``eval_batches`` held-out batches of ``eval_batch_size``. ``schedules`` lists uniform first."""
+    """Study 5 (CascadeFormer) at one depth (``depth`` blocks), FFN sizes rounded to multiples of
+    ``quantum``, scored on ``eval_batches`` held-out batches of ``eval_batch_size``.
+
+    ``primary``: the one fan-in-derived schedule declared before any result; its size fixes the
+    ``budget`` ("params" or "flops") every other arm is matched to with ``taper.match``: the
+    ``narrow`` uniform control and each of ``exploratory`` (schedule names; ``measured`` is the
+    data-driven arm, derived from the full uniform run of the same seed). Every arm trains
+    ``steps``; the token sweep retrains the full uniform, narrow uniform and primary for
+    ``sweep_factor`` x ``steps`` on ``sweep_seeds`` (0: no sweep)."""
 
     depth: int
     steps: int
     quantum: int
     eval_batches: int
     eval_batch_size: int
-    schedules: tuple[TaperSpec, ...]
+    primary: TaperSpec
+    budget: str
+    exploratory: tuple[str, ...]
+    sweep_factor: int
+    sweep_seeds: tuple[int, ...]
     timing: TimingPlan
 
 
@@ -185,11 +197,6 @@ class StudyPlan:
 
 # ---- the three profiles -------------------------------------------------------------------------
 
-def _specs(*specs: tuple) -> tuple[TaperSpec, ...]:
-    """``("uniform",), ("linear", 0.5)`` -> TaperSpecs (schedule, r)."""
-    return tuple(TaperSpec(*s) for s in specs)
-
-
 _PLANS: dict[str, StudyPlan] = {
     "smoke": StudyPlan(
         profile="smoke",
@@ -202,9 +209,10 @@ _PLANS: dict[str, StudyPlan] = {
         equalization=EqualizationPlan(depth=3),
         repetition=RepetitionPlan(base=2, repeats=(2,), controls=(1,)),
         cascade=CascadePlan(
-            depth=3, steps=8, quantum=8, eval_batches=1, eval_batch_size=4,
-            schedules=_specs(("uniform",), ("linear", 0.5), ("fanin", 0.5), ("cosine", 0.5), ("step", 0.5)),
-            timing=TimingPlan(batch=4, repeats=3, warmup=1, latency_calls=1, throughput_calls=1, threads=1)),
+            depth=3, steps=8, quantum=8, eval_batches=1, eval_batch_size=4, primary=TaperSpec("fanin", 0.5),
+            budget="params", exploratory=("linear", "inverse", "measured"), sweep_factor=2, sweep_seeds=(0,),
+            timing=TimingPlan(batch=4, repeats=3, warmup=1, latency_calls=1, throughput_calls=1, threads=1,
+                              train_batch=2, train_calls=1)),
         prune=PrunePlan(depths=(3,), resnet_depths=((2, 2),), calib_batches=1, calib_subsets=2, random_draws=2,
                         heal_steps=2, heal_lr=3e-4, eval_batches=1, eval_batch_size=4, resnet_eval_batches=1)),
     "default": StudyPlan(
@@ -218,10 +226,10 @@ _PLANS: dict[str, StudyPlan] = {
         equalization=EqualizationPlan(depth=8),
         repetition=RepetitionPlan(base=4, repeats=(2, 3), controls=(1, 2)),
         cascade=CascadePlan(
-            depth=8, steps=300, quantum=32, eval_batches=16, eval_batch_size=32,
-            schedules=_specs(("uniform",), ("linear", 0.75), ("linear", 0.5), ("linear", 0.25),
-                             ("fanin", 0.75), ("fanin", 0.5), ("fanin", 0.25), ("cosine", 0.5), ("step", 0.5)),
-            timing=TimingPlan(batch=64, repeats=25, warmup=5, latency_calls=10, throughput_calls=2, threads=1)),
+            depth=8, steps=300, quantum=32, eval_batches=16, eval_batch_size=32, primary=TaperSpec("fanin", 0.5),
+            budget="params", exploratory=("linear", "inverse", "measured"), sweep_factor=4, sweep_seeds=(0,),
+            timing=TimingPlan(batch=64, repeats=25, warmup=5, latency_calls=10, throughput_calls=2, threads=1,
+                              train_batch=16, train_calls=1)),
         prune=PrunePlan(depths=(8,), resnet_depths=((3, 3, 3),), calib_batches=4, calib_subsets=3, random_draws=3,
                         heal_steps=20, heal_lr=3e-4, eval_batches=8, eval_batch_size=16, resnet_eval_batches=0)),
     "full": StudyPlan(
@@ -235,9 +243,9 @@ _PLANS: dict[str, StudyPlan] = {
         equalization=EqualizationPlan(depth=12),
         repetition=RepetitionPlan(base=8, repeats=(2, 3), controls=(1, 2)),
         cascade=CascadePlan(
-            depth=12, steps=5000, quantum=64, eval_batches=64, eval_batch_size=64,
-            schedules=_specs(("uniform",), *((s, r) for s in ("linear", "fanin", "cosine") for r in (0.75, 0.5, 0.25)),
-                             ("step", 0.5), ("step", 0.25)),
+            depth=12, steps=5000, quantum=64, eval_batches=64, eval_batch_size=64, primary=TaperSpec("fanin", 0.5),
+            budget="params", exploratory=("linear", "cosine", "step", "inverse", "measured"), sweep_factor=4,
+            sweep_seeds=(0, 1, 2, 3, 4),
             timing=TimingPlan(batch=64, repeats=50, warmup=10, latency_calls=10, throughput_calls=2, threads=4,
                               device="auto")),
         prune=PrunePlan(depths=(12, 24), resnet_depths=((4, 4, 4),), calib_batches=16, calib_subsets=5,

@@ -35,8 +35,9 @@ METHOD_STYLE = {
     "ablation": dict(color="black", lw=1.3, marker="*", ls="--"),
 }
 # taper schedules: colour and marker order of the tapered families, uniform dark grey
-TAPER_FAMILIES = ("linear", "fanin", "cosine", "step")
-TAPER_MARKERS = {"uniform": "s", "linear": "o", "fanin": "D", "cosine": "^", "step": "v"}
+TAPER_FAMILIES = ("linear", "fanin", "cosine", "step", "inverse", "narrow", "measured")
+TAPER_MARKERS = {"uniform": "s", "linear": "o", "fanin": "D", "cosine": "^", "step": "v", "inverse": "<",
+                 "narrow": "P", "measured": "X"}
 
 
 def _ax(ax):
@@ -188,63 +189,80 @@ def _taper_color(schedule: str):
     return "0.25" if schedule == "uniform" else PALETTE[TAPER_FAMILIES.index(schedule) % len(PALETTE)]
 
 
-def plot_cascade_tradeoff(summary: pd.DataFrame, margin_pct: float, paper_throughput: float, ax=None):
-    """Perplexity change vs throughput ratio against uniform, one point per schedule (error bars:
-    95 % paired CI and IQR), each family's taper-strength sweep joined; the paper's result and
-    the comparability margin dashed. ``summary``: the CascadeFormer study's per-schedule rows."""
+def plot_cascade_tradeoff(summary: pd.DataFrame, margin_pct: float, paper_throughput: float, aa_band=None, ax=None):
+    """Perplexity change vs throughput ratio against the full uniform model, one point per arm of
+    the main comparison (error bars: 95 % paired CI and IQR); hollow markers: the same arms in the
+    token sweep (longer training), joined to their main point; the A/A control's throughput IQR
+    shaded (a ratio inside it is timing noise); the paper's result and the margin dashed."""
     ax = _ax(ax)
     ax.axhline(0, color="0.6", lw=0.8)
     ax.axvline(1, color="0.6", lw=0.8)
+    if aa_band is not None and np.isfinite(aa_band).all():
+        ax.axvspan(*aa_band, color="0.85", zorder=0, label="A/A timing IQR")
     ax.axhline(margin_pct, color="0.3", ls="--", lw=0.9, label=f"+{margin_pct:g} % margin")
     ax.axvline(paper_throughput, color="0.3", ls=":", lw=0.9)
     ax.plot([paper_throughput], [0], marker="*", ms=11, color="gold", mec="k", ls="none",
             label="paper: +9.4 % throughput")
-    for sched, d in summary.groupby("schedule", sort=False):
-        d = d.sort_values("r", ascending=False)
-        x, y = d["throughput_ratio"].to_numpy(), d["ppl_gap_pct"].to_numpy()
-        xerr = np.abs(np.vstack([x - d["throughput_ratio_q25"], d["throughput_ratio_q75"] - x]))
-        yerr = np.abs(np.vstack([y - d["ppl_gap_pct_ci_low"], d["ppl_gap_pct_ci_high"] - y]))
+    main_steps = summary["steps"].min()
+    for _, r in summary[summary["steps"] == main_steps].iterrows():
+        sched = r["schedule"]
+        x, y = r["throughput_ratio"], r["ppl_gap_pct"]
+        xerr = [[abs(x - r["throughput_ratio_q25"])], [abs(r["throughput_ratio_q75"] - x)]]
+        yerr = np.nan_to_num([[abs(y - r["ppl_gap_pct_ci_low"])], [abs(r["ppl_gap_pct_ci_high"] - y)]])
         c = _taper_color(sched)
-        ax.errorbar(x, y, xerr=xerr, yerr=np.nan_to_num(yerr), color=c, marker=TAPER_MARKERS.get(sched, "o"),
-                    ms=4.5, lw=1.1, capsize=2, elinewidth=0.8, ls="-" if len(d) > 1 else "none", label=sched)
-        if sched != "uniform":
-            for xi, yi, r in zip(x, y, d["r"]):
-                ax.annotate(f"r={r:g}", (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=6, color=c)
-    ax.set_xlabel("throughput ratio vs uniform (tokens/s, large batch)")
-    ax.set_ylabel("held-out perplexity change vs uniform (%)")
-    ax.set_title("CascadeFormer: loss vs throughput")
+        ax.errorbar([x], [y], xerr=xerr, yerr=yerr, color=c, marker=TAPER_MARKERS.get(sched, "o"), ms=5,
+                    capsize=2, elinewidth=0.8, ls="none", label=f"{r['label']} ({r['role']})")
+        for _, t in summary[(summary["steps"] != main_steps) & (summary["label"] == r["label"])].iterrows():
+            ax.plot([x, x], [y, t["ppl_gap_pct"]], color=c, lw=0.7, ls=":")
+            ax.plot([x], [t["ppl_gap_pct"]], marker=TAPER_MARKERS.get(sched, "o"), mfc="none", color=c, ms=6,
+                    ls="none")
+            ax.annotate(f"{int(t['steps'])} steps", (x, t["ppl_gap_pct"]), textcoords="offset points",
+                        xytext=(3, -7), fontsize=6, color=c)
+    ax.set_xlabel("throughput ratio vs full uniform (tokens/s, large batch)")
+    ax.set_ylabel("held-out perplexity change vs full uniform (%)")
+    ax.set_title("CascadeFormer at one parameter budget (hollow: token sweep)")
     ax.legend(fontsize=6, loc="best")
     return ax
 
 
 def plot_cascade_speed(tapered: pd.DataFrame, paper_latency: float, paper_throughput: float, ax=None):
-    """Perplexity, latency and throughput of every tapered schedule relative to uniform (1 = equal;
-    ``tapered``: the study's per-schedule rows without uniform), with the paper's latency and
-    throughput ratios dotted."""
+    """Per arm (the main comparison without the full uniform model): perplexity relative to the
+    full uniform (95 % CI) and to the narrow uniform model, and latency / throughput ratios of
+    inference and of a training step (IQR), each with the A/A control's IQR as a grey band (one
+    per quantity, drawn across the group); the paper's latency and throughput ratios dotted."""
     ax = _ax(ax)
     d = tapered
     x = np.arange(len(d))
-    ppl = 1 + d["ppl_gap_pct"].to_numpy() / 100
-    bars = [("perplexity", ppl, 1 + d["ppl_gap_pct_ci_low"] / 100, 1 + d["ppl_gap_pct_ci_high"] / 100, PALETTE[0]),
-            ("latency (batch 1)", d["latency_ratio"].to_numpy(), d["latency_ratio_q25"], d["latency_ratio_q75"],
-             PALETTE[1]),
-            ("throughput (large batch)", d["throughput_ratio"].to_numpy(), d["throughput_ratio_q25"],
-             d["throughput_ratio_q75"], PALETTE[2])]
-    w = 0.26
-    for k, (label, m, lo, hi, c) in enumerate(bars):
-        err = np.nan_to_num(np.abs(np.vstack([m - np.asarray(lo), np.asarray(hi) - m])))
-        ax.bar(x + (k - 1) * w, m, width=w, color=c, label=label, yerr=err, capsize=1.5,
-               error_kw={"elinewidth": 0.7})
-    ax.plot(x, d["flops_ratio"], "k_", ms=12, mew=1.2, label="FLOPs/token (analytic)")
+    bars = [("perplexity vs uniform", 1 + d["ppl_gap_pct"] / 100, 1 + d["ppl_gap_pct_ci_low"] / 100,
+             1 + d["ppl_gap_pct_ci_high"] / 100, None),
+            ("perplexity vs narrow", 1 + d["ppl_gap_narrow_pct"] / 100, 1 + d["ppl_gap_narrow_pct_ci_low"] / 100,
+             1 + d["ppl_gap_narrow_pct_ci_high"] / 100, None)]
+    for mode, name in (("latency", "latency (batch 1)"), ("throughput", "throughput (batch)"),
+                       ("train_latency", "train step latency (batch 1)"), ("train_throughput", "train throughput")):
+        if f"{mode}_ratio" in d:
+            bars.append((name, d[f"{mode}_ratio"], d[f"{mode}_ratio_q25"], d[f"{mode}_ratio_q75"], mode))
+    w = 0.8 / len(bars)
+    for k, (label, m, lo, hi, mode) in enumerate(bars):
+        m, lo, hi = (np.asarray(v, float) for v in (m, lo, hi))
+        err = np.nan_to_num(np.abs(np.vstack([m - lo, hi - m])))
+        pos = x + (k - (len(bars) - 1) / 2) * w
+        c = PALETTE[k % len(PALETTE)]
+        ax.bar(pos, m, width=w, color=c, label=label, yerr=err, capsize=1.5, error_kw={"elinewidth": 0.7})
+        if mode is not None and f"aa_{mode}_ratio_q25" in d:
+            a25, a75 = d[f"aa_{mode}_ratio_q25"].iloc[0], d[f"aa_{mode}_ratio_q75"].iloc[0]
+            for p in pos:
+                ax.plot([p - w / 2, p + w / 2], [a25, a25], color="0.35", lw=0.6)
+                ax.plot([p - w / 2, p + w / 2], [a75, a75], color="0.35", lw=0.6)
+    ax.plot(x, d["params_ratio"], "k_", ms=14, mew=1.2, label="params (matched budget)")
     ax.axhline(1, color="0.3", lw=0.8)
-    ax.axhline(paper_latency, color=PALETTE[1], ls=":", lw=1, label=f"paper latency {paper_latency:.3f}")
-    ax.axhline(paper_throughput, color=PALETTE[2], ls=":", lw=1, label=f"paper throughput {paper_throughput:.3f}")
-    lo = min(0.5, float(np.nanmin(d["flops_ratio"])) - 0.05)
-    ax.set_ylim(lo, None)
-    ax.set_xticks(x, d["label"], rotation=35, ha="right", fontsize=7)
-    ax.set_ylabel("ratio vs uniform")
-    ax.set_title("CascadeFormer vs uniform (same depth and budget)")
-    ax.legend(fontsize=6, ncol=2)
+    ax.axhline(paper_latency, color=PALETTE[2], ls=":", lw=1, label=f"paper latency {paper_latency:.3f}")
+    ax.axhline(paper_throughput, color=PALETTE[3], ls=":", lw=1, label=f"paper throughput {paper_throughput:.3f}")
+    top = max(float(np.nanmax(np.asarray(b[3], float))) for b in bars)
+    ax.set_ylim(min(0.5, float(np.nanmin(d["params_ratio"])) - 0.05), 1.3 * top)  # room for the legend
+    ax.set_xticks(x, [f"{lab}\n({role})" for lab, role in zip(d["label"], d["role"])], fontsize=7)
+    ax.set_ylabel("ratio (grey ticks: A/A control IQR)")
+    ax.set_title("CascadeFormer vs full uniform: perplexity and speed")
+    ax.legend(fontsize=5.5, ncol=2)
     return ax
 
 

@@ -26,42 +26,72 @@ def study(smoke_root):
 def test_smoke_study_columns_values_and_files(study):
     ctx, runs = study
     p = plan("smoke")
-    labels = [cf.schedule_label(spec) for spec in p.cascade.schedules]
-    assert {"run_id", "seed", "schedule", "label", "r", "params", "params_analytic", "flops_per_token",
-            "val_loss", "val_ppl", "steps", "tokens", "n_head", "d_ff"} <= set(runs.columns)
-    assert len(runs) == len(labels) * len(p.seeds)
-    for c in ("val_loss", "val_ppl", "params", "flops_per_token"):
-        assert np.isfinite(runs[c].to_numpy(float)).all(), c
+    c = p.cascade
+    arms = cf.schedules("smoke")
+    assert arms[:3] == ["uniform", "narrow", cf.PRIMARY] and c.primary.schedule == cf.PRIMARY
+    assert {"run_id", "seed", "schedule", "label", "role", "arm", "params", "params_analytic", "flops_per_token",
+            "val_loss", "val_ppl", "steps", "tokens", "tokens_per_param", "n_head", "d_ff"} <= set(runs.columns)
+    main = runs[runs.arm == "main"]
+    assert len(main) == len(arms) * len(p.seeds)
+    assert len(runs[runs.arm == "sweep"]) == 3 * len(c.sweep_seeds)  # uniform, narrow, primary trained longer
+    assert set(runs[runs.arm == "sweep"]["steps"]) == {c.sweep_factor * c.steps}
+    for col in ("val_loss", "val_ppl", "params", "flops_per_token"):
+        assert np.isfinite(runs[col].to_numpy(float)).all(), col
     np.testing.assert_allclose(runs["val_ppl"], np.exp(runs["val_loss"]))
-    # the analytic parameter count is the built model's, and every model has the same budget
+    # the analytic parameter count is the built model's, and every main arm has the same budget
     assert (runs["params"] == runs["params_analytic"]).all()
-    assert runs[["steps", "batch_size", "tokens", "optimizer", "lr"]].drop_duplicates().shape[0] == 1
+    assert main[["steps", "batch_size", "tokens", "optimizer", "lr"]].drop_duplicates().shape[0] == 1
     assert runs.groupby("label")["params"].first()["uniform"] == runs["params"].max()
+    # one budget: every arm but the full uniform within a few % of the primary's parameters
+    target = cf.budget_target(p)
+    ratio = main.groupby("schedule")["params"].mean() / main[main.schedule == "uniform"]["params"].iloc[0]
+    assert (abs(ratio.drop("uniform") - target) < 0.1).all(), ratio
+    measured = main[main.schedule == "measured"]
+    uniform_ids = set(main[main.schedule == "uniform"]["run_id"])
+    assert len(measured) == len(p.seeds) and set(measured["source_run"]) <= uniform_ids  # its gradients' source
 
     summary = runs.attrs["summary"]
-    assert summary["label"].tolist() == labels
-    for c in ("ppl_gap_pct", "ppl_gap_pct_ci_high", "latency_ratio", "throughput_ratio", "flops_ratio",
-              "latency_ratio_q25", "throughput_ratio_q75", "val_ppl_ci_low"):
-        assert np.isfinite(summary[c].to_numpy(float)).all(), c
-    uni = summary.set_index("label").loc["uniform"]
-    assert uni.latency_ratio == 1 and uni.throughput_ratio == 1 and uni.loss_gap == 0
-    assert (summary.loc[summary.schedule != "uniform", "flops_ratio"] < 1).all()
-    assert (summary.latency_ratio > 0).all() and (summary.throughput_ratio > 0).all()
+    assert summary[summary.arm == "main"]["label"].tolist() == arms
+    assert summary["arm"].tolist() == sorted(summary["arm"].tolist())  # main first, then the sweep
+    for col in ("ppl_gap_pct", "ppl_gap_pct_ci_high", "loss_gap_narrow", "latency_ratio", "throughput_ratio",
+                "train_latency_ratio", "train_throughput_ratio_q75", "aa_throughput_ratio_q25", "flops_ratio",
+                "tokens_per_param", "val_ppl_ci_low"):
+        assert np.isfinite(summary.loc[summary.arm == "main", col].to_numpy(float)).all(), col
+    sweep = summary[summary.arm == "sweep"]
+    assert np.isfinite(sweep["loss_gap"]).all() and (sweep["n_seeds"] == len(c.sweep_seeds)).all()
+    if len(c.sweep_seeds) == 1:  # one seed: an estimate, no interval
+        assert sweep.loc[sweep.role != "reference", "loss_gap_ci_low"].isna().all()
+    uni = summary[(summary.label == "uniform") & (summary.arm == "main")].iloc[0]
+    assert uni.latency_ratio == 1 and uni.throughput_ratio == 1 and uni.loss_gap == 0 and uni.role == "reference"
+    nar = summary[(summary.label == "narrow") & (summary.arm == "main")].iloc[0]
+    assert nar.loss_gap_narrow == 0 and nar.role == "control"
+    assert (summary.loc[summary.schedule != "uniform", "params_ratio"] < 1).all()
+    assert set(summary[summary.arm == "main"]["role"]) == {"reference", "control", "primary", "exploratory"}
     assert not {"comparable", "speedup", "matches_paper"} & set(summary.columns)  # verdicts live in claims
 
     tables = load_study(ctx, cf.NAME)
     assert {"runs", "summary", "timing", "timing_summary", "schedules"} <= set(tables)
     timing = tables["timing"]
-    assert set(timing["mode"]) == {"latency", "throughput"} and (timing["threads"] == 1).all()
-    assert timing.groupby(["model", "mode"]).size().eq(p.cascade.timing.repeats).all()
+    assert set(timing["mode"]) == {"latency", "throughput", "train_latency", "train_throughput"}
+    assert (timing["threads"] == 1).all()
+    assert timing.groupby(["model", "mode"]).size().eq(c.timing.repeats).all()
     widths = tables["schedules"]
-    assert (widths.groupby("label").size() == p.cascade.depth).all()
-    assert (widths["d_ff"] % p.cascade.quantum == 0).all()
-    assert cf.AA_CONTROL in set(tables["timing_summary"]["model"])  # timed, but not a schedule
+    assert (widths.groupby(["label", "seed"], dropna=False).size() == c.depth).all()
+    assert (widths["d_ff"] % c.quantum == 0).all()
+    assert cf.AA_CONTROL in set(tables["timing_summary"]["model"])  # timed, but not an arm
     assert cf.AA_CONTROL not in set(summary["label"])
     meta = json.loads((ctx.study_dir(cf.NAME) / "meta.json").read_text())
     assert meta["timing"]["threads"] == 1 and meta["seeds"] == list(p.seeds) and meta["data_sha256"]
-    assert meta["aa_control"]["latency_ratio"] > 0 and meta["aa_control"]["throughput_ratio"] > 0
+    assert meta["primary"] == cf.PRIMARY and meta["budget"] == "params"
+    assert meta["aa_control"]["latency_ratio"] > 0 and meta["aa_control"]["train_throughput_ratio"] > 0
+
+
+def test_the_primary_is_declared_and_fan_in_derived():
+    # declared in code, not chosen from results: every profile's plan names the same primary
+    for profile in ("smoke", "default", "full"):
+        c = plan(profile).cascade
+        assert c.primary.schedule == cf.PRIMARY == "fanin" and cf.MEASURED in c.exploratory
+        assert "inverse" in c.exploratory and c.budget in ("params", "flops")
 
 
 def test_timing_summary_pairs_repeats_against_the_baseline():
@@ -110,11 +140,14 @@ def test_t1_and_f8_panels(study):
     ctx, _ = study
     tables = {cf.NAME: load_study(ctx, cf.NAME)}
     t1 = ef.t1(tables)
-    labels = [cf.schedule_label(s) for s in plan("smoke").cascade.schedules]
-    assert t1["schedule"].tolist() == labels + ["A/A control (uniform copy)"]
-    assert {"params", "FLOPs/token", "perplexity [CI95]", "loss gap vs uniform [paired CI95]",
-            "latency ratio [IQR]", "throughput ratio [IQR]", "matches paper"} <= set(t1.columns)
-    assert t1.set_index("schedule").loc["uniform", "matches paper"] == "baseline"
+    arms = cf.schedules("smoke")
+    assert t1["arm"].tolist()[:len(arms)] == arms and t1["arm"].iloc[-1] == "A/A control (uniform copy)"
+    assert {"params", "params vs uniform", "FLOPs vs uniform", "tokens/param", "perplexity [CI95]",
+            "loss gap vs uniform [paired CI95]", "loss gap vs narrow [paired CI95]", "latency ratio [IQR]",
+            "throughput ratio [IQR]", "train-step latency ratio [IQR]", "train throughput ratio [IQR]",
+            "better than narrow p", "C8 reads"} <= set(t1.columns)
+    assert t1.iloc[0]["C8 reads"] == "reference" and t1.iloc[0]["latency ratio [IQR]"] == "reference"
+    assert "token sweep" in set(t1["C8 reads"].str.split(" \\(").str[0])
     assert "%" not in t1.to_csv()  # a bare % would comment out the rest of a LaTeX row
     for panel in (ef.cascade_tradeoff_panel, ef.cascade_speed_panel):
         ax = panel(tables)
@@ -122,7 +155,7 @@ def test_t1_and_f8_panels(study):
         assert not panel({}).axison  # a missing study draws a note, not an error
     found = claims.evaluate_claims(tables).set_index("claim")
     verdict, text = found.loc["C8", "verdict"], found.loc["C8", "measured here"]
-    assert (verdict, text) == claims.c8(tables[cf.NAME]["summary"]) and "tapered schedules" in text
+    assert (verdict, text) == claims.c8(tables[cf.NAME]["summary"]) and "primary fanin" in text
     assert found.loc["C9", "verdict"] == claims.MISSING  # the pruning study is not in these tables
 
 

@@ -200,39 +200,77 @@ def test_c7_margin_and_primary_measure_are_in_the_rule():
 
 # ---- C8 ----------------------------------------------------------------------------------------
 
-def _schedule(label, gap, lat, thr, lat_q75=None, thr_q25=None, n=3):
-    est, lo, hi = gap
-    return {"label": label, "schedule": label.split()[0], "n_seeds": n, "val_loss": 2.2 + est,
-            "loss_gap": est, "loss_gap_ci_low": lo, "loss_gap_ci_high": hi, "loss_gap_p": 0.5,
-            "ppl_gap_pct": 100 * math.expm1(est), "ppl_gap_pct_ci_low": 100 * math.expm1(lo),
-            "ppl_gap_pct_ci_high": 100 * math.expm1(hi), "latency_ratio": lat, "latency_ratio_q25": lat - 0.01,
-            "latency_ratio_q75": lat + 0.01 if lat_q75 is None else lat_q75, "throughput_ratio": thr,
-            "throughput_ratio_q25": thr - 0.01 if thr_q25 is None else thr_q25, "throughput_ratio_q75": thr + 0.01,
-            "params_ratio": 0.8, "flops_ratio": 0.8}
+AA = {f"aa_{m}_ratio{q}": v for m in ("latency", "throughput") for q, v in (("", 1.0), ("_q25", 0.97), ("_q75", 1.03))}
 
 
-UNIFORM = _schedule("uniform", (0.0, 0.0, 0.0), 1.0, 1.0, 1.0, 1.0)
+def _arm(label, role, gap, gap_narrow, lat=1.0, thr=1.0, iqr=0.01, n=3, steps=300):
+    """A summary row: ``gap`` / ``gap_narrow`` = (estimate, ci_low, ci_high) of the paired loss gap."""
+    row = {"label": label, "schedule": label, "role": role, "steps": steps, "n_seeds": n, "val_loss": 2.2 + gap[0],
+           "params_ratio": 0.66, "flops_ratio": 0.65, "tokens_per_param": 1.2, **AA}
+    for suffix, (est, lo, hi) in (("", gap), ("_narrow", gap_narrow)):
+        row |= {f"loss_gap{suffix}": est, f"loss_gap{suffix}_ci_low": lo, f"loss_gap{suffix}_ci_high": hi,
+                f"loss_gap{suffix}_p": 0.5, f"loss_gap{suffix}_n": n}
+        row |= {f"ppl_gap{suffix}_pct{k}": 100 * math.expm1(v) for k, v in (("", est), ("_ci_low", lo),
+                                                                            ("_ci_high", hi))}
+    for mode, m in (("latency", lat), ("throughput", thr)):
+        row |= {f"{mode}_ratio": m, f"{mode}_ratio_q25": m - iqr, f"{mode}_ratio_q75": m + iqr}
+    return row
+
+
+ZERO = (0.0, 0.0, 0.0)
 TIGHT, LOOSE, WORSE = (0.0, -0.004, 0.004), (0.0, -0.2, 0.2), (0.1, 0.08, 0.12)
+BETTER, NARROW_BETTER = (-0.05, -0.07, -0.03), (0.05, 0.03, 0.07)
+UNIFORM = _arm("uniform", "reference", ZERO, (-0.05, -0.07, -0.03))
+NARROW = _arm("narrow", "control", (0.05, 0.03, 0.07), ZERO, 0.85, 1.2)
+FAST, SLIGHT, NOSPEED = (0.85, 1.2), (0.95, 1.05), (1.0, 1.0)
 
 
-@pytest.mark.parametrize("rows,expected", [
-    ([_schedule("linear r=0.5", TIGHT, 0.90, 1.12), _schedule("fanin r=0.25", WORSE, 0.80, 1.30)], HOLDS),
-    ([_schedule("linear r=0.75", TIGHT, 0.96, 1.05)], MIXED),  # comparable, faster, less than the paper
-    ([_schedule("linear r=0.75", TIGHT, 1.00, 1.00, 1.02, 0.98), _schedule("fanin r=0.25", WORSE, 0.8, 1.3)],
-     FAILS),  # the paper's speed only where perplexity is worse than the margin
-    ([_schedule("linear r=0.5", LOOSE, 0.90, 1.12)], INCONCLUSIVE),  # a wide interval is not "comparable"
-    ([_schedule("linear r=0.5", (0.0, NAN, NAN), 0.90, 1.12)], INCONCLUSIVE),
-], ids=["holds", "mixed", "fails", "inconclusive-wide", "undefined"])
-def test_c8_rule(rows, expected):
-    text = _check(claims.c8(pd.DataFrame([UNIFORM, *rows])), expected)
+@pytest.mark.parametrize("primary,extra,expected", [
+    (_arm("fanin", "primary", TIGHT, BETTER, *FAST), [], HOLDS),
+    # comparable and faster, but the narrow model is as good: the saving is explained by size
+    (_arm("fanin", "primary", TIGHT, (0.0, -0.004, 0.004), *FAST), [], MIXED),
+    # beats narrow, counts beyond the A/A band, but short of the paper's point
+    (_arm("fanin", "primary", TIGHT, BETTER, *SLIGHT), [], MIXED),
+    (_arm("fanin", "primary", TIGHT, BETTER, *NOSPEED), [], FAILS),  # comparable, no speed beyond A/A
+    (_arm("fanin", "primary", WORSE, BETTER, *FAST), [], FAILS),  # worse than uniform beyond the margin
+    (_arm("fanin", "primary", TIGHT, NARROW_BETTER, *FAST), [], FAILS),  # shrinking uniformly is better
+    (_arm("fanin", "primary", LOOSE, (0.0, -0.2, 0.2), *FAST), [], INCONCLUSIVE),  # too wide to decide
+    (_arm("fanin", "primary", (0.0, NAN, NAN), BETTER, *FAST), [], claims.UNDEFINED),
+    # an exploratory arm that would "hold" does not rescue a primary with no speed: best-of-N is not a test
+    (_arm("fanin", "primary", TIGHT, BETTER, *NOSPEED), [_arm("linear", "exploratory", TIGHT, BETTER, *FAST)], FAILS),
+], ids=["holds", "mixed-narrow-as-good", "mixed-below-paper", "fails-no-speed", "fails-worse", "fails-narrow-better",
+        "inconclusive-wide", "undefined", "exploratory-not-counted"])
+def test_c8_rule(primary, extra, expected):
+    text = _check(claims.c8(pd.DataFrame([UNIFORM, NARROW, primary, *extra])), expected)
     if expected == HOLDS:
-        assert "best: linear r=0.5" in text and "power" in text
+        assert "primary fanin" in text and "power" in text and "A/A IQR" in text
+    if extra:
+        assert "exploratory (Holm over 1 arms): linear" in text
+
+
+def test_c8_speed_must_clear_the_aa_band():
+    # A/A IQR 0.97-1.03, margin 0.01: latency IQR must end <= 0.96, throughput IQR start >= 1.04
+    r = pd.Series(_arm("fanin", "primary", TIGHT, BETTER, 0.94, 1.06, iqr=0.005))
+    assert claims.beyond_aa(r, "latency") and claims.beyond_aa(r, "throughput")
+    near = pd.Series(_arm("fanin", "primary", TIGHT, BETTER, 0.96, 1.04, iqr=0.005))  # beyond 1, not the band
+    assert not claims.beyond_aa(near, "latency") and not claims.beyond_aa(near, "throughput")
+    wide = r.copy()
+    wide["aa_throughput_ratio_q75"] = 1.05  # a noisier A/A control swallows the same speedup
+    assert not claims.beyond_aa(wide, "throughput")
+
+
+def test_c8_token_sweep_is_reported_not_counted():
+    long = [_arm(n, role, g, gn, *FAST, n=1, steps=1200) for n, role, g, gn in
+            (("uniform", "reference", ZERO, ZERO), ("narrow", "control", ZERO, ZERO),
+             ("fanin", "primary", WORSE, NARROW_BETTER))]
+    verdict, text = claims.c8(pd.DataFrame([UNIFORM, NARROW, _arm("fanin", "primary", TIGHT, BETTER, *FAST), *long]))
+    assert verdict == HOLDS and "token sweep at 1200 steps (1 seed(s)" in text
 
 
 def test_c8_verdict_columns_live_in_claims():
     from experiments import cascadeformer as cf
 
-    for name in ("is_comparable", "has_paper_speedup", "PPL_TOLERANCE_PCT", "paper_match"):
+    for name in ("is_comparable", "has_paper_speedup", "PPL_TOLERANCE_PCT", "paper_match", "beyond_aa"):
         assert not hasattr(cf, name)
 
 

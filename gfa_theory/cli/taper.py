@@ -3,11 +3,18 @@
 The budget (parameters, FLOPs per token) counts the embedding and the head, so it depends on the
 vocabulary and the context: give them (``--vocab``, ``--context``) or a model config
 (``--model-config``: a GPT config as JSON, or a ``gfa train`` run's ``config.json``).
+
+``--from-run RUN_DIR`` derives a data-driven ("measured") schedule from a finished run: block
+``b``'s width follows that run's accumulated training gradient ``A`` of block ``b`` (its
+``gradients.csv``), ``s_b = max(r, (A_b / A_1)^alpha)``, with the sizes of the run's model and
+``alpha`` solved so that the plan has the budget of the fan-in schedule at the same floor ``r``
+(what the CascadeFormer study matches every arm to), or the budget given with ``--match``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from tabulate import tabulate
@@ -20,7 +27,8 @@ from gfa_theory.cli.formats import (
     render_rows,
 )
 from gfa_theory.errors import ConfigError, DataError
-from gfa_theory.methods.taper import SCHEDULES, TaperConfig, match, plan
+from gfa_theory.methods.taper import SCHEDULES, TaperConfig, budget_ratio, gradient_profile, match, plan
+from gfa_theory.train.store import CONFIG_FILE, GRADIENTS_FILE, is_complete, read_gradients
 
 MAX_BLOCKS = 10_000  # a schedule of this many blocks is planned in ~2 s
 # options a model config sets -> (TaperConfig field, GPT config key, default)
@@ -39,7 +47,10 @@ def add_parser(sub) -> None:
     p.add_argument("--model-config", metavar="FILE.json",
                    help="take B, width, heads, FFN, vocabulary and context from a GPT config (JSON), "
                         "or from a gfa train run's config.json")
-    p.add_argument("--schedule", choices=SCHEDULES, default="linear")
+    p.add_argument("--schedule", choices=SCHEDULES, help="width schedule (default linear; measured: with --from-run)")
+    p.add_argument("--from-run", metavar="RUN_DIR",
+                   help="derive the measured schedule from a finished gfa run's accumulated block gradients A, "
+                        "at that run's model sizes, matched to the fan-in schedule's budget (or --match)")
     p.add_argument("--n-embd", type=int, help="residual width C, kept constant (default 128)")
     p.add_argument("--heads", type=int, help="heads of the uniform model (default 4)")
     p.add_argument("--d-ff", type=int, help="FFN hidden size of the uniform model (default 512)")
@@ -69,10 +80,22 @@ def _parse_match(text: str) -> tuple[str, float]:
 
 
 def _check_conflicts(args: argparse.Namespace) -> None:
+    if args.from_run is not None and args.schedule not in (None, "measured"):
+        raise ConfigError(f"--from-run and --schedule {args.schedule} conflict: --from-run derives the measured schedule")
+    if args.from_run is not None:
+        args.schedule = "measured"
+    if args.schedule == "measured" and args.from_run is None:
+        raise ConfigError("the measured schedule needs --from-run RUN_DIR (the run whose gradients it follows)")
+    args.schedule = args.schedule or "linear"
     s = f"--schedule {args.schedule}"
-    pairs = [("--match", "--alpha" if args.schedule == "fanin" else "--r",
-              f"--match solves {'alpha' if args.schedule == 'fanin' else 'r'} for the budget")]
-    if args.schedule != "fanin":
+    alpha_solved = args.schedule in ("fanin", "measured")
+    pairs = [("--match", "--alpha" if alpha_solved else "--r",
+              f"--match solves {'alpha' if alpha_solved else 'r'} for the budget")]
+    if args.from_run is not None:
+        pairs.append(("--from-run", "--alpha", "--from-run solves alpha for the budget"))
+        pairs.append(("--from-run", "--model-config", "the run's config.json sets the sizes"))
+        pairs += [("--from-run", f"--{o.replace('_', '-')}", "the run's config.json sets it") for o in SIZES]
+    if not alpha_solved:
         pairs.append(("--alpha", "--schedule", f"--alpha shapes the fanin schedule, not {s}"))
     if args.schedule != "step":
         pairs.append(("--step-at", "--schedule", f"--step-at shapes the step schedule, not {s}"))
@@ -105,8 +128,30 @@ def _from_model_config(path: str) -> dict:
     return out
 
 
+def _run_profile(run_dir: str) -> tuple[dict, tuple[float, ...]]:
+    """Sizes and the per-block accumulated gradient A of a finished run (one-line errors)."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        raise DataError(f"--from-run {run_dir}: no such directory")
+    if not (d / CONFIG_FILE).is_file() or not is_complete(d):
+        raise DataError(f"--from-run {run_dir} is not a finished gfa run (no {CONFIG_FILE} or no DONE marker)")
+    if not (d / GRADIENTS_FILE).is_file():
+        raise DataError(f"--from-run {run_dir} has no {GRADIENTS_FILE}: the run recorded no gradients")
+    sizes = _from_model_config(str(d / CONFIG_FILE))
+    try:
+        profile = gradient_profile(read_gradients(d), sizes["B"])
+    except ConfigError as exc:
+        raise DataError(f"--from-run {run_dir}: {exc}") from None
+    return sizes, profile
+
+
 def _config(args: argparse.Namespace) -> TaperConfig:
     fill_defaults(args, DEFAULTS)
+    if args.from_run is not None:
+        sizes, profile = _run_profile(args.from_run)
+        full = {field: default for field, _, default in SIZES.values() if default is not None} | sizes
+        return TaperConfig(**full, schedule="measured", r=args.r, alpha=args.alpha, quantum=args.quantum,
+                           supervision=args.supervision, profile=profile)
     if args.model_config:
         sizes = {field: default for field, _, default in SIZES.values() if default is not None}
         sizes |= _from_model_config(args.model_config)
@@ -127,6 +172,10 @@ def run(args: argparse.Namespace) -> int:
     if args.match:
         budget, frac = _parse_match(args.match)
         p = match(cfg, frac, budget)
+    elif cfg.schedule == "measured":  # the fan-in schedule's budget at the same floor r
+        budget = "params"
+        frac = budget_ratio(plan(replace(cfg, schedule="fanin", alpha=1.0, profile=None)), budget)
+        p = match(cfg, frac, budget, nearest=True)
     else:
         p = plan(cfg)
     d = p.to_dict()

@@ -8,7 +8,14 @@ widths taper. A schedule maps block ``b = 1..B`` to a width multiplier ``s_b`` i
 * ``fanin``:   ``s_b = max(r, (F(b)/F(1))^alpha)`` with ``F(b)`` the block fan-in derived by
   :mod:`gfa_theory.theory.symbolic` for the B-block layout (width follows the gradient it receives);
 * ``cosine``:  ``s_b = r + (1 - r)(1 + cos(pi (b-1)/(B-1)))/2``;
-* ``step``:    ``s_b = 1`` for the first ``ceil(step_at * B)`` blocks, ``r`` after.
+* ``step``:    ``s_b = 1`` for the first ``ceil(step_at * B)`` blocks, ``r`` after;
+* ``inverse``: ``s_b = r + (1 - r) (b-1)/(B-1)``, widening with depth (OpenELM / DeLighT's
+  layer-wise scaling): the opposite of what fan-in predicts, a rival taper at the same budget;
+* ``narrow``:  ``s_b = r`` for every block: the uniform model shrunk to a budget (the control that
+  separates *where* the width goes from *how much* there is);
+* ``measured``: ``s_b = max(r, (g_b/g_1)^alpha)`` with ``g_b`` a measured per-block profile
+  (``profile``: e.g. the accumulated training gradient ``A`` of each block of a finished run,
+  :func:`gradient_profile`): the data-driven twin of ``fanin``.
 
 Widths are rounded to hardware-friendly sizes: whole heads of a fixed ``head_dim`` and FFN
 sizes that are multiples of ``quantum``. ``match`` finds the strength ``r`` (or ``alpha``)
@@ -24,8 +31,12 @@ from gfa_theory.errors import ConfigError
 from gfa_theory.theory.layout import Layout
 from gfa_theory.theory.symbolic import block_fan_in
 
-Schedule = Literal["uniform", "linear", "fanin", "cosine", "step"]
-SCHEDULES: tuple[str, ...] = ("uniform", "linear", "fanin", "cosine", "step")
+Schedule = Literal["uniform", "linear", "fanin", "cosine", "step", "inverse", "narrow", "measured"]
+SCHEDULES: tuple[str, ...] = ("uniform", "linear", "fanin", "cosine", "step", "inverse", "narrow", "measured")
+# schedules whose width never grows with depth and whose first block is full width
+SHRINKING: tuple[str, ...] = ("uniform", "linear", "fanin", "cosine", "step", "measured")
+# schedules whose strength ``match`` solves through alpha (r is their floor), not r
+_ALPHA_MATCHED = ("fanin", "measured")
 
 
 @dataclass(frozen=True)
@@ -45,6 +56,7 @@ class TaperConfig:
     supervision: Literal["final", "all"] = "final"  # which fan-in profile the fanin schedule follows
     vocab_size: int = 96
     block_size: int = 64
+    profile: tuple[float, ...] | None = None  # the measured schedule's per-block profile g_b
 
     def __post_init__(self) -> None:
         for name in ("B", "n_embd", "n_head", "d_ff", "quantum", "min_heads", "vocab_size", "block_size"):
@@ -63,6 +75,16 @@ class TaperConfig:
             raise ConfigError(f"alpha must be a finite number >= 0, got {self.alpha}")
         if self.min_heads > self.n_head:
             raise ConfigError(f"min_heads={self.min_heads} exceeds n_head={self.n_head}")
+        if self.schedule == "measured":
+            g = self.profile
+            if g is None or len(g) != self.B:
+                raise ConfigError(f"the measured schedule needs a profile of B={self.B} per-block values, "
+                                  f"got {0 if g is None else len(g)}")
+            if not all(math.isfinite(v) and v > 0 for v in g):
+                raise ConfigError("the measured profile must hold finite positive values")
+            object.__setattr__(self, "profile", tuple(float(v) for v in g))
+        elif self.profile is not None:
+            raise ConfigError(f"a profile shapes the measured schedule, not {self.schedule!r}")
 
     @property
     def head_dim(self) -> int:
@@ -124,6 +146,13 @@ def multipliers(cfg: TaperConfig) -> tuple[list[float], list[int]]:
     elif cfg.schedule == "step":
         keep = math.ceil(cfg.step_at * B)
         s = [1.0 if b < keep else r for b in range(B)]
+    elif cfg.schedule == "inverse":
+        s = [r + (1 - r) * u for u in pos]
+    elif cfg.schedule == "narrow":
+        s = [r] * B
+    elif cfg.schedule == "measured":
+        g = cfg.profile
+        s = [max(r, min(1.0, (v / g[0]) ** cfg.alpha)) for v in g]
     else:  # fanin
         s = [max(r, (f / fan[0]) ** cfg.alpha) for f in fan]
     return s, fan
@@ -142,13 +171,21 @@ def plan(cfg: TaperConfig) -> TaperPlan:
 
 
 def uniform_plan(cfg: TaperConfig) -> TaperPlan:
-    return plan(replace(cfg, schedule="uniform"))
+    return plan(replace(cfg, schedule="uniform", profile=None))
+
+
+def budget_ratio(p: TaperPlan, budget: Literal["params", "flops"] = "params") -> float:
+    """The plan's parameters (or forward FLOPs per token) over the full-width uniform model's."""
+    base = uniform_plan(p.config)
+    return p.params() / base.params() if budget == "params" else p.flops_per_token() / base.flops_per_token()
 
 
 def match(cfg: TaperConfig, target: float, budget: Literal["params", "flops"] = "params",
-          iters: int = 40) -> TaperPlan:
-    """Bisect the taper strength so the plan has ``target`` x the uniform budget (rounded sizes
-    make the result approximate: the closest achievable plan not above the target is returned)."""
+          iters: int = 40, nearest: bool = False) -> TaperPlan:
+    """Bisect the taper strength so the plan has ``target`` x the uniform budget. Rounded sizes
+    make the result approximate: the closest achievable plan not above the target is returned, or
+    with ``nearest`` the closest on either side (the fairer match for a coarse control, e.g. a
+    narrow uniform model whose widths move in whole heads across all blocks at once)."""
     if cfg.schedule == "uniform":
         raise ConfigError("the uniform schedule has no strength to match a budget with")
     if not 0 < target <= 1:
@@ -158,23 +195,46 @@ def match(cfg: TaperConfig, target: float, budget: Literal["params", "flops"] = 
         (lambda p: p.flops_per_token() / base.flops_per_token())
     # one strength s in [0, 1] (0: no taper, 1: the strongest); cost falls as s grows, so bisect
     # for the mildest taper that meets the budget
-    if cfg.schedule == "fanin":  # s scales alpha; r stays the floor
-        make = lambda s: plan(replace(cfg, alpha=16.0 * s))  # noqa: E731
+    if cfg.schedule in _ALPHA_MATCHED:  # s scales alpha; r stays the floor
+        # a measured profile may fall only slightly (g_B / g_1 near 1): it needs a far larger alpha
+        top = 16.0 if cfg.schedule == "fanin" else 1e3
+        make = lambda s: plan(replace(cfg, alpha=top * s))  # noqa: E731
     else:  # s lowers the last block's width r
         make = lambda s: plan(replace(cfg, r=1.0 - (1.0 - 1e-3) * s))  # noqa: E731
     best = make(1.0)
     if cost(best) > target + 1e-9:
-        floor = f" and floor r={cfg.r}" if cfg.schedule == "fanin" else ""
+        floor = f" and floor r={cfg.r}" if cfg.schedule in _ALPHA_MATCHED else ""
         raise ConfigError(f"cannot reach {target:.3f} x uniform {budget} with schedule {cfg.schedule}{floor}")
-    lo, hi = 0.0, 1.0
+    lo, hi, above = 0.0, 1.0, make(0.0)
     for _ in range(iters):
         mid = (lo + hi) / 2
         p = make(mid)
         if cost(p) > target:
-            lo = mid
+            lo, above = mid, p
         else:
             hi, best = mid, p
+    if nearest and cost(above) - target < target - cost(best):
+        return above
     return best
+
+
+def gradient_profile(gradients, B: int) -> tuple[float, ...]:
+    """Per-block accumulated training gradient ``A`` (final, block units ``h.0 .. h.{B-1}``) from a
+    run's gradient table (:func:`gfa_theory.train.store.read_gradients`), in block order: the
+    ``profile`` of the measured schedule. A ConfigError when the table lacks any of them."""
+    g = gradients
+    need = {"unit", "kind", "quantity", "value"}
+    if not need <= set(g.columns):
+        raise ConfigError("the gradient table has no block-level accumulated gradients (columns "
+                          f"{', '.join(sorted(need - set(g.columns)))} missing)")
+    final = g["step"].isna() if "step" in g.columns else True
+    rows = g[(g["kind"] == "block") & (g["quantity"] == "A") & final]
+    by_unit = dict(zip(rows["unit"], rows["value"].astype(float)))
+    missing = [f"h.{b}" for b in range(B) if f"h.{b}" not in by_unit]
+    if missing:
+        raise ConfigError(f"no accumulated gradient A for block(s) {', '.join(missing[:3])} in the gradient table "
+                          "(a run trained with block tracking is needed)")
+    return tuple(by_unit[f"h.{b}"] for b in range(B))
 
 
 # ---- analytic cost model (what the tables report next to measured latency) ------------------
