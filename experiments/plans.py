@@ -77,9 +77,14 @@ class ImportancePlan:
 
 @dataclass(frozen=True)
 class EqualizationPlan:
-    """Study 3: the depth of the equalized and baseline Transformers."""
+    """Study 3: Transformers of ``depth`` blocks. Each SGD arm's learning rate is tuned over
+    ``sgd_lrs`` on seed ``tune_seed`` (then confirmed on the plan's other seeds); the no-clip
+    variants run on ``noclip_seeds``. AdamW trains at the plan's ``train.lr``."""
 
     depth: int
+    sgd_lrs: tuple[float, ...]
+    tune_seed: int
+    noclip_seeds: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -206,7 +211,7 @@ _PLANS: dict[str, StudyPlan] = {
         resnet=ResNetSize(widths=(4, 8, 16), steps=6, batch_size=16),
         depths=(2, 3), resnet_depths=((1, 1), (2, 2)), seeds=(0, 1),
         importance=ImportancePlan(batches=1, batch_size=4),
-        equalization=EqualizationPlan(depth=3),
+        equalization=EqualizationPlan(depth=3, sgd_lrs=(0.1, 0.3), tune_seed=0, noclip_seeds=(0,)),
         repetition=RepetitionPlan(base=2, repeats=(2,), controls=(1,)),
         cascade=CascadePlan(
             depth=3, steps=8, quantum=8, eval_batches=1, eval_batch_size=4, primary=TaperSpec("fanin", 0.5),
@@ -223,7 +228,7 @@ _PLANS: dict[str, StudyPlan] = {
         resnet=ResNetSize(widths=(16, 32, 64), steps=300, batch_size=64),
         depths=(4, 8, 12), resnet_depths=((1, 1, 1), (2, 2, 2), (3, 3, 3)), seeds=(0, 1, 2),
         importance=ImportancePlan(batches=8, batch_size=32),
-        equalization=EqualizationPlan(depth=8),
+        equalization=EqualizationPlan(depth=8, sgd_lrs=(0.1, 0.3, 1.0), tune_seed=0, noclip_seeds=(0, 1, 2)),
         repetition=RepetitionPlan(base=4, repeats=(2, 3), controls=(1, 2)),
         cascade=CascadePlan(
             depth=8, steps=300, quantum=32, eval_batches=16, eval_batch_size=32, primary=TaperSpec("fanin", 0.5),
@@ -240,7 +245,8 @@ _PLANS: dict[str, StudyPlan] = {
         resnet=ResNetSize(widths=(32, 64, 128), steps=3000, batch_size=128),
         depths=(6, 12, 24), resnet_depths=((2, 2, 2), (4, 4, 4), (6, 6, 6)), seeds=(0, 1, 2, 3, 4),
         importance=ImportancePlan(batches=32, batch_size=64),
-        equalization=EqualizationPlan(depth=12),
+        equalization=EqualizationPlan(depth=12, sgd_lrs=(0.1, 0.3, 1.0), tune_seed=0,
+                                      noclip_seeds=(0, 1, 2, 3, 4)),
         repetition=RepetitionPlan(base=8, repeats=(2, 3), controls=(1, 2)),
         cascade=CascadePlan(
             depth=12, steps=5000, quantum=64, eval_batches=64, eval_batch_size=64, primary=TaperSpec("fanin", 0.5),

@@ -162,21 +162,42 @@ def f5(t):
 
 # ---- F6, F7: equalization and repetition -------------------------------------------------------
 
-def equalization_bands(units: pd.DataFrame, optimizer: str) -> list[tuple[str, pd.DataFrame]]:
-    """Per block, the importance share over seeds: baseline and gradient-norm equalized."""
-    d = units[units.optimizer == optimizer].copy()
+EQUALIZATION_LABELS = {"none": "baseline", "equalize": "equalized gradients",
+                       "global_rescale": "global rescale (effective-lr control)",
+                       "equalize_update": "equalized updates"}
+
+
+def _arm_label(arm: str) -> str:
+    opt, inter = arm.split("/")
+    label = EQUALIZATION_LABELS.get(inter, inter)
+    if opt == "adamw" and inter == "equalize":
+        label += " (placebo)"
+    return label + (" no-clip" if "no-clip" in opt else "")
+
+
+def equalization_bands(units: pd.DataFrame, optimizer: str, col: str) -> list[tuple[str, pd.DataFrame]]:
+    """Per block, ``col`` over seeds (mean, t-interval) for every arm of ``optimizer`` at its tuned
+    learning rate; ``col="share"`` is the block's share of its run's positive ablation importance."""
+    d = units[(units.optimizer == optimizer) & units.tuned.astype(bool)].copy()
     d["share"] = importance_share(d)
-    return [(label, bands(d[d.intervention == inter], "order", "share"))
-            for inter, label in (("none", "baseline"), ("equalize", "equalized gradient norms"))]
+    return [(_arm_label(arm), bands(g, "order", col)) for arm, g in d.groupby("arm", sort=False)]
 
 
 def f6(t):
     u = t["equalization"]["units"]
-    fig, axs = _fig(2)
-    for optimizer, ax in zip(("adamw", "sgd"), axs):
-        plots.plot_importance_shares(equalization_bands(u, optimizer), "block",
-                                     f"Gradient-norm equalization ({'SGD' if optimizer == 'sgd' else 'AdamW'})",
-                                     ax=ax)
+    fig, axs = plt.subplots(2, 3, figsize=(4.2 * 3, 3.3 * 2), squeeze=False)
+    for row, optimizer in zip(axs, ("adamw", "sgd")):
+        name = "SGD" if optimizer == "sgd" else "AdamW"
+        plots.plot_arm_profiles(equalization_bands(u, optimizer, "imp_ablation"), "ablation delta-loss (nats, symlog)",
+                                f"{name}: block ablation delta-loss", ax=row[0], symlog=1e-2)
+        plots.plot_arm_profiles(equalization_bands(u, optimizer, "share"), "share of ablation importance (symlog)",
+                                f"{name}: share of importance", ax=row[1], symlog=1e-2)
+        if "U_norm" in u:
+            plots.plot_arm_profiles(equalization_bands(u, optimizer, "U_norm"), "U / mean over blocks",
+                                    f"{name}: manipulation check (summed update norms)", ax=row[2], reference=1.0)
+        else:
+            plots.plot_note("no update norms (U) recorded", ax=row[2])
+    fig.tight_layout()
     return fig
 
 

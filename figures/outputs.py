@@ -37,7 +37,8 @@ OUTPUTS: dict[str, Output] = {o.key: o for o in (
     Output("F3", "figure", "ResNet: accumulated gradient per block vs fan-in", (FANIN,), gfa.f3),
     Output("F4", "figure", "Deep supervision: accumulated gradient vs quadratic fan-in", (FANIN,), gfa.f4),
     Output("F5", "figure", "Accumulated gradient vs post hoc (ablation) importance", (IMPORTANCE,), gfa.f5),
-    Output("F6", "figure", "Gradient-norm equalization: per-block importance", ("equalization",), gfa.f6),
+    Output("F6", "figure", "Equalization: per-block delta-loss, share and update norms per arm", ("equalization",),
+           gfa.f6),
     Output("F7", "figure", "Parameter-shared repetition: per-application importance, group fan-in and "
            "equal-applications ablation", ("repetition",), gfa.f7),
     Output("F8", "figure", "CascadeFormer vs uniform; CascadeFlow Pruning: perplexity vs blocks removed",

@@ -337,5 +337,23 @@ def plot_joint_ablation(bands: list[tuple[str, pd.DataFrame]], ax=None):
     ax.set_xlabel("last m applications skipped together")
     ax.set_ylabel("delta-loss (nats)")
     ax.set_title("Equal-applications ablation")
+
+
+def plot_arm_profiles(bands: list[tuple[str, pd.DataFrame]], ylabel: str, title: str, ax=None,
+                      symlog: float | None = None, reference: float | None = None):
+    """One per-block profile per arm of the equalization study (``bands``: (label, x/mean/lo/hi
+    frame)); no-clip variants dashed, placebos dotted; ``symlog``: linear threshold of a symlog
+    axis; ``reference``: a horizontal line (e.g. 1 for profiles normalized to their mean)."""
+    ax = _ax(ax)
+    if reference is not None:
+        ax.axhline(reference, color="0.6", lw=0.8)
+    for k, (label, band) in enumerate(bands):
+        ls = ":" if "placebo" in label else "--" if "no-clip" in label else "-"
+        _band(ax, band, label, PALETTE[k % len(PALETTE)], ls=ls)
+    if symlog is not None:
+        ax.set_yscale("symlog", linthresh=symlog)
+    ax.set_xlabel("block")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=6)
     return ax

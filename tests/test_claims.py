@@ -128,31 +128,58 @@ def test_c5_is_holm_adjusted():
 
 # ---- C6 ----------------------------------------------------------------------------------------
 
+# paired changes of the late-half delta-loss (control mean 0.2 nats: margin +-0.05 at 25 %)
 NONE, RISE, WIDE = (0.0, -0.01, 0.01, 0.9), (0.1, 0.08, 0.12, 0.001), (0.0, -0.2, 0.2, 0.9)
+EQUALIZED, NOT_EQUALIZED = 0.02, 0.3  # the arm's mean CV of U across blocks; the control's is 0.3
 
 
-def _equalization(adamw, sgd):
+def _equalization(adamw, sgd, cv=(EQUALIZED, EQUALIZED)):
     rows = []
-    for opt, d in (("adamw", adamw), ("sgd", sgd)):
-        rows.append(_r(f"{opt}: late_half_share (baseline)", 0.05, 0.03, 0.07, n=3))
-        rows.append(_r(f"{opt}: late_half_share equalized - baseline", *d, n=3))
+    for opt, d, cv_arm in (("adamw", adamw, cv[0]), ("sgd", sgd, cv[1])):
+        arm, ctl = claims.eq.PRIMARY[opt]
+        rows += [_r(f"{ctl}: late_dloss", 0.2, 0.15, 0.25, n=3),
+                 _r(f"{arm} - {ctl}: late_dloss", *d, n=3),
+                 _r(f"{arm}: cv_U", cv_arm, cv_arm * 0.9, cv_arm * 1.1, n=3),
+                 _r(f"{ctl}: cv_U", 0.3, 0.25, 0.35, n=3)]
     return pd.DataFrame(rows)
 
 
-@pytest.mark.parametrize("adamw,sgd,expected", [
-    (NONE, NONE, HOLDS),
-    (NONE, RISE, MIXED),
-    (RISE, RISE, FAILS),
-    (WIDE, WIDE, INCONCLUSIVE),  # a non-significant change is not support
-    (NONE, WIDE, INCONCLUSIVE),
-], ids=["holds", "mixed", "fails", "inconclusive-wide", "inconclusive-one-undecided"])
-def test_c6_rule(adamw, sgd, expected):
-    text = _check(claims.c6(_equalization(adamw, sgd)), expected)
-    assert "TOST" in text and "power" in text
+@pytest.mark.parametrize("adamw,sgd,cv,expected", [
+    (NONE, NONE, (EQUALIZED, EQUALIZED), HOLDS),
+    (NONE, RISE, (EQUALIZED, EQUALIZED), MIXED),
+    (RISE, RISE, (EQUALIZED, EQUALIZED), FAILS),
+    (WIDE, WIDE, (EQUALIZED, EQUALIZED), INCONCLUSIVE),  # a non-significant change is not support
+    (NONE, WIDE, (EQUALIZED, EQUALIZED), INCONCLUSIVE),
+    # a manipulation that did not equalize cannot test the claim: neither its equivalence nor its rise counts
+    (NONE, NONE, (EQUALIZED, NOT_EQUALIZED), INCONCLUSIVE),
+    (NONE, RISE, (EQUALIZED, NOT_EQUALIZED), INCONCLUSIVE),
+    (RISE, RISE, (NOT_EQUALIZED, NOT_EQUALIZED), INCONCLUSIVE),
+], ids=["holds", "mixed", "fails", "inconclusive-wide", "inconclusive-one-undecided",
+        "inconclusive-sgd-not-equalized", "rise-without-manipulation", "no-manipulation"])
+def test_c6_rule(adamw, sgd, cv, expected):
+    text = _check(claims.c6(_equalization(adamw, sgd, cv)), expected)
+    assert "TOST" in text and "power" in text and "manipulation check" in text
+    if NOT_EQUALIZED in cv:
+        assert "FAILED" in text
 
 
-def test_c6_margin_is_in_the_rule():
-    assert f"+-{RULES.share_margin:g}" in claims.C6_RULE and "TTestPower" in claims.C6_RULE
+def test_c6_margin_is_relative_to_the_control_and_holm_adjusted():
+    # the same change of 0.04 nats: inside +-25 % of a 0.2-nat control (0.05), outside for 0.1 (0.025)
+    near = (0.04, 0.035, 0.045, 0.001)
+    assert claims.c6(_equalization(near, near)).verdict == HOLDS
+    small = _equalization(near, near)
+    small.loc[small.test.str.endswith(": late_dloss") & ~small.test.str.contains(" - "), "estimate"] = 0.1
+    assert claims.c6(small).verdict == FAILS
+    # a control with no late delta-loss leaves no margin: undefined, never "holds"
+    zero = _equalization(NONE, NONE)
+    zero.loc[zero.test.str.endswith(": late_dloss") & ~zero.test.str.contains(" - "), "estimate"] = 0.0
+    assert claims.c6(zero).verdict.startswith(INCONCLUSIVE)
+
+
+def test_c6_margins_are_in_the_rule():
+    rule = claims.C6_RULE
+    assert f"+-{RULES.eq_late_margin_pct:g} %" in rule and f"{RULES.eq_cv_ratio:g} x" in rule
+    assert f"+-{RULES.share_margin:g}" in rule and "TTestPower" in rule and "Holm" in rule
 
 
 # ---- C7 ----------------------------------------------------------------------------------------

@@ -153,6 +153,57 @@ def test_equalize_gives_equal_block_updates():
     assert moved == pytest.approx([cfg.train.lr * raw.mean()] * 3, rel=1e-4)
 
 
+def _block_steps(tr):
+    """Each block's applied update norm in one training step of ``tr``, and the trainer."""
+    units = tr.raw_model.units("block")
+    before = [[p.detach().clone() for p in u.params] for u in units]
+    tr.train_step()
+    return np.array([float(torch.cat([(p.detach() - q).reshape(-1) for p, q in zip(u.params, b)]).norm())
+                     for u, b in zip(units, before)])
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_equalize_update_gives_equal_block_steps(optimizer):
+    # with momentum, clipping and decay on: whatever the optimizer made of the gradients, every
+    # block's applied step ends at the mean block step, and the tracker's U records that step
+    cfg, data = resolve(tiny(f"train.optimizer={optimizer}", "train.intervention=equalize_update",
+                             "train.track_updates=true", "model.n_blocks=3"))
+    tr = Trainer(cfg, data)
+    for _ in range(2):
+        steps = _block_steps(tr)
+        assert steps == pytest.approx([steps.mean()] * 3, rel=1e-4)
+    U = tr.tracker.totals("U", kind="block")["U"].to_numpy()
+    assert U == pytest.approx([U.mean()] * 3, rel=1e-4)
+    # without the intervention the same run's block steps differ (barely under Adam, whose first
+    # step is lr * sign(g) per coordinate, so ~lr * sqrt(numel) in every block of equal size)
+    plain = _block_steps(Trainer(*resolve(tiny(f"train.optimizer={optimizer}", "model.n_blocks=3"))))
+    assert plain.max() > 1.001 * plain.min()
+
+
+def test_global_rescale_keeps_block_ratios_at_the_equalized_total():
+    # plain SGD: each block moves by lr * its (rescaled) gradient. global_rescale keeps the raw
+    # ratios between blocks; its joint norm is the one equalization gives (the mean norm in every block)
+    common = ("train.optimizer=sgd", "train.momentum=0.0", "train.weight_decay=0.0", "train.grad_clip=0.0",
+              "train.warmup_steps=0", "model.n_blocks=3")
+    cfg, data = resolve(tiny(*common, "train.intervention=global_rescale"))
+    tr = Trainer(cfg, data)
+    moved = _block_steps(tr)
+    raw = tr.tracker.totals("A", kind="block")["A"].to_numpy()
+    assert raw.max() > 1.01 * raw.min()
+    assert moved / moved.sum() == pytest.approx(raw / raw.sum(), rel=1e-4)
+    assert np.linalg.norm(moved) == pytest.approx(cfg.train.lr * raw.mean() * math.sqrt(3), rel=1e-4)
+    eq = _block_steps(Trainer(*resolve(tiny(*common, "train.intervention=equalize"))))
+    assert np.linalg.norm(eq) == pytest.approx(np.linalg.norm(moved), rel=1e-4)
+
+
+def test_interventions_enter_the_hash_and_none_keeps_it():
+    keys = {i: run_key(tiny(f"train.intervention={i}")) for i in ("none", "equalize", "global_rescale",
+                                                                    "equalize_update")}
+    assert len(set(keys.values())) == 4 and keys["none"] == run_key(tiny())
+    with pytest.raises(ConfigError, match="intervention"):
+        tiny("train.intervention=rescale")
+
+
 def test_resnet_on_digits(tmp_path):
     r = train(tiny(model="resnet"), tmp_path, progress=False)
     val = r.metrics[r.metrics["split"] == "val"]

@@ -452,18 +452,62 @@ def _grow(buf: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _equalizing_scale(norm: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per-unit factors taking every unit's norm to the mean unit norm (a zero unit keeps 1)."""
+    return torch.where(norm > eps, norm.mean() / norm.clamp_min(eps), torch.ones_like(norm))
+
+
+def _scale_units_(norms: UnitNorms, tensors: Sequence[torch.Tensor | None], scale: torch.Tensor) -> None:
+    """Multiply, in place, each tensor aligned with ``norms.params`` by its unit's factor."""
+    # a parameter in one unit gets that unit's scale (units of one kind do not overlap)
+    per_param = (norms.M.T @ scale) / norms.M.sum(dim=0).clamp_min(1.0)  # (P,)
+    pairs = [(t, f) for t, f in zip(tensors, per_param.unbind()) if t is not None]
+    if pairs:
+        torch._foreach_mul_([t for t, _ in pairs], [f.to(t.dtype) for t, f in pairs])
+
+
 def equalize_gradients_(norms: UnitNorms, eps: float = 1e-12) -> torch.Tensor:
     """Gradient-norm equalization: rescale each unit's gradient to the mean unit norm, in place.
 
     Used with the block units (the equalization intervention, ``train.intervention=equalize``). Parameters outside the units (embeddings, heads)
     are left alone; a unit with a zero gradient stays zero. Returns the (U,) scale factors.
     """
+    scale = _equalizing_scale(norms.squared().sqrt(), eps)
+    _scale_units_(norms, [p.grad for p in norms.params], scale)
+    return scale
+
+
+def rescale_gradients_globally_(norms: UnitNorms, eps: float = 1e-12) -> torch.Tensor:
+    """The control of :func:`equalize_gradients_`: one common factor on every unit's gradient,
+    chosen so that their joint norm becomes what equalization would make it (``mean / rms`` of
+    the unit norms, at most 1), while the ratios between units stay as they were
+    (``train.intervention=global_rescale``). Returns the (U,) factors (all equal)."""
     norm = norms.squared().sqrt()
-    scale = torch.where(norm > eps, norm.mean() / norm.clamp_min(eps), torch.ones_like(norm))
-    # a parameter in one unit gets that unit's scale (units of one kind do not overlap)
-    per_param = (norms.M.T @ scale) / norms.M.sum(dim=0).clamp_min(1.0)  # (P,)
-    grads = [p.grad for p in norms.params if p.grad is not None]
-    factors = [f.to(p.grad.dtype) for f, p in zip(per_param.unbind(), norms.params) if p.grad is not None]
-    torch._foreach_mul_(grads, factors)
+    total = norm.square().sum().sqrt()
+    equalized = (norm * _equalizing_scale(norm, eps)).square().sum().sqrt()
+    common = torch.where(total > eps, equalized / total.clamp_min(eps), torch.ones_like(total))
+    scale = common.expand_as(norm).clone()
+    _scale_units_(norms, [p.grad for p in norms.params], scale)
+    return scale
+
+
+def snapshot_params(norms: UnitNorms) -> list[torch.Tensor]:
+    """Copies of the units' parameters, taken before ``optimizer.step()`` for :func:`equalize_updates_`."""
+    return [p.detach().clone() for p in norms.params]
+
+
+@torch.no_grad()
+def equalize_updates_(norms: UnitNorms, before: Sequence[torch.Tensor], eps: float = 1e-12) -> torch.Tensor:
+    """Update-norm equalization (trust-ratio style), after ``optimizer.step()``: rescale each unit's
+    applied step ``theta - before`` to the mean unit step norm, in place (``train.intervention=
+    equalize_update``). Unlike rescaling gradients, this survives Adam's per-coordinate
+    normalization; the optimizer's state (moments, momentum) is left as the optimizer made it.
+    Returns the (U,) scale factors."""
+    params = [p.detach() for p in norms.params]
+    delta = torch._foreach_sub(params, list(before))
+    scale = _equalizing_scale(norms.unit_norms(delta), eps)
+    _scale_units_(norms, delta, scale)
+    torch._foreach_add_(delta, list(before))
+    torch._foreach_copy_(params, delta)
     return scale
 

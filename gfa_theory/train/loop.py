@@ -5,9 +5,11 @@ One optimizer step is::
     loss = model(x, y)                # mean over the supervised heads
     loss.backward()                   # DDP: gradients all-reduced here
     tracker.step()                    # A += ||grad|| per unit (raw gradient, before changes)
-    hook(model, step) for on_after_backward hooks, then gradient-norm equalization
+    hook(model, step) for on_after_backward hooks, then the gradient intervention
+                                      # (equalize / global_rescale), if any
     clip_grad_norm_(grad_clip)
-    optimizer.step(); scheduler.step()
+    optimizer.step()                  # then the update intervention (equalize_update), if any
+    scheduler.step()
 
 :func:`train` writes one result directory per config (see :mod:`gfa_theory.train.store`), checkpoints
 every ``checkpoint_interval`` steps and, when rerun with the same config after a crash, resumes
@@ -51,6 +53,9 @@ from gfa_theory.instrument.tracking import (
     GradientTracker,
     UnitNorms,
     equalize_gradients_,
+    equalize_updates_,
+    rescale_gradients_globally_,
+    snapshot_params,
 )
 from gfa_theory.models import build_model
 from gfa_theory.train.data import BatchSampler, Dataset, TextData, run_eval_batches
@@ -182,7 +187,7 @@ class Trainer:
             self.tracker = GradientTracker(self.raw_model, kind=tc.track, stream=tc.track_stream,
                                            series_every=tc.series_every, max_steps=tc.steps,
                                            accumulate=bool(tc.accumulate), track_updates=bool(tc.track_updates))
-        self.block_norms = UnitNorms(self.raw_model.units("block")) if tc.intervention == "equalize" else None
+        self.block_norms = UnitNorms(self.raw_model.units("block")) if tc.intervention != "none" else None
         self.hooks = list(on_after_backward)
         self.params = [p for p in self.raw_model.parameters() if p.requires_grad]
         self.step = 0
@@ -206,14 +211,20 @@ class Trainer:
             self.tracker.step()
         for hook in self.hooks:
             hook(self.raw_model, self.step)
-        if self.block_norms is not None:
+        intervention = self.cfg.train.intervention
+        if intervention == "equalize":
             equalize_gradients_(self.block_norms)
+        elif intervention == "global_rescale":
+            rescale_gradients_globally_(self.block_norms)
         if self.cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.grad_clip, foreach=True)
         updates = self.tracker is not None and self.tracker.track_updates
         if updates:
             self.tracker.before_update()
+        before = snapshot_params(self.block_norms) if intervention == "equalize_update" else None
         self.optimizer.step()
+        if before is not None:  # before the tracker reads the step: U is the applied update
+            equalize_updates_(self.block_norms, before)
         if updates:
             self.tracker.after_update()
         self.scheduler.step()

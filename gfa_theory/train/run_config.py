@@ -43,6 +43,8 @@ MAX_LR = 10.0  # no optimizer here trains at a larger learning rate: it diverges
 MODEL_TASKS = {"gpt": "text", "resnet": "image"}
 AfterBackward = Callable[[nn.Module, int], None]
 METRIC_COLUMNS = ["step", "split", "loss", "accuracy", "lr"]
+# train.intervention values: before the update on the gradients, or after it on the step
+INTERVENTIONS = ("none", "equalize", "global_rescale", "equalize_update")
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,11 @@ class TrainConfig:
     Intervals count optimizer steps; 0 means "only at the end". ``track``: which units the
     gradient tracker records ("none" disables it). ``series_points``: length of the
     downsampled per-step gradient series. ``accumulate`` / ``track_updates``: the tracker's opt-in
-    totals (``G_norm``, ``noise_floor`` / ``U``, ``displacement``). ``intervention``: "equalize" rescales each block's
-    gradient to the mean block norm before every update (the equalization study). ``device``: ``auto``
+    totals (``G_norm``, ``noise_floor`` / ``U``, ``displacement``). ``intervention`` (the equalization
+    study; :data:`INTERVENTIONS`): "equalize" rescales each block's gradient to the mean block norm
+    before every update; "global_rescale", its control, multiplies every block's gradient by one
+    common factor that changes their joint norm exactly as "equalize" would; "equalize_update"
+    rescales each block's applied step (after the optimizer) to the mean block step norm. ``device``: ``auto``
     (CUDA when present, else the CPU), ``cpu``, ``cuda``, ``cuda:<index>``, ``mps``; whether
     the machine has it is checked when training starts (a stored CUDA config still loads here).
     """
@@ -74,7 +79,7 @@ class TrainConfig:
     eval_batches: int = 8
     checkpoint_interval: int = 100
     log_interval: int = 10
-    intervention: Literal["none", "equalize"] = "none"
+    intervention: Literal["none", "equalize", "global_rescale", "equalize_update"] = "none"
     track: Literal["branch", "block", "both", "none"] = "both"
     track_stream: bool = True
     series_points: int = 100
