@@ -153,7 +153,7 @@ def _device(tc: TrainConfig, world: World) -> torch.device:
 # ---- branch gains sampled during training (TrainConfig.gain_every) ---------------------------
 
 GAINS_FILE = "gains.csv"  # the sampled gains of a run with gain_every (gfa_theory.instrument.gains)
-GAIN_PROBES = 4  # Gaussian VJP probes per branch Jacobian gain (fixed: gains.csv of a config is one table)
+GAIN_PROBES = 2  # Gaussian VJP probes per branch Jacobian gain (fixed: gains.csv of a config is one table)
 
 
 def _gain_monitor(model: nn.Module, tc: TrainConfig, world: "World") -> GainMonitor | None:
