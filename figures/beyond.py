@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from experiments import mechanism as mech
+from experiments.summary import without_single_interval
 from gfa_theory.instrument import stats
 from gfa_theory.instrument.stats import format_p
 
@@ -66,7 +67,7 @@ def chosen_account(errors: pd.DataFrame) -> str:
 def _paired(errors: pd.DataFrame, rival: str, test: str) -> pd.Series:
     """Paired by run (the same run scored twice): error(counts) - error(rival), t-interval over runs."""
     w = errors.pivot_table(index="run_id", columns="account", values="log_error")
-    return pd.Series(stats.paired_difference(w["counts"], w[rival], test))
+    return pd.Series(without_single_interval(stats.paired_difference(w["counts"], w[rival], test)))
 
 
 def _noninferior(r: pd.Series, margin: float) -> float:
@@ -151,6 +152,9 @@ H3_RULE = ("Transformer runs of every arm: what counts leave unexplained, the lo
 
 
 def _across_runs(runs: pd.DataFrame, y: str, x: str, sign: int) -> tuple[str, np.ndarray, np.ndarray, bool]:
+    runs = runs[np.isfinite(runs[[x, y]].to_numpy(float)).all(axis=1)]
+    if len(runs) < 4:
+        return f"{len(runs)} runs with {x} and {y} defined", np.zeros(2, bool), np.zeros(2, bool), False
     ols = pd.Series(stats.ols_slope(runs, y, x, test=f"OLS {y} ~ {x}"))
     sp = pd.Series(stats.rank_correlations(runs[x], runs[y])[0])
     rows = [ols, sp]
@@ -201,8 +205,9 @@ def h4(tables: dict) -> Finding:
 H5_RULE = ("Claim C5's rule per proxy (" + ", ".join(mech.PROXIES) + "; A_signal = A - noise_floor) on the Pre-LN "
            "runs: the OLS slope of normalized ablation importance on the normalized proxy with a depth control "
            "(cluster-robust, t with G - 1 df) and the mean per-run Spearman without the first block, Holm over the "
-           "two; a proxy is associated if both are positive-significant. Holds if every proxy is; does not hold if "
-           "none is; mixed otherwise (per-proxy verdicts printed)")
+           "two; per proxy C5's verdicts (holds if both are positive-significant, mixed if one, does not hold if none is "
+           "and one is negative-significant, inconclusive otherwise). Holds if every proxy holds, does not hold if "
+           "every proxy does not; inconclusive if some proxy is inconclusive; mixed otherwise (verdicts printed)")
 
 
 def proxy_finding(summary: pd.DataFrame, proxy: str) -> Finding:
