@@ -90,7 +90,7 @@ from gfa_theory.train.loop import GAINS_FILE, RunResult
 from gfa_theory.train.store import CHECKPOINT_FILE, load_run, read_checkpoint
 
 from . import gradients_vs_importance
-from .plans import gpt_run, plan, resnet_run
+from .plans import gpt_run, plan
 from .runner import Context, map_in_workers, start
 from .study_io import finish
 from .units import ablation_units, heldout_batches, unit_table
@@ -129,12 +129,11 @@ ARMS: dict[str, dict | None] = {
     "post": {"placement": "post"},
     "peri": {"placement": "peri"},
     "ln_scaling": {"depth_scaling": True},
-    "deepnorm": {"placement": "post", "alpha": None},
     "embed_x8": {"embedding_scale": 8.0},
 }
 # Pre-LN at the middle depth with a training setting changed: they move the gradient rank (H4)
 SETTINGS = ("pre_small_batch", "pre_high_lr")
-GAIN_ARMS = ("post", "peri", "ln_scaling", "deepnorm", "embed_x8")  # H2: the placement changes the gains
+GAIN_ARMS = ("post", "peri", "ln_scaling", "embed_x8")  # H2: the placement changes the gains
 
 
 def _norm(arm: str, n_blocks: int) -> dict | None:
@@ -152,7 +151,8 @@ def _instrumented(cfg, mp: MechanismPlan, **train_kw):
 
 def configs(profile: str) -> list[tuple[dict, object]]:
     """(descriptors, RunConfig): Pre-LN at every depth, the other arms and the rank settings at the
-    middle depth, and the pre-activation and post-activation ResNets at the middle ResNet depth."""
+    middle depth (the first version's DeepNorm, mixed-placement and ResNet arms are cut: the
+    default profile's budget)."""
     p, mp = plan(profile), PLANS[profile]
     mid = p.depths[len(p.depths) // 2]
     out = []
@@ -167,11 +167,6 @@ def configs(profile: str) -> list[tuple[dict, object]]:
         for seed in p.seeds:
             out.append(({"family": "transformer", "arm": arm, "depth_B": mid},
                         _instrumented(gpt_run(p, n_blocks=mid, seed=seed), mp, **kw)))
-    bps = p.resnet_depths[len(p.resnet_depths) // 2]
-    for variant in ("preact", "post"):
-        for seed in p.seeds:
-            out.append(({"family": "resnet", "arm": f"resnet_{variant}", "depth_B": sum(bps)},
-                        _instrumented(resnet_run(p, blocks_per_stage=list(bps), seed=seed, variant=variant), mp)))
     return out
 
 
