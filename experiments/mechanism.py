@@ -12,16 +12,16 @@ directions the gradients spread over: their rank.
 gain-weighted account (H1) and about equally well under every norm placement. If gains matter,
 the gain-weighted accounts (aligned sum, orthogonal root-sum-of-squares, full product of
 :mod:`gfa_theory.theory.gains`, fed with measured gains) predict better where the placement
-changes the gains but not the wiring: Post-LN, Peri-LN, LayerNorm Scaling, DeepNorm, a larger
-embedding scale (H2). If stream growth is the mechanism, runs whose stream grows faster have a
+changes the gains but not the wiring: Post-LN, Peri-LN, LayerNorm Scaling, a larger embedding
+scale (H2). If stream growth is the mechanism, runs whose stream grows faster have a
 flatter ``A`` profile than counts say (late gains shrink, so early branches collect less: H3).
 If alignment is the mechanism, the exponent of ``A`` on ``F`` falls as the gradient rank rises
 (H4). The rules, margins and verdicts are declared in :mod:`figures.beyond`.
 
 **Method.** Train the norm-placement arms of :data:`ARMS` (each a ``GPTConfig.norm``; Pre-LN at
 every depth of the plan, the others at the middle depth), two Pre-LN settings that move the
-gradient rank (:data:`SETTINGS`: a 4x smaller batch, a 3x larger learning rate) and the two
-ResNet variants, every run with ``accumulate``, ``track_updates`` and ``gain_every``
+gradient rank (:data:`SETTINGS`: a 4x smaller batch, a 3x larger learning rate), every run with
+``accumulate``, ``track_updates`` and ``gain_every``
 (:class:`MechanismPlan`): the training loop samples, per branch, the stream RMS at its input,
 the branch output RMS, the probe Jacobian gain ``g_i`` and the alignment of its contribution with
 the identity path (:mod:`gfa_theory.instrument.gains`) every ``gain_every`` steps into the run's
@@ -30,7 +30,7 @@ counts ``F(i)``, (b) the aligned limit ``sum_m (1 + sum g_j)``, (c) the orthogon
 ``sqrt(sum_m (1 + sum g_j^2))``, (d) the full product ``sum_m prod (a + g_j)``, where ``g_j`` is
 the gain **averaged over the training samples** (steps 0, ``gain_every``, ...; the gradient
 ``A`` sums over all of training, so its account uses the gains training saw) and ``a`` the skip
-gain ``alpha`` of the config (1 but for DeepNorm). Gains measured on the final model on
+gain ``alpha`` of the config (1 in every arm trained here; DeepNorm-style ``alpha`` enters it). Gains measured on the final model on
 held-out batches give the same accounts as a secondary (``gains == "final"``). Score: RMS over
 branches of ``log(pred / mean pred) - log(A / mean A)`` (a scale-free profile error; 0 = the
 right shape), per run, then per arm and account the mean with a t-interval over seeds.
@@ -56,8 +56,9 @@ leaves training bit-identical (``tests/test_gains.py``). Absolute numbers (valid
 stream RMS, gains) are in the tables beside the shapes.
 
 **Limits.** Skip gains are ``alpha`` and the norms' own Jacobians are not measured: under
-Post-LN (and DeepNorm) every path through position ``p`` also passes the norm there, a factor
-the accounts leave out. The window ranks are of held-out gradients at the final weights, not of
+Post-LN every path through position ``p`` also passes the norm there, a factor the accounts
+leave out. The first version's DeepNorm, mixed-placement and ResNet arms are cut to fit the
+default profile's budget (the code takes them back as entries of :data:`ARMS`). The window ranks are of held-out gradients at the final weights, not of
 a window during training. Arms differ in more than their gains (the embedding scale changes the
 loss too), so H3 and H4 are associations across runs, not interventions.
 
@@ -73,6 +74,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -306,8 +308,6 @@ def block_ranks(run: RunResult, mp: MechanismPlan) -> pd.DataFrame:
 def analyze_run(desc: dict, run_dir: str, profile: str) -> dict[str, pd.DataFrame]:
     """Everything measured on one finished run (a worker task): its branch table, its block
     table (ranks; ablation importance for the Pre-LN depth runs) and its one-row summary."""
-    from pathlib import Path  # noqa: PLC0415
-
     p, mp = plan(profile), PLANS[profile]
     cfg, model, metrics, gradients = load_run(Path(run_dir))
     run = RunResult(Path(run_dir), cfg, model, metrics, gradients, trained=False)

@@ -175,7 +175,7 @@ def h3(tables: dict) -> Finding:
     if len(runs) < 4:
         return Finding(MISSING, "fewer than 4 Transformer runs")
     text, pos, neg, ok = _across_runs(runs, "excess_slope", "stream_growth", +1)
-    text += (f"; stream growth per arm (log-slope, mean over seeds): "
+    text += ("; stream growth per arm (log-slope, mean over seeds): "
              + ", ".join(f"{a} {g:.2f}" for a, g in runs.groupby("arm", sort=False)["stream_growth"].mean().items()))
     return Finding(_superiority(pos, neg, ok), text)
 

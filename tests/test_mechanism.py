@@ -21,11 +21,11 @@ def test_arms_are_distinct_runs_and_pre_ln_is_study_1s_run_with_recordings():
     study1 = {c.hash() for d, c in fanin_vs_gradients.configs("smoke") if d["supervision"] == "final"}
     plain = [dataclasses.replace(c, train=dataclasses.replace(c.train, accumulate=None, track_updates=None,
                                                               gain_every=None))
-             for d, c in mechanism.configs("smoke") if d["arm"] in ("pre", "resnet_preact")]
+             for d, c in mechanism.configs("smoke") if d["arm"] == "pre"]
     assert {c.hash() for c in plain} <= study1  # the same runs as study 1, recorded more closely
-    deep = next(c for d, c in mechanism.configs("smoke") if d["arm"] == "deepnorm")
-    assert deep.model.norms().alpha == pytest.approx((4 * deep.model.n_blocks) ** 0.25)
-    assert RunConfig.from_dict(deep.to_dict()) == deep
+    for d, c in mechanism.configs("smoke"):
+        assert RunConfig.from_dict(c.to_dict()) == c
+        assert (c.model.norms().placement == "post") == (d["arm"] == "post")
     small = next(c for d, c in mechanism.configs("smoke") if d["arm"] == "pre_small_batch")
     assert small.train.batch_size == mechanism.PLANS["smoke"].small_batch
 
@@ -96,7 +96,7 @@ def test_mechanism_smoke(smoke_root):
     units = mechanism.run(ctx=ctx)
     summary = units.attrs["summary"]
     assert set(summary["account"]) == set(mechanism.ACCOUNTS) and set(summary["gains"]) == set(mechanism.GAIN_SOURCES)
-    assert set(summary["arm"]) == set(mechanism.ARMS) | set(mechanism.SETTINGS) | {"resnet_preact", "resnet_post"}
+    assert set(summary["arm"]) == set(mechanism.ARMS) | set(mechanism.SETTINGS)
     tr = summary[summary.gains == "training"]
     assert np.isfinite(tr["mean"]).all() and (tr.groupby(["arm", "depth_B"])["best"].sum() >= 1).all()
     for q in ("jacobian_gain", "stream_rms", "branch_rms", "pred_product", "final_jacobian_gain"):
