@@ -206,3 +206,17 @@ def test_sampled_gains_leave_training_unchanged_and_survive_a_resume(tmp_path):
         second.train_step()
     pd.testing.assert_frame_equal(whole.gains.to_frame().astype({"step": "int64"}),
                                   second.gains.to_frame().astype({"step": "int64"}))
+
+
+def test_bench_gains_reports_ratios_beside_an_aa_control(capsys):
+    import json  # noqa: PLC0415
+
+    from gfa_theory.cli import main as gfa  # noqa: PLC0415
+
+    small = ["--every", "3", "--repeats", "2", "--warmup", "1", "--set", "train.device=cpu", "model.n_blocks=2",
+             "model.n_embd=16", "model.n_head=2", "model.d_ff=32", "model.block_size=16", "train.batch_size=4"]
+    assert gfa(["bench", "gains", "--format", "json", *small]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["overhead_ratio"] > 0 and r["aa_ratio"] > 0 and r["aa_ratio_min"] <= r["aa_ratio"] <= r["aa_ratio_max"]
+    assert r["gain_every"] == 3 and r["repeats"] == 2 and r["sample_s"] > 0 and r["probes"] >= 1
+    assert gfa(["bench", "gains", "--every", "0"]) == 2
