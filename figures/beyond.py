@@ -35,8 +35,7 @@ from .claims import _association, _ci, _combine, _exact_p, _superiority
 class BeyondRules:
     alpha: float = 0.05  # family-wise, Holm within each hypothesis
     # H1: counts are "no worse" if their profile error exceeds the best gain-weighted account's by
-    # less than 0.05 (an RMS log-shape error of 0.05 is a 5 % misfit per branch, about the seed spread
-    # of A's profile at the default profile)
+    # less than 0.05 (an RMS log-shape error of 0.05 is about a 5 % misfit per branch)
     error_margin: float = 0.05
     gains: str = "training"  # the gain source of the tested accounts (the final model's is reported)
 
