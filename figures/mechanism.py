@@ -72,7 +72,8 @@ def f9(t):
         for s in ("A", *mech.ACCOUNTS):
             c = d[d.series == s].sort_values("depth")
             if s == "A":
-                ax.fill_between(c.depth, c.lo, c.hi, color=PALETTE[s], alpha=0.25, lw=0)
+                # a t-band can reach below 0 with few seeds: cut at a tenth of the mean on the log axis
+                ax.fill_between(c.depth, np.maximum(c.lo, c["mean"] / 10), c.hi, color=PALETTE[s], alpha=0.25, lw=0)
                 ax.plot(c.depth, c["mean"], "o-", color=PALETTE[s], ms=3, lw=1.6, label="measured $A$")
             else:
                 ax.plot(c.depth, c["mean"], "--", color=PALETTE[s], lw=1.2, label=ACCOUNT_LABELS[s])
