@@ -62,6 +62,23 @@ default profile's budget (the code takes them back as entries of :data:`ARMS`). 
 a window during training. Arms differ in more than their gains (the embedding scale changes the
 loss too), so H3 and H4 are associations across runs, not interventions.
 
+**What the default profile shows** (27 runs, 3 seeds; errors are mean [95 % t-interval] over
+seeds; :mod:`figures.beyond` has the verdicts). The full product of measured gains is the best
+account in every Pre-LN-wired arm: on Pre-LN its profile error is 0.26-0.29 against 0.55-0.72 for
+counts (B = 4, 8, 12), and counts lose by 0.38 [0.31, 0.45] pooled, far beyond the 0.05 margin
+(H1 does not hold). What counts miss is the first branches: ``A`` drops steeply over the first
+block and is nearly flat after it, while ``F`` falls linearly to the end (F9). Carried unchanged
+to the held-out arms, the product beats counts on every one (by 0.15-0.30), significantly after
+Holm on LayerNorm Scaling and the embedding scale, not quite on Post-LN and Peri-LN (Holm p =
+0.057 each; H2 mixed). Post-LN defeats every account (errors 1.4-1.8): its ``A`` rises again over
+the last blocks, which no path sum of forward gains describes (the norms' Jacobians are missing).
+Stream growth goes against the predicted sign (H3 does not hold: faster growth, less flattening
+beyond counts; Spearman -0.65, still -0.51 without Post-LN), and the exponent of ``A`` on ``F``
+rises with the gradients' window rank (H4 does not hold: Spearman 0.47), an association carried
+by the Post-LN runs (low rank, negative exponent; 0.24, p = 0.25 without them). As importance
+proxies, ``A``, ``U`` and displacement meet claim C5's rule, ``G_norm`` partly, ``A - noise_floor``
+not (H5 inconclusive).
+
 **Reading the result.** ``summary``: per (arm, depth, account, gains) the mean profile error with
 its 95 % t-interval over seeds, and the best account per arm; ``errors``: one row per run and
 account; ``units``: per branch of every run, ``A``, ``F``, the training-mean and final gain
