@@ -7,9 +7,10 @@
 5. :mod:`experiments.cascadeformer` — width tapered with depth: loss vs latency and throughput.
 6. :mod:`experiments.pruning` — CascadeFlow Pruning: removing the blocks of smallest accumulated
    gradient, against post hoc heuristics, with rank stability and scoring cost.
-7. :mod:`experiments.mechanism` — beyond the paper, a first version: which account (path counts,
-   gain-weighted aligned or orthogonal sums, the measured product) predicts the profile of A.
-   Exploratory: no claim rule reads it yet, and no figure draws it.
+7. :mod:`experiments.mechanism` — beyond the paper: which account (path counts, gain-weighted
+   aligned or orthogonal sums, the measured product) predicts the profile of A, and whether
+   stream growth or gradient rank explains the rest (hypotheses H1-H5 in :mod:`figures.beyond`,
+   figures F9-F11, the report's "Beyond the paper").
 
 Each module has a docstring (hypothesis, prediction, method, how to read the result and its
 figure), a ``configs(profile)`` listing its runs, a ``run(profile)`` returning a tidy DataFrame
@@ -30,5 +31,5 @@ The machinery they share, one job per module (imports run downward only):
 """
 
 STUDIES = ("fanin_vs_gradients", "gradients_vs_importance", "equalization", "repetition", "cascadeformer",
-           "pruning")
-EXPLORATORY = ("mechanism",)  # runnable with python -m experiments, not yet part of the report
+           "pruning", "mechanism")
+EXPLORATORY = ()  # runnable with python -m experiments, not part of the report

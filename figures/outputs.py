@@ -1,4 +1,4 @@
-"""Every output of ``python -m figures``, in one static list: figures F1-F8 and tables T1-T6, each
+"""Every output of ``python -m figures``, in one static list: figures F1-F11, tables T1-T6 and B1, each
 with its title, the studies it reads and the function that builds it from their tables (a
 matplotlib Figure for a figure, a DataFrame for a table).
 
@@ -14,7 +14,8 @@ from typing import Callable
 from experiments import cascadeformer as cf
 from experiments import pruning as pr
 
-from . import efficiency, gfa
+from . import beyond, efficiency, gfa
+from . import mechanism as mech_figures
 
 REPO = Path(__file__).resolve().parent.parent  # the checkout
 GENERATED = REPO / "figures" / "generated"  # the default profile's outputs, committed (the README shows them)
@@ -30,6 +31,7 @@ class Output:
 
 
 FANIN, IMPORTANCE = "fanin_vs_gradients", "gradients_vs_importance"
+MECHANISM = "mechanism"
 
 OUTPUTS: dict[str, Output] = {o.key: o for o in (
     Output("F1", "figure", "Fan-in vs depth: symbolic closed forms and autograd counts", (), gfa.f1),
@@ -55,6 +57,15 @@ OUTPUTS: dict[str, Output] = {o.key: o for o in (
     Output("T5", "table", "Regression statistics (fan-in vs A; A vs importance)", (FANIN, IMPORTANCE), gfa.t5),
     Output("T6", "table", "CascadeFlow vs depth order: Kendall tau with last-k, runs whose removed blocks differ, "
                           "and the held-out loss difference on exactly those runs", (pr.NAME,), efficiency.t6),
+    # beyond the paper: the mechanism study (experiments/mechanism.py, figures/beyond.py)
+    Output("F9", "figure", "Beyond the paper: profile of A vs each account's prediction, per arm", (MECHANISM,),
+           mech_figures.f9),
+    Output("F10", "figure", "Beyond the paper: log-profile error per account and arm (t-intervals over seeds)",
+           (MECHANISM,), mech_figures.f10),
+    Output("F11", "figure", "Beyond the paper: stream growth, branch gains and gradient rank vs agreement with counts",
+           (MECHANISM,), mech_figures.f11),
+    Output("B1", "table", "Beyond the paper: pre-declared hypotheses H1-H5, rules and verdicts", (MECHANISM,),
+           beyond.b1),
 )}
 
 

@@ -100,6 +100,23 @@ def _time_section(metas: dict | None) -> list[str]:
             table.to_markdown(index=False, disable_numparse=True), ""]
 
 
+def beyond_section(out: Path) -> list[str]:
+    """"Beyond the paper": each pre-declared hypothesis of the mechanism study with its rule and
+    computed verdict (:mod:`figures.beyond`), read from output B1 when it was drawn into ``out``."""
+    table = out / "B1.csv"
+    if not table.is_file():
+        return []
+    lines = ["## Beyond the paper", "",
+             "Not claims of the paper: what sets the gradient profile (path counts, path gains, stream growth or "
+             "gradient rank), tested by the mechanism study (`experiments/mechanism.py`) under hypotheses and "
+             "margins declared in `figures/beyond.py` before its results were read, with the claims' verdict rules. "
+             "Figures F9-F11.", ""]
+    for r in pd.read_csv(table).to_dict("records"):
+        lines += [f"### {r['hypothesis']}. {r['statement']}", "", f"- **Measured here:** {r['measured here']}",
+                  f"- **Verdict:** **{r['verdict']}**", f"- _Rule:_ {r['rule']}", ""]
+    return lines
+
+
 def report_text(claims: pd.DataFrame, st: dict, profile: str, out: Path, metas: dict | None = None) -> str:
     """REPORT.md: scale, every claim with its measurement, verdict and rule, the figures and the
     tables drawn into ``out``, and where the time goes (``metas``: each study's ``meta.json``)."""
@@ -115,6 +132,7 @@ def report_text(claims: pd.DataFrame, st: dict, profile: str, out: Path, metas: 
         lines += [f"### {r['claim']}. {r['paper']}", "", f"- **Measured here:** {r['measured here']}",
                   f"- **Evidence:** {r['evidence']}", f"- **Verdict:** **{r['verdict']}**", f"- _Rule:_ {r['rule']}",
                   ""]
+    lines += beyond_section(out)
     lines += ["## Figures", ""]
     for o in _drawn(out):
         lines += [f"**{o.key}. {o.title}** ([PDF]({o.key}.pdf))", "", f"![{o.key}]({o.key}.png)", ""]

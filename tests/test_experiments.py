@@ -21,6 +21,8 @@ EXPECTED = {
                       ["val_loss", "val_ppl", "params"]),
     "pruning": ({"run_id", "seed", "model", "family", "method", "k", "stage", "loss", "perplexity", "accuracy"},
                 ["loss", "perplexity", "accuracy"]),
+    "mechanism": ({"run_id", "arm", "A", "F", "jacobian_gain", "stream_rms", "pred_counts", "pred_product",
+                   "pred_final_aligned"}, ["A", "F", "jacobian_gain", "stream_rms", "pred_counts", "pred_product"]),
 }
 SUMMARY_COLUMNS = {"test", "estimate", "ci_low", "ci_high", "p", "r2", "n", "n_groups", "method"}
 # studies whose summary has its own layout (one row per schedule / per model and method), and the
@@ -30,6 +32,7 @@ OWN_SUMMARY = {
                       "loss_gap_ci_high"},
     "pruning": {"model", "method", "metric", "pruned", "healed", "pruned_acc", "healed_acc", "tau_seeds",
                 "tau_calibration", "tau_checkpoints", "fwd", "bwd", "seconds"},
+    "mechanism": {"arm", "depth_B", "account", "gains", "mean", "ci_low", "ci_high", "n", "best"},
 }
 MAIN_TABLE = {"cascadeformer": "runs", "pruning": "results"}
 

@@ -2,6 +2,7 @@
 from contextlib import contextmanager
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -149,3 +150,73 @@ def test_gain_monitor_samples_steps():
         G.GainMonitor(model, every=0)
     with pytest.raises(ConfigError, match="probes"):
         G.measure_gains(model, x, y, probes=0)
+
+
+# ---- gains sampled during training (TrainConfig.gain_every) -----------------------------------
+TINY = ["model.n_blocks=3", "model.n_embd=16", "model.n_head=2", "model.d_ff=32", "model.block_size=16",
+        "train.batch_size=8", "train.steps=12", "train.eval_interval=6", "train.eval_batches=2",
+        "train.checkpoint_interval=4", "train.log_interval=3", "train.warmup_steps=2"]
+
+
+def _tiny(*extra: str):
+    from gfa_theory.train.run_config import build_run_config  # noqa: PLC0415
+
+    return build_run_config("gpt", overrides=[*TINY, *extra])
+
+
+def test_gain_every_is_hash_neutral_off_and_refuses_bad_values():
+    from gfa_theory.errors import ConfigError  # noqa: PLC0415
+    from gfa_theory.train.run_config import run_key  # noqa: PLC0415
+
+    assert "gain_every" not in _tiny().to_dict()["train"]
+    assert run_key(_tiny("train.gain_every=null")) == run_key(_tiny())
+    assert run_key(_tiny("train.gain_every=4")) != run_key(_tiny())
+    for bad in ("0", "-1", "true"):
+        with pytest.raises(ConfigError, match="gain_every"):
+            _tiny(f"train.gain_every={bad}")
+
+
+def test_sampled_gains_leave_training_unchanged_and_survive_a_resume(tmp_path):
+    from gfa_theory.train.loop import GAINS_FILE, Trainer, train  # noqa: PLC0415
+    from gfa_theory.train.run_config import resolve  # noqa: PLC0415
+
+    plain = train(_tiny(), tmp_path, progress=False)
+    on = train(_tiny("train.gain_every=4"), tmp_path, progress=False)
+    pd.testing.assert_frame_equal(plain.metrics, on.metrics)  # measuring does not change what is trained
+    g = pd.read_csv(on.run_dir / GAINS_FILE)
+    assert sorted(g["step"].unique()) == [0, 4, 8] and set(g["quantity"]) == set(G.QUANTITIES)
+    assert len(g[g["step"] == 4]) == 6 * len(G.QUANTITIES)  # 3 blocks = 6 branches
+    assert (g[g["quantity"] == "jacobian_gain"]["value"] > 0).all()
+    (on.run_dir / GAINS_FILE).unlink()  # a run with gain_every is not complete without its gains
+    from gfa_theory.errors import RunStoreError  # noqa: PLC0415
+
+    with pytest.raises(RunStoreError, match="gains.csv"):
+        train(_tiny("train.gain_every=4"), tmp_path, progress=False)
+    # exact resume: the sampled rows travel in the checkpoint
+    cfg, data = resolve(_tiny("train.gain_every=4"))
+    whole = Trainer(cfg, data)
+    for _ in range(12):
+        whole.train_step()
+    first = Trainer(cfg, data)
+    for _ in range(6):
+        first.train_step()
+    second = Trainer(cfg, data)
+    second.load_state_dict(first.state_dict())
+    for _ in range(6):
+        second.train_step()
+    pd.testing.assert_frame_equal(whole.gains.to_frame().astype({"step": "int64"}),
+                                  second.gains.to_frame().astype({"step": "int64"}))
+
+
+def test_bench_gains_reports_ratios_beside_an_aa_control(capsys):
+    import json  # noqa: PLC0415
+
+    from gfa_theory.cli import main as gfa  # noqa: PLC0415
+
+    small = ["--every", "3", "--repeats", "2", "--warmup", "1", "--set", "train.device=cpu", "model.n_blocks=2",
+             "model.n_embd=16", "model.n_head=2", "model.d_ff=32", "model.block_size=16", "train.batch_size=4"]
+    assert gfa(["bench", "gains", "--format", "json", *small]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["overhead_ratio"] > 0 and r["aa_ratio"] > 0 and r["aa_ratio_min"] <= r["aa_ratio"] <= r["aa_ratio_max"]
+    assert r["gain_every"] == 3 and r["repeats"] == 2 and r["sample_s"] > 0 and r["probes"] >= 1
+    assert gfa(["bench", "gains", "--every", "0"]) == 2

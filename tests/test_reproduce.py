@@ -43,6 +43,7 @@ def test_reproduce_smoke_writes_every_stamped_output(smoke_root, tmp_path):
         assert f"### {claim}." in report
     assert "Verdict" in report and "profile smoke" in report
     assert "## Where the time goes" in report and "| total" in report
+    assert "## Beyond the paper" in report and "### H1." in report
     # warm cache: a second build only redraws (no study reruns), and --only limits the outputs
     res = subprocess.run(cmd + ["--only", "F1,T5"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -51,7 +52,7 @@ def test_reproduce_smoke_writes_every_stamped_output(smoke_root, tmp_path):
 
 
 def test_outputs_and_claims_are_static_lists():
-    assert list(OUTPUTS) == [f"F{i}" for i in range(1, 9)] + [f"T{i}" for i in range(1, 7)]
+    assert list(OUTPUTS) == [f"F{i}" for i in range(1, 9)] + [f"T{i}" for i in range(1, 7)] + ["F9", "F10", "F11", "B1"]
     assert all(o.kind == ("figure" if k.startswith("F") else "table") and callable(o.build)
                for k, o in OUTPUTS.items())
     assert OUTPUTS["F8"].build is efficiency.f8 and set(OUTPUTS["F8"].studies) == {"cascadeformer", "pruning"}

@@ -1,4 +1,4 @@
-"""``gfa bench <name>``: timing benchmarks (``tracker``: :mod:`gfa_theory.train.benchmark`;
+"""``gfa bench <name>``: timing benchmarks (``tracker``, ``gains``: :mod:`gfa_theory.train.benchmark`;
 ``taper``: :mod:`gfa_theory.methods.taper_timing`).
 
 The help texts are plain sentences (:data:`DESCRIPTION`), not this docstring's markup.
@@ -70,6 +70,24 @@ def _tracker_run(args: argparse.Namespace) -> dict:
     return tracker_overhead(cfg, repeats=args.repeats, block=args.steps, warmup=args.warmup)
 
 
+def _gains_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--every", type=_int_in(1, 100_000), default=50,
+                   help="train.gain_every of the timed run: steps per gain sample (one sample per timed period)")
+    p.add_argument("--repeats", type=_repeats, default=6, help="interleaved timing repeats of one sampling period each")
+    p.add_argument("--warmup", type=_warmup, default=3, help="untimed steps per variant first")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
+                   help="override the default GPT run config (e.g. model.n_blocks=8; default device: auto)")
+
+
+def _gains_run(args: argparse.Namespace) -> dict:
+    from gfa_theory.train.benchmark import gain_overhead  # noqa: PLC0415  (start-up)
+    from gfa_theory.train.run_config import build_run_config  # noqa: PLC0415  (start-up)
+
+    cfg = build_run_config("gpt", overrides=["train.device=auto", *args.overrides])  # CUDA when present
+    check_training_memory(cfg)
+    return gain_overhead(cfg, every=args.every, repeats=args.repeats, warmup=args.warmup)
+
+
 def _taper_arguments(p: argparse.ArgumentParser) -> None:
     from gfa_theory.methods.taper import SCHEDULES  # noqa: PLC0415  (start-up)
 
@@ -99,13 +117,16 @@ def _taper_run(args: argparse.Namespace) -> dict:
 BENCHMARKS: dict[str, Benchmark] = {
     "tracker": Benchmark("training-step time of the default GPT with and without the gradient tracker",
                          _tracker_arguments, _tracker_run),
+    "gains": Benchmark("training-step time of the default GPT with and without gains sampled (train.gain_every), "
+                       "with an A/A control", _gains_arguments, _gains_run),
     "taper": Benchmark("latency and throughput of the default CascadeFormer (tapered) vs uniform Transformer",
                        _taper_arguments, _taper_run),
 }
 
 
 DESCRIPTION = ("Timing benchmarks, measured in interleaved blocks: tracker (training-step time with and "
-               "without the gradient tracker) and taper (latency and throughput of a tapered vs a "
+               "without the gradient tracker), gains (with and without branch gains sampled during training, "
+               "beside an A/A control) and taper (latency and throughput of a tapered vs a "
                "uniform Transformer).")
 
 

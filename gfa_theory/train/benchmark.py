@@ -1,4 +1,5 @@
-"""The timing method of ``gfa bench`` (:func:`interleaved_times`) and the tracker-overhead benchmark.
+"""The timing method of ``gfa bench`` (:func:`interleaved_times`) and the tracker- and gain-monitor-overhead
+benchmarks (:func:`tracker_overhead`, :func:`gain_overhead`).
 
 Method shared by every benchmark (``gfa bench tracker`` here, ``gfa bench taper`` in
 :mod:`gfa_theory.methods.taper_timing`): the variants are built in one process, warmed up, then
@@ -99,6 +100,59 @@ def _overhead_summary(t_plain: list[float], t_tracked: list[float], t_norms: flo
         "warmup_steps": warmup,
         "units": len(tracker.units),
         "stream_hooks": tracker.stream,
+        "model": cfg.model_name,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def gain_overhead(cfg: RunConfig | None = None, every: int = 50, repeats: int = 6, warmup: int = 3) -> dict:
+    """Training-step time of ``cfg`` with ``train.gain_every = every`` against the same run without
+    it, and a second copy of the plain run (the A/A control: what a ratio of identical variants
+    reads on this machine). Each repeat times one sampling period (``every`` steps, one sample) of
+    every variant, interleaved, the order alternating; ``overhead_ratio`` is the median over
+    repeats of (with gains / plain), ``aa_ratio`` the same for the two plain copies, with the
+    min-max spread of each; ``sample_s`` times one gain measurement alone."""
+    if repeats < 1 or every < 1 or warmup < 0:
+        raise ValueError("repeats and every must be >= 1, warmup >= 0")
+    cfg = cfg or default_run_config("gpt")
+    cfg, data = resolve(cfg)
+    total = warmup + repeats * every + 1
+    base = dataclasses.replace(cfg.train, steps=max(cfg.train.steps, total), gain_every=None)
+    plain_cfg = dataclasses.replace(cfg, train=base)
+    gains_cfg = dataclasses.replace(cfg, train=dataclasses.replace(base, gain_every=every))
+    plain, twin, gains = Trainer(plain_cfg, data), Trainer(plain_cfg, data), Trainer(gains_cfg, data)
+    for tr in (plain, twin, gains):  # the same steps: sampling falls at the start of each timed period
+        for _ in range(warmup):
+            tr.train_step()
+        while tr.step % every:
+            tr.train_step()
+    device = gains.device
+    t_plain, t_twin, t_gains = interleaved_times([plain.train_step, twin.train_step, gains.train_step],
+                                                 repeats, every, device)
+    x, y = gains.sampler.next()
+    _sync(device)
+    t0 = time.perf_counter()
+    gains.gains.maybe(0, x.to(device), y.to(device))
+    _sync(device)
+    sample_s = time.perf_counter() - t0
+    ratios = [g / p for p, g in zip(t_plain, t_gains)]
+    aa = [b / a for a, b in zip(t_plain, t_twin)]
+    median_plain = statistics.median(t_plain)
+    return {
+        "overhead_ratio": statistics.median(ratios),
+        "overhead_ratio_min": min(ratios), "overhead_ratio_max": max(ratios),
+        "aa_ratio": statistics.median(aa), "aa_ratio_min": min(aa), "aa_ratio_max": max(aa),
+        "ratio_of_minimums": min(t_gains) / min(t_plain),
+        "step_s_without": median_plain,
+        "step_s_with": statistics.median(t_gains),
+        "sample_s": sample_s,
+        "sample_in_steps": sample_s / median_plain,
+        "expected_overhead": 1 + sample_s / median_plain / every,
+        "gain_every": every,
+        "probes": gains.gains.probes,
+        "repeats": repeats,
+        "warmup_steps": warmup,
         "model": cfg.model_name,
         "device": str(device),
         "threads": torch.get_num_threads(),

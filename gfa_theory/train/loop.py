@@ -49,6 +49,7 @@ from gfa_theory.config import to_dict
 from gfa_theory.devices import check_device
 from gfa_theory.errors import GFAError, RunStoreError, TrainingError
 from gfa_theory.instrument.evaluation import evaluate
+from gfa_theory.instrument.gains import GainMonitor
 from gfa_theory.instrument.tracking import (
     GradientTracker,
     UnitNorms,
@@ -154,6 +155,38 @@ def _device(tc: TrainConfig, world: World) -> torch.device:
     return dev
 
 
+# ---- branch gains sampled during training (TrainConfig.gain_every) ---------------------------
+
+GAINS_FILE = "gains.csv"  # the sampled gains of a run with gain_every (gfa_theory.instrument.gains)
+GAIN_PROBES = 2  # Gaussian VJP probes per branch Jacobian gain (fixed: gains.csv of a config is one table)
+
+
+def _gain_monitor(model: nn.Module, tc: TrainConfig, world: "World") -> GainMonitor | None:
+    """The gain sampler of a run with ``gain_every`` (rank 0 only: it measures its own batch slice)."""
+    if not tc.gain_every or not world.main:
+        return None
+    return GainMonitor(model, tc.gain_every, GAIN_PROBES, seed=tc.seed)
+
+
+def _sample_gains(monitor: GainMonitor, model: nn.Module, step: int, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Gains at ``step`` updates on the batch about to be trained on, in eval mode: no dropout draw
+    from the global RNG and no BatchNorm running-statistics update, so training is unchanged (the
+    probes have their own generator and ``.grad`` is untouched)."""
+    if not monitor.due(step):
+        return
+    model.eval()
+    try:
+        monitor.maybe(step, x, y)
+    finally:
+        model.train()
+
+
+def _gain_rows(monitor: GainMonitor) -> dict[str, list]:
+    """The sampled rows as plain columns (a checkpoint holds them: a resumed run writes the same table)."""
+    df = monitor.to_frame()
+    return {c: [None if pd.isna(v) else v for v in df[c].tolist()] for c in df.columns}
+
+
 # ---- the trainer -------------------------------------------------------------------------------
 
 class Trainer:
@@ -187,6 +220,7 @@ class Trainer:
             self.tracker = GradientTracker(self.raw_model, kind=tc.track, stream=tc.track_stream,
                                            series_every=tc.series_every, max_steps=tc.steps,
                                            accumulate=bool(tc.accumulate), track_updates=bool(tc.track_updates))
+        self.gains = _gain_monitor(self.raw_model, tc, self.world)
         self.block_norms = UnitNorms(self.raw_model.units("block")) if tc.intervention != "none" else None
         self.hooks = list(on_after_backward)
         self.params = [p for p in self.raw_model.parameters() if p.requires_grad]
@@ -202,6 +236,8 @@ class Trainer:
     def train_step(self) -> None:
         x, y = self.sampler.next()
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if self.gains is not None:
+            _sample_gains(self.gains, self.raw_model, self.step, x, y)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         _, loss = self.model(x, y)
@@ -283,7 +319,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "sampler": self.sampler.state_dict(), "rng": rngs,
                 "tracker": None if self.tracker is None else self.tracker.state_dict(),
-                "loss_sum": self._loss_sum.cpu(), "loss_n": self._loss_n, "bad": self._bad.cpu()}
+                "loss_sum": self._loss_sum.cpu(), "loss_n": self._loss_n, "bad": self._bad.cpu(),
+                **({} if self.gains is None else {"gains": _gain_rows(self.gains)})}
 
     def load_state_dict(self, state: dict) -> None:
         self.raw_model.load_state_dict(state["model"])
@@ -292,6 +329,8 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         if self.tracker is not None:
             self.tracker.load_state_dict(state["tracker"])
+        if self.gains is not None:
+            self.gains.frames = [pd.DataFrame(state["gains"])] if state["gains"]["step"] else []
         rngs = state["rng"]
         if len(rngs) != self.world.size:
             raise TrainingError(f"checkpoint was written by {len(rngs)} processes, "
@@ -440,7 +479,8 @@ def _checkpoint_steps(tc: TrainConfig) -> list[int]:
 def _missing_artifacts(rdir: Path, tc: TrainConfig) -> list[str]:
     """The files a finished run must hold (what the studies read) that ``rdir`` lacks."""
     names = [CONFIG_FILE, METRICS_FILE, GRADIENTS_FILE, CHECKPOINT_FILE,
-             *(f"{SNAPSHOT_DIR}/step-{s}.pt" for s in _checkpoint_steps(tc))]
+             *(f"{SNAPSHOT_DIR}/step-{s}.pt" for s in _checkpoint_steps(tc)),
+             *([GAINS_FILE] if tc.gain_every else [])]
     return [n for n in names if not (rdir / n).is_file()]
 
 
@@ -679,6 +719,8 @@ class _RunWriter:
             grads.insert(0, "run_id", key)
             write_csv_atomic(rdir / GRADIENTS_FILE, grads)
             fault_point("gradients")
+            if self.trainer.gains is not None:
+                write_csv_atomic(rdir / GAINS_FILE, self.trainer.gains.to_frame().assign(run_id=key, seed=tc.seed))
             missing = _missing_artifacts(rdir, tc)
             if missing:  # never mark a run complete that the studies cannot read
                 raise TrainingError(f"run {key} in {rdir}: {', '.join(missing)} missing after training; "

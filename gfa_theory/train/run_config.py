@@ -54,7 +54,8 @@ class TrainConfig:
     Intervals count optimizer steps; 0 means "only at the end". ``track``: which units the
     gradient tracker records ("none" disables it). ``series_points``: length of the
     downsampled per-step gradient series. ``accumulate`` / ``track_updates``: the tracker's opt-in
-    totals (``G_norm``, ``noise_floor`` / ``U``, ``displacement``). ``intervention`` (the equalization
+    totals (``G_norm``, ``noise_floor`` / ``U``, ``displacement``). ``gain_every``: sample branch gains every so
+    many steps into gains.csv (:mod:`gfa_theory.instrument.gains`). ``intervention`` (the equalization
     study; :data:`INTERVENTIONS`): "equalize" rescales each block's gradient to the mean block norm
     before every update; "global_rescale", its control, multiplies every block's gradient by one
     common factor that changes their joint norm exactly as "equalize" would; "equalize_update"
@@ -88,6 +89,10 @@ class TrainConfig:
     # left out of the config, so runs without them keep their hashes.
     accumulate: bool | None = field(default=None, metadata={"omit_if_none": True})
     track_updates: bool | None = field(default=None, metadata={"omit_if_none": True})
+    # Branch gains sampled during training (gfa_theory.instrument.gains): every ``gain_every`` steps
+    # the loop measures them on the step's batch into gains.csv. None (off) is left out of the
+    # config, so runs without it keep their hashes.
+    gain_every: int | None = field(default=None, metadata={"omit_if_none": True})
 
     def __post_init__(self) -> None:
         def check(name: str, ok: bool, what: str) -> None:
@@ -108,6 +113,9 @@ class TrainConfig:
         check("log_interval", 1 <= self.log_interval <= MAX_STEPS, f"in 1..{MAX_STEPS:.0e}")
         # more points than steps keeps every step (the series cannot be longer than the run)
         check("series_points", 1 <= self.series_points <= MAX_POINTS, f"in 1..{MAX_POINTS:.0e}")
+        if self.gain_every is not None:
+            check("gain_every", not isinstance(self.gain_every, bool) and 1 <= self.gain_every <= MAX_STEPS,
+                  f"None (off) or in 1..{MAX_STEPS:.0e}")
         check_seed("train.seed", self.seed)
         parse_device(self.device, "train.device")
         for name in ("accumulate", "track_updates"):
