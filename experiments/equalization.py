@@ -256,8 +256,8 @@ def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
     kept = [(d, c, r) for (d, c), r in zip(runs, results) if r is not None]
     for d, c, _ in kept:  # the runs that the comparisons use: AdamW, and SGD at its arm's tuned lr
         d["tuned"] = d["optimizer"] == "adamw" or tuned[f"sgd/{d['intervention']}"] == d["lr"]
-    with run_threads():  # tiny models: one thread is faster than contended ones
-        units = ablation_units([(d, c) for d, c, _ in kept], [r for *_, r in kept], p.importance)
+    scored = [(d, c, r) for d, c, r in kept if d["tuned"]]  # an untuned lr's run only served the tuning
+    units = ablation_units([(d, c) for d, c, _ in scored], [r for *_, r in scored], p.importance, ctx)
     measures = run_measures(units)
     summary = summarize(measures, tuned)
     diverged = [run_key(c) for (_, c), r in zip(runs, results) if r is None]

@@ -21,8 +21,8 @@ If alignment is the mechanism, the exponent of ``A`` on ``F`` falls as the gradi
 **Method.** Train the norm-placement arms of :data:`ARMS` (each a ``GPTConfig.norm``; Pre-LN at
 every depth of the plan, the others at the middle depth), two Pre-LN settings that move the
 gradient rank (:data:`SETTINGS`: a 4x smaller batch, a 3x larger learning rate), every run with
-``accumulate``, ``track_updates`` and ``gain_every``
-(:class:`MechanismPlan`): the training loop samples, per branch, the stream RMS at its input,
+``accumulate``, ``track_updates`` and ``gain_every`` on, as every study Transformer is
+(:func:`experiments.plans.gpt_run`; the Pre-LN runs are the fan-in study's own): the training loop samples, per branch, the stream RMS at its input,
 the branch output RMS, the probe Jacobian gain ``g_i`` and the alignment of its contribution with
 the identity path (:mod:`gfa_theory.instrument.gains`) every ``gain_every`` steps into the run's
 ``gains.csv``. Predict each run's branch profile of ``A`` with no fitting on that run: (a)
@@ -124,10 +124,10 @@ PROXIES = ("A", "G_norm", "A_signal", "U", "displacement")  # A_signal = A - noi
 
 @dataclass(frozen=True)
 class MechanismPlan:
-    """The study's own sizes: gain sampling interval, final-model gain batches and probes, the
-    rank window (held-out minibatch gradients at the final weights), and the rank-moving settings."""
+    """The study's own sizes: final-model gain batches and probes, the rank window (held-out
+    minibatch gradients at the final weights), and the rank-moving settings. The gain sampling
+    interval during training is the plan's ``train.gain_every`` (every study Transformer samples)."""
 
-    gain_every: int
     gain_batches: int
     gain_probes: int
     rank_window: int
@@ -135,11 +135,11 @@ class MechanismPlan:
     high_lr: float
 
 
-PLANS = {"smoke": MechanismPlan(gain_every=4, gain_batches=1, gain_probes=2, rank_window=3, small_batch=2,
+PLANS = {"smoke": MechanismPlan(gain_batches=1, gain_probes=2, rank_window=3, small_batch=2,
                                 high_lr=1e-2),
-         "default": MechanismPlan(gain_every=50, gain_batches=2, gain_probes=2, rank_window=16, small_batch=4,
+         "default": MechanismPlan(gain_batches=2, gain_probes=2, rank_window=16, small_batch=4,
                                   high_lr=1e-2),
-         "full": MechanismPlan(gain_every=250, gain_batches=4, gain_probes=2, rank_window=32, small_batch=16,
+         "full": MechanismPlan(gain_batches=4, gain_probes=2, rank_window=32, small_batch=16,
                                high_lr=3e-3)}
 
 # arm -> GPTConfig.norm (None: today's Pre-LN). DeepNorm's alpha is set from the depth.
@@ -163,9 +163,9 @@ def _norm(arm: str, n_blocks: int) -> dict | None:
 
 
 def _instrumented(cfg, mp: MechanismPlan, **train_kw):
-    """The run with the study's recordings on (and any training change in ``train_kw``)."""
-    return dataclasses.replace(cfg, train=dataclasses.replace(
-        cfg.train, accumulate=True, track_updates=True, gain_every=mp.gain_every, **train_kw))
+    """The run with any training change in ``train_kw`` (the recordings the study reads, opt-in
+    totals and sampled gains, are on in every study Transformer: :func:`experiments.plans.gpt_run`)."""
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **train_kw)) if train_kw else cfg
 
 
 def configs(profile: str) -> list[tuple[dict, object]]:

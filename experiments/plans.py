@@ -53,6 +53,7 @@ class TrainSize:
     eval_batches: int
     series_points: int
     warmup_steps: int
+    gain_every: int  # branch gains sampled every so many steps (train.gain_every) in every Transformer run
     device: str = "cpu"
 
 
@@ -207,7 +208,7 @@ _PLANS: dict[str, StudyPlan] = {
         profile="smoke",
         model=ModelSize(n_embd=16, n_head=2, d_ff=32, block_size=16),
         train=TrainSize(steps=8, batch_size=4, lr=3e-3, sgd_lr=0.1, eval_interval=0, checkpoint_interval=0,
-                        eval_batches=1, series_points=4, warmup_steps=2),
+                        eval_batches=1, series_points=4, warmup_steps=2, gain_every=4),
         resnet=ResNetSize(widths=(4, 8, 16), steps=6, batch_size=16),
         depths=(2, 3), resnet_depths=((1, 1), (2, 2)), seeds=(0, 1),
         importance=ImportancePlan(batches=1, batch_size=4),
@@ -224,7 +225,7 @@ _PLANS: dict[str, StudyPlan] = {
         profile="default",
         model=ModelSize(n_embd=64, n_head=4, d_ff=256, block_size=64),
         train=TrainSize(steps=400, batch_size=16, lr=3e-3, sgd_lr=0.3, eval_interval=100, checkpoint_interval=100,
-                        eval_batches=4, series_points=40, warmup_steps=20),
+                        eval_batches=4, series_points=40, warmup_steps=20, gain_every=50),
         resnet=ResNetSize(widths=(16, 32, 64), steps=300, batch_size=64),
         depths=(4, 8, 12), resnet_depths=((1, 1, 1), (2, 2, 2), (3, 3, 3)), seeds=(0, 1, 2),
         importance=ImportancePlan(batches=8, batch_size=32),
@@ -241,7 +242,8 @@ _PLANS: dict[str, StudyPlan] = {
         profile="full",
         model=ModelSize(n_embd=256, n_head=8, d_ff=1024, block_size=128),
         train=TrainSize(steps=5000, batch_size=64, lr=1e-3, sgd_lr=0.3, eval_interval=500, checkpoint_interval=500,
-                        eval_batches=20, series_points=100, warmup_steps=200, device="auto"),
+                        eval_batches=20, series_points=100, warmup_steps=200, gain_every=250,
+                        device="auto"),
         resnet=ResNetSize(widths=(32, 64, 128), steps=3000, batch_size=128),
         depths=(6, 12, 24), resnet_depths=((2, 2, 2), (4, 4, 4), (6, 6, 6)), seeds=(0, 1, 2, 3, 4),
         importance=ImportancePlan(batches=32, batch_size=64),
@@ -281,7 +283,11 @@ def gpt_run(p: StudyPlan, *, n_blocks: int, seed: int, supervision: Any = "final
                 "lr": lr if lr is not None else (t.lr if optimizer == "adamw" else t.sgd_lr),
                 "seed": seed, "intervention": intervention, "eval_interval": t.eval_interval,
                 "checkpoint_interval": t.checkpoint_interval, "eval_batches": t.eval_batches,
-                "warmup_steps": t.warmup_steps, "series_points": t.series_points, "device": t.device}
+                "warmup_steps": t.warmup_steps, "series_points": t.series_points, "device": t.device,
+                # every recording the studies read (they leave training bit-identical): the opt-in totals
+                # (G_norm, noise_floor, U, displacement) and sampled branch gains, so that one run serves
+                # the fan-in, equalization, mechanism and pruning studies alike
+                "accumulate": True, "track_updates": True, "gain_every": t.gain_every}
     if optimizer == "sgd":
         train_kw["weight_decay"] = 0.0
     return RunConfig.from_dict({"model_name": "gpt", "model": model, "train": train_kw})

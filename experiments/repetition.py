@@ -270,7 +270,7 @@ def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
     """Train (or read back) the runs; score every block, every application and the last m
     applications jointly; count fan-in; compare the arms; write."""
     ctx, started, p, runs, results = start(NAME, configs, profile, ctx)
-    units = ablation_units(runs, results, p.importance)
+    units = ablation_units(runs, results, p.importance, ctx)
     units["arm"] = units["variant"].map(arm)
     groups = last_group(units)
     apps, joint = application_tables(runs, results, p.importance, max(p.repetition.repeats), units)

@@ -71,3 +71,13 @@ def test_run_measures():
     assert m.cv_U == 0.0 and m.late_share_U == 0.5  # equal update norms: CV 0, half of U late
     m = eq.run_measures(_units([1.0, 0.3, 0.1, 0.2], [3.0, 1.0, 1.0, 3.0])).iloc[0]
     assert m.cv_U == pytest.approx(1.0 / 2.0) and m.cv_displacement == pytest.approx(0.5)
+
+
+def test_adamw_baseline_is_the_fan_in_studys_run():
+    """The AdamW control arm is study 1's run of the same depth and seed (trained once, read by
+    both): its recordings (U, displacement) are on in every study Transformer."""
+    from experiments import fanin_vs_gradients
+    study1 = {c.hash() for d, c in fanin_vs_gradients.configs("smoke") if d["supervision"] == "final"}
+    base = [c for d, c in eq.configs("smoke") if d["optimizer"] == "adamw" and d["intervention"] == "none"]
+    assert base and {c.hash() for c in base} <= study1
+    assert all(c.train.track_updates for _, c in eq.configs("smoke"))
