@@ -233,7 +233,7 @@ _PLANS: dict[str, StudyPlan] = {
         repetition=RepetitionPlan(base=4, repeats=(2, 3), controls=(1, 2)),
         cascade=CascadePlan(
             depth=8, steps=300, quantum=32, eval_batches=16, eval_batch_size=32, primary=TaperSpec("fanin", 0.5),
-            budget="params", exploratory=("linear", "inverse", "measured"), sweep_factor=4, sweep_seeds=(0,),
+            budget="params", exploratory=("linear", "inverse", "measured"), sweep_factor=3, sweep_seeds=(0,),
             timing=TimingPlan(batch=64, repeats=25, warmup=5, latency_calls=10, throughput_calls=2, threads=1,
                               train_batch=16, train_calls=1)),
         prune=PrunePlan(depths=(8,), resnet_depths=((3, 3, 3),), calib_batches=4, calib_subsets=3, random_draws=3,
