@@ -20,8 +20,9 @@ capacity the rival explains the result by; FLOPs per token follow within ~1 %, b
 every other arm is matched to it with :func:`gfa_theory.methods.taper.match` (the nearest rounded
 plan: whole heads and FFN multiples of ``cascade.quantum``; each arm's achieved ratio is in the
 table). Arms: the full uniform model (the reference), the **narrow uniform** model (the same depth,
-every block uniformly smaller: the control), the primary, and exploratory schedules —
-``linear``, ``inverse`` (widening with depth, OpenELM / DeLighT's layer-wise scaling: the opposite
+every block uniformly smaller: the control), the primary, and exploratory schedules (the
+plan's ``exploratory``; ``linear`` only in ``smoke`` and ``full``, cut from ``default`` for its
+30-minute budget) — ``linear``, ``inverse`` (widening with depth, OpenELM / DeLighT's layer-wise scaling: the opposite
 of the fan-in prediction) and ``measured`` (data-driven: ``s_b = max(r, (A_b/A_1)^alpha)`` from the
 accumulated training gradient ``A`` of each block of the full uniform run of the same seed and
 length, trained first; ``gfa taper --from-run RUN_DIR`` gives the same schedule for any finished

@@ -20,7 +20,8 @@ If alignment is the mechanism, the exponent of ``A`` on ``F`` falls as the gradi
 
 **Method.** Train the norm-placement arms of :data:`ARMS` (each a ``GPTConfig.norm``; Pre-LN at
 every depth of the plan, the others at the middle depth), two Pre-LN settings that move the
-gradient rank (:data:`SETTINGS`: a 4x smaller batch, a 3x larger learning rate), every run with
+gradient rank (:data:`SETTINGS`: a 4x smaller batch; a 3x larger learning rate where the plan has
+one: ``smoke`` and ``full``, cut from ``default`` for its 30-minute budget), every run with
 ``accumulate``, ``track_updates`` and ``gain_every`` on, as every study Transformer is
 (:func:`experiments.plans.gpt_run`; the Pre-LN runs are the fan-in study's own): the training loop samples, per branch, the stream RMS at its input,
 the branch output RMS, the probe Jacobian gain ``g_i`` and the alignment of its contribution with
@@ -132,13 +133,13 @@ class MechanismPlan:
     gain_probes: int
     rank_window: int
     small_batch: int
-    high_lr: float
+    high_lr: float | None  # None: no larger-learning-rate setting (the default profile's budget)
 
 
 PLANS = {"smoke": MechanismPlan(gain_batches=1, gain_probes=2, rank_window=3, small_batch=2,
                                 high_lr=1e-2),
          "default": MechanismPlan(gain_batches=2, gain_probes=2, rank_window=16, small_batch=4,
-                                  high_lr=1e-2),
+                                  high_lr=None),
          "full": MechanismPlan(gain_batches=4, gain_probes=2, rank_window=32, small_batch=16,
                                high_lr=3e-3)}
 
@@ -183,6 +184,8 @@ def configs(profile: str) -> list[tuple[dict, object]]:
                 out.append(({"family": "transformer", "arm": arm, "depth_B": B},
                             _instrumented(gpt_run(p, n_blocks=B, seed=seed, **kw), mp)))
     for arm, kw in zip(SETTINGS, ({"batch_size": mp.small_batch}, {"lr": mp.high_lr})):
+        if None in kw.values():
+            continue
         for seed in p.seeds:
             out.append(({"family": "transformer", "arm": arm, "depth_B": mid},
                         _instrumented(gpt_run(p, n_blocks=mid, seed=seed), mp, **kw)))

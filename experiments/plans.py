@@ -225,7 +225,7 @@ _PLANS: dict[str, StudyPlan] = {
         profile="default",
         model=ModelSize(n_embd=64, n_head=4, d_ff=256, block_size=64),
         train=TrainSize(steps=400, batch_size=16, lr=3e-3, sgd_lr=0.3, eval_interval=100, checkpoint_interval=100,
-                        eval_batches=4, series_points=40, warmup_steps=20, gain_every=50),
+                        eval_batches=4, series_points=40, warmup_steps=20, gain_every=100),
         resnet=ResNetSize(widths=(16, 32, 64), steps=300, batch_size=64),
         depths=(4, 8, 12), resnet_depths=((1, 1, 1), (2, 2, 2), (3, 3, 3)), seeds=(0, 1, 2),
         importance=ImportancePlan(batches=8, batch_size=32),
@@ -233,7 +233,7 @@ _PLANS: dict[str, StudyPlan] = {
         repetition=RepetitionPlan(base=4, repeats=(2, 3), controls=(1, 2)),
         cascade=CascadePlan(
             depth=8, steps=300, quantum=32, eval_batches=16, eval_batch_size=32, primary=TaperSpec("fanin", 0.5),
-            budget="params", exploratory=("linear", "inverse", "measured"), sweep_factor=3, sweep_seeds=(0,),
+            budget="params", exploratory=("inverse", "measured"), sweep_factor=3, sweep_seeds=(0,),
             timing=TimingPlan(batch=64, repeats=25, warmup=5, latency_calls=10, throughput_calls=2, threads=1,
                               train_batch=16, train_calls=1)),
         prune=PrunePlan(depths=(8,), resnet_depths=((3, 3, 3),), calib_batches=4, calib_subsets=3, random_draws=3,
