@@ -149,3 +149,7 @@ def test_p_values_print_with_a_floor_and_no_spread_prints_as_such():
     assert stats.format_interval(1.0, 1.0, 1.0, n=9) == "all 9 runs: 1.000"
     assert stats.format_interval(0.0, 0.0, 0.0, "+.2f", n=3, unit="seed pairs") == "all 3 seed pairs: +0.00"
     assert stats.format_interval(0.5, 0.4, 0.6) == "0.500 [0.400, 0.600]"
+    # ends that print the same: no interval is shown, and the text says the spread is below precision
+    assert stats.format_interval(1e-9, -1e-9, 3e-9, n=3, unit="seeds") == \
+        "all 3 seeds: 0.000 (spread below the printed precision)"
+    assert stats.format_interval(0.5, 0.49999, 0.50001) == "0.500 (spread below the printed precision)"

@@ -191,18 +191,31 @@ def paired_difference(a: Iterable[float], b: Iterable[float], test: str = "paire
     return _row(test, mean, (lo, hi), p, len(d), n_groups=len(d), method="paired t")
 
 
+def _prints_same(a: float, b: float, fmt: str) -> bool:
+    """Whether ``a`` and ``b`` print as the same number in ``fmt`` (-0.000 and 0.000 do)."""
+    sa, sb = f"{a:{fmt}}", f"{b:{fmt}}"
+    try:
+        return float(sa) == float(sb)
+    except ValueError:  # a format with a unit (%): compare the text
+        return sa == sb
+
+
 def format_interval(m: float, lo: float, hi: float, fmt: str = ".3f", missing: str = "n/a",
                     no_interval: str = "", n: int | None = None, unit: str = "runs") -> str:
     """``m [lo, hi]`` for reports; ``missing`` when ``m`` is not finite, ``m`` followed by
     ``no_interval`` when the interval is undefined, and ``all n units: m`` (or ``m (no spread)``
     without ``n``) when the interval has zero width: a statistic with no spread is not an
-    interval. The one place intervals are formatted."""
+    interval. An interval whose ends print the same (a spread below the printed precision) is
+    printed the same way, marked so. The one place intervals are formatted."""
     if not np.isfinite(m):
         return missing
     if not (np.isfinite(lo) and np.isfinite(hi)):
         return f"{m:{fmt}}{no_interval}"
-    if lo == hi:
-        return f"all {n} {unit}: {m:{fmt}}" if n is not None else f"{m:{fmt}} (no spread)"
+    if lo == hi or _prints_same(lo, hi, fmt):
+        why = "no spread" if lo == hi else "spread below the printed precision"
+        if n is None:
+            return f"{m:{fmt}} ({why})"
+        return f"all {n} {unit}: {m:{fmt}}" + ("" if lo == hi else f" ({why})")
     return f"{m:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
 
 
