@@ -61,13 +61,11 @@ import time
 import numpy as np
 import pandas as pd
 
-from gfa_theory.errors import TrainingError
-from gfa_theory.train.loop import RunResult, train
+from gfa_theory.train.loop import RunResult
 from gfa_theory.train.run_config import RunConfig, run_key
-from gfa_theory.train.store import is_complete
 
 from .plans import StudyPlan, gpt_run, plan
-from .runner import Context, map_in_workers, run_threads
+from .runner import Context, run_many
 from .study_io import finish
 from .summary import SUMMARY_COLUMNS, mean_row, paired_row
 from .units import ablation_units
@@ -136,34 +134,10 @@ def configs(profile: str, tuned: dict[str, float] | None = None) -> list[tuple[d
 
 # ---- training that survives a diverged run -------------------------------------------------------
 
-def _train_or_diverge(cfg_dict: dict, root: str, resume: bool) -> str | None:
-    """Train one run (a worker task); None when its loss went non-finite (it keeps its last good
-    checkpoint, so a rerun diverges again at the same step, deterministically)."""
-    try:
-        return str(train(RunConfig.from_dict(cfg_dict), root, resume=resume, progress=False).run_dir)
-    except TrainingError:
-        return None
-
-
 def train_runs(cfgs: list[RunConfig], ctx: Context, desc: str) -> list[RunResult | None]:
-    """Like :func:`experiments.runner.run_many`, but a diverged run (a high learning rate, no
+    """The runs through the studies' run cache; a diverged run (a high learning rate, no
     clipping) is None instead of stopping the study: tuning counts it as +inf."""
-    keys = [run_key(c) for c in cfgs]
-    todo = {}
-    for k, c in zip(keys, cfgs):
-        if ((ctx.force and k not in ctx.retrained) or not is_complete(ctx.root / k)) and k not in todo:
-            todo[k] = c
-    if todo:
-        tasks = [(c.to_dict(), str(ctx.root), not (ctx.force and k not in ctx.retrained)) for k, c in todo.items()]
-        map_in_workers(_train_or_diverge, tasks, ctx, desc=f"train {desc}")
-        if ctx.force:
-            ctx.retrained.update(todo)
-    out: list[RunResult | None] = []
-    with run_threads():
-        for k, c in zip(keys, cfgs):
-            out.append(dataclasses.replace(train(c, ctx.root, resume=True, progress=False), trained=k in todo)
-                       if is_complete(ctx.root / k) else None)
-    return out
+    return run_many(cfgs, ctx, desc, diverged_as_none=True)
 
 
 # ---- tuning ------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from typing import NamedTuple, TypeVar
 import torch
 from tqdm.auto import tqdm
 
-from gfa_theory.errors import ConfigError
+from gfa_theory.errors import ConfigError, TrainingError
 from gfa_theory.train.loop import RunResult, train
 from gfa_theory.train.run_config import RunConfig, run_key
 from gfa_theory.train.store import is_complete, results_root
@@ -109,11 +109,23 @@ def _train_run(cfg_dict: dict, root: str, resume: bool) -> str:
     return str(train(cfg, root, resume=resume, progress=False).run_dir)
 
 
-def run_many(cfgs: Sequence[RunConfig], ctx: Context, desc: str = "runs") -> list[RunResult]:
+def _train_or_diverge(cfg_dict: dict, root: str, resume: bool) -> str | None:
+    """:func:`_train_run`, but None when the loss went non-finite (the run keeps its last good
+    checkpoint, so a rerun diverges again at the same step, deterministically)."""
+    try:
+        return _train_run(cfg_dict, root, resume)
+    except TrainingError:
+        return None
+
+
+def run_many(cfgs: Sequence[RunConfig], ctx: Context, desc: str = "runs",
+             diverged_as_none: bool = False) -> list[RunResult | None]:
     """Train (or read back) every config; results in the order given.
 
     Runs missing from the cache, or all of them once per process under ``ctx.force``, are
-    trained in the pool; then every run is read back through the store's checks.
+    trained in the pool; then every run is read back through the store's checks. With
+    ``diverged_as_none`` a run whose loss went non-finite (a learning-rate sweep) is None
+    instead of stopping the study.
     """
     keys = [run_key(c) for c in cfgs]
     todo: dict[str, RunConfig] = {}
@@ -123,12 +135,15 @@ def run_many(cfgs: Sequence[RunConfig], ctx: Context, desc: str = "runs") -> lis
             todo[k] = c
     if todo:
         tasks = [(c.to_dict(), str(ctx.root), not (ctx.force and k not in ctx.retrained)) for k, c in todo.items()]
-        map_in_workers(_train_run, tasks, ctx, desc=f"train {desc}")
+        map_in_workers(_train_or_diverge if diverged_as_none else _train_run, tasks, ctx, desc=f"train {desc}")
         if ctx.force:
             ctx.retrained.update(todo)
     out = []
     with run_threads():  # the thread count the runs were trained with: the reuse check compares it
         for k, c in zip(keys, cfgs):
+            if diverged_as_none and not is_complete(ctx.root / k):
+                out.append(None)
+                continue
             res = train(c, ctx.root, resume=True, progress=False)
             out.append(dataclasses.replace(res, trained=k in todo))
     return out
