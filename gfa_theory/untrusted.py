@@ -26,6 +26,7 @@ from gfa_theory.config import loads_checked
 from gfa_theory.errors import DataError, GFAError
 
 MAX_JSON_BYTES = 64 * 2 ** 20  # a model's config.json or a shard index is kilobytes
+MAX_LOG_BYTES = 2 ** 30  # a tracker log (gradients.csv) or metrics table of a long run is megabytes
 
 _np_core = getattr(np, "_core", None) or np.core
 # what unpickling the numpy RNG tuple of a pre-tensor checkpoint takes: an array rebuilt from
@@ -71,4 +72,4 @@ def load_torch(file: str | os.PathLike, map_location: Any = "cpu") -> Any:
         return torch.load(file, map_location=map_location, weights_only=True)
 
 
-__all__ = ["LEGACY_CHECKPOINT_GLOBALS", "MAX_JSON_BYTES", "load_torch", "read_json", "regular_file"]
+__all__ = ["LEGACY_CHECKPOINT_GLOBALS", "MAX_JSON_BYTES", "MAX_LOG_BYTES", "load_torch", "read_json", "regular_file"]

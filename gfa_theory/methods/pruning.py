@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from gfa_theory.config import to_dict
 from gfa_theory.errors import ConfigError, DataError, GFAError
 from gfa_theory.instrument import importance
-from gfa_theory.instrument.tracking import ACCUMULATED, TOTALS
+from gfa_theory.instrument.tracking import ACCUMULATED, TOTALS, block_totals
 from gfa_theory.models import MODELS, ResidualModel, build_config, build_model, unwrap
 from gfa_theory.models.base import logits_and_loss
 from gfa_theory.models.families import PrunableAdapter, find_adapter
@@ -141,7 +141,10 @@ def removable_blocks(model: nn.Module) -> list[str]:
 
 
 # ---- scoring -------------------------------------------------------------------------------------
-def _gradient_scores(gradients: Any, quantity: str, names: Sequence[str]) -> dict[str, float]:
+def _gradient_scores(gradients: Any, quantity: str, names: Sequence[str],
+                     blocks_of_model: Sequence[str] | None = None) -> dict[str, float]:
+    """The removable blocks' ``quantity`` totals, from a log that must cover exactly the
+    model's blocks (``blocks_of_model``, default ``names``) with finite values >= 0."""
     if gradients is None:
         raise ConfigError("method 'cascadeflow' ranks by the tracker's accumulated gradients: pass "
                           "gradients= (the gradients frame of gfa_theory.train.store.load_run, or a GradientTracker)")
@@ -165,11 +168,7 @@ def _gradient_scores(gradients: Any, quantity: str, names: Sequence[str]) -> dic
     if len(twice):
         raise ConfigError(f"gradients frame has several '{quantity}' totals for block {twice.iloc[0]} "
                           "(several runs?): pass one run's frame")
-    values = dict(zip(rows["unit"], rows["value"].astype(float)))
-    missing = [n for n in names if n not in values]
-    if missing:
-        raise ConfigError(f"gradients frame has no block total '{quantity}' for {missing[0]}: train with "
-                          "train.track=block or both (and train.track_stream for A_stream)")
+    values = block_totals(rows, quantity, list(blocks_of_model or names), "the gradients")
     return {n: values[n] for n in names}
 
 
@@ -280,7 +279,9 @@ def _score(method: str, model: nn.Module, family: PrunableAdapter, names: list[s
     """``(order or None, scores, forward passes, backward passes, details)`` of one method;
     ``order`` is None where it simply follows the scores."""
     if method == "cascadeflow":
-        return None, _gradient_scores(gradients, quantity, names), 0, 0, {"quantity": quantity}
+        scores = _gradient_scores(gradients, quantity, names, [u.name for u in family.units(model, "block")])
+        zero = [n for n in names if scores[n] == 0]  # frozen, or never reached by a gradient: ranked lowest
+        return None, scores, 0, 0, {"quantity": quantity, **({"zero": zero} if zero else {})}
     if method == "last":
         return None, {n: float(len(names) - p) for p, n in enumerate(names)}, 0, 0, {}  # earlier = more important
     view, to_model = family.scoring_view(model)

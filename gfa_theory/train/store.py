@@ -43,7 +43,7 @@ from gfa_theory.errors import DataError, GFAError, RunStoreError, StorageError
 from gfa_theory.models import build_model
 from gfa_theory.train.memory import check_model_memory
 from gfa_theory.train.run_config import RunConfig, recorded_run_key, run_key
-from gfa_theory.untrusted import load_torch
+from gfa_theory.untrusted import MAX_LOG_BYTES, load_torch, regular_file
 
 RESULTS_ENV = "GFA_RESULTS"
 CONFIG_FILE = "config.json"
@@ -277,6 +277,11 @@ def numpy_rng_state(state: tuple) -> tuple:
 
 def _read_csv(path: str | os.PathLike, name: str) -> pd.DataFrame:
     file = Path(path) / name
+    if file.exists():
+        try:
+            regular_file(file, "run table", MAX_LOG_BYTES)  # a device or fifo would never end
+        except DataError as exc:
+            raise RunStoreError(f"{exc}; {_remedy(Path(path))}") from None
     try:
         return pd.read_csv(file)
     except Exception as exc:  # noqa: BLE001  (parser, empty file, encoding, I/O)
