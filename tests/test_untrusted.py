@@ -577,10 +577,16 @@ def test_malformed_hf_directories_are_one_line(hf, tmp_path, capsys, case, match
     ({"n_blocks": 4, "n_head": []}, "'n_head'"),
     ({"n_blocks": 4, "n_head": [4, "a"]}, "'n_head'"),
     ({"n_blocks": "4"}, "'n_blocks'"),
-    ({"n_blocks": 4, "d_ff": True}, "'d_ff'"),
     ("DEEP", "nests deeper"),
-], ids=["n_head-empty", "n_head-string", "n_blocks-string", "d_ff-bool", "deep"])
+], ids=["n_head-empty", "n_head-string", "n_blocks-string", "deep"])
 def test_taper_model_config_is_checked(tmp_path, capsys, model, match):
     f = tmp_path / "model.json"
     f.write_text("[" * 100_000 if model == "DEEP" else json.dumps(model))
     _refused(capsys, "taper", "--model-config", f, match=match)
+
+
+def test_deeply_nested_run_config_is_one_line(run, tmp_path, capsys):
+    (run / CONFIG_FILE).write_text("[" * 100_000)
+    with pytest.raises(GFAError, match="nests deeper"):
+        load_run(run)
+    _refused(capsys, "prune", run, "--method", "last", "-k", "1", "--out", tmp_path / "out", match="nests deeper")

@@ -40,7 +40,7 @@ from gfa_theory.methods.pruning import (
     save_pruned,
 )
 from gfa_theory.train.data import BatchSampler, load_data, run_eval_batches
-from gfa_theory.train.memory import check_calibration_memory
+from gfa_theory.train.memory import check_calibration_memory, check_training_memory
 from gfa_theory.train.run_config import MAX_LR, MAX_STEPS
 from gfa_theory.train.store import (
     CHECKPOINT_FILE,
@@ -225,6 +225,8 @@ def _prune_and_evaluate(args: argparse.Namespace) -> tuple[dict, torch.nn.Module
     the ranking and how many blocks were removable."""
     meta, loaded, data = _load(args.run_dir)
     cfg, model = loaded.config, loaded.model
+    if args.heal_steps:  # healing trains at the run's batch size: gfa train's own estimate
+        check_training_memory(cfg)
     names = removable_blocks(model)
     if not 0 <= args.k < len(names):
         raise ConfigError(f"-k must be in 0..{len(names) - 1}: the model has {len(names)} removable blocks "

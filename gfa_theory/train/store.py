@@ -39,11 +39,12 @@ import pandas as pd
 import torch
 from torch import nn
 
+from gfa_theory.config import loads_checked
 from gfa_theory.errors import DataError, GFAError, RunStoreError, StorageError
 from gfa_theory.models import build_model
 from gfa_theory.train.memory import check_model_memory
 from gfa_theory.train.run_config import RunConfig, recorded_run_key, run_key
-from gfa_theory.untrusted import MAX_LOG_BYTES, load_torch, regular_file
+from gfa_theory.untrusted import MAX_JSON_BYTES, MAX_LOG_BYTES, load_torch, regular_file
 
 RESULTS_ENV = "GFA_RESULTS"
 CONFIG_FILE = "config.json"
@@ -235,7 +236,10 @@ def read_config(path: str | os.PathLike) -> dict:
     if not p.is_file():
         raise DataError(f"no {CONFIG_FILE} in {path}: not a gfa run directory")
     try:
-        meta = json.loads(p.read_text(encoding="utf-8"))
+        regular_file(p, "run config", MAX_JSON_BYTES)
+        meta = loads_checked(p.read_text(encoding="utf-8"), str(p))  # deep nesting: one line
+    except GFAError as exc:
+        raise RunStoreError(f"{exc}: {_remedy(Path(path))}") from None
     except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise unreadable(p, exc) from None
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
