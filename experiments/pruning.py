@@ -453,7 +453,7 @@ def stability_summary(pairs: pd.DataFrame) -> pd.DataFrame:
 
 
 COMPARISON_COLUMNS = ["test", "model", "family", "depth_B", "quantity", "stage", "context", "k", "method",
-                      "estimate", "ci_low", "ci_high", "p", "n", "by_construction"]
+                      "estimate", "se", "df", "ci_low", "ci_high", "p", "n", "by_construction"]
 
 
 def _pruning_comparisons(results: pd.DataFrame) -> list[dict]:
@@ -607,7 +607,7 @@ def depth_order_cases(results: pd.DataFrame, rankings: pd.DataFrame) -> pd.DataF
 
 
 DEPTH_ORDER_COLUMNS = ["model", "family", "depth_B", "stage", "k", "n_runs", "n_differ", "tau_mean", "tau_min",
-                       "tau_max", "estimate", "ci_low", "ci_high", "p", "n"]
+                       "tau_max", "estimate", "se", "df", "ci_low", "ci_high", "p", "n"]
 
 
 def depth_order_table(cases: pd.DataFrame) -> pd.DataFrame:
@@ -626,9 +626,10 @@ def depth_order_table(cases: pd.DataFrame) -> pd.DataFrame:
                "tau_mean": float(np.mean(tau)), "tau_min": float(np.min(tau)), "tau_max": float(np.max(tau))}
         if len(diff):
             r = paired_row("", diff["loss_cascadeflow"], diff["loss_last"])
-            row.update(estimate=r["estimate"], ci_low=r["ci_low"], ci_high=r["ci_high"], p=r["p"], n=r["n"])
+            row.update(estimate=r["estimate"], se=r["se"], df=r["df"], ci_low=r["ci_low"], ci_high=r["ci_high"],
+                       p=r["p"], n=r["n"])
         else:
-            row.update(estimate=np.nan, ci_low=np.nan, ci_high=np.nan, p=np.nan, n=0)
+            row.update(estimate=np.nan, se=np.nan, df=np.nan, ci_low=np.nan, ci_high=np.nan, p=np.nan, n=0)
         rows.append(row)
     return pd.DataFrame(rows, columns=DEPTH_ORDER_COLUMNS)
 
