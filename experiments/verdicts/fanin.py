@@ -69,7 +69,7 @@ def follows(summary: pd.DataFrame, family: str) -> Finding:
                  Estimate.of(pooled, "exponent pooled across runs (depths mixed)", ".2f"))
     found = {"primary": primary, "margin": T.min_rho, "secondary": secondary}
     if not defined(r, e, e1):
-        return undefined(primary=primary, secondary=secondary)
+        return Finding(INCONCLUSIVE, why="a statistic is undefined", **found)
     prop = proportional([e, e1])
     rho = f"rho {r.estimate:.2f}"
     if r.ci_low > 0 and r.estimate >= T.min_rho:
@@ -129,7 +129,7 @@ def deep_family(summary: pd.DataFrame, family: str) -> tuple[Finding, str]:
                       for r, (p, s) in zip(rows, [("quadratic", 0), ("quadratic", 1), ("linear", 0), ("linear", 1)]))
     found = {"primary": primary, "margin": T.aic_threshold, "secondary": secondary}
     if not (defined(*rows) and np.isfinite(aic.estimate)):
-        return undefined(primary=primary, secondary=secondary), "a statistic is undefined"
+        return Finding(INCONCLUSIVE, why="a statistic is undefined", **found), "a statistic is undefined"
     prop = proportional(rows)
     quad_aic, lin_aic = aic.estimate < -T.aic_threshold, aic.estimate > T.aic_threshold
     quad = quad_aic and prop[:2].all()

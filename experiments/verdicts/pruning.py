@@ -172,7 +172,7 @@ def c10(comp: pd.DataFrame) -> Finding:
                  for (_, r), q in zip(d.iterrows(), p))
     worst = int(np.argmin(est_))
     verdict = superiority(counted, worse, bool(finite_ci(d).all()))
-    lost = [f"{r['method']} ({r['model']})" for (_, r), w in zip(d.iterrows(), worse) if w]
+    lost = sorted({r["method"] for (_, r), w in zip(d.iterrows(), worse) if w})
     why = (f"more stable in {int(better.sum())} of {len(d)} comparisons, matches the last-k ceiling in "
            f"{int(matched.sum())} of {int(ceiling.sum())}" + (f"; less stable than {', '.join(lost)}" if lost else ""))
     return Finding(verdict, rows[worst], why=why, secondary=rows[:worst] + rows[worst + 1:])
