@@ -24,7 +24,8 @@ EXPECTED = {
     "mechanism": ({"run_id", "arm", "A", "F", "jacobian_gain", "stream_rms", "pred_counts", "pred_product",
                    "pred_final_aligned"}, ["A", "F", "jacobian_gain", "stream_rms", "pred_counts", "pred_product"]),
 }
-SUMMARY_COLUMNS = {"test", "estimate", "ci_low", "ci_high", "p", "r2", "n", "n_groups", "method"}
+SUMMARY_COLUMNS = {"test", "family", "quantity", "arm", "against", "estimate", "se", "df", "ci_low", "ci_high", "p", "r2",
+                   "n", "n_groups", "method"}
 # studies whose summary has its own layout (one row per schedule / per model and method), and the
 # tables each study writes besides its summary
 OWN_SUMMARY = {
