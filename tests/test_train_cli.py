@@ -130,7 +130,8 @@ def test_bench_loop_json(capsys):
     assert code == 0, err
     result = json.loads(out)
     for key in ("package_ratio", "untracked_ratio", "aa_ratio"):
-        assert result[f"{key}_min"] <= result[key] <= result[f"{key}_max"] and result[key] > 0
+        assert result[f"{key}_min"] <= result[f"{key}_q1"] <= result[key] <= result[f"{key}_q3"] <= result[f"{key}_max"]
+        assert result[key] > 0
     assert result["tokens_per_step"] == 32 and result["tokens_per_s_bare"] > 0
     assert result["data"].startswith("gfa_theory/train/corpus/stdlib_py.txt.gz")  # the scale point's corpus
 

@@ -193,7 +193,11 @@ class BareLoop:
 
 
 def _spread(name: str, ratios: list[float]) -> dict:
-    return {name: statistics.median(ratios), f"{name}_min": min(ratios), f"{name}_max": max(ratios)}
+    """Median, interquartile range and min-max of per-repeat ratios (the IQR is what a shared
+    machine's load disturbs least)."""
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    return {name: statistics.median(ratios), f"{name}_q1": q1, f"{name}_q3": q3,
+            f"{name}_min": min(ratios), f"{name}_max": max(ratios)}
 
 
 def loop_overhead(cfg: RunConfig, repeats: int = 20, block: int = 5, warmup: int = 3) -> dict:
@@ -201,7 +205,7 @@ def loop_overhead(cfg: RunConfig, repeats: int = 20, block: int = 5, warmup: int
     tracker off) against :class:`BareLoop` on the same model, data and optimizer, and a second bare
     loop (the A/A control: what a ratio of identical loops reads on this machine). The four are
     timed in interleaved blocks of ``block`` steps; each ratio is the median over repeats of
-    (variant / bare) with its min-max spread; tokens/s counts ``batch_size * block_size`` per step."""
+    (variant / bare) with its quartiles and min-max; tokens/s counts ``batch_size * block_size`` per step."""
     if repeats < 1 or block < 1 or warmup < 0:
         raise ValueError("repeats and block must be >= 1, warmup >= 0")
     if cfg.model_name != "gpt":
