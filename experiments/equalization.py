@@ -68,6 +68,7 @@ from .plans import StudyPlan, gpt_run, plan
 from .runner import Context, run_many
 from .study_io import finish
 from .summary import keyed, mean_row, paired_row, table
+from .tuning import final_val_loss, lowest_loss_lr
 from .units import ablation_units
 
 NAME = "equalization"
@@ -142,28 +143,13 @@ def train_runs(cfgs: list[RunConfig], ctx: Context, desc: str) -> list[RunResult
 
 # ---- tuning ------------------------------------------------------------------------------------------
 
-def final_val_loss(res: RunResult | None) -> float:
-    """The run's last validation loss (metrics.csv); +inf for a diverged run."""
-    if res is None:
-        return float("inf")
-    val = res.metrics[res.metrics["split"] == "val"]
-    loss = float(val["loss"].iloc[-1]) if len(val) else float("nan")
-    return loss if np.isfinite(loss) else float("inf")
-
-
 def tune(runs: list[tuple[dict, RunConfig]], results: list[RunResult | None], tune_seed: int
          ) -> tuple[dict[str, float], pd.DataFrame]:
     """:data:`TUNING_RULE`: each SGD arm's tuned lr, and the table of every (arm, lr) it compared."""
     rows = [{"arm": d["arm"], "lr": d["lr"], "seed": c.train.seed, "final_val_loss": final_val_loss(r)}
             for (d, c), r in zip(runs, results)
             if d["optimizer"] == "sgd" and d["grad_clip"] > 0 and c.train.seed == tune_seed]
-    table = pd.DataFrame(rows).drop_duplicates(["arm", "lr"])
-    tuned = {}
-    for arm, d in table.groupby("arm", sort=False):
-        d = d.sort_values("lr")  # a stable argmin over ascending lrs: ties go to the smaller
-        tuned[arm] = float(d["lr"].iloc[int(np.argmin(d["final_val_loss"].to_numpy()))])
-    table["tuned"] = [tuned[a] == lr for a, lr in zip(table["arm"], table["lr"])]
-    return tuned, table
+    return lowest_loss_lr(pd.DataFrame(rows).drop_duplicates(["arm", "lr"]))
 
 
 # ---- per-run measures ----------------------------------------------------------------------------------

@@ -23,7 +23,10 @@ from gfa_theory.errors import ConfigError
 from gfa_theory.methods.taper import TaperConfig
 from gfa_theory.train.run_config import RunConfig
 
-PROFILES = ("smoke", "default", "full")
+PROFILES = ("smoke", "default", "full", "scale")
+# profiles that have no StudyPlan: ``scale`` runs only the scale study (its own plan:
+# :func:`experiments.scale.scale_plan`), so no other study is sized for it
+STUDY_ONLY = {"scale": "scale"}
 
 
 # ---- what is trained -----------------------------------------------------------------------------
@@ -53,8 +56,9 @@ class TrainSize:
     eval_batches: int
     series_points: int
     warmup_steps: int
-    gain_every: int  # branch gains sampled every so many steps (train.gain_every) in every Transformer run
+    gain_every: int | None  # branch gains sampled every so many steps (train.gain_every); None: not sampled
     device: str = "cpu"
+    corpus: str | None = None  # data.corpus of the Transformers (None: the default corpus, config unchanged)
 
 
 @dataclass(frozen=True)
@@ -264,6 +268,9 @@ _PLANS: dict[str, StudyPlan] = {
 
 def plan(profile: str) -> StudyPlan:
     """The plan of ``profile`` (one of :data:`PROFILES`)."""
+    if profile in STUDY_ONLY:
+        raise ConfigError(f"profile '{profile}' has only the {STUDY_ONLY[profile]} study: "
+                          f"python -m experiments {STUDY_ONLY[profile]} --profile {profile}")
     if profile not in _PLANS:
         raise ConfigError(f"unknown profile '{profile}' (choices: {', '.join(PROFILES)})")
     return _PLANS[profile]
@@ -290,7 +297,10 @@ def gpt_run(p: StudyPlan, *, n_blocks: int, seed: int, supervision: Any = "final
                 "accumulate": True, "track_updates": True, "gain_every": t.gain_every}
     if optimizer == "sgd":
         train_kw["weight_decay"] = 0.0
-    return RunConfig.from_dict({"model_name": "gpt", "model": model, "train": train_kw})
+    run = {"model_name": "gpt", "model": model, "train": train_kw}
+    if t.corpus is not None:  # only then: a plan on the default corpus keeps its configs (and run hashes)
+        run["data"] = {"corpus": t.corpus}
+    return RunConfig.from_dict(run)
 
 
 def resnet_run(p: StudyPlan, *, blocks_per_stage: list[int], seed: int, supervision: Any = "final",
