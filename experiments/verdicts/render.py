@@ -8,7 +8,9 @@ console takeaway). Rules never format; this module never judges.
 * :func:`details` — a claim's folded details: the paper's words, every reported number as a
   table, per-arm tables, the rule;
 * :func:`thresholds_table` — every threshold with its meaning;
-* :func:`findings_frame` — the findings as numbers (``claims.csv``).
+* :func:`findings_frame` — the findings as numbers (``claims.csv``);
+* :func:`along_scale_section` — the report's "Along scale" section from the scale findings
+  (:func:`experiments.verdicts.scale.along_scale`): regime per claim and ladder, trends, per-point verdicts.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import pandas as pd
 from gfa_theory.instrument.stats import format_interval, format_p
 
 from . import BY_KEY, Rule, for_study, judge
+from .scale import PRIMARY, TREND_RULE
 from .toolkit import THRESHOLDS, Estimate, Finding, Regime
 
 
@@ -140,3 +143,71 @@ def latex(df: pd.DataFrame, caption: str, label: str) -> str:
     """A table of this module as LaTeX (bold markers dropped)."""
     plain = df.replace(r"\*\*(.*)\*\*", r"\1", regex=True)
     return plain.to_latex(index=False, caption=caption, label=label, longtable=len(plain) > 30)
+
+
+# ---- along scale (study 8) -------------------------------------------------------------------------
+
+AXIS_UNITS = {"tokens": "tokens/param", "size": "parameters"}
+
+
+def _x(axis: str, x: float) -> str:
+    return f"{x:.3g} tokens/param" if axis == "tokens" else f"{x:,.0f} parameters"
+
+
+def regime_statement(r) -> str:
+    """A claim's regime along one ladder in words, e.g. "holds up to 3 tokens/param; inconclusive
+    from 10 tokens/param on" (from :class:`~experiments.verdicts.scale.ScaleRegime`, never parsed)."""
+    if r.kind == "empty":
+        return "no ladder points"
+    if r.kind == "throughout":
+        return f"{r.below} at every point ({_x(r.axis, r.lowest)} to {_x(r.axis, r.highest)})"
+    if r.kind == "boundary":
+        return f"{r.below} up to {_x(r.axis, r.last_below)}; {r.above} from {_x(r.axis, r.first_above)} on"
+    return "no single boundary: " + ", ".join(f"{v} at {_x(r.axis, x)}" for x, v in r.points)
+
+
+def along_scale_table(findings) -> pd.DataFrame:
+    """One row per claim and ladder: the regime, the primary statistic's trend and its slope [CI]."""
+    rows = []
+    for f in findings:
+        for axis in ("tokens", "size"):
+            prim = [t for t in f.trends if t.axis == axis and t.statistic == _primary(f.key)]
+            rows.append({"claim": f.key, "ladder": AXIS_UNITS[axis], "regime": regime_statement(f.regimes[axis]),
+                         "trend": str(f.movement(axis)),
+                         "slope per decade [95% CI]": interval(prim[0].slope) if prim else "n/a",
+                         "margin": f"+-{prim[0].margin:g}" if prim else ""})
+    return pd.DataFrame(rows)
+
+
+def _primary(key: str) -> str:
+    return PRIMARY[key]
+
+
+def trends_table(findings) -> pd.DataFrame:
+    """Every statistic's trend on both ladders."""
+    return pd.DataFrame([{"claim": f.key, "statistic": t.slope.label, "ladder": AXIS_UNITS[t.axis],
+                          "slope [95% CI]": interval(t.slope), "Holm p": format_p(t.slope.p),
+                          "margin": f"+-{t.margin:g}", "trend": str(t.outcome)} for f in findings for t in f.trends])
+
+
+def point_table(findings) -> pd.DataFrame:
+    """Every claim's verdict at every ladder point (the claim rules unchanged)."""
+    return pd.DataFrame([{"claim": f.key, "ladder": AXIS_UNITS[axis], "point": p.point,
+                          "at": _x(axis, p.axis_value), "verdict": str(p.finding.verdict),
+                          "primary": interval(p.finding.primary), "why": p.finding.why}
+                         for f in findings for axis, pts in f.points.items() for p in pts])
+
+
+def along_scale_section(findings, profile: str) -> list[str]:
+    """The report's "Along scale" section (Markdown lines); "not measured" without the study."""
+    lines = ["## Along scale", ""]
+    if findings is None:
+        return lines + [f"Not measured for this profile (`{profile}`): the scale study runs with "
+                        f"`python -m experiments scale --profile scale` (or `full`).", ""]
+    lines += ["Each claim rule, unchanged, at every ladder point; each statistic's slope per decade of tokens/param "
+              "and of parameters (t-interval over seeds). Figure F12 draws the statistics.", "",
+              along_scale_table(findings).to_markdown(index=False), "",
+              "<details><summary>Verdict at every point, and every trend</summary>", "",
+              point_table(findings).to_markdown(index=False), "", trends_table(findings).to_markdown(index=False),
+              "", f"Rule: {TREND_RULE}.", "", "</details>", ""]
+    return lines

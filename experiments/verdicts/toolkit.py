@@ -85,6 +85,12 @@ class Thresholds:
                                                          "true difference 0)"})
     error_margin: float = field(default=0.05, metadata={"means": "H1: counts' profile error at most this above "
                                                                  "the best gain account (about 5 % per branch)"})
+    trend_margin_pct: float = field(default=1.0, metadata={"means": "along scale: a C8 perplexity-gap slope within "
+                                                                     "+-margin % per decade (TOST) = holds steady"})
+    trend_margin_rho: float = field(default=0.1, metadata={"means": "along scale: a rank-correlation slope within "
+                                                                     "+-margin per decade (TOST) = holds steady"})
+    trend_margin_exponent: float = field(default=0.1, metadata={"means": "along scale: an exponent slope within "
+                                                                          "+-margin per decade (TOST) = holds steady"})
 
     def rows(self) -> list[tuple[str, float, str]]:
         """(name, value, meaning) of every threshold, in declaration order."""
