@@ -11,6 +11,9 @@
    aligned or orthogonal sums, the measured product) predicts the profile of A, and whether
    stream growth or gradient rank explains the rest (hypotheses H1-H5 in :mod:`experiments.verdicts.mechanism`,
    figures F9-F11, the report's "Beyond the paper").
+8. :mod:`experiments.scale` — along scale: does each verdict hold, strengthen or fade as training
+   lengthens (tokens per parameter) and models grow? Its own profiles (``smoke``, ``scale``,
+   ``full``), not part of the default one; the report's "Along scale", figure F12.
 
 Each module has a docstring (hypothesis, prediction, method, how to read the result and its
 figure), a ``configs(profile)`` listing its runs, a ``run(profile)`` returning a tidy DataFrame
@@ -33,3 +36,4 @@ The machinery they share, one job per module (imports run downward only):
 STUDIES = ("fanin_vs_gradients", "gradients_vs_importance", "equalization", "repetition", "cascadeformer",
            "pruning", "mechanism")
 EXPLORATORY = ()  # runnable with python -m experiments, not part of the report
+ALONG_SCALE = ("scale",)  # its own profiles: the report's "Along scale" where they run

@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from experiments import EXPLORATORY, STUDIES
+from experiments import ALONG_SCALE, EXPLORATORY, STUDIES
 from experiments.plans import PROFILES
 from experiments.runner import Context
 from experiments.study_io import format_table, load_study, study_module
 from experiments.verdicts import for_study
-from experiments.verdicts.render import study_takeaways
+from experiments.verdicts.render import along_scale_table, study_takeaways
+from experiments.verdicts.scale import along_scale
 from gfa_theory.cli.outdir import check_results_root
 from gfa_theory.errors import ConfigError, report_user_errors
 from gfa_theory.train.store import results_root
@@ -26,8 +27,8 @@ MAX_JOBS = 256  # training processes at once (each holds a model, torch and its 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments",
                                 description="Run a worked study and print its key statistics.")
-    p.add_argument("name", choices=STUDIES + EXPLORATORY, metavar="NAME",
-                   help=f"study: {', '.join(STUDIES + EXPLORATORY)}")
+    p.add_argument("name", choices=STUDIES + EXPLORATORY + ALONG_SCALE, metavar="NAME",
+                   help=f"study: {', '.join(STUDIES + EXPLORATORY + ALONG_SCALE)}")
     p.add_argument("--profile", default="default", choices=PROFILES)
     p.add_argument("--out", default=None,
                    help="results root (default: $GFA_RESULTS or ./results): its runs are reused by config "
@@ -51,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
     df = study_module(args.name).run(ctx=ctx)
     tables = {s: load_study(ctx, s) for r in for_study(args.name) for s in r.studies}
     text = study_takeaways(args.name, tables, ctx.profile)
+    if args.name in ALONG_SCALE:  # its verdicts are per ladder point and per trend
+        text = format_table(along_scale_table(along_scale(load_study(ctx, args.name))))
     if text:
         print(text + "\n")
     print(format_table(df.attrs["summary"]))

@@ -78,6 +78,7 @@ from .tuning import RULE, final_val_loss, lowest_loss_lr
 from .units import ablation_units
 
 NAME = "scale"
+FIGURE_PROFILES = ("scale", "full")  # the profiles whose `python -m figures` runs this study (not default)
 MAX_EPOCHS = 1.05  # "about one epoch": a point above it is refused before training
 TUNING_RULE = (f"per arm, at each tuning point: {RULE}; every ladder point trains each arm at the lr tuned at the "
                f"nearest tuning point in log tokens/param (one that has the arm)")

@@ -2,6 +2,7 @@
 
     python -m figures --profile default          # what `make reproduce` runs
     python -m figures --profile smoke --only F1,T5 --out /tmp/figs
+    python -m figures --profile scale            # the scale study only: F12 and the "Along scale" report
 
 Runs from a checkout of the repository: the arguments are checked here, the work is done by
 :func:`figures.build.build`. A user mistake is one line on stderr and exit status 2.
@@ -20,7 +21,7 @@ from pathlib import Path
 from experiments.__main__ import check_jobs
 from experiments.plans import PROFILES
 from figures import build
-from figures.outputs import OUTPUTS
+from figures.outputs import ALONG_SCALE, OUTPUTS
 from gfa_theory.cli.outdir import check_figures_out, reproduce_names
 from gfa_theory.errors import report_user_errors
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 def _build(args: argparse.Namespace) -> int:
     check_jobs(args.jobs)
     out = Path(args.out) if args.out else build.default_out(args.profile)
-    check_figures_out(out, reproduce_names(OUTPUTS), args.force)
+    check_figures_out(out, reproduce_names([*OUTPUTS, *ALONG_SCALE]), args.force)
     return build.build(args)
 
 

@@ -17,15 +17,20 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from tqdm.auto import tqdm
 
+from experiments import scale as scale_study
+from experiments.plans import STUDY_ONLY
 from experiments.runner import Context
 from experiments.study_io import load_study, study_module
 from experiments.verdicts import judge_all
+from experiments.verdicts.scale import along_scale
 from gfa_theory.errors import ConfigError
 from gfa_theory.train.store import results_root, write_bytes_atomic, write_text_atomic
 
 from . import report
 from . import stamp as stamps
-from .outputs import GENERATED, OUTPUTS
+from .outputs import ALONG_SCALE, GENERATED, OUTPUTS
+
+ALL = {**OUTPUTS, **ALONG_SCALE}
 
 
 def default_out(profile: str) -> Path:
@@ -33,13 +38,16 @@ def default_out(profile: str) -> Path:
     return GENERATED if profile == "default" else results_root() / "figures" / profile
 
 
-def selected(only: str | None) -> list[str]:
-    """The output keys of ``--only`` (all when not given); an unknown key is a user error."""
-    keys = list(OUTPUTS) if not only else [k.strip().upper() for k in only.split(",") if k.strip()]
-    unknown = [k for k in keys if k not in OUTPUTS]
+def selected(only: str | None, profile: str = "default") -> list[str]:
+    """The output keys of ``--only`` (all when not given) that ``profile`` builds: the scale
+    study's (F12) only where it runs (:data:`experiments.scale.FIGURE_PROFILES`), and nothing else
+    for a profile that has only that study. An unknown key is a user error."""
+    keys = list(ALL) if not only else [k.strip().upper() for k in only.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in ALL]
     if unknown:
-        raise ConfigError(f"unknown output '{unknown[0]}' (choices: {', '.join(OUTPUTS)})")
-    return keys
+        raise ConfigError(f"unknown output '{unknown[0]}' (choices: {', '.join(ALL)})")
+    along = profile in scale_study.FIGURE_PROFILES
+    return [k for k in keys if (k in ALONG_SCALE and along) or (k in OUTPUTS and profile not in STUDY_ONLY)]
 
 
 # ---- writing ----------------------------------------------------------------------------------
@@ -90,7 +98,7 @@ def run_studies(ctx: Context, names: list[str], bar) -> tuple[dict[str, dict], d
 def write_outputs(keys: list[str], tables: dict, metas: dict, profile: str, out: Path, bar) -> list[Path]:
     written = []
     for k in keys:
-        o = OUTPUTS[k]
+        o = ALL[k]
         bar.set_postfix_str(k)
         st = stamps.merge([metas[s] for s in o.studies], profile, k)
         obj = o.build(tables)
@@ -103,13 +111,13 @@ def write_outputs(keys: list[str], tables: dict, metas: dict, profile: str, out:
 def build(args) -> int:
     """Run or reuse the studies, write the outputs of ``args.only`` (default: all, then the report)."""
     t0 = time.time()
-    keys = selected(args.only)
+    keys = selected(args.only, args.profile)
     if args.jobs < 0:
         raise ConfigError(f"--jobs must be >= 0, got {args.jobs}")
     ctx = Context(args.profile, results_root(args.results), args.jobs, args.force, not args.no_progress)
     out = Path(args.out) if args.out else default_out(args.profile)
     out.mkdir(parents=True, exist_ok=True)
-    needed = list(dict.fromkeys(s for k in keys for s in OUTPUTS[k].studies))
+    needed = list(dict.fromkeys(s for k in keys for s in ALL[k].studies))
     with_report = not args.only
     total = len(needed) + len(keys) + int(with_report)
     with tqdm(total=total, desc="reproduce", disable=args.no_progress, dynamic_ncols=True) as bar:
@@ -117,7 +125,8 @@ def build(args) -> int:
         written = write_outputs(keys, tables, metas, ctx.profile, out, bar)
         if with_report:
             bar.set_postfix_str("report")
-            written += report.write_report(judge_all(tables, ctx.profile), metas, ctx.profile, out)
+            written += report.write_report(judge_all(tables, ctx.profile), metas, ctx.profile, out,
+                                           along_scale(tables.get(scale_study.NAME)))
             bar.update(1)
     print(f"{len(written)} files in {out} ({time.time() - t0:.1f} s)")
     return 0

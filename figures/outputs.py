@@ -15,6 +15,7 @@ from experiments import cascadeformer as cf
 from experiments import pruning as pr
 
 from . import efficiency, gfa
+from . import scale as scale_figures
 from . import mechanism as mech_figures
 
 REPO = Path(__file__).resolve().parent.parent  # the checkout
@@ -69,6 +70,13 @@ OUTPUTS: dict[str, Output] = {o.key: o for o in (
 )}
 
 
+# outputs of the scale study: drawn only for the profiles that run it (experiments.scale.FIGURE_PROFILES)
+ALONG_SCALE: dict[str, Output] = {o.key: o for o in (
+    Output("F12", "figure", "Along scale: each statistic vs tokens per parameter and vs parameters "
+           "(t-intervals over seeds)", ("scale",), scale_figures.f12),
+)}
+
+
 def figures() -> list[Output]:
     """The figures, in order (the report and the README embed them)."""
-    return [o for o in OUTPUTS.values() if o.kind == "figure"]
+    return [o for o in (*OUTPUTS.values(), *ALONG_SCALE.values()) if o.kind == "figure"]

@@ -357,3 +357,26 @@ def plot_arm_profiles(bands: list[tuple[str, pd.DataFrame]], ylabel: str, title:
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=6)
     return ax
+
+
+# ---- F12: along scale --------------------------------------------------------------------------
+
+def plot_along_scale(series: list[tuple[str, pd.DataFrame]], xlabel: str, ylabel: str, ref: float | None = None,
+                     ax=None):
+    """One statistic along one ladder: per series, the point means with their interval (columns x,
+    mean, lo, hi), on a log x axis; ``ref``: a reference line (0 for a gap)."""
+    ax = _ax(ax)
+    for i, (label, band) in enumerate(series):
+        xs, m = band["x"].to_numpy(float), band["mean"].to_numpy(float)
+        err = np.vstack([m - band["lo"].to_numpy(float), band["hi"].to_numpy(float) - m])
+        ax.errorbar(xs, m, yerr=np.nan_to_num(np.abs(err)), marker="o", ms=3.5, lw=1.2, capsize=2,
+                    color=f"C{i}", label=label)
+    if ref is not None:
+        ax.axhline(ref, color="0.5", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    if len(series) > 1:
+        ax.legend(fontsize=6)
+    return ax

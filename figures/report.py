@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.plans import plan
+from experiments.plans import STUDY_ONLY, plan
 from experiments.verdicts import CLAIMS, Finding, regime
 from experiments.verdicts import render
 from gfa_theory.train.store import write_text_atomic
@@ -32,6 +32,9 @@ PAPER_MAX_PARAMS = 1.2e9  # the largest model of the paper (its abstract)
 def scale(profile: str) -> str:
     """What was trained here, next to what the paper trained: parameter and token counts of the
     models this profile builds, and the orders of magnitude between them and the paper's largest."""
+    if profile in STUDY_ONLY:
+        return (f"Profile `{profile}` runs only the {STUDY_ONLY[profile]} study: its ladders are described in "
+                f"\"Along scale\" below; every other claim is not measured for this profile.")
     p = plan(profile)
     m = p.model
     g, r = regime(profile, "transformer"), regime(profile, "resnet")
@@ -96,10 +99,12 @@ def _time_section(metas: dict | None) -> list[str]:
             table.to_markdown(index=False, disable_numparse=True), ""]
 
 
-def report_text(findings: list[Finding], st: dict, profile: str, out: Path, metas: dict | None = None) -> str:
+def report_text(findings: list[Finding], st: dict, profile: str, out: Path, metas: dict | None = None,
+                along=None) -> str:
     """REPORT.md: the table of every claim and hypothesis first, then each one's details (folded),
     the scale, the figures and tables drawn into ``out``, the thresholds and where the time goes
-    (``metas``: each study's ``meta.json``)."""
+    (``metas``: each study's ``meta.json``); ``along``: the scale findings
+    (:func:`experiments.verdicts.scale.along_scale`, None: "not measured for this profile")."""
     keys = {c.key for c in CLAIMS}
     claims = [f for f in findings if f.key in keys]
     hypotheses = [f for f in findings if f.key not in keys]
@@ -120,6 +125,7 @@ def report_text(findings: list[Finding], st: dict, profile: str, out: Path, meta
                   "margins declared in `experiments/verdicts/` before its results were read. Figures F9-F11.", ""]
         for f in hypotheses:
             lines += render.details(f)
+    lines += render.along_scale_section(along, profile)
     lines += ["## Figures", ""]
     for o in _drawn(out):
         lines += [f"**{o.key}. {o.title}** ([PDF]({o.key}.pdf))", "", f"![{o.key}]({o.key}.png)", ""]
@@ -133,12 +139,12 @@ def report_text(findings: list[Finding], st: dict, profile: str, out: Path, meta
     return "\n".join(lines)
 
 
-def write_report(findings: list[Finding], metas: dict, profile: str, out: Path) -> list[Path]:
+def write_report(findings: list[Finding], metas: dict, profile: str, out: Path, along=None) -> list[Path]:
     """Write REPORT.md, claims.csv (the findings as numbers) and claims.tex into ``out``; for the
     default profile's committed outputs also paper/REPORT.md, paper/tables/*.tex and the README's
     generated sections. Returns the paths."""
     st = stamps.merge(metas.values(), profile, "REPORT")
-    text = report_text(findings, st, profile, out, metas)
+    text = report_text(findings, st, profile, out, metas, along)
     target, claims_csv = out / "REPORT.md", out / "claims.csv"
     write_text_atomic(target, text)
     write_text_atomic(claims_csv, render.findings_frame(findings).to_csv(index=False))
