@@ -1,0 +1,169 @@
+"""The scale study: its smoke variant end to end, the trend rule and the regime statement on
+synthetic tables (every outcome), the lr-tuning rule, and its separation from the default profile."""
+import dataclasses
+import math
+
+import matplotlib.figure
+import numpy as np
+import pandas as pd
+import pytest
+
+from experiments import scale as sc
+from experiments.plans import gpt_run, plan
+from experiments.runner import Context
+from experiments.study_io import load_study
+from experiments.tuning import lowest_loss_lr
+from experiments.verdicts import render
+from experiments.verdicts import scale as vs
+from experiments.verdicts.toolkit import FAILS, HOLDS, INCONCLUSIVE, MIXED, THRESHOLDS, Finding
+from gfa_theory.errors import ConfigError
+
+
+# ---- the smoke variant, end to end ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def smoke_tables(tmp_path_factory):
+    ctx = Context("smoke", tmp_path_factory.mktemp("scale"), jobs=1, progress=False)
+    df = sc.run(ctx=ctx)
+    return ctx, df, load_study(ctx, sc.NAME)
+
+
+def test_smoke_study_end_to_end(smoke_tables):
+    ctx, df, tables = smoke_tables
+    sp = sc.scale_plan("smoke")
+    pts = sc.points(sp)
+    assert {"c8", "fanin", "importance", "seed_stats", "point_means", "tuning", "summary", "runs"} <= set(tables)
+    assert set(df["point"]) == {p.key for p in pts} and (df["epochs"] <= sc.MAX_EPOCHS).all()
+    # every point: the C8 arms (inverse only on the short half), every seed, stdlib corpus
+    for pt in pts:
+        d = df[df["point"] == pt.key]
+        assert set(d["schedule"]) == set(sc.arms(sp, pt)) and set(d["seed"]) == set(sp.seeds)
+    assert "inverse" in set(df["schedule"]) and "inverse" not in set(df.loc[df["target_tokens_per_param"] >
+                                                                            sp.inverse_up_to, "schedule"])
+    # each arm trains at its tuned lr (the rule's choice at the nearest tuning point)
+    tuned = tables["tuning"][tables["tuning"]["tuned"]]
+    assert len(tuned) == len(tuned[["tune_point", "arm"]].drop_duplicates())
+    summary = tables["summary"]
+    assert set(summary["quantity"]) == set(sc.STATISTICS) and set(summary["predictor"]) == set(sc.AXES.values())
+    found = vs.along_scale(tables)
+    assert [f.key for f in found] == list(vs.CLAIMS)
+    for f in found:
+        assert set(f.regimes) == {"tokens", "size"} and all(isinstance(t.outcome, vs.Trend) for t in f.trends)
+        assert len(f.points["tokens"]) == len(sp.tokens_per_param) and len(f.points["size"]) == len(sp.widths)
+    section = "\n".join(render.along_scale_section(found, "smoke"))
+    assert section.startswith("## Along scale") and "C8" in section and "not measured" not in section.lower()
+    from figures.scale import f12
+    assert isinstance(f12({sc.NAME: tables}), matplotlib.figure.Figure)
+
+
+def test_per_point_verdicts_are_the_claim_rules_unchanged(smoke_tables):
+    _, _, tables = smoke_tables
+    from experiments.verdicts import cascadeformer, fanin
+    key = sc.points(sc.scale_plan("smoke"))[0].key
+    pts = vs.point_verdicts(tables, "C8")["tokens"]
+    c8 = tables["c8"][tables["c8"]["point"] == key].reset_index(drop=True)
+    assert pts[0].point == key and pts[0].finding == cascadeformer.c8(c8)
+    c2 = vs.point_verdicts(tables, "C2")["tokens"][0].finding
+    assert c2 == fanin.c2(tables["fanin"][tables["fanin"]["point"] == key].reset_index(drop=True))
+
+
+# ---- the trend rule on synthetic rows: every outcome ---------------------------------------------
+
+def _row(slopes):
+    """A summary row as the study writes it, from per-seed slopes."""
+    return sc.trend_row(pd.DataFrame([{"seed": s, "point": f"p{x}", "x": x, "value": b * x}
+                                      for s, b in enumerate(slopes) for x in (0.0, 1.0)]), "x", "c2_rho", "tokens")
+
+
+@pytest.mark.parametrize("slopes, sign, expected", [
+    ((0.50, 0.52, 0.48, 0.51), 1.0, vs.Trend.STRENGTHENS),
+    ((0.50, 0.52, 0.48, 0.51), -1.0, vs.Trend.FADES),
+    ((-0.50, -0.52, -0.48, -0.51), 1.0, vs.Trend.FADES),
+    ((0.01, -0.01, 0.005, -0.004), 1.0, vs.Trend.STEADY),
+    ((0.9, -0.8, 0.5, -0.7), 1.0, vs.Trend.INCONCLUSIVE),
+    ((0.3,), 1.0, vs.Trend.INCONCLUSIVE),  # one seed: no interval
+], ids=["strengthens", "fades-sign", "fades", "steady", "wide", "one-seed"])
+def test_trend_rule_reaches_every_outcome(slopes, sign, expected):
+    row = _row(slopes)
+    assert math.isclose(row["estimate"], float(np.mean(slopes)), abs_tol=1e-12)
+    assert row["n"] == len(slopes) and row["df"] == len(slopes) - 1
+    assert vs.trend(row, sign, THRESHOLDS.trend_margin_rho) is expected
+
+
+def test_trend_findings_read_the_summary_by_key_with_holm():
+    rows = []
+    for stat, slopes in (("c2_rho", (0.5, 0.52, 0.48)), ("c2_exponent", (0.01, -0.01, 0.0)),
+                         ("c2_exponent_no_first", (-0.4, -0.42, -0.39))):
+        for axis in ("tokens", "size"):
+            r = sc.trend_row(pd.DataFrame([{"seed": s, "point": f"p{x}", "x": x, "value": b * x}
+                                           for s, b in enumerate(slopes) for x in (0.0, 1.0)]), "x", stat, axis)
+            rows.append(r)
+    from experiments.summary import table
+    found = {(t.statistic, t.axis): t.outcome for t in vs.trend_findings(table(rows), "C2")}
+    assert found[("c2_rho", "tokens")] is vs.Trend.STRENGTHENS
+    assert found[("c2_exponent", "size")] is vs.Trend.STEADY
+    assert found[("c2_exponent_no_first", "tokens")] is vs.Trend.FADES
+
+
+# ---- the regime statement --------------------------------------------------------------------------
+
+def _pts(*verdicts, xs=(1.0, 3.0, 10.0, 20.0)):
+    return tuple(vs.PointVerdict(f"p{x:g}", x, Finding(v)) for x, v in zip(xs, verdicts))
+
+
+@pytest.mark.parametrize("verdicts, kind, text", [
+    ((HOLDS, HOLDS, HOLDS, HOLDS), "throughout", "holds at every point (1 tokens/param to 20 tokens/param)"),
+    ((HOLDS, HOLDS, FAILS, FAILS), "boundary",
+     "holds up to 3 tokens/param; does not hold at this scale from 10 tokens/param on"),
+    ((HOLDS, MIXED, HOLDS, INCONCLUSIVE), "varies", "no single boundary: holds at 1 tokens/param"),
+], ids=["throughout", "boundary", "varies"])
+def test_regime_statement(verdicts, kind, text):
+    r = vs.regime_of("tokens", _pts(*verdicts))
+    assert r.kind == kind
+    assert render.regime_statement(r).startswith(text)
+
+
+def test_regime_of_no_points_and_section_when_not_run():
+    assert vs.regime_of("size", ()).kind == "empty"
+    assert vs.along_scale(None) is None
+    assert "Not measured for this profile (`default`)" in "\n".join(render.along_scale_section(None, "default"))
+
+
+# ---- tuning, the epoch guard and the default profile ------------------------------------------------
+
+def test_tuning_rule_ties_to_smaller_and_diverged_is_inf():
+    t = pd.DataFrame({"arm": ["a", "a", "a", "b", "b"], "lr": [3e-3, 1e-3, 1e-2, 1e-3, 3e-3],
+                      "final_val_loss": [1.0, 1.0, 2.0, float("inf"), 1.5]})
+    tuned, table = lowest_loss_lr(t)
+    assert tuned == {"a": 1e-3, "b": 3e-3} and table["tuned"].sum() == 2
+
+
+def test_lr_for_uses_the_nearest_tuning_point_in_log_tokens():
+    sp = sc.scale_plan("scale")
+    tuned = {(1.0, "uniform"): 1e-3, (10.0, "uniform"): 3e-3, (1.0, "inverse"): 1e-2}
+    assert sc.lr_for(sp, tuned, sc.Point(48, 3.0), "uniform") == 1e-3  # log 3 is nearer log 1 than log 10
+    assert sc.lr_for(sp, tuned, sc.Point(48, 20.0), "uniform") == 3e-3
+    assert sc.lr_for(sp, tuned, sc.Point(48, 20.0), "inverse") == 1e-2  # the nearest point that has the arm
+
+
+def test_a_point_beyond_about_one_epoch_is_refused():
+    sp = dataclasses.replace(sc.scale_plan("smoke"), tokens_per_param=(2000.0,), tune_at=(2000.0,))
+    with pytest.raises(ConfigError, match="epochs of the corpus"):
+        sc.arm_run(sp, sc.Point(sp.base_width, 2000.0), "uniform", 0, 1e-3)
+
+
+def test_scale_is_its_own_study_not_part_of_the_default_profile():
+    from figures import build
+    with pytest.raises(ConfigError, match="scale study"):
+        plan("scale")
+    with pytest.raises(ConfigError, match="not part of the default profile"):
+        sc.scale_plan("default")
+    assert gpt_run(plan("default"), n_blocks=8, seed=0).data.corpus is None  # default configs unchanged
+    assert "F12" not in build.selected(None, "default") and "F12" not in build.selected(None, "smoke")
+    assert build.selected(None, "scale") == ["F12"] and "F12" in build.selected(None, "full")
+    sp = sc.scale_plan("scale")
+    assert sp.tokens_per_param == (1.0, 3.0, 10.0, 20.0) and sp.base_width == 48 and sp.depth == 8
+    assert sp.widths == (32, 48, 96) and sp.size_tokens_per_param == 3.0 and len(sp.seeds) == 3
+    assert min(sp.tune_at) == min(sp.tokens_per_param) and max(sp.tune_at) >= 10 and len(sp.lrs) >= 3
+    params = [sc.uniform_params(sp, sc.Point(w, sp.size_tokens_per_param)) for w in sp.widths]
+    assert max(params) / min(params) >= 8
