@@ -127,7 +127,7 @@ _TIMING = TimingPlan(batch=16, repeats=5, warmup=1, latency_calls=3, throughput_
                      train_batch=8, train_calls=1)
 SCALE_PLANS: dict[str, ScalePlan] = {
     "smoke": ScalePlan("smoke", depth=4, base_width=16, tokens_per_param=(0.02, 0.05), widths=(16, 32),
-                       size_tokens_per_param=0.02, inverse_up_to=0.02, lrs=(1e-3, 3e-3), tune_at=(0.02, 0.05),
+                       size_tokens_per_param=0.05, inverse_up_to=0.02, lrs=(1e-3, 3e-3), tune_at=(0.02,),
                        tune_seed=0, seeds=(0, 1), batch_size=4, block_size=16, warmup_steps=2, eval_batches=1,
                        eval_batch_size=4, importance=ImportancePlan(batches=1, batch_size=4),
                        timing=TimingPlan(batch=4, repeats=3, warmup=1, latency_calls=1, throughput_calls=1,

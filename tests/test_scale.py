@@ -25,11 +25,12 @@ from gfa_theory.errors import ConfigError
 def smoke_tables(tmp_path_factory):
     ctx = Context("smoke", tmp_path_factory.mktemp("scale"), jobs=1, progress=False)
     df = sc.run(ctx=ctx)
-    return ctx, df, load_study(ctx, sc.NAME)
+    tables = load_study(ctx, sc.NAME)
+    return ctx, df, tables, vs.along_scale(tables)
 
 
 def test_smoke_study_end_to_end(smoke_tables):
-    ctx, df, tables = smoke_tables
+    ctx, df, tables, found = smoke_tables
     sp = sc.scale_plan("smoke")
     pts = sc.points(sp)
     assert {"c8", "fanin", "importance", "seed_stats", "point_means", "tuning", "summary", "runs"} <= set(tables)
@@ -45,7 +46,6 @@ def test_smoke_study_end_to_end(smoke_tables):
     assert len(tuned) == len(tuned[["tune_point", "arm"]].drop_duplicates())
     summary = tables["summary"]
     assert set(summary["quantity"]) == set(sc.STATISTICS) and set(summary["predictor"]) == set(sc.AXES.values())
-    found = vs.along_scale(tables)
     assert [f.key for f in found] == list(vs.CLAIMS)
     for f in found:
         assert set(f.regimes) == {"tokens", "size"} and all(isinstance(t.outcome, vs.Trend) for t in f.trends)
@@ -57,13 +57,14 @@ def test_smoke_study_end_to_end(smoke_tables):
 
 
 def test_per_point_verdicts_are_the_claim_rules_unchanged(smoke_tables):
-    _, _, tables = smoke_tables
+    _, _, tables, found = smoke_tables
     from experiments.verdicts import cascadeformer, fanin
     key = sc.points(sc.scale_plan("smoke"))[0].key
-    pts = vs.point_verdicts(tables, "C8")["tokens"]
+    by = {f.key: f for f in found}
     c8 = tables["c8"][tables["c8"]["point"] == key].reset_index(drop=True)
-    assert pts[0].point == key and pts[0].finding == cascadeformer.c8(c8)
-    c2 = vs.point_verdicts(tables, "C2")["tokens"][0].finding
+    first = by["C8"].points["tokens"][0]
+    assert first.point == key and first.finding == cascadeformer.c8(c8)
+    c2 = by["C2"].points["tokens"][0].finding
     assert c2 == fanin.c2(tables["fanin"][tables["fanin"]["point"] == key].reset_index(drop=True))
 
 
