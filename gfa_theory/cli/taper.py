@@ -225,8 +225,6 @@ def _config(args: argparse.Namespace) -> TaperConfig:
     if args.model_config:
         sizes = {field: default for field, _, default in SIZES.values() if default is not None}
         sizes |= _from_model_config(args.model_config)
-    elif args.predict and args.blocks is None:
-        raise ConfigError("give --blocks B (and optionally --n-embd, --heads, ...) or --model-config FILE.json")
     else:
         if args.blocks is None:
             raise ConfigError("give --blocks B (and optionally --vocab, --context, ...) or --model-config FILE.json")

@@ -196,7 +196,7 @@ HELDOUT_GAIN_BATCHES = 2  # validation batches per sample when train.heldout_gai
 
 class HeldoutGains:
     """Branch and norm gains on fixed validation batches at the declared steps of a run
-    (``train.heldout_gain_steps``; rank 0 only). The batches are the run's first evaluation
+    (``train.heldout_gain_steps``). The batches are the run's first evaluation
     batches, drawn once with the data's split seed, so sampling leaves the training RNG alone."""
 
     def __init__(self, model: nn.Module, cfg: RunConfig, data: Dataset) -> None:
@@ -258,8 +258,9 @@ class Trainer:
                                            series_every=tc.series_every, max_steps=tc.steps,
                                            accumulate=bool(tc.accumulate), track_updates=bool(tc.track_updates))
         self.gains = _gain_monitor(self.raw_model, tc, self.world)
-        self.heldout_gains = (HeldoutGains(self.raw_model, cfg, data)
-                              if tc.heldout_gain_steps and self.world.main else None)
+        # every rank measures the same batches (a SyncBatchNorm in batch mode needs all of them);
+        # rank 0 writes the table
+        self.heldout_gains = HeldoutGains(self.raw_model, cfg, data) if tc.heldout_gain_steps else None
         self.block_norms = UnitNorms(self.raw_model.units("block")) if tc.intervention != "none" else None
         self.hooks = list(on_after_backward)
         self.params = [p for p in self.raw_model.parameters() if p.requires_grad]
