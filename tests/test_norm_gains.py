@@ -55,7 +55,7 @@ def test_norm_wired_product_and_path_orders_match_autograd(layouts, data):
         _close(gains.path_sums(layout, eff, k, w["identity"], **theory_w), counted.up_to(k))
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(data=st.data())
 def test_norm_wired_expressions_evaluate_to_the_numeric_recursion(layouts, data):
     layout = data.draw(layouts(max_blocks=4, max_branches=2), label="layout")
