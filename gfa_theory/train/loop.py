@@ -213,10 +213,8 @@ class HeldoutGains:
             return
         if self.batches is None:
             self.batches = [(x.to(device), y.to(device)) for x, y in self._batches()]
-        try:
-            self.frames.append(heldout_gains(self.model, self.batches, GAIN_PROBES, self.seed + step, step))
-        finally:
-            self.model.train()
+        # eval mode but BatchNorm on batch statistics, every module's mode and buffer restored after
+        self.frames.append(heldout_gains(self.model, self.batches, GAIN_PROBES, self.seed + step, step))
 
     def to_frame(self) -> pd.DataFrame:
         if not self.frames:
