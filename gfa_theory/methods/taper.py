@@ -33,6 +33,7 @@ import torch
 from gfa_theory.errors import ConfigError
 from gfa_theory.instrument.gains import heldout_gains, predict_profile, unit_profile
 from gfa_theory.models import GPT, GPTConfig
+from gfa_theory.theory.gains import ACCOUNTS
 from gfa_theory.theory.layout import Layout
 from gfa_theory.theory.symbolic import block_fan_in
 from gfa_theory.train.data import DataConfig, eval_batches, load_data
@@ -245,7 +246,7 @@ def gradient_profile(gradients, B: int) -> tuple[float, ...]:
 
 
 # ---- the profile predicted before training ----------------------------------------------------
-PREDICT_ACCOUNTS = ("product", "aligned", "orthogonal")  # gfa_theory.theory.gains accounts with gains
+PREDICT_ACCOUNTS = tuple(a for a in ACCOUNTS if a != "counts")  # the accounts that use gains
 MAX_PREDICT_BATCHES = 16  # held-out batches the gains are averaged over (each a few backward passes)
 
 
