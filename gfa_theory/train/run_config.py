@@ -226,6 +226,17 @@ def resolve(cfg: RunConfig) -> tuple[RunConfig, Dataset]:
     return dataclasses.replace(cfg, model=model), data
 
 
+def training_epochs(cfg: RunConfig, data: Dataset | None = None) -> float:
+    """Passes over the training split that ``cfg`` trains: ``steps * batch_size`` windows of
+    ``block_size`` tokens (text) or images, over the split's length. A run above about one epoch
+    measures memorization as well as learning; a study flags or refuses such a point."""
+    data = load_data(cfg.data) if data is None else data
+    samples = cfg.train.steps * cfg.train.batch_size
+    if cfg.model_name == "gpt":
+        return data.epochs(samples * cfg.model.block_size)
+    return samples / len(data.y_train)
+
+
 def hook_names(hooks: Sequence[AfterBackward]) -> list[str]:
     return [f"{getattr(h, '__module__', '?')}.{getattr(h, '__qualname__', type(h).__qualname__)}"
             for h in hooks]
