@@ -24,7 +24,7 @@ from typing import Any, Iterable
 from gfa_theory.errors import ConfigError
 
 RUN_MARKERS = ("DONE", "config.json", "checkpoint.pt", "metrics.csv", "gradients.csv", "snapshots")
-PRUNE_FILES = ("checkpoint.pt", "evaluation.json")
+PRUNE_FILES = ("checkpoint.pt", "evaluation.json", "report.md", "scores.png")
 # what save_pretrained writes for a pruned Hugging Face checkpoint (model, generation config, tokenizer)
 HF_PRUNE_FILES = re.compile(r"config\.json|generation_config\.json|model(-\d+-of-\d+)?\.safetensors"
                             r"|model\.safetensors\.index\.json|tokenizer.*|vocab\.(json|txt)|merges\.txt"
@@ -98,7 +98,9 @@ def prune_request(args: Any, source_run: str, needs_data: bool) -> dict[str, Any
     return {"source_run": source_run, "method": args.method, "k": args.k,
             "quantity": args.quantity if args.method == "cascadeflow" else None, "seed": args.seed,
             "calibration_batches": args.calib_batches if needs_data else 0,
-            "heal": {"steps": args.heal_steps, "lr": args.heal_lr if args.heal_steps else None}}
+            "heal": {"steps": args.heal_steps, "lr": args.heal_lr if args.heal_steps else None},
+            "compare": list(getattr(args, "methods", [args.method])[1:]), "text_file": getattr(args, "text", None),
+            "held_out": getattr(args, "held_out", None)}
 
 
 def _recorded_request(path: Path) -> dict[str, Any] | None:
@@ -107,7 +109,9 @@ def _recorded_request(path: Path) -> dict[str, Any] | None:
         return {"source_run": report["source_run"], "method": report["method"], "k": report["k"],
                 "quantity": report["quantity"], "seed": report["seed"],
                 "calibration_batches": report["calibration_batches"],
-                "heal": {"steps": report["heal"]["steps"], "lr": report["heal"]["lr"]}}
+                "heal": {"steps": report["heal"]["steps"], "lr": report["heal"]["lr"]},
+                "compare": report.get("compare", []), "text_file": report.get("text_file"),
+                "held_out": report.get("held_out_fraction")}
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
 
