@@ -174,3 +174,107 @@ def test_readme_lists_the_registrys_hugging_face_families():
     assert listed, "README has no <!-- hf-families --> list"
     rows = re.findall(r"^- (.+?) \(`(hf:[a-z0-9]+)`\)", listed.group(1), flags=re.MULTILINE)
     assert [(spec, label) for label, spec in rows] == hf_families()
+
+
+# ---- gfa prune HF_DIR as a practitioner walks it -------------------------------------------------
+def _with_tokenizer(key: str, tmp_path, scale=None):
+    """A saved tiny model of family ``key`` with a character-level tokenizer of the shipped corpus;
+    ``scale[k]`` multiplies layer k's weights (so --method magnitude ranks as asked)."""
+    from collections import Counter
+
+    from tokenizers import Tokenizer, models
+
+    from gfa_theory.train.data import pydoc_corpus
+
+    chars = [c for c, _ in Counter(pydoc_corpus()[:100_000]).most_common(V - 1)]
+    vocab = {"[UNK]": 0, **{c: k + 1 for k, c in enumerate(chars)}}
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="[UNK]")), unk_token="[UNK]")
+    model = _model(key)
+    with torch.no_grad():
+        for k, f in enumerate(scale or ()):
+            for p in model.model.layers[k].parameters():
+                p.mul_(f)
+    src = tmp_path / "src"
+    model.save_pretrained(src)
+    tok.save_pretrained(src)
+    return model, src
+
+
+def test_methods_side_by_side_with_report_and_plot(tmp_path, capsys):
+    # magnitude falls with depth here: its ranking is plain depth order, and the report says so
+    model, src = _with_tokenizer("llama", tmp_path, scale=[1.0, 0.8, 0.6, 0.4])
+    out = tmp_path / "pruned"
+    argv = ["prune", str(src), "--method", "bi,magnitude,last", "-k", "2", "--calib-batches", "2",
+            "--seq-len", "32", "--out", str(out)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "methods compared (k = 2; bi is the one written)" in text
+    assert "magnitude's ranking is plain depth order (deepest first)" in text
+    report = json.loads((out / "evaluation.json").read_text())
+    rows = {r["method"]: r for r in report["comparison"]}
+    assert list(rows) == ["bi", "magnitude", "last"] and report["removed"] == rows["bi"]["removed"]
+    assert rows["magnitude"]["ranking_is_depth_order"] and rows["last"]["ranking_is_depth_order"]
+    assert rows["magnitude"]["removed"] == rows["last"]["removed"] == ["model.layers.3", "model.layers.2"]
+    written = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    x = _ids()
+    with torch.no_grad():  # the first method's model is the one written
+        torch.testing.assert_close(written(x).logits, prune(model, rows["bi"]["removed"])(x).logits, rtol=0, atol=1e-6)
+    md = (out / "report.md").read_text()
+    for fact in ("## Layers removed", "## Ranking, least important first", "## Before and after",
+                 "## Methods compared", "Magnitude's ranking is plain depth order", "scores.png",
+                 f"{report['before']['perplexity']:.3f}", f"{rows['magnitude']['after']['perplexity']:.3f}",
+                 f"{report['params']['before']:,}", f"{report['params']['after']:,}", "Block Influence"):
+        assert fact in md, fact
+    assert (out / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(argv) == 0  # the same prune again replaces its own result, report included
+    capsys.readouterr()
+    assert main(argv[:3] + ["bi,last"] + argv[4:]) == 2  # another comparison is another result
+    assert "another gfa prune" in capsys.readouterr().err
+
+
+def test_own_text_file_scores_heals_and_evaluates_on_separate_parts(tmp_path, capsys):
+    from gfa_theory.cli.prune_hf import _heal_stream
+    from gfa_theory.methods.hf_pruning import corpus_tokens, load_checkpoint
+
+    _, src = _with_tokenizer("qwen2", tmp_path)
+    own = tmp_path / "domain.txt"
+    own.write_text("def area(r):\n    return 3.14159 * r * r\n" * 200 + "class Point:\n    x: int\n" * 40)
+    out = tmp_path / "pruned"
+    assert main(["prune", str(src), "--method", "bi", "-k", "1", "--calib-batches", "1", "--seq-len", "16",
+                 "--heal-steps", "1", "--text", str(own), "--held-out", "0.2", "--out", str(out),
+                 "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    data = corpus_tokens(load_checkpoint(src), own, 0.2)
+    assert report["text"]["file"] == str(own) and report["text"]["sha256"] == data.sha256
+    n = len(data.train) + len(data.val)
+    assert report["text"]["held_out_tokens"] == len(data.val) == int(n * 0.2) and "domain.txt" in report["held_out"]["split"]
+    # healing and calibration windows (inputs and targets) lie inside the first part, evaluation
+    # windows inside the held-out part: marked apart, no window of one holds a token of the other
+    from gfa_theory.methods.hf_pruning import text_batches
+    from gfa_theory.train.data import TextData
+
+    marked = TextData("", torch.arange(40) % 10, 10 + torch.arange(20) % 10, "", "marked")
+    stream = _heal_stream(marked, 8, 16, 0)
+    for x, y in [next(stream) for _ in range(50)] + text_batches(marked, "train", 20, 16, 8, 1):
+        assert int(x.max()) < 10 and int(y.max()) < 10
+    for x, y in text_batches(marked, "val", 20, 16, 8, 0):
+        assert int(x.min()) >= 10 and int(y.min()) >= 10
+    assert main(["prune", str(src), "--method", "bi", "-k", "1", "--text", str(tmp_path / "none.txt"),
+                 "--out", str(tmp_path / "o2")]) == 2
+    assert "text file not found" in capsys.readouterr().err
+
+
+def test_a_trainer_output_directory_points_to_its_last_checkpoint(tmp_path, capsys):
+    run = tmp_path / "hf-run"
+    for step in (3, 12):
+        (run / f"checkpoint-{step}").mkdir(parents=True)
+        (run / f"checkpoint-{step}" / "config.json").write_text('{"model_type": "qwen2"}')
+    (run / "gradients.csv").write_text("unit\n")
+    assert main(["prune", str(run), "--method", "last", "-k", "1", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"gfa prune {run / 'checkpoint-12'} --gradients {run / 'gradients.csv'}" in err
+    assert main(["prune", str(tmp_path / "my-model"), "--method", "last", "-k", "1", "--out", str(tmp_path / "o")]) == 2
+    assert "save_pretrained" in capsys.readouterr().err
+    assert main(["prune", str(run), "--method", "bi,bi", "-k", "1", "--out", str(tmp_path / "o")]) == 2
+    assert "listed twice" in capsys.readouterr().err
