@@ -278,3 +278,28 @@ def test_a_trainer_output_directory_points_to_its_last_checkpoint(tmp_path, caps
     assert "save_pretrained" in capsys.readouterr().err
     assert main(["prune", str(run), "--method", "bi,bi", "-k", "1", "--out", str(tmp_path / "o")]) == 2
     assert "listed twice" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_readme_hugging_face_flow_reports_before_and_after(tmp_path, monkeypatch, capsys):
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = [b for b in re.findall(r"<!-- tested -->\n```python\n(.*?)```", text, flags=re.DOTALL)
+             if "GradientFanInCallback" in b][0]
+    command = re.search(r"<!-- tested-prune -->\n```bash\n(.*?)\n```", text, flags=re.DOTALL).group(1)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    exec(compile(block, "README.md", "exec"), {"__name__": "readme"})  # noqa: S102  (the README's own code)
+    capsys.readouterr()
+    assert main(["prune", "hf-run", "--method", "last", "-k", "1", "--out", "x"]) == 2
+    assert "hf-run/checkpoint-8" in capsys.readouterr().err  # the error points at what to prune
+    argv = shlex.split(command)
+    assert argv[0] == "gfa" and main(argv[1:]) == 0
+    out = Path(argv[argv.index("--out") + 1])
+    report = json.loads((out / "evaluation.json").read_text())
+    assert report["before"]["perplexity"] > 1 and report["after"]["perplexity"] > 1
+    assert [r["method"] for r in report["comparison"]] == ["cascadeflow", "bi", "last"]
+    md = (out / "report.md").read_text()
+    assert f"{report['before']['perplexity']:.3f}" in md and (out / "scores.png").is_file()
+    assert transformers.AutoModelForCausalLM.from_pretrained(out).config.n_layer == 2
