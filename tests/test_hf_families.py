@@ -303,3 +303,16 @@ def test_readme_hugging_face_flow_reports_before_and_after(tmp_path, monkeypatch
     md = (out / "report.md").read_text()
     assert f"{report['before']['perplexity']:.3f}" in md and (out / "scores.png").is_file()
     assert transformers.AutoModelForCausalLM.from_pretrained(out).config.n_layer == 2
+
+
+@pytest.mark.parametrize("key, norms", [("gemma3", "post_feedforward_layernorm(mlp(pre_feedforward_layernorm(x)))"),
+                                        ("olmo2", "x + post_attention_layernorm(self_attn(x))"),
+                                        ("phi3", "fused qkv_proj")])
+def test_fanin_names_each_familys_wiring_and_checks_it(key, norms, capsys):
+    assert main(["fanin", "--model", f"hf:{key}", "--set", "num_hidden_layers=2"]) == 0
+    out = capsys.readouterr().out
+    assert "model.layers.1.mlp" in out and norms in out and "autograd check: agrees" in out
+    assert main(["fanin", "--model", f"hf:{key}", "--set", "num_hidden_layers=2", "--format", "json"]) == 0
+    assert norms in json.loads(capsys.readouterr().out)["wiring"]
+    assert main(["fanin", "--model", f"hf:{key}", "--set", "num_hidden_layers=10000000"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -43,7 +43,8 @@ def depth_note(row: dict) -> str | None:
         return (f"{row['method']}'s ranking is plain depth order (deepest first): it removes the same "
                 "layers as --method last")
     if row["removes_the_last_layers"] and row["removed"]:
-        return f"{row['method']} removes the last {len(row['removed'])} layers, as --method last does"
+        n = len(row["removed"])
+        return f"{row['method']} removes the last {f'{n} layers' if n > 1 else 'layer'}, as --method last does"
     return None
 
 
