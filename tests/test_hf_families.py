@@ -316,3 +316,17 @@ def test_fanin_names_each_familys_wiring_and_checks_it(key, norms, capsys):
     assert norms in json.loads(capsys.readouterr().out)["wiring"]
     assert main(["fanin", "--model", f"hf:{key}", "--set", "num_hidden_layers=10000000"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_per_layer_config_lists_sliced_an_unknown_one_refused():
+    from gfa_theory.models.adapters_hf import slice_layer_config
+
+    cfg = _config("qwen2")
+    cfg.no_rope_layers, cfg.eos_token_id = [1, 0, 1, 0], [2, 3, 4, 5]
+    slice_layer_config(cfg, "num_hidden_layers", 4, [1, 3])
+    assert (cfg.num_hidden_layers, cfg.no_rope_layers, cfg.max_window_layers) == (2, [0, 0], 1)
+    assert cfg.layer_types == ["full_attention", "sliding_attention"] and cfg.eos_token_id == [2, 3, 4, 5]
+    cfg = _config("llama")
+    cfg.per_layer_scale = [1.0, 0.5, 0.5, 1.0]
+    with pytest.raises(ConfigError, match="per_layer_scale"):
+        slice_layer_config(cfg, "num_hidden_layers", 4, [0])

@@ -159,6 +159,6 @@ def write_report(out: str | Path, report: dict) -> None:
     out = Path(out)
     ax = plot_scores(report, scaled_scores(report))
     png = io.BytesIO()
-    ax.figure.savefig(png, dpi=120, format="png", metadata={"Software": None})  # no version stamp: same prune, same bytes
+    ax.figure.savefig(png, dpi=120, format="png", metadata={"Software": None})  # no version stamp
     write_bytes_atomic(out / PLOT_FILE, png.getvalue())
     write_text_atomic(out / REPORT_FILE, render_markdown(report))

@@ -178,10 +178,9 @@ def slice_layer_config(cfg, count_key: str, n_layers: int, keep: list[int]) -> N
     lists, recount ``max_window_layers`` (the first layers without a sliding window) and set the
     layer count. A list of one entry per layer that is not known to be per-layer is refused
     rather than guessed at."""
-    values = cfg.to_dict()
-    for key, value in values.items():
+    for key, value in cfg.to_dict().items():
         if (isinstance(value, (list, tuple)) and len(value) == n_layers and key not in PER_LAYER_KEYS
-                and key != "architectures"):
+                and key != "architectures" and "token" not in key):  # eos_token_id may be a list
             raise ConfigError(f"config key '{key}' has one entry per layer and gfa does not know how to "
                               "prune it: not pruned")
     for key in PER_LAYER_KEYS:
@@ -228,7 +227,8 @@ class HFGPT2Adapter(_HFCausalLMAdapter):
 
 # The norm placements: (pre-norm, post-norm) of the attention and of the MLP branch.
 PRE_LN = (("input_layernorm", None), ("post_attention_layernorm", None))
-SANDWICH = (("input_layernorm", "post_attention_layernorm"), ("pre_feedforward_layernorm", "post_feedforward_layernorm"))
+SANDWICH = (("input_layernorm", "post_attention_layernorm"),
+            ("pre_feedforward_layernorm", "post_feedforward_layernorm"))
 POST_BRANCH = ((None, "post_attention_layernorm"), (None, "post_feedforward_layernorm"))
 
 

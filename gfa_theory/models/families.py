@@ -294,6 +294,7 @@ def _hf_model(name: str, kwargs: dict) -> nn.Module:
         raise ConfigError(f"hf:{name}: {exc}") from None
 
 
-__all__ = ["ADAPTERS", "Adapter", "AppliedGain", "DECODER_FAMILIES", "DTYPE", "HF_FAMILIES", "hf_families", "supported_families", "HF_GPT2_DEFAULTS", "HF_LLAMA_DEFAULTS", "HFCausalLMView", "PrunableAdapter", "ScorableAdapter",
+__all__ = ["ADAPTERS", "Adapter", "AppliedGain", "DECODER_FAMILIES", "DTYPE", "HF_FAMILIES", "hf_families",
+           "supported_families", "HF_GPT2_DEFAULTS", "HF_LLAMA_DEFAULTS", "HFCausalLMView", "PrunableAdapter", "ScorableAdapter",
            "TorchvisionView", "TupleOutput", "copy_with", "find_adapter", "get_layout", "get_units",
            "module_fan_in", "module_layout", "parse_model_spec", "register_adapter", "unwrap"]
