@@ -10,6 +10,7 @@ import json
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -227,10 +228,17 @@ def test_methods_side_by_side_with_report_and_plot(tmp_path, capsys):
                  f"{report['params']['before']:,}", f"{report['params']['after']:,}", "Block Influence"):
         assert fact in md, fact
     assert (out / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert main(argv) == 0  # the same prune again replaces its own result, report included
-    capsys.readouterr()
     assert main(argv[:3] + ["bi,last"] + argv[4:]) == 2  # another comparison is another result
     assert "another gfa prune" in capsys.readouterr().err
+    again = ["prune", str(src), "--method", "last,cascadeflow", "--gradients", str(tmp_path / "g.csv"), "-k", "1",
+             "--out", str(tmp_path / "o2"), "--format", "json"]
+    pd.DataFrame({"unit": [f"model.layers.{k}" for k in range(4)], "kind": "block", "index": range(1, 5),
+                  "quantity": "A", "step": None, "value": [4.0, 1.0, 3.0, 2.0]}).to_csv(again[5], index=False)
+    assert main(again) == 0
+    capsys.readouterr()
+    assert main(again) == 0  # a comparison with cascadeflow: the same prune again replaces its result
+    rows = json.loads(capsys.readouterr().out)["comparison"]
+    assert [r["removed"] for r in rows] == [["model.layers.3"], ["model.layers.1"]]
 
 
 def test_own_text_file_scores_heals_and_evaluates_on_separate_parts(tmp_path, capsys):

@@ -95,11 +95,12 @@ def check_results_root(out: str | Path) -> None:
 
 def prune_request(args: Any, source_run: str, needs_data: bool) -> dict[str, Any]:
     """The options of a ``gfa prune`` that determine its result (as ``evaluation.json`` records them)."""
+    methods = list(getattr(args, "methods", [args.method]))
     return {"source_run": source_run, "method": args.method, "k": args.k,
-            "quantity": args.quantity if args.method == "cascadeflow" else None, "seed": args.seed,
+            "quantity": args.quantity if "cascadeflow" in methods else None, "seed": args.seed,
             "calibration_batches": args.calib_batches if needs_data else 0,
             "heal": {"steps": args.heal_steps, "lr": args.heal_lr if args.heal_steps else None},
-            "compare": list(getattr(args, "methods", [args.method])[1:]), "text_file": getattr(args, "text", None),
+            "compare": methods[1:], "text_file": getattr(args, "text", None),
             "held_out": getattr(args, "held_out", None)}
 
 

@@ -24,6 +24,7 @@ from gfa_theory.instrument.evaluation import evaluate
 from gfa_theory.methods.hf_pruning import (
     context_length,
     corpus_tokens,
+    has_tokenizer,
     load_checkpoint,
     read_gradient_log,
     require_tokenizer,
@@ -81,6 +82,8 @@ def prune_checkpoint(args: argparse.Namespace) -> tuple[dict, object]:
     checkpoint holding the first method's pruned model."""
     methods = _methods(args)
     needs_text = bool(set(methods) & set(NEEDS_BATCHES))
+    if args.text is not None and not has_tokenizer(args.run_dir):
+        raise ConfigError(f"--text is read with the directory's tokenizer: {args.run_dir} has none")
     if needs_text or args.heal_steps:
         require_tokenizer(args.run_dir)  # before the weights are read
     if "cascadeflow" in methods and args.gradients is None:
