@@ -89,7 +89,10 @@ def prune_checkpoint(args: argparse.Namespace) -> tuple[dict, object]:
     if "cascadeflow" in methods and args.gradients is None:
         raise ConfigError("--method cascadeflow on a Hugging Face checkpoint needs --gradients FILE "
                           "(the gradients.csv of GradientFanInCallback)")
-    checkpoint = load_checkpoint(args.run_dir)
+    # the model and a pruned copy (+ grads and AdamW moments when healing; + the first method's
+    # pruned model while the others are compared)
+    copies = (5 if args.heal_steps else 2) + (len(methods) > 1)
+    checkpoint = load_checkpoint(args.run_dir, copies=copies)
     model = checkpoint.model
     adapter = find_adapter(model, PrunableAdapter)
     names = removable_blocks(model)

@@ -20,7 +20,6 @@ evaluation.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +29,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from gfa_theory.errors import ConfigError, DataError
+from gfa_theory.errors import ConfigError, DataError, StorageError
+from gfa_theory.methods.hf_checkpoint import TOKENIZER_FILES, load_causal_lm, load_tokenizer
 from gfa_theory.train.data import TextData, eval_batches, pydoc_corpus, read_text_file
+from gfa_theory.train.store import storage_error
+from gfa_theory.untrusted import MAX_JSON_BYTES, MAX_LOG_BYTES, read_json, regular_file
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 VAL_FRACTION = 0.1  # as gfa train's default text split
 CORPUS_CHARS = 400_000  # the corpus prefix tokenized: plenty of windows, tokenized in about a second
 MAX_TEXT_BYTES = 256 * 2 ** 20  # a --text file larger than this is refused before it is read
@@ -49,12 +50,17 @@ class Checkpoint:
 
 
 def is_hf_checkpoint(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a Hugging Face model directory (a ``config.json`` with ``model_type``)."""
+    """Whether ``path`` is a Hugging Face model directory (a ``config.json`` with ``model_type``);
+    False for a gfa run (its ``config.json`` holds ``run_id``). A ``config.json`` that is neither
+    (unreadable, not JSON, too deep) is a one-line :class:`DataError` naming it."""
     cfg = Path(path) / "config.json"
-    try:
-        return cfg.is_file() and "model_type" in json.loads(cfg.read_text())
-    except (OSError, ValueError):
+    if not (cfg.exists() or cfg.is_symlink()):
         return False
+    try:
+        data = read_json(cfg, "config file", MAX_JSON_BYTES)
+    except DataError as exc:
+        raise DataError(f"{exc}: {path} is neither a gfa run nor a Hugging Face model directory") from None
+    return isinstance(data, dict) and "model_type" in data and "run_id" not in data
 
 
 def has_tokenizer(path: str | os.PathLike) -> bool:
@@ -69,31 +75,15 @@ def require_tokenizer(path: str | os.PathLike) -> None:
                           "(use cascadeflow --gradients FILE, magnitude, random or last)")
 
 
-def _transformers():
-    try:
-        import transformers  # noqa: PLC0415  (optional dependency)
-    except ImportError:
-        raise ConfigError("pruning a Hugging Face checkpoint needs 'transformers' "
-                          "(pip install 'gfa-theory[hf]')") from None
-    return transformers
-
-
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, copies: int = 2) -> Checkpoint:
     """The model of a Hugging Face directory (``AutoModelForCausalLM``) and its tokenizer when
-    the directory has one; anything unreadable is a one-line :class:`DataError`."""
-    tf = _transformers()
+    the directory has one, read as :mod:`gfa_theory.methods.hf_checkpoint` says (nothing from
+    the files runs; a missing or unexpected weight is refused); anything unusable is a one-line
+    :class:`DataError`. ``copies``: float32 copies of the model the caller will hold."""
     path = Path(path)
-    try:
-        model = tf.AutoModelForCausalLM.from_pretrained(path)
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"cannot load a causal LM from {path}: {str(exc).splitlines()[0]}") from None
-    tokenizer = None
-    if has_tokenizer(path):
-        try:
-            tokenizer = tf.AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError, KeyError) as exc:
-            raise DataError(f"cannot load the tokenizer of {path}: {str(exc).splitlines()[0]}") from None
-    return Checkpoint(path, model.eval(), tokenizer)
+    model = load_causal_lm(path, copies)
+    tokenizer = load_tokenizer(path) if has_tokenizer(path) else None
+    return Checkpoint(path, model, tokenizer)
 
 
 def context_length(model: nn.Module) -> int:
@@ -114,15 +104,9 @@ def corpus_tokens(checkpoint: Checkpoint, text_file: str | os.PathLike | None = 
         raise ConfigError(f"--held-out must be a fraction in (0, 1), got {held_out}")
     if text_file is None:
         text, where = pydoc_corpus()[:CORPUS_CHARS], "the default corpus"
-    else:
-        try:
-            size = os.stat(text_file).st_size
-        except OSError:
-            size = 0  # read_text_file names what is wrong
-        if size > MAX_TEXT_BYTES:
-            raise DataError(f"--text {text_file} has {size:,} bytes, more than {MAX_TEXT_BYTES:,}: "
-                            "give a sample of it")
-        text, where = read_text_file(text_file), f"{Path(text_file).name}"
+    else:  # a regular file of bounded size (a fifo or /dev/zero would never end), then UTF-8
+        text = read_text_file(regular_file(text_file, "--text file", MAX_TEXT_BYTES))
+        where = Path(text_file).name
     ids = torch.tensor(checkpoint.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
     vocab = checkpoint.model.config.vocab_size
     if len(ids) and int(ids.max()) >= vocab:
@@ -143,11 +127,18 @@ def text_batches(data: TextData, split: str, n: int, batch_size: int, seq_len: i
     return list(eval_batches(data, split, batch_size, n, seq_len, seed=seed))
 
 
+def gradient_log_file(path: str | os.PathLike) -> Path:
+    """The tracker log ``path`` names (the file, or ``gradients.csv`` in the directory): a
+    regular file of bounded size (``/dev/zero`` or a fifo would never end)."""
+    path = Path(path)
+    return regular_file(path / "gradients.csv" if path.is_dir() else path, "gradient log", MAX_LOG_BYTES)
+
+
 def read_gradient_log(path: str | os.PathLike) -> pd.DataFrame:
     """A tracker log (``gradients.csv`` as written by ``gfa train`` or the integrations'
-    callbacks): the file itself or the directory holding it."""
-    path = Path(path)
-    file = path / "gradients.csv" if path.is_dir() else path
+    callbacks): the file itself or the directory holding it. Whether it belongs to the model is
+    checked where it is used (:func:`gfa_theory.instrument.tracking.block_totals`)."""
+    file = gradient_log_file(path)
     try:
         frame = pd.read_csv(file)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
@@ -158,13 +149,21 @@ def read_gradient_log(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def save_checkpoint(model: nn.Module, tokenizer: Any | None, out: str | os.PathLike) -> Path:
-    """``save_pretrained`` of the pruned model (safetensors + config.json) and of the tokenizer."""
+    """``save_pretrained`` of the pruned model (safetensors + config.json) and of the tokenizer;
+    a failed write (disk full, ...) is a one-line :class:`StorageError` naming ``out``."""
     out = Path(out)
-    model.save_pretrained(out)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
+    try:
+        model.save_pretrained(out)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out)
+    except OSError as exc:
+        raise storage_error(exc, out) from None
+    except Exception as exc:  # noqa: BLE001  (safetensors reports I/O errors as its own type)
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise StorageError(f"cannot write {out}: {str(exc).splitlines()[0][:200]}") from None
     return out
 
 
-__all__ = ["Checkpoint", "context_length", "corpus_tokens", "is_hf_checkpoint", "load_checkpoint",
+__all__ = ["Checkpoint", "context_length", "corpus_tokens", "gradient_log_file", "is_hf_checkpoint", "load_checkpoint",
            "has_tokenizer", "read_gradient_log", "require_tokenizer", "save_checkpoint", "text_batches"]
