@@ -175,6 +175,14 @@ def test_readme_lists_the_registrys_hugging_face_families():
     assert listed, "README has no <!-- hf-families --> list"
     rows = re.findall(r"^- (.+?) \(`(hf:[a-z0-9]+)`\)", listed.group(1), flags=re.MULTILINE)
     assert [(spec, label) for label, spec in rows] == hf_families()
+    import argparse
+
+    from gfa_theory.cli import fanin
+
+    group = argparse.ArgumentParser().add_mutually_exclusive_group()
+    fanin.add_source_arguments(group)  # its help names every family without importing the registry
+    help_text = next(a.help for a in group._group_actions if a.dest == "model")
+    assert all(spec in help_text for spec, _ in hf_families())
 
 
 # ---- gfa prune HF_DIR as a practitioner walks it -------------------------------------------------
