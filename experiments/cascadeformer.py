@@ -23,7 +23,7 @@ table). Arms: the full uniform model (the reference), the **narrow uniform** mod
 every block uniformly smaller: the control), the primary, and exploratory schedules (the
 plan's ``exploratory``; ``linear`` only in ``smoke`` and ``full``, cut from ``default`` for its
 30-minute budget) — ``linear``, ``inverse`` (widening with depth, OpenELM / DeLighT's layer-wise scaling: the opposite
-of the fan-in prediction) and ``measured`` (data-driven: ``s_b = max(r, (A_b/A_1)^alpha)`` from the
+of the fan-in prediction) and ``measured`` (data-driven: ``s_b = max(r, (A_b/max A)^alpha)`` from the
 accumulated training gradient ``A`` of each block of the full uniform run of the same seed and
 length, trained first; ``gfa taper --from-run RUN_DIR`` gives the same schedule for any finished
 run). Every arm trains the same steps, batch, token stream (per seed), optimizer and schedule on

@@ -78,7 +78,7 @@ from gfa_theory.instrument.evaluation import continuation_accuracy, continuation
 from gfa_theory.methods import pruning
 from gfa_theory.models import build_model
 from gfa_theory.train.data import load_data
-from gfa_theory.train.store import load_run, snapshots
+from gfa_theory.train.store import load_run, load_weights, read_checkpoint, snapshots
 
 from . import fanin_vs_gradients
 from .plans import PrunePlan, plan
@@ -273,7 +273,8 @@ def _context_rankings(run_dir: str, cfg, model, grads, calib: list[list], K: int
         if step >= steps:
             continue
         snap = build_model(cfg.model_name, cfg.model)
-        snap.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
+        load_weights(snap, read_checkpoint(path, run=run_dir)["model"], path, "the run's model",
+                     f"delete {run_dir} or retrain it with --force")
         snap.eval()
         for row in _stability_rankings(snap, gradients_until(grads, step), calib[0], K, seed, draws, 0, step,
                                        METHODS):
