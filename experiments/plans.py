@@ -9,6 +9,8 @@ equalization study's baseline and a pruning study subject).
 * ``default`` gives a meaningful answer on 2 CPU cores in minutes;
 * ``full`` is sized for one GPU: it trains and times on ``device="auto"`` (CUDA when present,
   else the CPU); the others on the CPU.
+* ``scale`` has no StudyPlan: it runs only the scale study, whose ladders are its own plan
+  (:data:`experiments.scale.SCALE_PLANS`, also for ``smoke`` and ``full``); :func:`plan` refuses it.
 
 :func:`gpt_run` and :func:`resnet_run` turn a plan into the :class:`RunConfig` of one run. Their
 configs, hence the runs' hashes and cached result directories, must stay byte-identical when this

@@ -38,6 +38,9 @@ ablation importance). Per seed, the statistics the trends are fitted to (:data:`
 statistic and ladder, the slope on log10 tokens/param and on log10 parameters, one slope per seed,
 their mean with a t-interval over seeds (``summary``).
 
+Not measured along scale yet: C9's CascadeFlow-vs-last-k differences (the pruning study's analysis
+needs a StudyPlan profile per point) and the deep-supervision claims.
+
 **Reading the result.** This study computes numbers only. The claim rules run unchanged on every
 point's tables and the trend rule (:mod:`experiments.verdicts.scale`) decides whether each
 statistic strengthens, holds steady or fades; the report's "Along scale" section and figure F12
@@ -66,19 +69,18 @@ import pandas as pd
 import scipy.stats as sps
 
 from gfa_theory.errors import ConfigError
-from gfa_theory.instrument import stats
 from gfa_theory.models import build_model
 from gfa_theory.train.loop import RunResult
 from gfa_theory.train.run_config import resolve, run_key, training_epochs
 
 from . import cascadeformer as cf
 from . import fanin_vs_gradients, gradients_vs_importance
-from .plans import ImportancePlan, ModelSize, StudyPlan, TimingPlan, TrainSize, _PLANS
+from .plans import ImportancePlan, ModelSize, StudyPlan, TimingPlan, TrainSize, plan
 from .runner import Context, run_many
 from .study_io import finish
-from .summary import keyed, mean_row, table
+from .summary import mean_row, table
 from .tuning import RULE, final_val_loss, lowest_loss_lr
-from .units import ablation_units
+from .units import ablation_units, heldout_batches
 
 NAME = "scale"
 FIGURE_PROFILES = ("scale", "full")  # the profiles whose `python -m figures` runs this study (not default)
@@ -180,7 +182,8 @@ def arms(sp: ScalePlan, pt: Point) -> list[str]:
 
 
 def _template(sp: ScalePlan) -> StudyPlan:
-    return _PLANS["smoke" if sp.profile == "smoke" else "default"]
+    """The StudyPlan whose other fields (optimizer settings, logging) a point keeps."""
+    return plan("smoke" if sp.profile == "smoke" else "default")
 
 
 def point_plan(sp: ScalePlan, pt: Point, lr: float, steps: int = 1) -> StudyPlan:
@@ -300,9 +303,9 @@ def seed_statistics(c8_runs: pd.DataFrame, units: pd.DataFrame) -> list[dict]:
 def measure_point(sp: ScalePlan, pt: Point, runs: list, results: list[RunResult], ctx: Context) -> dict:
     """Every table of one point: C8's runs and summary, C2's and C5's summaries from the uniform runs
     (the claim rules read these unchanged), and the per-seed statistics."""
-    p = point_plan(sp, pt, 1e-3, runs[0][1].train.steps)
+    p = point_plan(sp, pt, 1e-3, runs[0][1].train.steps)  # widths and timing only: the lr plays no part
     plans = {r.run_dir.name: cf.arm_plan(p, d["schedule"]) for (d, _), r in zip(runs, results)}
-    batches = cf.heldout_batches(results[0], sp.eval_batches, sp.eval_batch_size)
+    batches = heldout_batches(results[0], sp.eval_batches, sp.eval_batch_size)
     c8_runs, timed = cf.evaluate_runs(runs, results, plans, batches)
     times, tsum = cf.time_schedules(timed, results[0].config.model.vocab_size, p)
     c8 = cf.summarize(c8_runs, tsum)

@@ -21,7 +21,7 @@ from gfa_theory.instrument import stats
 
 from .. import scale as sc
 from . import cascadeformer, fanin, importance
-from .toolkit import INCONCLUSIVE, THRESHOLDS as T, Estimate, Finding, Verdict, defined, significant, tost, undefined
+from .toolkit import THRESHOLDS as T, Estimate, Finding, Verdict, defined, significant, tost, undefined
 
 
 class Trend(str, enum.Enum):
@@ -200,4 +200,4 @@ def along_scale(tables: dict | None) -> list[ScaleFinding] | None:
 
 
 __all__ = ["Trend", "TrendFinding", "ScaleRegime", "ScaleFinding", "TREND_RULE", "trend", "regime_of",
-           "point_verdicts", "trend_findings", "along_scale", "INCONCLUSIVE"]
+           "point_verdicts", "trend_findings", "along_scale"]
