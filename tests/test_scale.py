@@ -168,3 +168,22 @@ def test_scale_is_its_own_study_not_part_of_the_default_profile():
     assert min(sp.tune_at) == min(sp.tokens_per_param) and max(sp.tune_at) >= 10 and len(sp.lrs) >= 3
     params = [sc.uniform_params(sp, sc.Point(w, sp.size_tokens_per_param)) for w in sp.widths]
     assert max(params) / min(params) >= 8
+
+
+def test_report_of_the_scale_only_profile(smoke_tables, tmp_path):
+    """`python -m figures --profile scale` judges every other claim "not measured" and renders the
+    scale findings (here the smoke study's) in "Along scale"."""
+    from experiments.verdicts import judge_all
+    from figures import report, stamp
+    _, _, _, found = smoke_tables
+    text = report.report_text(judge_all({}, "scale"), stamp.merge([], "scale", "REPORT"), "scale", tmp_path, {},
+                              found)
+    assert "only the scale study" in text and "## Along scale" in text and "| C8 " in text
+
+
+def test_other_studies_refuse_the_scale_profile_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-m", "experiments", "fanin_vs_gradients", "--profile", "scale", "--out",
+                          str(tmp_path / "r"), "--no-progress"], capture_output=True, text=True)
+    assert res.returncode == 2 and "only the scale study" in res.stderr and "Traceback" not in res.stderr
