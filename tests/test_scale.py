@@ -181,9 +181,8 @@ def test_report_of_the_scale_only_profile(smoke_tables, tmp_path):
     assert "only the scale study" in text and "## Along scale" in text and "| C8 " in text
 
 
-def test_other_studies_refuse_the_scale_profile_in_one_line(tmp_path):
-    import subprocess
-    import sys
-    res = subprocess.run([sys.executable, "-m", "experiments", "fanin_vs_gradients", "--profile", "scale", "--out",
-                          str(tmp_path / "r"), "--no-progress"], capture_output=True, text=True)
-    assert res.returncode == 2 and "only the scale study" in res.stderr and "Traceback" not in res.stderr
+def test_other_studies_refuse_the_scale_profile_in_one_line(tmp_path, capsys):
+    from experiments.__main__ import main
+    assert main(["fanin_vs_gradients", "--profile", "scale", "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "only the scale study" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
