@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from experiments import EXPLORATORY, STUDIES
-from experiments.plans import PROFILES
+from experiments.plans import PROFILES, caveat
 from experiments.runner import Context
 from experiments.study_io import format_table, study_module
 from gfa_theory.cli.outdir import check_results_root
@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     df = study_module(args.name).run(ctx=ctx)
     print(format_table(df.attrs["summary"]))
     print(f"\nwritten to {ctx.study_dir(args.name)}")
+    if caveat(args.profile):
+        print(f"\n{caveat(args.profile)}")
     return 0
 
 

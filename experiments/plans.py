@@ -7,7 +7,7 @@ equalization study's baseline and a pruning study subject).
 
 * ``smoke`` finishes in seconds (tests only: the numbers mean nothing);
 * ``lesson`` teaches: each study's effect at a size a class runs on a laptop CPU in a few minutes
-  (two seeds, one depth; the notebooks in ``experiments/lessons`` run it and say what a short run
+  (two seeds, one depth; the notebooks in ``lessons/`` run it and say what a short run
   can and cannot show);
 * ``default`` gives a meaningful answer on 2 CPU cores in minutes;
 * ``full`` is sized for one GPU: it trains and times on ``device="auto"`` (CUDA when present,
@@ -27,7 +27,6 @@ from gfa_theory.methods.taper import TaperConfig
 from gfa_theory.train.run_config import RunConfig
 
 PROFILES = ("smoke", "lesson", "default", "full")
-MEANINGLESS = ("smoke",)  # profiles whose numbers only check the pipeline: their runs say so
 
 
 # ---- what is trained -----------------------------------------------------------------------------
@@ -281,6 +280,15 @@ _PLANS: dict[str, StudyPlan] = {
                         random_draws=10, heal_steps=200, heal_lr=1e-4, eval_batches=32, eval_batch_size=64,
                         resnet_eval_batches=0)),
 }
+
+
+def caveat(profile: str) -> str | None:
+    """The line the console prints after a run of ``profile`` whose numbers must not be read as results."""
+    if profile == "smoke":
+        return ("profile smoke: a pipeline check (tiny models, a few steps): its numbers mean nothing, "
+                "even where they point the expected way. For an effect you can read: --profile lesson "
+                "(minutes; the notebooks in lessons/), or default (the report's).")
+    return None
 
 
 def plan(profile: str) -> StudyPlan:

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from tqdm.auto import tqdm
 
+from experiments.plans import caveat
 from experiments.runner import Context
 from experiments.study_io import load_study, study_module
 from gfa_theory.errors import ConfigError
@@ -120,4 +121,6 @@ def build(args) -> int:
             written += report.write_report(evaluate_claims(tables), metas, ctx.profile, out)
             bar.update(1)
     print(f"{len(written)} files in {out} ({time.time() - t0:.1f} s)")
+    if caveat(ctx.profile):
+        print(caveat(ctx.profile))
     return 0
