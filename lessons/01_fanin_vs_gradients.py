@@ -83,6 +83,13 @@ rows = [lesson.summary_row(tables, "fanin_vs_gradients", t) for t in (
 lesson.pd.DataFrame(rows)[["test", "estimate", "ci_low", "ci_high", "n"]].round(3)
 
 # %% [markdown]
+# The report's verdicts on claims C2-C4, by the same declared rules as the full-size report,
+# applied to this lesson's runs (two seeds are few: expect wide intervals):
+
+# %%
+lesson.verdicts(tables, "C2", "C3", "C4")
+
+# %% [markdown]
 # ## Reading it
 #
 # What the lesson profile shows (measured when this lesson was written; rerun and compare):

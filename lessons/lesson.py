@@ -20,12 +20,18 @@ ROOT = Path(__file__).resolve().parent.parent  # the checkout
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import matplotlib.pyplot as plt  # noqa: E402,F401  (the notebooks draw panels with lesson.plt)
 import pandas as pd  # noqa: E402  (after the path: the imports below come from the checkout)
 
 from experiments.plans import caveat  # noqa: E402
 from experiments.runner import Context  # noqa: E402
 from experiments.study_io import load_study, study_module  # noqa: E402
+from figures import beyond  # noqa: E402
+from figures.claims import evaluate_claims  # noqa: E402
 from figures.outputs import OUTPUTS  # noqa: E402
+
+pd.set_option("display.max_colwidth", None)  # a verdict's "measured here" is one long sentence
+pd.set_option("display.width", 160)
 
 # The profile the lessons run; the test suite also executes every notebook on "smoke" (seconds).
 PROFILE = os.environ.get("GFA_LESSON_PROFILE", "lesson")
@@ -96,3 +102,16 @@ def summary_row(tables: dict, study: str, test: str) -> pd.Series:
     if len(rows) != 1:
         raise KeyError(f"{study}: no single summary row {test!r}")
     return rows.iloc[0]
+
+
+def verdicts(tables: dict, *keys: str) -> pd.DataFrame:
+    """The report's verdict on claims ``keys`` (C2, C5, ...; H1-H5 for the mechanism study), by
+    the same declared rules as the full-size report (``figures/claims.py``, ``figures/beyond.py``),
+    applied to these lesson-size tables."""
+    frames = [evaluate_claims(tables).rename(columns={"claim": "key"})]
+    if tables.get("mechanism") is not None:
+        frames.append(beyond.evaluate(tables["mechanism"]).rename(columns={"hypothesis": "key"}))
+    found = pd.concat(frames, ignore_index=True)
+    found = found[found["key"].isin(keys)]
+    cols = [c for c in ("key", "verdict", "measured here") if c in found]
+    return found[cols].set_index("key")

@@ -1,0 +1,77 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lesson 5: CascadeFormer, width tapered with depth
+#
+# Teaches from [`experiments/cascadeformer.py`](../experiments/cascadeformer.py); the full-size
+# result is claim C8 of [`paper/REPORT.md`](../paper/REPORT.md), table T1 and the top of
+# figure F8.
+#
+# **The idea.** If late blocks receive fewer gradient paths and contribute less, give them less
+# width: fewer heads and a narrower FFN, in proportion to their fan-in (`s_b = max(r, F(b)/F(1))`;
+# the residual width stays constant, so every identity path stays exact). `gfa taper --blocks 8
+# --schedule fanin` prints such a plan.
+#
+# **The prediction (the paper's), and its rival.** At the same depth and training budget the
+# tapered model reaches a perplexity comparable to the full uniform model's while running faster.
+# The rival: *any* smaller model trains faster and, in a short run, often as well. So the test
+# that matters is the tapered model against a **narrow uniform** model of the same parameter
+# count: if fan-in is the reason, *where* the width goes must matter.
+
+# %% [markdown]
+# ## Your guess first
+#
+# Eight-block Transformers, 200 steps, two seeds: the full uniform model, the fan-in taper, and a
+# uniformly narrowed model with the taper's parameter count.
+#
+# 1. Is the tapered model's perplexity within a few percent of the full model's?
+# 2. Is it better than the narrow uniform model's?
+# 3. On a laptop CPU at this size, is the tapered model measurably faster (beyond the A/A timing
+#    control, a copy of the uniform model timed alongside)?
+
+# %%
+import lesson
+from figures import efficiency
+
+tables = lesson.run("cascadeformer")
+
+# %% [markdown]
+# ## The figure
+#
+# Left: perplexity change against throughput ratio for every arm (the dashed box: C8's margin
+# and the paper's speedup); right: perplexity, latency and throughput ratios of the tapered arms
+# against the full uniform model (bars: interquartile range over timing repeats).
+
+# %%
+fig, axs = lesson.plt.subplots(1, 2, figsize=(10.5, 4))
+efficiency.cascade_tradeoff_panel(tables, ax=axs[0])
+efficiency.cascade_speed_panel(tables, ax=axs[1])
+lesson.show(fig, "F8-cascade")
+
+# %% [markdown]
+# ## The numbers behind the figure
+
+# %% [markdown]
+# Table T1 of the report, at the lesson size:
+
+# %%
+efficiency.t1(tables)
+
+# %%
+lesson.verdicts(tables, "C8")
+
+# %% [markdown]
+# ## Reading it
+#
+# READING

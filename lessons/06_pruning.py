@@ -1,0 +1,85 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lesson 6: CascadeFlow Pruning
+#
+# Teaches from [`experiments/pruning.py`](../experiments/pruning.py); the full-size result is
+# claims C9-C11 of [`paper/REPORT.md`](../paper/REPORT.md), tables T2-T4 and T6 and the bottom of
+# figure F8.
+#
+# **The idea.** `A` is recorded during ordinary training, so ranking blocks by it costs nothing:
+# remove the `k` blocks with the least accumulated gradient ("CascadeFlow"). The post hoc
+# heuristics need calibration batches and extra forward or backward passes.
+#
+# **The prediction (the paper's), and its control.** CascadeFlow prunes with a lower held-out
+# perplexity than Block Influence, angular distance, Taylor, magnitude and random, with a more
+# stable ranking. The control: lesson 1 showed `A` falling with depth, so CascadeFlow's ranking is
+# close to "remove the last `k` blocks" (`last`), which needs no measurement at all. Last-k is the
+# baseline that decides whether `A` adds anything beyond depth.
+#
+# The models are lesson 1's eight-block Transformers and six-block ResNets, read back from the
+# cache: only the pruning, healing and scoring run here.
+
+# %% [markdown]
+# ## Your guess first
+#
+# 1. Removing two of eight blocks: does CascadeFlow give a lower held-out perplexity than Block
+#    Influence? Than random?
+# 2. How often does CascadeFlow remove *different* blocks from last-k?
+# 3. Does a short healing (a few AdamW steps after pruning) change the ranking of methods?
+
+# %%
+import lesson
+from figures import efficiency
+
+tables = lesson.run("fanin_vs_gradients", "pruning")
+
+# %% [markdown]
+# ## The figure
+#
+# Held-out perplexity of the pruned Transformer against the number of removed blocks `k`, each
+# seed relative to its unpruned model, without healing (left) and after healing (right).
+
+# %%
+fig, axs = lesson.plt.subplots(1, 2, figsize=(10.5, 4), sharey=True)
+efficiency.pruning_panel(tables, "pruned", relative=True, ax=axs[0])
+efficiency.pruning_panel(tables, "healed", relative=True, ax=axs[1])
+axs[0].legend(fontsize=7)
+lesson.show(fig, "F8-pruning")
+
+# %% [markdown]
+# ## The numbers behind the figure
+#
+# Perplexity at each `k` per method (Transformer, no healing; mean over seeds), and how often
+# CascadeFlow and last-k remove different blocks:
+
+# %%
+r = tables["pruning"]["results"]
+tr = r[(r.family == "transformer") & (r.stage == "pruned")]
+tr.pivot_table(index="method", columns="k", values="perplexity", aggfunc="mean").round(2)
+
+# %% [markdown]
+# Table T6 of the report: CascadeFlow against depth order (last-k) on exactly the runs where the
+# two remove different blocks.
+
+# %%
+efficiency.t6(tables)
+
+# %%
+lesson.verdicts(tables, "C9", "C10", "C11")
+
+# %% [markdown]
+# ## Reading it
+#
+# READING

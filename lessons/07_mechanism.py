@@ -1,0 +1,74 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lesson 7 (beyond the paper): what sets the profile of `A`?
+#
+# Teaches from [`experiments/mechanism.py`](../experiments/mechanism.py); the full-size result is
+# the report's "Beyond the paper" section of [`paper/REPORT.md`](../paper/REPORT.md)
+# (hypotheses H1-H5, table B1, figures F9-F11).
+#
+# **The question.** Lesson 1 showed `A` falling with depth but not like the path count `F`: a
+# steep drop over the first block and a nearly flat tail. Path counts treat every path as one
+# unit. But a path's contribution is a product of *gains* (how much each branch scales the
+# gradient it passes on), and the residual stream grows with depth, which shrinks later
+# branches' gains. So: do counts predict the profile of `A`, or do measured gains?
+#
+# **The accounts.** `count` (`F` itself); sums over paths weighted by gains measured during
+# training (aligned or orthogonal sums); and `product`, the measured product of gains. Each
+# predicts every run's profile with nothing fitted on that run; the profile error is the RMS of
+# `log(pred / mean pred) - log(A / mean A)` over the branches (0 = exact shape).
+#
+# **The arms.** Pre-LN at eight blocks, and the same network with the norms placed otherwise
+# (Post-LN, Peri-LN), LayerNorm scaling, and an 8x embedding scale: they change the gains, so
+# an account built on gains should follow them where counts cannot.
+
+# %% [markdown]
+# ## Your guess first
+#
+# 1. On the Pre-LN network, which account has the smaller profile error: counts or the measured
+#    product of gains?
+# 2. On Post-LN, does any account describe `A`?
+
+# %%
+import lesson
+
+tables = lesson.run("mechanism")
+
+# %% [markdown]
+# ## The figures
+#
+# F9: the profile of `A` against each account's prediction, per arm. F10: each account's profile
+# error per arm (t-intervals over seeds).
+
+# %%
+lesson.figure("F9", tables)
+
+# %%
+lesson.figure("F10", tables)
+
+# %% [markdown]
+# ## The numbers behind the figures
+
+# %%
+# the log-profile error per arm and account (gains measured during training), mean over seeds
+e = tables["mechanism"]["errors"]
+e[e.gains == "training"].pivot_table(index="arm", columns="account", values="log_error").round(3)
+
+# %%
+lesson.verdicts(tables, "H1", "H2", "H3", "H4", "H5")
+
+# %% [markdown]
+# ## Reading it
+#
+# READING
