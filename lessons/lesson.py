@@ -30,7 +30,6 @@ from figures import beyond  # noqa: E402
 from figures.claims import evaluate_claims  # noqa: E402
 from figures.outputs import OUTPUTS  # noqa: E402
 
-pd.set_option("display.max_colwidth", None)  # a verdict's "measured here" is one long sentence
 pd.set_option("display.width", 160)
 
 # The profile the lessons run; the test suite also executes every notebook on "smoke" (seconds).
@@ -104,14 +103,23 @@ def summary_row(tables: dict, study: str, test: str) -> pd.Series:
     return rows.iloc[0]
 
 
-def verdicts(tables: dict, *keys: str) -> pd.DataFrame:
+def verdicts(tables: dict, *keys: str):
     """The report's verdict on claims ``keys`` (C2, C5, ...; H1-H5 for the mechanism study), by
     the same declared rules as the full-size report (``figures/claims.py``, ``figures/beyond.py``),
-    applied to these lesson-size tables."""
+    applied to these lesson-size tables: one paragraph per claim (Markdown in a notebook)."""
     frames = [evaluate_claims(tables).rename(columns={"claim": "key"})]
     if tables.get("mechanism") is not None:
         frames.append(beyond.evaluate(tables["mechanism"]).rename(columns={"hypothesis": "key"}))
-    found = pd.concat(frames, ignore_index=True)
-    found = found[found["key"].isin(keys)]
-    cols = [c for c in ("key", "verdict", "measured here") if c in found]
-    return found[cols].set_index("key")
+    found = pd.concat(frames, ignore_index=True).set_index("key")
+    text = "\n\n".join(f"**{k}: {found.loc[k, 'verdict']}** (profile {PROFILE}). {found.loc[k, 'measured here']}"
+                         for k in keys)
+    return _markdown(text)
+
+
+def _markdown(text: str):
+    if "IPython" in sys.modules and sys.modules["IPython"].get_ipython() is not None:
+        from IPython.display import Markdown  # noqa: PLC0415
+
+        return Markdown(text)
+    print(text)
+    return None
