@@ -95,13 +95,15 @@ lesson.verdicts(tables, "C2", "C3", "C4")
 # ## Reading it
 #
 # What the lesson profile shows (measured when this lesson was written; rerun and compare):
-# with one head, `A / max` runs about 1.0, 0.36, 0.25, 0.21, 0.20, 0.19, 0.19, 0.19 and the
+# with one head, `A / max` runs about 1.0, 0.36, 0.25, 0.21, 0.20, 0.19, 0.18, 0.19 and the
 # per-run Spearman correlation of `A` with `F` is about 0.99: `A` falls with fan-in, **but not
 # like it**. Most of the fall is between the first and second block; after that `A` is nearly
 # flat, while `F` keeps falling by 1/8 of its maximum per block. The exponent of `A` on `F`
 # is about 0.47 with every block and about 0.2 without the first one. With deep supervision
 # `A` falls all the way down (to about 0.03 of the first block) and steeply: an exponent of
-# about 0.8 on the quadratic fan-in.
+# about 0.8 on the quadratic fan-in. The right panel of F2 adds a twist: the gradient of the
+# residual stream itself, at each branch output, is flat along depth; what falls is the gradient
+# the branches' own parameters receive.
 #
 # So the *direction* of the prediction holds in a two-minute run, and the *shape* does not
 # follow path counts: the first block, which also sits next to the embedding, carries most of

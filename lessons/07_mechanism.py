@@ -73,4 +73,18 @@ lesson.verdicts(tables, "H1", "H2", "H3", "H4", "H5")
 # %% [markdown]
 # ## Reading it
 #
-# READING
+# What the lesson profile shows (measured when this lesson was written): the central result of
+# the full-size study reappears in a few minutes. On Pre-LN the measured product of gains predicts
+# the profile of `A` with a log-profile error of about 0.24, counts with about 0.62; counts lose by
+# 0.37 [0.21, 0.54], far beyond the 0.05 margin of H1 ("counts do no worse"), which therefore
+# **does not hold**. What counts miss is lesson 1's picture: `A` drops steeply over the first block
+# and is nearly flat after it, while `F` falls linearly to the end (F9). The product also has the
+# smaller error on every other arm (Post-LN is the exception the figure shows: every account is
+# far off there, errors near 1, since no path sum of forward gains describes the norms' Jacobians),
+# but at two seeds none of those per-arm differences survives Holm's correction, so H2 is
+# **inconclusive**. Stream growth goes against the predicted sign (H3 does not hold), and the rank
+# (H4) and proxy (H5) hypotheses are inconclusive at this size.
+#
+# So the lesson for GFA as a whole: path *counts* get the direction (lesson 1) but not the shape;
+# the gains along the paths set the shape. The report's "Beyond the paper" (three depths, three
+# seeds) has the full-size verdicts.
