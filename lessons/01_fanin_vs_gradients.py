@@ -85,11 +85,11 @@ rows = [lesson.summary_row(tables, "fanin_vs_gradients", t) for t in (
 lesson.pd.DataFrame(rows)[["test", "estimate", "ci_low", "ci_high", "n"]].round(3)
 
 # %% [markdown]
-# The report's verdicts on claims C2-C4, by the same declared rules as the full-size report,
-# applied to this lesson's runs (two seeds are few: expect wide intervals):
+# The takeaway: what was predicted, what was measured, the verdict, by the report's own declared
+# rules (`experiments/verdicts`) applied to this lesson's runs (two seeds: expect wide intervals).
 
 # %%
-lesson.verdicts(tables, "C2", "C3", "C4")
+lesson.takeaway(tables, "fanin_vs_gradients")
 
 # %% [markdown]
 # ## Reading it

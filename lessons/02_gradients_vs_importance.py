@@ -66,8 +66,12 @@ tests = ["transformer: OLS ablation_norm ~ A_norm",
 lesson.pd.DataFrame([lesson.summary_row(tables, study, t) for t in tests])[
     ["test", "estimate", "ci_low", "ci_high", "n"]].round(3)
 
+# %% [markdown]
+# The takeaway: what was predicted, what was measured, the verdict, by the report's own declared
+# rules (`experiments/verdicts`) applied to this lesson's runs (two seeds: expect wide intervals).
+
 # %%
-lesson.verdicts(tables, "C5")
+lesson.takeaway(tables, "gradients_vs_importance")
 
 # %% [markdown]
 # ## Reading it

@@ -65,8 +65,12 @@ s = tables["equalization"]["summary"]
 keep = s["test"].str.contains(r" - .*: (?:cv_U|late_dloss|val_loss)$") | s["test"].str.endswith("tuned lr")
 s[keep][["test", "estimate", "ci_low", "ci_high", "n"]].round(4)
 
+# %% [markdown]
+# The takeaway: what was predicted, what was measured, the verdict, by the report's own declared
+# rules (`experiments/verdicts`) applied to this lesson's runs (two seeds: expect wide intervals).
+
 # %%
-lesson.verdicts(tables, "C6")
+lesson.takeaway(tables, "equalization")
 
 # %% [markdown]
 # ## Reading it

@@ -60,8 +60,12 @@ lesson.figure("F7", tables)
 last = tables["repetition"]["last_group"]
 last.groupby("variant", sort=False)[["last_F_share", "last_A_share", "last_share", "val_loss"]].mean().round(3)
 
+# %% [markdown]
+# The takeaway: what was predicted, what was measured, the verdict, by the report's own declared
+# rules (`experiments/verdicts`) applied to this lesson's runs (two seeds: expect wide intervals).
+
 # %%
-lesson.verdicts(tables, "C7")
+lesson.takeaway(tables, "repetition")
 
 # %% [markdown]
 # ## Reading it

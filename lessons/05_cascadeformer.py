@@ -70,8 +70,12 @@ lesson.show(fig, "F8-cascade")
 # %%
 efficiency.t1(tables)
 
+# %% [markdown]
+# The takeaway: what was predicted, what was measured, the verdict, by the report's own declared
+# rules (`experiments/verdicts`) applied to this lesson's runs (two seeds: expect wide intervals).
+
 # %%
-lesson.verdicts(tables, "C8")
+lesson.takeaway(tables, "cascadeformer")
 
 # %% [markdown]
 # ## Reading it

@@ -78,8 +78,12 @@ tr.pivot_table(index="method", columns="k", values="perplexity", aggfunc="mean")
 # %%
 efficiency.t6(tables)
 
+# %% [markdown]
+# The takeaway: what was predicted, what was measured, the verdict, by the report's own declared
+# rules (`experiments/verdicts`) applied to this lesson's runs (two seeds: expect wide intervals).
+
 # %%
-lesson.verdicts(tables, "C9", "C10", "C11")
+lesson.takeaway(tables, "pruning")
 
 # %% [markdown]
 # ## Reading it

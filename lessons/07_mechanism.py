@@ -67,8 +67,12 @@ lesson.figure("F10", tables)
 e = tables["mechanism"]["errors"]
 e[e.gains == "training"].pivot_table(index="arm", columns="account", values="log_error").round(3)
 
+# %% [markdown]
+# The takeaway: what was predicted, what was measured, the verdict, by the report's own declared
+# rules (`experiments/verdicts`) applied to this lesson's runs (two seeds: expect wide intervals).
+
 # %%
-lesson.verdicts(tables, "H1", "H2", "H3", "H4", "H5")
+lesson.takeaway(tables, "mechanism")
 
 # %% [markdown]
 # ## Reading it

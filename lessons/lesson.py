@@ -26,8 +26,8 @@ import pandas as pd  # noqa: E402  (after the path: the imports below come from 
 from experiments.plans import caveat  # noqa: E402
 from experiments.runner import Context  # noqa: E402
 from experiments.study_io import load_study, study_module  # noqa: E402
-from figures import beyond  # noqa: E402
-from figures.claims import evaluate_claims  # noqa: E402
+from experiments.verdicts import for_study  # noqa: E402
+from experiments.verdicts.render import study_takeaways  # noqa: E402
 from figures.outputs import OUTPUTS  # noqa: E402
 
 pd.set_option("display.width", 160)
@@ -103,23 +103,11 @@ def summary_row(tables: dict, study: str, test: str) -> pd.Series:
     return rows.iloc[0]
 
 
-def verdicts(tables: dict, *keys: str):
-    """The report's verdict on claims ``keys`` (C2, C5, ...; H1-H5 for the mechanism study), by
-    the same declared rules as the full-size report (``figures/claims.py``, ``figures/beyond.py``),
-    applied to these lesson-size tables: one paragraph per claim (Markdown in a notebook)."""
-    frames = [evaluate_claims(tables).rename(columns={"claim": "key"})]
-    if tables.get("mechanism") is not None:
-        frames.append(beyond.evaluate(tables["mechanism"]).rename(columns={"hypothesis": "key"}))
-    found = pd.concat(frames, ignore_index=True).set_index("key")
-    text = "\n\n".join(f"**{k}: {found.loc[k, 'verdict']}** (profile {PROFILE}). {found.loc[k, 'measured here']}"
-                         for k in keys)
-    return _markdown(text)
-
-
-def _markdown(text: str):
-    if "IPython" in sys.modules and sys.modules["IPython"].get_ipython() is not None:
-        from IPython.display import Markdown  # noqa: PLC0415
-
-        return Markdown(text)
-    print(text)
-    return None
+def takeaway(tables: dict, study: str) -> None:
+    """Print the three-line takeaway (predicted, measured, verdict) of every rule that reads
+    ``study``: the report's own rules (``experiments/verdicts``) applied to these lesson-size
+    tables, studies the rules also read coming from the run cache."""
+    ctx = context()
+    needed = {s: tables.get(s) if tables.get(s) is not None else load_study(ctx, s)
+              for r in for_study(study) for s in r.studies}
+    print(study_takeaways(study, needed, PROFILE))

@@ -55,9 +55,8 @@ def test_lesson_asks_before_it_answers_and_links_its_sources(source):
     first = cells[0][1]
     study = re.sub(r"^\d\d_", "", source.stem)
     assert f"(../experiments/{study}.py)" in first and "(../paper/REPORT.md)" in first
-    report = (ROOT / "paper" / "REPORT.md").read_text(encoding="utf-8")
-    for key in re.findall(r"\b([CH]\d+)\b", " ".join(t for _, t in cells if "verdicts" in t)):
-        assert f"### {key}." in report, f"{source.name} names {key}, which the report does not have"
+    takeaway = next(i for i, (kind, text) in enumerate(cells) if kind == "code" and "lesson.takeaway(" in text)
+    assert f'lesson.takeaway(tables, "{study}")' in cells[takeaway][1] and first_run < takeaway
     reading = cells[-1][1]
     assert reading.startswith("## Reading it") and len(reading) > 400
 
@@ -89,6 +88,7 @@ def test_lesson_notebook_executes(source, kernel_env):
     assert any("image/png" in o.get("data", {}) for o in outputs), "no figure drawn"
     text = "".join(o.get("text", "") for o in outputs)
     assert "profile smoke" in text and "mean nothing" in text  # the caveat, said where the numbers are
+    assert re.search(r"^[CH]\d+ verdict: ", text, flags=re.M), "no takeaway printed"
 
 
 @pytest.mark.slow
