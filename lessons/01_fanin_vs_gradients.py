@@ -45,7 +45,7 @@
 # %%
 import lesson
 
-tables = lesson.run("fanin_vs_gradients")  # about 1-2 minutes on 2 cores the first time, then cached
+tables = lesson.run("fanin_vs_gradients")  # the first time about a minute on 2 idle cores (63 s of CPU); then cached
 
 # %% [markdown]
 # ## The figure
