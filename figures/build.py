@@ -18,7 +18,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from experiments import scale as scale_study
-from experiments.plans import STUDY_ONLY
+from experiments.plans import STUDY_ONLY, caveat
 from experiments.runner import Context
 from experiments.study_io import study_module
 from experiments.upgrade import current
@@ -130,4 +130,6 @@ def build(args) -> int:
                                            along_scale(tables.get(scale_study.NAME)))
             bar.update(1)
     print(f"{len(written)} files in {out} ({time.time() - t0:.1f} s)")
+    if caveat(ctx.profile):
+        print(caveat(ctx.profile))
     return 0
