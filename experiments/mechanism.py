@@ -106,7 +106,8 @@ from gfa_theory.instrument.tracking import GradientTracker
 from gfa_theory.models.base import logits_and_loss
 from gfa_theory.theory import gains as theory
 from gfa_theory.theory.symbolic import branch_fan_in
-from gfa_theory.train.loop import GAINS_FILE, RunResult
+from gfa_theory.train.loop import GAINS_FILE
+from gfa_theory.train.lifecycle import RunResult
 from gfa_theory.train.store import CHECKPOINT_FILE, load_run, read_checkpoint
 
 from . import gradients_vs_importance

@@ -16,7 +16,7 @@ import pandas as pd
 from gfa_theory.instrument import importance
 from gfa_theory.theory.symbolic import block_fan_in, branch_fan_in
 from gfa_theory.train.data import load_data, run_eval_batches
-from gfa_theory.train.loop import RunResult
+from gfa_theory.train.lifecycle import RunResult
 from gfa_theory.train.store import load_run
 
 from .plans import ImportancePlan

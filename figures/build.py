@@ -106,13 +106,14 @@ def build(args) -> int:
     keys = selected(args.only)
     if args.jobs < 0:
         raise ConfigError(f"--jobs must be >= 0, got {args.jobs}")
-    ctx = Context(args.profile, results_root(args.results), args.jobs, args.force, not args.no_progress)
+    ctx = Context(args.profile, results_root(args.results), args.jobs, args.force, not args.no_progress,
+                  executor=getattr(args, "executor", None) or "local")
     out = Path(args.out) if args.out else default_out(args.profile)
     out.mkdir(parents=True, exist_ok=True)
     needed = list(dict.fromkeys(s for k in keys for s in OUTPUTS[k].studies))
     with_report = not args.only
     total = len(needed) + len(keys) + int(with_report)
-    with tqdm(total=total, desc="reproduce", disable=args.no_progress, dynamic_ncols=True) as bar:
+    with ctx, tqdm(total=total, desc="reproduce", disable=args.no_progress, dynamic_ncols=True) as bar:
         tables, metas = run_studies(ctx, needed, bar)
         written = write_outputs(keys, tables, metas, ctx.profile, out, bar)
         if with_report:

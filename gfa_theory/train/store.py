@@ -51,6 +51,7 @@ SNAPSHOT_DIR = "snapshots"  # model weights at each checkpoint step: step-<s>.pt
 DONE_FILE = "DONE"
 LOCK_FILE = ".lock"  # flock'd while a process trains the run
 FAULT_ENV = "GFA_FAULT_AT"  # tests: "<boundary>[:<n>]" SIGKILLs the process there (see fault_point)
+FAULT_ONCE_ENV = "GFA_FAULT_ONCE"  # tests: a file path; only the process that creates it is killed
 FAULT_POINTS = ("config", "snapshot", "metrics", "checkpoint", "gradients", "done")
 
 
@@ -65,7 +66,9 @@ def fault_point(name: str) -> None:
 
     Boundaries (:data:`FAULT_POINTS`): ``config`` after config.json, ``snapshot`` / ``metrics`` /
     ``checkpoint`` after each of a checkpoint's files (in that order), ``gradients`` after
-    gradients.csv, ``done`` right before the DONE marker.
+    gradients.csv, ``done`` right before the DONE marker. With ``GFA_FAULT_ONCE=<file>`` only the
+    first process to get there (the one that creates ``<file>``) is killed: one worker of a
+    pool or cluster dies, and the retried run goes through.
     """
     spec = os.environ.get(FAULT_ENV)
     if not spec:
@@ -75,6 +78,12 @@ def fault_point(name: str) -> None:
         return
     _fault_counts[name] = _fault_counts.get(name, 0) + 1
     if _fault_counts[name] == (int(nth) if nth.isdigit() else 1):
+        once = os.environ.get(FAULT_ONCE_ENV)
+        if once:
+            try:
+                os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -277,8 +286,12 @@ def read_gradients(path: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
-def load_run(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LoadedRun:
+def load_run(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+             check: Callable[[dict], None] | None = None) -> LoadedRun:
     """Config, model with its final weights, metrics and gradients of a complete run.
+
+    ``check``: called with the loaded checkpoint before its weights are used (it raises to
+    refuse it), so a caller that verifies the checkpoint reads it only once.
 
     Reads whatever a finished run holds, whatever machine trained it (a CUDA run loads on a
     CPU-only machine); a file that cannot be read back is a one-line RunStoreError naming it.
@@ -294,6 +307,8 @@ def load_run(path: str | os.PathLike, map_location: str | torch.device = "cpu") 
                             f"{_remedy(path)}") from None
     model = build_model(cfg.model_name, cfg.model)
     state = read_checkpoint(path / CHECKPOINT_FILE, map_location)
+    if check is not None:
+        check(state)
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, TypeError) as exc:
