@@ -50,6 +50,12 @@ def executor_of(args: argparse.Namespace) -> str:
     return check_spec(args.executor or default_spec())
 
 
+def start_executor(ctx: Context) -> None:
+    """Start (or reach) a cluster before any work: an unreachable address fails in seconds."""
+    if ctx.executor != "local":
+        ctx.pool()
+
+
 def check_jobs(jobs: int) -> None:
     if not 0 <= jobs <= MAX_JOBS:
         raise ConfigError(f"--jobs must be in 0..{MAX_JOBS}, got {jobs}")
@@ -60,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     check_results_root(results_root(args.out))
     with Context(args.profile, results_root(args.out), args.jobs, args.force, not args.no_progress,
                  executor=executor_of(args)) as ctx:
+        start_executor(ctx)
         df = study_module(args.name).run(ctx=ctx)
     print(format_table(df.attrs["summary"]))
     print(f"\nwritten to {ctx.study_dir(args.name)}")

@@ -134,7 +134,8 @@ class Executor:
                 while pending and len(running) < window:
                     i = pending.popleft()
                     attempts[i] += 1
-                    running[id(h := self.submit(fn, items[i]))] = (h, i)
+                    h = self.submit(fn, items[i])
+                    running[id(h)] = (h, i)
                 for h in self.wait_any([h for h, _ in running.values()]):
                     _, i = running.pop(id(h))
                     try:

@@ -367,7 +367,8 @@ def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
     """Train (or read back) the arms, measure gains, ranks and importance, score every account, write."""
     ctx, started, _, runs, results = start(NAME, configs, profile, ctx)
     parts = map_in_workers(analyze_run, [(desc, str(res.run_dir), ctx.profile)
-                                         for (desc, _), res in zip(runs, results)], ctx, desc="mechanism")
+                                         for (desc, _), res in zip(runs, results)], ctx, desc="mechanism",
+                           labels=[f"analysis of run {res.run_dir}" for res in results])
     units, blocks, per_run = (pd.concat([x[k] for x in parts], ignore_index=True) for k in ("units", "blocks", "runs"))
     errors = profile_errors(units)
     mp = PLANS[ctx.profile]

@@ -89,5 +89,6 @@ def ablation_units(runs: Sequence[tuple[dict, object]], results: Sequence[RunRes
         frames = [_with_ablation(desc, res, imp) for (desc, _), res in zip(runs, results)]
     else:
         frames = map_in_workers(_ablation_table, [(desc, str(res.run_dir), imp) for (desc, _), res in
-                                                  zip(runs, results)], ctx, desc="ablation importance")
+                                                  zip(runs, results)], ctx, desc="ablation importance",
+                                labels=[f"ablation of run {res.run_dir}" for res in results])
     return pd.concat(frames, ignore_index=True)

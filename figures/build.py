@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from tqdm.auto import tqdm
 
+from experiments.__main__ import start_executor
 from experiments.runner import Context
 from experiments.study_io import load_study, study_module
 from gfa_theory.errors import ConfigError
@@ -114,6 +115,7 @@ def build(args) -> int:
     with_report = not args.only
     total = len(needed) + len(keys) + int(with_report)
     with ctx, tqdm(total=total, desc="reproduce", disable=args.no_progress, dynamic_ncols=True) as bar:
+        start_executor(ctx)
         tables, metas = run_studies(ctx, needed, bar)
         written = write_outputs(keys, tables, metas, ctx.profile, out, bar)
         if with_report:
