@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 import torch
-from tqdm.auto import tqdm
 
 from gfa_theory.errors import ConfigError, TrainingError
 from gfa_theory.train.lifecycle import RunResult, train
@@ -71,7 +70,7 @@ class Context:
     def usage(self) -> dict:
         """Which executor this context dispatches to, and how many tasks it runs at once (None
         until it has been started)."""
-        return {"executor": self.executor.split("?", 1)[0],
+        return {"executor": self.executor.split("?", 1)[0].split("://", 1)[0],
                 "workers": None if self._pool is None else self._pool.workers}
 
     def close(self) -> None:
