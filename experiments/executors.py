@@ -146,7 +146,8 @@ class Executor:
                             bar.write(f"{labels[i]}: worker lost ({exc}); retry {attempts[i]} of {RETRIES}", file=sys.stderr)
                             pending.append(i)
                         else:
-                            failures.append(_Failure(labels[i], f"worker lost {attempts[i]} times ({exc})"))
+                            lost = "worker lost" if exc.final else f"worker lost {attempts[i]} times"
+                            failures.append(_Failure(labels[i], f"{lost} ({exc})"))
                             bar.write(f"{labels[i]} failed: {failures[-1].error}", file=sys.stderr)
                             bar.update(1)
                     except Exception as exc:  # noqa: BLE001  (reported, the others go on)
