@@ -1,4 +1,6 @@
-"""``python -m experiments NAME --profile ...``: run one worked study and print its key table.
+"""``python -m experiments NAME --profile ...``: run one worked study, print its takeaway (what was
+predicted, what was measured, the verdict: :func:`experiments.verdicts.render.study_takeaways`)
+and then its key table.
 
 Runs from a checkout of the repository (the studies are not part of the installed package).
 A user mistake is one line on stderr and exit status 2.
@@ -12,7 +14,9 @@ from experiments import EXPLORATORY, STUDIES
 from experiments.executors import SCHEMES, check_spec, default_spec
 from experiments.plans import PROFILES
 from experiments.runner import Context
-from experiments.study_io import format_table, study_module
+from experiments.study_io import format_table, load_study, study_module
+from experiments.verdicts import for_study
+from experiments.verdicts.render import study_takeaways
 from gfa_theory.cli.outdir import check_results_root
 from gfa_theory.errors import ConfigError, report_user_errors
 from gfa_theory.train.store import results_root
@@ -68,6 +72,11 @@ def run(args: argparse.Namespace) -> int:
                  executor=executor_of(args)) as ctx:
         start_executor(ctx)
         df = study_module(args.name).run(ctx=ctx)
+    tables = {s: load_study(ctx, s) for r in for_study(args.name) for s in r.studies}
+    text = study_takeaways(args.name, tables, ctx.profile)
+    if text:
+        print(text + "
+")
     print(format_table(df.attrs["summary"]))
     print(f"\nwritten to {ctx.study_dir(args.name)}")
     return 0

@@ -208,8 +208,8 @@ def missing_artifacts(rdir: Path, tc: TrainConfig) -> list[str]:
     return [n for n in names if not (rdir / n).is_file()]
 
 
-def _loaded(rdir: Path, trained: bool, check=None) -> RunResult:
-    cfg, model, metrics, gradients = load_run(rdir, check=check)
+def _loaded(rdir: Path, trained: bool) -> RunResult:
+    cfg, model, metrics, gradients = load_run(rdir)
     return RunResult(rdir, cfg, model, metrics, gradients, trained)
 
 
@@ -240,13 +240,8 @@ def reuse(rdir: Path, key: str, cfg: RunConfig, device: torch.device) -> RunResu
     if missing:
         raise RunStoreError(f"run {key} in {rdir} is marked complete but {rdir / missing[0]} is missing: {remedy}")
 
-    def final_step_of_this_run(state: dict) -> None:
-        if state.get("run_id") != key or state.get("step") != cfg.train.steps:
-            raise RunStoreError(f"{rdir / CHECKPOINT_FILE} holds step {state.get('step')!r} of run "
-                                f"{str(state.get('run_id'))[:80]!r}, not the final step {cfg.train.steps} of {key}: "
-                                f"{remedy}")
-
-    return _loaded(rdir, trained=False, check=final_step_of_this_run)
+    # the checkpoint is read once, by load_run, which also checks it holds this run's final step
+    return _loaded(rdir, trained=False)
 
 
 def train(cfg: RunConfig, out_root: str | os.PathLike | None = None, resume: bool = True,
