@@ -75,8 +75,7 @@ def run(args: argparse.Namespace) -> int:
     tables = {s: load_study(ctx, s) for r in for_study(args.name) for s in r.studies}
     text = study_takeaways(args.name, tables, ctx.profile)
     if text:
-        print(text + "
-")
+        print(text + "\n")
     print(format_table(df.attrs["summary"]))
     print(f"\nwritten to {ctx.study_dir(args.name)}")
     return 0
