@@ -37,7 +37,7 @@ from gfa_theory.config import to_dict
 from gfa_theory.devices import check_device
 from gfa_theory.errors import GFAError, RunStoreError, TrainingError
 from gfa_theory.train.data import Dataset, TextData
-from gfa_theory.train.loop import GAINS_FILE, Trainer, World, init_world
+from gfa_theory.train.loop import GAINS_FILE, HELDOUT_GAINS_FILE, Trainer, World, init_world
 from gfa_theory.train.run_config import (
     METRIC_COLUMNS,
     AfterBackward,
@@ -204,7 +204,8 @@ def missing_artifacts(rdir: Path, tc: TrainConfig) -> list[str]:
     """The files a finished run must hold (what the studies read) that ``rdir`` lacks."""
     names = [CONFIG_FILE, METRICS_FILE, GRADIENTS_FILE, CHECKPOINT_FILE,
              *(f"{SNAPSHOT_DIR}/step-{s}.pt" for s in checkpoint_steps(tc)),
-             *([GAINS_FILE] if tc.gain_every else [])]
+             *([GAINS_FILE] if tc.gain_every else []),
+             *([HELDOUT_GAINS_FILE] if tc.heldout_gain_steps else [])]
     return [n for n in names if not (rdir / n).is_file()]
 
 
@@ -442,6 +443,9 @@ class RunWriter:
             fault_point("gradients")
             if self.trainer.gains is not None:
                 write_csv_atomic(rdir / GAINS_FILE, self.trainer.gains.to_frame().assign(run_id=key, seed=tc.seed))
+            if self.trainer.heldout_gains is not None:
+                write_csv_atomic(rdir / HELDOUT_GAINS_FILE,
+                                 self.trainer.heldout_gains.to_frame().assign(run_id=key, seed=tc.seed))
             missing = missing_artifacts(rdir, tc)
             if missing:  # never mark a run complete that the studies cannot read
                 raise TrainingError(f"run {key} in {rdir}: {', '.join(missing)} missing after training; "
