@@ -15,7 +15,8 @@
 Each module has a docstring (hypothesis, prediction, method, how to read the result and its
 figure), a ``configs(profile)`` listing its runs, a ``run(profile)`` returning a tidy DataFrame
 (the key statistics in ``df.attrs["summary"]``) and a command line through
-``python -m experiments <name> --profile smoke|default|full``.
+``python -m experiments <name> --profile smoke|lesson|default|full`` (``lesson``: the size the
+notebooks in ``lessons/`` teach from).
 
 The machinery they share, one job per module (imports run downward only):
 

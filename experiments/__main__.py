@@ -12,7 +12,7 @@ import sys
 
 from experiments import EXPLORATORY, STUDIES
 from experiments.executors import SCHEMES, check_spec, default_spec
-from experiments.plans import PROFILES
+from experiments.plans import PROFILES, caveat
 from experiments.runner import Context
 from experiments.study_io import format_table, load_study, study_module
 from experiments.verdicts import for_study
@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         print(text + "\n")
     print(format_table(df.attrs["summary"]))
     print(f"\nwritten to {ctx.study_dir(args.name)}")
+    if caveat(args.profile):
+        print(f"\n{caveat(args.profile)}")
     return 0
 
 

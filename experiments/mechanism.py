@@ -139,6 +139,8 @@ class MechanismPlan:
 
 PLANS = {"smoke": MechanismPlan(gain_batches=1, gain_probes=2, rank_window=3, small_batch=2,
                                 high_lr=1e-2),
+         "lesson": MechanismPlan(gain_batches=1, gain_probes=2, rank_window=8, small_batch=4,
+                                 high_lr=None),
          "default": MechanismPlan(gain_batches=2, gain_probes=2, rank_window=16, small_batch=4,
                                   high_lr=None),
          "full": MechanismPlan(gain_batches=4, gain_probes=2, rank_window=32, small_batch=16,

@@ -18,6 +18,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from experiments.__main__ import start_executor
+from experiments.plans import caveat
 from experiments.runner import Context
 from experiments.study_io import study_module
 from experiments.upgrade import current
@@ -124,4 +125,6 @@ def build(args) -> int:
             written += report.write_report(judge_all(tables, ctx.profile), metas, ctx.profile, out)
             bar.update(1)
     print(f"{len(written)} files in {out} ({time.time() - t0:.1f} s)")
+    if caveat(ctx.profile):
+        print(caveat(ctx.profile))
     return 0
