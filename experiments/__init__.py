@@ -25,8 +25,10 @@ The machinery they share, one job per module (imports run downward only):
 
 * :mod:`experiments.plans` — typed study plans: ``plan(profile) -> StudyPlan``, and
   ``gpt_run`` / ``resnet_run`` that turn a plan into a run config;
-* :mod:`experiments.runner` — ``Context``, the one process pool (``map_in_workers``) and the run
-  cache (``run_many``, read back through the run store's checks), ``start`` of a study;
+* :mod:`experiments.executors` — where tasks run: the local process pool, Dask or SLURM (``--executor``),
+  with retries of lost workers and one report of failed tasks;
+* :mod:`experiments.runner` — ``Context``, the one way tasks are dispatched (``map_in_workers``) and
+  the run cache (``run_many``, read back through the run store's checks), ``start`` of a study;
 * :mod:`experiments.units` — unit tables (fan-in, accumulated gradients, ablation importance)
   and the fixed held-out batches;
 * :mod:`experiments.summary` — the summary-row shape and its builders;

@@ -70,7 +70,7 @@ import scipy.stats as sps
 
 from gfa_theory.errors import ConfigError
 from gfa_theory.models import build_model
-from gfa_theory.train.loop import RunResult
+from gfa_theory.train.lifecycle import RunResult
 from gfa_theory.train.run_config import resolve, run_key, training_epochs
 
 from . import cascadeformer as cf

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from gfa_theory.train.loop import RunResult
+from gfa_theory.train.lifecycle import RunResult
 
 RULE = "the lr with the lowest final validation loss on the tuning seed (diverged = +inf, ties to the smaller lr)"
 

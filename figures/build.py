@@ -18,6 +18,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from experiments import scale as scale_study
+from experiments.__main__ import start_executor
 from experiments.plans import STUDY_ONLY, caveat
 from experiments.runner import Context
 from experiments.study_io import study_module
@@ -115,13 +116,15 @@ def build(args) -> int:
     keys = selected(args.only, args.profile)
     if args.jobs < 0:
         raise ConfigError(f"--jobs must be >= 0, got {args.jobs}")
-    ctx = Context(args.profile, results_root(args.results), args.jobs, args.force, not args.no_progress)
+    ctx = Context(args.profile, results_root(args.results), args.jobs, args.force, not args.no_progress,
+                  executor=getattr(args, "executor", None) or "local")
     out = Path(args.out) if args.out else default_out(args.profile)
     out.mkdir(parents=True, exist_ok=True)
     needed = list(dict.fromkeys(s for k in keys for s in ALL[k].studies))
     with_report = not args.only
     total = len(needed) + len(keys) + int(with_report)
-    with tqdm(total=total, desc="reproduce", disable=args.no_progress, dynamic_ncols=True) as bar:
+    with ctx, tqdm(total=total, desc="reproduce", disable=args.no_progress, dynamic_ncols=True) as bar:
+        start_executor(ctx)
         tables, metas = run_studies(ctx, needed, bar)
         written = write_outputs(keys, tables, metas, ctx.profile, out, bar)
         if with_report:
