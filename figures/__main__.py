@@ -9,7 +9,7 @@ Runs from a checkout of the repository: the arguments are checked here, the work
 Modules (each imports only those listed before it): ``stamp`` (provenance stamps), ``plots``
 (draw only), ``claims`` (every claim rule C1-C11), ``beyond`` (the mechanism study's hypotheses
 H1-H5), ``gfa``, ``efficiency`` and ``mechanism`` (the builders: study tables to figures and tables),
-``outputs`` (the static list F1-F11, T1-T6, B1), ``report`` (REPORT.md and the README), ``build``
+``outputs`` (the static list F1-F12, T1-T6, B1), ``names`` (the display name of every arm and method), ``report`` (REPORT.md and the README), ``build``
 (runs the studies, writes every output).
 """
 from __future__ import annotations
