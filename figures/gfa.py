@@ -161,7 +161,7 @@ def f5(t):
 
 # ---- F6, F7: equalization and repetition -------------------------------------------------------
 
-def _arm_label(arm: str) -> str:
+def _equalization_label(arm: str) -> str:
     opt, inter = arm.split("/")
     label = names.intervention(inter)
     if opt == "adamw" and inter == "equalize":
@@ -174,13 +174,13 @@ def equalization_bands(units: pd.DataFrame, optimizer: str, col: str) -> list[tu
     learning rate; ``col="share"`` is the block's share of its run's positive ablation importance."""
     d = units[(units.optimizer == optimizer) & units.tuned.astype(bool)].copy()
     d["share"] = importance_share(d)
-    return [(_arm_label(arm), bands(g, "order", col)) for arm, g in d.groupby("arm", sort=False)]
+    return [(_equalization_label(arm), bands(g, "order", col)) for arm, g in d.groupby("arm", sort=False)]
 
 
 def f6(t):
     u = t["equalization"]["units"]
-    fig, axs = plt.subplots(2, 3, figsize=(4.2 * 3, 3.3 * 2), squeeze=False)
-    for row, optimizer in zip(axs, ("adamw", "sgd")):
+    fig, axs = plt.subplots(3, 2, figsize=(4.2 * 2, 3.3 * 3), squeeze=False)  # two columns: README width
+    for row, optimizer in zip(axs.T, ("adamw", "sgd")):
         name = names.OPTIMIZERS[optimizer]
         plots.plot_arm_profiles(equalization_bands(u, optimizer, "imp_ablation"), "ablation delta-loss (nats, symlog)",
                                 f"{name}: block ablation delta-loss", ax=row[0], symlog=1e-2)
@@ -195,7 +195,7 @@ def f6(t):
     return fig
 
 
-def _arm_label(variant: str) -> str:
+def _repetition_label(variant: str) -> str:
     """A variant with its role: the parameter-matched and the compute-matched controls named."""
     if variant == "baseline":
         return "baseline (parameter-matched)"
@@ -210,26 +210,26 @@ def _arm_order(variants) -> list[str]:
 def repetition_application_bands(apps: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """Per arm, each block application's ablation delta-loss (skipped alone; nats) over seeds,
     x = the application's position."""
-    return [(_arm_label(v), bands(apps[apps.variant == v], "application", "imp_application"))
+    return [(_repetition_label(v), bands(apps[apps.variant == v], "application", "imp_application"))
             for v in _arm_order(apps.variant.unique())]
 
 
 def repetition_joint_bands(joint: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """Per arm, the delta-loss of skipping its last m applications together, over seeds, x = m."""
-    return [(_arm_label(v), bands(joint[joint.variant == v], "m", "delta_loss"))
+    return [(_repetition_label(v), bands(joint[joint.variant == v], "m", "delta_loss"))
             for v in _arm_order(joint.variant.unique())]
 
 
 def repetition_fanin_shares(fanin: pd.DataFrame) -> pd.DataFrame:
     """Each parameter group's share of its arm's total group fan-in (autograd path counts)."""
     d = fanin.copy()
-    d["variant"] = d["variant"].map(_arm_label)
+    d["variant"] = d["variant"].map(_repetition_label)
     return d[["order", "F_share", "variant"]]
 
 
 def f7(t):
     rep = t["repetition"]
-    fig, (a, b, c) = _fig(3)
+    fig, (a, b, c) = plt.subplots(3, 1, figsize=(6.0, 3.2 * 3))  # stacked: readable at README width
     if rep.get("applications") is None or rep.get("joint") is None or rep.get("fanin") is None:
         for ax in (a, b, c):
             plots.plot_note("rerun the repetition study: per-application tables missing", ax=ax)

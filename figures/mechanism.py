@@ -66,7 +66,7 @@ def f9(t):
     u["A_mean"] = u.groupby("run_id")["A"].transform("mean")
     bands = profile_bands(u)
     keys = _arm_order(bands)
-    fig, axs = _panels(keys, 4)
+    fig, axs = _panels(keys, 2)  # two columns: readable at README width
     for (arm, B), ax in zip(keys, axs):
         d = bands[(bands.arm == arm) & (bands.depth_B == B)]
         for s in ("A", *mech.ACCOUNTS):
@@ -96,7 +96,7 @@ def error_bands(errors: pd.DataFrame) -> pd.DataFrame:
 def f10(t):
     b = error_bands(t[mech.NAME]["errors"])
     keys = _arm_order(b)
-    fig, ax = plt.subplots(figsize=(max(7.0, 0.75 * len(keys) + 2), 3.6))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(keys) + 1.5), 4.2))
     width = 0.8 / len(mech.ACCOUNTS)
     for k, acc in enumerate(mech.ACCOUNTS):
         for src, marker, fill in (("training", "o", True), ("final", "o", False)):
@@ -117,7 +117,7 @@ def f10(t):
     ax.set_xticks(range(len(keys)), [_label(*k) for k in keys], rotation=35, ha="right", fontsize=7)
     ax.set_ylabel("log-profile error (RMS over branches)", fontsize=8)
     ax.set_yscale("log")
-    ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.45), frameon=False)  # off the data
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)  # off the data and the ticks
     ax.grid(axis="y", alpha=0.3)
     return fig
 
@@ -126,7 +126,7 @@ def f11(t):
     tabs = t[mech.NAME]
     runs = tabs["runs"][tabs["runs"]["family"] == "transformer"]
     units = tabs["units"][tabs["units"]["family"] == "transformer"]
-    fig, axs = plt.subplots(1, 3, figsize=(13.5, 3.6))
+    fig, axs = plt.subplots(3, 1, figsize=(7.5, 10.2))  # stacked: readable at README width
     order = [a for a, _ in _arm_order(runs)]
     hue_order = [names.arm(a) for a in dict.fromkeys(order)]
     runs = runs.assign(arm=runs["arm"].map(names.arm), blocks=runs["depth_B"])  # legend titles in words
@@ -151,9 +151,9 @@ def f11(t):
         axs[2].text(axs[2].get_xlim()[0], y, name, fontsize=6, va="bottom", color="0.4")
     axs[2].set_xlabel("relative window effective rank of block gradients", fontsize=8)
     axs[2].set_ylabel("within-run exponent of $A$ on $F$", fontsize=8)
-    axs[2].set_title("H4: gradient rank vs agreement with counts", fontsize=9)
     for ax in axs[:2]:
-        ax.legend(fontsize=5, ncol=2)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    axs[2].set_title("H4: gradient rank vs agreement with counts (colours and markers as in the top panel)", fontsize=9)
     for ax in axs:
         ax.tick_params(labelsize=7)
     return fig

@@ -153,3 +153,14 @@ def test_time_table_and_report_section(tmp_path):
     section = text.split("## Where the time goes", 1)[1]
     assert "| a_study" in section and "| total" in section and "42.5" in section
     assert "## Where the time goes" not in report.report_text(claims, st, "smoke", tmp_path)
+
+
+def test_equalization_arms_are_named_in_words():
+    """F6's legend: the intervention in words, the optimizer's placebo and no-clip variants marked
+    (a second helper of the same name once shadowed this one and left code names in the legend)."""
+    units = pd.DataFrame({"optimizer": "sgd", "tuned": True, "arm": ["sgd/none", "sgd no-clip/equalize"] * 2,
+                          "run_id": ["a", "b", "a", "b"], "order": [1, 1, 2, 2], "imp_ablation": [1.0, 2.0, 3.0, 4.0]})
+    labels = [label for label, _ in gfa.equalization_bands(units, "sgd", "imp_ablation")]
+    assert labels == ["baseline", "equalized gradients no-clip"]
+    placebo = gfa.equalization_bands(units.assign(optimizer="adamw", arm="adamw/equalize"), "adamw", "imp_ablation")
+    assert [label for label, _ in placebo] == ["equalized gradients (placebo)"]
