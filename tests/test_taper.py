@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -188,3 +189,13 @@ def test_unreachable_budget_says_why_and_what_to_change(capsys):
     wide = ["--n-embd", "768", "--heads", "12", "--d-ff", "3072"]
     assert gfa([*args[:2], "12", *args[3:], *wide, "--match", "flops=0.85", "--format", "json"]) == 0
     assert abs(json.loads(capsys.readouterr().out)["flops_ratio"] - 0.85) < 0.01
+
+
+def test_readme_conflict_example_is_the_error_it_describes(capsys):
+    """The README's example of contradicting options: --match solves alpha, so --alpha conflicts."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    example = "gfa taper --blocks 8 --schedule fanin --alpha 0.5 --match flops=0.85"
+    assert f"`{example}`" in readme
+    assert gfa(example.split()[1:]) == 2
+    err = capsys.readouterr().err
+    assert "--match and --alpha conflict: --match solves alpha" in err and len(err.strip().splitlines()) == 1, err
