@@ -12,7 +12,7 @@ questions; what was measured, and the verdict of each claim's declared rule, is 
    gradient, against post hoc heuristics, with rank stability and scoring cost (C9-C11).
 7. :mod:`experiments.mechanism` — beyond the paper: which account (path counts, gain-weighted
    aligned or orthogonal sums, the measured product) predicts the profile of A, and whether
-   stream growth or gradient rank explains the rest (hypotheses H1-H5 in :mod:`figures.beyond`,
+   stream growth or gradient rank explains the rest (hypotheses H1-H5 in :mod:`experiments.verdicts.mechanism`,
    figures F9-F11, the report's "Beyond the paper").
 
 Each module has a docstring (hypothesis, prediction, method, how to read the result and its

@@ -1,4 +1,6 @@
-"""``python -m experiments NAME --profile ...``: run one worked study and print its key table.
+"""``python -m experiments NAME --profile ...``: run one worked study, print its takeaway (what was
+predicted, what was measured, the verdict: :func:`experiments.verdicts.render.study_takeaways`)
+and then its key table.
 
 Runs from a checkout of the repository (the studies are not part of the installed package).
 A user mistake is one line on stderr and exit status 2.
@@ -11,7 +13,9 @@ import sys
 from experiments import EXPLORATORY, STUDIES
 from experiments.plans import PROFILES
 from experiments.runner import Context
-from experiments.study_io import format_table, study_module
+from experiments.study_io import format_table, load_study, study_module
+from experiments.verdicts import for_study
+from experiments.verdicts.render import study_takeaways
 from gfa_theory.cli.outdir import check_results_root
 from gfa_theory.errors import ConfigError, report_user_errors
 from gfa_theory.train.store import results_root
@@ -45,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
     check_results_root(results_root(args.out))
     ctx = Context(args.profile, results_root(args.out), args.jobs, args.force, not args.no_progress)
     df = study_module(args.name).run(ctx=ctx)
+    tables = {s: load_study(ctx, s) for r in for_study(args.name) for s in r.studies}
+    text = study_takeaways(args.name, tables, ctx.profile)
+    if text:
+        print(text + "\n")
     print(format_table(df.attrs["summary"]))
     print(f"\nwritten to {ctx.study_dir(args.name)}")
     return 0

@@ -23,7 +23,7 @@ table). Arms: the full uniform model (the reference), the **narrow uniform** mod
 every block uniformly smaller: the control), the primary, and exploratory schedules (the
 plan's ``exploratory``; ``linear`` only in ``smoke`` and ``full``, cut from ``default`` for its
 30-minute budget) — ``linear``, ``inverse`` (widening with depth, OpenELM / DeLighT's layer-wise scaling: the opposite
-of the fan-in prediction) and ``measured`` (data-driven: ``s_b = max(r, (A_b/A_1)^alpha)`` from the
+of the fan-in prediction) and ``measured`` (data-driven: ``s_b = max(r, (A_b/max A)^alpha)`` from the
 accumulated training gradient ``A`` of each block of the full uniform run of the same seed and
 length, trained first; ``gfa taper --from-run RUN_DIR`` gives the same schedule for any finished
 run). Every arm trains the same steps, batch, token stream (per seed), optimizer and schedule on
@@ -52,7 +52,7 @@ seeds), the loss gap to the full uniform and to the narrow uniform model (paired
 t-interval; none from one seed) and as perplexity changes in percent, and the four speed ratios
 with their IQR beside the A/A control's (``aa_*`` columns). This study computes numbers only: what
 counts as comparable, better than narrow, or a speedup is decided by claim C8 in
-``figures/claims.py``. If the primary beats the narrow model, where the width goes matters; if
+``experiments/verdicts/``. If the primary beats the narrow model, where the width goes matters; if
 the narrow model is as good, the saving is explained by size and the fan-in rationale is not
 supported, whatever the gap to the full model. CPU timing of small models is noisy and
 overhead-bound at batch 1: expect the batch-1 latency to follow the FLOPs ratio far less than the
@@ -218,10 +218,12 @@ def summarize(runs: pd.DataFrame, timing: pd.DataFrame) -> pd.DataFrame:
             row.update({col: m, f"{col}_ci_low": lo, f"{col}_ci_high": hi})
         for suffix, ref, name in (("", base, REFERENCE), ("_narrow", narrow, CONTROL)):
             gap = _gap(d, ref, first.schedule == name) if len(ref) else \
-                {"estimate": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p": math.nan, "n": 0}
+                {"estimate": math.nan, "se": math.nan, "df": math.nan, "ci_low": math.nan, "ci_high": math.nan,
+                 "p": math.nan, "n": 0}
             row.update({f"loss_gap{suffix}": gap["estimate"], f"loss_gap{suffix}_ci_low": gap["ci_low"],
                         f"loss_gap{suffix}_ci_high": gap["ci_high"], f"loss_gap{suffix}_p": gap["p"],
-                        f"loss_gap{suffix}_n": gap["n"]})
+                        f"loss_gap{suffix}_n": gap["n"], f"loss_gap{suffix}_se": gap["se"],
+                        f"loss_gap{suffix}_df": gap["df"]})
             # the loss is log-perplexity: a loss gap g is a perplexity ratio exp(g)
             for k in ("", "_ci_low", "_ci_high"):
                 row[f"ppl_gap{suffix}_pct{k}"] = 100 * math.expm1(row[f"loss_gap{suffix}{k}"])

@@ -7,7 +7,7 @@ diverse signal), equalizing magnitudes should not help.
 
 **Prediction (the paper's claim).** Under equalization the late blocks' value (held-out ablation
 Delta-loss) is no higher than under the matched control: the change lies inside a declared
-equivalence margin (claim C6, :mod:`figures.claims`).
+equivalence margin (claim C6, :mod:`experiments.verdicts.equalization`).
 
 **Method.** Transformers of one depth (``plan.equalization.depth`` blocks), every run with the
 tracker's update totals on (``train.track_updates``: ``U`` = sum over steps of each block's
@@ -67,7 +67,7 @@ from gfa_theory.train.run_config import RunConfig, run_key
 from .plans import StudyPlan, gpt_run, plan
 from .runner import Context, run_many
 from .study_io import finish
-from .summary import SUMMARY_COLUMNS, mean_row, paired_row
+from .summary import keyed, mean_row, paired_row, table
 from .units import ablation_units
 
 NAME = "equalization"
@@ -197,23 +197,27 @@ def run_measures(units: pd.DataFrame, score: str = "imp_ablation") -> pd.DataFra
 
 def summarize(measures: pd.DataFrame, tuned: dict[str, float]) -> pd.DataFrame:
     """Per arm (its tuned runs): means of every measure; tuned rates; paired differences of every
-    comparison in :data:`COMPARISONS` (primary ones first)."""
-    rows = [{"test": f"{arm}: tuned lr", "estimate": lr, "ci_low": np.nan, "ci_high": np.nan, "p": np.nan,
-             "r2": np.nan, "n": 1, "n_groups": 1, "method": TUNING_RULE} for arm, lr in tuned.items()]
+    comparison in :data:`COMPARISONS` (primary ones first). Rows are keyed by ``arm``, ``quantity``
+    (the measure, or ``tuned_lr``) and, for a comparison, ``against`` (its control) and ``setting``
+    (its role: primary, placebo or secondary)."""
+    rows = [keyed({"test": f"{arm}: tuned lr", "estimate": lr, "ci_low": np.nan, "ci_high": np.nan, "p": np.nan,
+                   "r2": np.nan, "n": 1, "n_groups": 1, "method": TUNING_RULE}, arm=arm, quantity="tuned_lr")
+            for arm, lr in tuned.items()]
     m = measures[measures.tuned]
     by_arm = {arm: d.set_index("seed") for arm, d in m.groupby("arm", sort=False)}
     for arm, d in by_arm.items():
         for col in (*OUTCOMES, *MANIPULATION):
-            rows.append(mean_row(f"{arm}: {col}", d[col]))
+            rows.append(mean_row(f"{arm}: {col}", d[col], arm=arm, quantity=col))
     for arm, ctl, role in COMPARISONS:
         if arm not in by_arm or ctl not in by_arm:
             continue
         a, b = by_arm[arm], by_arm[ctl]
         seeds = sorted(set(a.index) & set(b.index))
         for col in (*OUTCOMES, *MANIPULATION):
-            rows.append(paired_row(f"{arm} - {ctl}: {col}", a.loc[seeds, col], b.loc[seeds, col], r2=np.nan,
-                                   n_groups=len(seeds), method=f"{role}; paired by seed, t-interval"))
-    return pd.DataFrame(rows)[SUMMARY_COLUMNS]
+            rows.append(keyed(paired_row(f"{arm} - {ctl}: {col}", a.loc[seeds, col], b.loc[seeds, col], r2=np.nan,
+                                         n_groups=len(seeds), method=f"{role}; paired by seed, t-interval"),
+                              arm=arm, against=ctl, setting=role, quantity=col))
+    return table(rows)
 
 
 def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:

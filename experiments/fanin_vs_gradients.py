@@ -45,7 +45,7 @@ from gfa_theory.theory.symbolic import block_fan_in
 from .plans import gpt_run, plan, resnet_run
 from .runner import Context, start
 from .study_io import finish
-from .summary import SUMMARY_COLUMNS
+from .summary import keyed, table
 from .units import unit_table
 
 NAME = "fanin_vs_gradients"
@@ -77,54 +77,64 @@ def _with_linear_fan_in(df: pd.DataFrame, run) -> pd.DataFrame:
     return df
 
 
-def _exponents(d: pd.DataFrame, fcol: str, tag: str, label: str) -> list[dict]:
+def _exponents(d: pd.DataFrame, fcol: str, tag: str, label: str, key: dict) -> list[dict]:
     """The exponent of A on a fan-in profile (log-log, cluster-robust by run, t with G - 1 df):
     pooled; within runs (an intercept per run, so only the depth profile counts); within runs with
     the first block left out (it carries most of A in small models); and within runs controlling
     for relative depth (what fan-in explains beyond position, where depths differ across runs)."""
     rest = d[d["order"] > 1]
-    return [stats.loglog_slope(d, "A", fcol, cluster="run_id", test=f"{tag}: log-log slope A ~ {label}"),
-            stats.loglog_slope(d, "A", fcol, cluster="run_id", fixed="run_id",
-                               test=f"{tag}: within-run exponent A ~ {label}"),
-            stats.loglog_slope(rest, "A", fcol, cluster="run_id", fixed="run_id",
-                               test=f"{tag}: within-run exponent A ~ {label}, first block excluded"),
-            {**stats.ols_slope(d.assign(_lA=np.log(d["A"]), _lF=np.log(d[fcol])), "_lA", "_lF",
-                               cluster="run_id", controls=["depth"], fixed="run_id"),
-             "test": f"{tag}: within-run exponent A ~ {label} + depth"}]
+    return [keyed(stats.loglog_slope(d, "A", fcol, cluster="run_id", test=f"{tag}: log-log slope A ~ {label}"),
+                  quantity="exponent_pooled", **key),
+            keyed(stats.loglog_slope(d, "A", fcol, cluster="run_id", fixed="run_id",
+                                     test=f"{tag}: within-run exponent A ~ {label}"), quantity="exponent", **key),
+            keyed(stats.loglog_slope(rest, "A", fcol, cluster="run_id", fixed="run_id",
+                                     test=f"{tag}: within-run exponent A ~ {label}, first block excluded"),
+                  quantity="exponent", subset="no_first_block", **key),
+            keyed({**stats.ols_slope(d.assign(_lA=np.log(d["A"]), _lF=np.log(d[fcol])), "_lA", "_lF",
+                                     cluster="run_id", controls=["depth"], fixed="run_id"),
+                   "test": f"{tag}: within-run exponent A ~ {label} + depth"}, quantity="exponent_depth", **key)]
 
 
-def _profile_aic(d: pd.DataFrame, tag: str) -> dict:
+def _profile_aic(d: pd.DataFrame, tag: str, key: dict) -> dict:
     """Deep supervision: which fan-in is A proportional to? AIC of ``log A = log F + c_run`` with the
     quadratic minus with the linear fan-in (same rows, same parameter count): negative favours the
     quadratic profile, positive the linear one; |difference| > 2 is the usual threshold."""
     logs = d.assign(_lA=np.log(d["A"]), _lq=np.log(d["F"]), _ll=np.log(d["F_linear"]))
     diff = (stats.offset_aic(logs, "_lA", "_lq", "run_id") - stats.offset_aic(logs, "_lA", "_ll", "run_id"))
-    return {"test": f"{tag}: AIC(A proportional to quadratic F) - AIC(A proportional to linear F)",
-            "estimate": diff, "ci_low": np.nan, "ci_high": np.nan, "p": np.nan, "r2": np.nan, "n": len(d),
-            "n_groups": d["run_id"].nunique(), "method": "OLS on logs with run intercepts, exponent fixed at 1"}
+    return keyed({"test": f"{tag}: AIC(A proportional to quadratic F) - AIC(A proportional to linear F)",
+                  "estimate": diff, "ci_low": np.nan, "ci_high": np.nan, "p": np.nan, "r2": np.nan, "n": len(d),
+                  "n_groups": d["run_id"].nunique(), "method": "OLS on logs with run intercepts, exponent fixed at 1"},
+                 quantity="aic_quadratic_minus_linear", **key)
 
 
 def summarize(units: pd.DataFrame) -> pd.DataFrame:
-    """Per (family, supervision): per-run Spearman, OLS and the exponents of A on each fan-in."""
+    """Per (family, supervision): per-run Spearman, OLS and the exponents of A on each fan-in.
+    Rows are keyed by ``family``, ``setting`` (the supervision), ``quantity``, ``predictor`` (the
+    fan-in profile: ``linear`` or ``quadratic``) and ``subset``."""
     rows = []
     for (family, sup), d in units.groupby(["family", "supervision"], sort=False):
         tag = f"{family}/{sup}"
+        base = {"family": family, "setting": sup}
         fan_cols = ["F"] if sup == "final" else ["F", "F_linear"]
         for fcol in fan_cols:
-            label = "quadratic F" if (sup == "all" and fcol == "F") else "linear F"
-            r = stats.per_run_correlation(d, fcol, "A", test=f"{tag}: per-run Spearman A vs {label}")
-            rows.append(r)
+            profile = "quadratic" if (sup == "all" and fcol == "F") else "linear"
+            label = f"{profile} F"
+            key = {**base, "predictor": profile}
+            rows.append(keyed(stats.per_run_correlation(d, fcol, "A", test=f"{tag}: per-run Spearman A vs {label}"),
+                              quantity="spearman", **key))
             d = d.assign(_Fn=d[fcol] / d.groupby("run_id")[fcol].transform("mean"))
-            rows.append(stats.ols_slope(d, "A_norm", "_Fn", cluster="run_id",
-                                        test=f"{tag}: OLS A_norm ~ {label}_norm"))
-            rows += _exponents(d, fcol, tag, label)
+            rows.append(keyed(stats.ols_slope(d, "A_norm", "_Fn", cluster="run_id",
+                                              test=f"{tag}: OLS A_norm ~ {label}_norm"), quantity="ols_norm", **key))
+            rows += _exponents(d, fcol, tag, label, key)
         if sup == "all":
-            rows.append(_profile_aic(d, tag))
-        rows.append(stats.per_run_correlation(d, "F", "A_rms", test=f"{tag}: per-run Spearman A_rms vs F"))
+            rows.append(_profile_aic(d, tag, base))
+        rows.append(keyed(stats.per_run_correlation(d, "F", "A_rms", test=f"{tag}: per-run Spearman A_rms vs F"),
+                          quantity="spearman_A_rms", **base))
         if "A_stream" in d:
-            rows.append(stats.per_run_correlation(d, "F", "A_stream",
-                                                  test=f"{tag}: per-run Spearman A_stream vs F"))
-    return pd.DataFrame(rows)[SUMMARY_COLUMNS]
+            rows.append(keyed(stats.per_run_correlation(d, "F", "A_stream",
+                                                        test=f"{tag}: per-run Spearman A_stream vs F"),
+                              quantity="spearman_A_stream", **base))
+    return table(rows)
 
 
 def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:

@@ -34,7 +34,7 @@ from . import fanin_vs_gradients
 from .plans import ImportancePlan
 from .runner import Context, start
 from .study_io import finish
-from .summary import SUMMARY_COLUMNS, mean_row
+from .summary import keyed, mean_row, table
 from .units import heldout_batches, unit_table
 
 NAME = "gradients_vs_importance"
@@ -77,41 +77,52 @@ def _absolute(d: pd.DataFrame, family: str) -> list[dict]:
              "first_share_A": "first block's share of A",
              "first_dloss": "ablation delta-loss, first block (nats)",
              "rest_dloss": "ablation delta-loss, mean later block (nats)"}
-    return [mean_row(f"{family}: {text}", t[col], method="mean over runs, t-interval") for col, text in names.items()]
+    return [mean_row(f"{family}: {text}", t[col], method="mean over runs, t-interval", family=family, quantity=col)
+            for col, text in names.items()]
 
 
 def summarize(units: pd.DataFrame) -> pd.DataFrame:
     """Per family: OLS and mixed-model slopes of ablation importance on A (with and without the
-    depth control and the first block), and every metric's per-run rank correlation with A."""
+    depth control and the first block), and every metric's per-run rank correlation with A. Rows
+    are keyed by ``family``, ``quantity`` (``ols``, ``ols_depth``, ``mixed``, ``mixed_depth``,
+    ``spearman``, ``kendall``, the first block's shares), ``arm`` (the importance metric) and
+    ``subset``."""
     rows = []
     for family, d in units.groupby("family", sort=False):
         d = d.copy()
-        rows.append(stats.ols_slope(d, "imp_ablation_norm", "A_norm", cluster="run_id",
-                                    test=f"{family}: OLS ablation_norm ~ A_norm"))
-        rows.append(stats.ols_slope(d, "imp_ablation_norm", "A_norm", cluster="run_id", controls=["depth"],
-                                    test=f"{family}: OLS ablation_norm ~ A_norm + depth"))
-        rows.append(stats.mixed_slope(d, "imp_ablation_norm", "A_norm", group="run_id",
-                                      test=f"{family}: MixedLM ablation_norm ~ A_norm | run"))
-        rows.append(stats.mixed_slope(d, "imp_ablation_norm", "A_norm", group="run_id", controls=["depth"],
-                                      test=f"{family}: MixedLM ablation_norm ~ A_norm + depth | run"))
+        abl = {"family": family, "arm": "ablation"}
+        rows.append(keyed(stats.ols_slope(d, "imp_ablation_norm", "A_norm", cluster="run_id",
+                                          test=f"{family}: OLS ablation_norm ~ A_norm"), quantity="ols", **abl))
+        rows.append(keyed(stats.ols_slope(d, "imp_ablation_norm", "A_norm", cluster="run_id", controls=["depth"],
+                                          test=f"{family}: OLS ablation_norm ~ A_norm + depth"),
+                          quantity="ols_depth", **abl))
+        rows.append(keyed(stats.mixed_slope(d, "imp_ablation_norm", "A_norm", group="run_id",
+                                            test=f"{family}: MixedLM ablation_norm ~ A_norm | run"),
+                          quantity="mixed", **abl))
+        rows.append(keyed(stats.mixed_slope(d, "imp_ablation_norm", "A_norm", group="run_id", controls=["depth"],
+                                            test=f"{family}: MixedLM ablation_norm ~ A_norm + depth | run"),
+                          quantity="mixed_depth", **abl))
         # robustness: the first block often dominates importance in small models; does the
         # association survive without it?
         rest = d[d["order"] > 1].copy()
         rest["imp_ablation_norm"] = rest["imp_ablation"] / rest.groupby("run_id")["imp_ablation"].transform("mean")
         rest["A_norm"] = rest["A"] / rest.groupby("run_id")["A"].transform("mean")
-        rows.append(stats.ols_slope(rest, "imp_ablation_norm", "A_norm", cluster="run_id", controls=["depth"],
-                                    test=f"{family}: OLS ablation_norm ~ A_norm + depth, first block excluded"))
-        rows.append(stats.per_run_correlation(rest, "A", "imp_ablation",
-                                              test=f"{family}: per-run spearman ablation vs A, first block excluded"))
+        rows.append(keyed(stats.ols_slope(rest, "imp_ablation_norm", "A_norm", cluster="run_id", controls=["depth"],
+                                          test=f"{family}: OLS ablation_norm ~ A_norm + depth, first block excluded"),
+                          quantity="ols_depth", subset="no_first_block", **abl))
+        rows.append(keyed(stats.per_run_correlation(
+            rest, "A", "imp_ablation", test=f"{family}: per-run spearman ablation vs A, first block excluded"),
+            quantity="spearman", subset="no_first_block", **abl))
         rows += _absolute(d, family)
         for m in importance.METRICS:
             col = f"imp_{m}"
             if col not in d:
                 continue
             for kind in ("spearman", "kendall"):
-                rows.append(stats.per_run_correlation(d, "A", col, kind=kind,
-                                                      test=f"{family}: per-run {kind} {m} vs A"))
-    return pd.DataFrame(rows)[SUMMARY_COLUMNS]
+                rows.append(keyed(stats.per_run_correlation(d, "A", col, kind=kind,
+                                                            test=f"{family}: per-run {kind} {m} vs A"),
+                                  family=family, quantity=kind, arm=m))
+    return table(rows)
 
 
 def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:

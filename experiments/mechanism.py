@@ -16,7 +16,7 @@ changes the gains but not the wiring: Post-LN, Peri-LN, LayerNorm Scaling, a lar
 scale (H2). If stream growth is the mechanism, runs whose stream grows faster have a
 flatter ``A`` profile than counts say (late gains shrink, so early branches collect less: H3).
 If alignment is the mechanism, the exponent of ``A`` on ``F`` falls as the gradient rank rises
-(H4). The rules, margins and verdicts are declared in :mod:`figures.beyond`.
+(H4). The rules, margins and verdicts are declared in :mod:`experiments.verdicts.mechanism`.
 
 **Method.** Train the norm-placement arms of :data:`ARMS` (each a ``GPTConfig.norm``; Pre-LN at
 every depth of the plan, the others at the middle depth), two Pre-LN settings that move the
@@ -64,7 +64,7 @@ a window during training. Arms differ in more than their gains (the embedding sc
 loss too), so H3 and H4 are associations across runs, not interventions.
 
 **What the default profile shows** (27 runs, 3 seeds; errors are mean [95 % t-interval] over
-seeds; :mod:`figures.beyond` has the verdicts). The full product of measured gains is the best
+seeds; :mod:`experiments.verdicts.mechanism` has the verdicts). The full product of measured gains is the best
 account in every Pre-LN-wired arm: on Pre-LN its profile error is 0.26-0.29 against 0.55-0.72 for
 counts (B = 4, 8, 12), and counts lose by 0.38 [0.31, 0.45] pooled, far beyond the 0.05 margin
 (H1 does not hold). What counts miss is the first branches: ``A`` drops steeply over the first
@@ -85,7 +85,7 @@ its 95 % t-interval over seeds, and the best account per arm; ``errors``: one ro
 account; ``units``: per branch of every run, ``A``, ``F``, the training-mean and final gain
 quantities and each account's normalized prediction (F9 draws them); ``runs``: per run, the
 stream growth, exponent, rho and ranks (F11); ``blocks``: per block, ranks and (Pre-LN) ablation
-importance; ``proxies``: the study-2 regression rows per proxy. :mod:`figures.beyond` turns them
+importance; ``proxies``: the study-2 regression rows per proxy. :mod:`experiments.verdicts.mechanism` turns them
 into the verdicts of H1-H5; F10 draws the profile errors with their intervals.
 """
 from __future__ import annotations

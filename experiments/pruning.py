@@ -74,12 +74,11 @@ import torch
 from scipy import stats as sps
 
 from gfa_theory.errors import ConfigError
-from gfa_theory.instrument.evaluation import evaluate
+from gfa_theory.instrument.evaluation import continuation_accuracy, continuation_items, evaluate
 from gfa_theory.methods import pruning
 from gfa_theory.models import build_model
-from gfa_theory.models.base import logits_and_loss
 from gfa_theory.train.data import load_data
-from gfa_theory.train.store import load_run, snapshots
+from gfa_theory.train.store import load_run, load_weights, read_checkpoint, snapshots
 
 from . import fanin_vs_gradients
 from .plans import PrunePlan, plan
@@ -274,7 +273,8 @@ def _context_rankings(run_dir: str, cfg, model, grads, calib: list[list], K: int
         if step >= steps:
             continue
         snap = build_model(cfg.model_name, cfg.model)
-        snap.load_state_dict(torch.load(path, map_location="cpu", weights_only=False)["model"])
+        load_weights(snap, read_checkpoint(path, run=run_dir)["model"], path, "the run's model",
+                     f"delete {run_dir} or retrain it with --force")
         snap.eval()
         for row in _stability_rankings(snap, gradients_until(grads, step), calib[0], K, seed, draws, 0, step,
                                        METHODS):
@@ -283,38 +283,9 @@ def _context_rankings(run_dir: str, cfg, model, grads, calib: list[list], K: int
 
 
 def choice_items(data, block_size: int, seed: int = CHOICE_SEED) -> tuple[torch.Tensor, torch.Tensor]:
-    """The multiple-choice continuation items, built deterministically from the validation split:
-    contexts (items, C) and candidates (items, CHOICES, L) with L = block_size // CHOICE_FRACTION and
-    C + L = block_size, the true continuation first (scoring never looks at the position; ties
-    count as wrong)."""
-    val = data.split("val")
-    g = torch.Generator().manual_seed(seed)
-    length = max(1, block_size // CHOICE_FRACTION)
-    context = block_size - length
-    starts = torch.randint(0, len(val) - block_size, (CHOICE_ITEMS,), generator=g)
-    others = torch.randint(0, len(val) - length, (CHOICE_ITEMS, CHOICES - 1), generator=g)
-    ctx = torch.stack([val[s:s + context] for s in starts.tolist()])
-    true = torch.stack([val[s + context:s + block_size] for s in starts.tolist()])
-    wrong = torch.stack([torch.stack([val[o:o + length] for o in row]) for row in others.tolist()])
-    return ctx, torch.cat([true.unsqueeze(1), wrong], dim=1)
-
-
-@torch.no_grad()
-def choice_accuracy(model, items: tuple[torch.Tensor, torch.Tensor]) -> float:
-    """Share of items whose true continuation has a strictly higher total log-likelihood under
-    ``model``'s final head than every other candidate."""
-    ctx, cands = items
-    M, K, L = cands.shape
-    seq = torch.cat([ctx.unsqueeze(1).expand(M, K, -1), cands], dim=2).reshape(M * K, -1)
-    x, y = seq[:, :-1], seq[:, 1:]
-    was = model.training
-    model.eval()
-    try:
-        logits, _ = logits_and_loss(model, x, y, final_only=True)
-    finally:
-        model.train(was)
-    ll = logits.log_softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)[:, -L:].sum(-1).view(M, K)
-    return float((ll[:, 0] > ll[:, 1:].max(dim=1).values).double().mean())
+    """C11's continuation items on the validation split
+    (:func:`gfa_theory.instrument.evaluation.continuation_items` with this study's settings)."""
+    return continuation_items(data.split("val"), block_size, CHOICE_ITEMS, CHOICE_FRACTION, CHOICES, seed)
 
 
 def _prune_and_heal(model, removal: dict[tuple[str, int, int], list[str]], K: int, pp: PrunePlan,
@@ -328,10 +299,10 @@ def _prune_and_heal(model, removal: dict[tuple[str, int, int], list[str]], K: in
         if key not in done:
             pruned = pruning.prune(model, remove) if remove else copy.deepcopy(model)
             before = evaluate(pruned, heldout)
-            mc_before = choice_accuracy(pruned, choice) if choice is not None else float("nan")
+            mc_before = continuation_accuracy(pruned, choice) if choice is not None else float("nan")
             pruning.heal(pruned, heal_batches, pp.heal_steps, pp.heal_lr, seed=seed)
             after = evaluate(pruned, heldout)
-            mc_after = choice_accuracy(pruned, choice) if choice is not None else float("nan")
+            mc_after = continuation_accuracy(pruned, choice) if choice is not None else float("nan")
             done[key] = (before, after, pruning.num_params(pruned), mc_before, mc_after)
         return done[key]
 
@@ -453,7 +424,7 @@ def stability_summary(pairs: pd.DataFrame) -> pd.DataFrame:
 
 
 COMPARISON_COLUMNS = ["test", "model", "family", "depth_B", "quantity", "stage", "context", "k", "method",
-                      "estimate", "ci_low", "ci_high", "p", "n", "by_construction"]
+                      "estimate", "se", "df", "ci_low", "ci_high", "p", "n", "by_construction"]
 
 
 def _pruning_comparisons(results: pd.DataFrame) -> list[dict]:
@@ -607,7 +578,7 @@ def depth_order_cases(results: pd.DataFrame, rankings: pd.DataFrame) -> pd.DataF
 
 
 DEPTH_ORDER_COLUMNS = ["model", "family", "depth_B", "stage", "k", "n_runs", "n_differ", "tau_mean", "tau_min",
-                       "tau_max", "estimate", "ci_low", "ci_high", "p", "n"]
+                       "tau_max", "estimate", "se", "df", "ci_low", "ci_high", "p", "n"]
 
 
 def depth_order_table(cases: pd.DataFrame) -> pd.DataFrame:
@@ -626,9 +597,10 @@ def depth_order_table(cases: pd.DataFrame) -> pd.DataFrame:
                "tau_mean": float(np.mean(tau)), "tau_min": float(np.min(tau)), "tau_max": float(np.max(tau))}
         if len(diff):
             r = paired_row("", diff["loss_cascadeflow"], diff["loss_last"])
-            row.update(estimate=r["estimate"], ci_low=r["ci_low"], ci_high=r["ci_high"], p=r["p"], n=r["n"])
+            row.update(estimate=r["estimate"], se=r["se"], df=r["df"], ci_low=r["ci_low"], ci_high=r["ci_high"],
+                       p=r["p"], n=r["n"])
         else:
-            row.update(estimate=np.nan, ci_low=np.nan, ci_high=np.nan, p=np.nan, n=0)
+            row.update(estimate=np.nan, se=np.nan, df=np.nan, ci_low=np.nan, ci_high=np.nan, p=np.nan, n=0)
         rows.append(row)
     return pd.DataFrame(rows, columns=DEPTH_ORDER_COLUMNS)
 

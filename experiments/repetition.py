@@ -44,7 +44,7 @@ shares, the per-application importance counted from the end, the joint delta-los
 applications and the validation loss; per r, paired differences to both controls, the primary
 (``joint_delta_loss m=r``) first. Repetition restores/elevates late-layer value only if the
 joint delta-loss of its last r applications exceeds the control's (the claim's rule, Holm over
-the comparisons, is in ``figures/claims.py``). A larger group share with an equal joint
+the comparisons, is in ``experiments/verdicts/``). A larger group share with an equal joint
 delta-loss means the share rose only because the group spans more applications. Figure F7:
 per-application importance per arm (left), group fan-in shares (middle, the manipulation) and
 the joint delta-loss vs m (right).
@@ -63,7 +63,7 @@ from gfa_theory.theory.symbolic import block_fan_in
 from .plans import gpt_run, plan
 from .runner import Context, start
 from .study_io import finish
-from .summary import SUMMARY_COLUMNS, mean_row
+from .summary import keyed, mean_row, table
 from .units import ablation_units, heldout_batches
 
 NAME = "repetition"
@@ -215,9 +215,9 @@ def _per_seed(frame: pd.DataFrame, col: str) -> dict[str, pd.Series]:
     return {v: d.set_index("seed")[col] for v, d in frame.groupby("variant")}
 
 
-def _paired(rows: list, a: pd.Series, b: pd.Series, test: str) -> None:
+def _paired(rows: list, a: pd.Series, b: pd.Series, test: str, **key) -> None:
     seeds = sorted(set(a.index) & set(b.index))
-    rows.append(stats.paired_difference(a.loc[seeds], b.loc[seeds], test=test))
+    rows.append(keyed(stats.paired_difference(a.loc[seeds], b.loc[seeds], test=test), **key))
 
 
 def summarize(groups: pd.DataFrame, repeats: Sequence[int], apps: pd.DataFrame | None = None,
@@ -226,7 +226,10 @@ def summarize(groups: pd.DataFrame, repeats: Sequence[int], apps: pd.DataFrame |
     per-application importance counted from the end, the equal-applications joint delta-loss, the
     last group's autograd path count); per repetition r: paired differences to the
     parameter-matched control (baseline) and to the compute-matched control (control +(r-1)),
-    the primary one first: the joint delta-loss of the last m = r applications."""
+    the primary one first: the joint delta-loss of the last m = r applications. Rows are keyed by
+    ``arm`` (the variant), ``quantity``, ``m`` (applications counted from the end, where it
+    applies) and, for a comparison, ``against`` (the control variant) and ``setting``
+    (``parameter-matched`` or ``compute-matched``)."""
     rows = []
     by = _per_seed(groups, "last_share")
     variants = list(by)
@@ -234,36 +237,43 @@ def summarize(groups: pd.DataFrame, repeats: Sequence[int], apps: pd.DataFrame |
     for v in variants:
         d = groups[groups.variant == v].set_index("seed")
         for col in ("last_share", "last_F_share", "last_A_share", "last_importance", "val_loss"):
-            rows.append(mean_row(f"{v}: {col}", d[col]))
+            rows.append(mean_row(f"{v}: {col}", d[col], arm=v, quantity=col))
         if fanin is not None:
             last = fanin[(fanin.variant == v) & (fanin.order == fanin.n_units)].iloc[0]
             rows.append(mean_row(f"{v}: last_F (autograd paths)", [last["F_paths"]] * len(d),
-                                 method="autograd path count on the layout (no spread: the same for every seed)"))
+                                 method="autograd path count on the layout (no spread: the same for every seed)",
+                                 arm=v, quantity="last_F_paths"))
         if apps is not None:
             for k in range(1, max_m + 1):
                 a = apps[(apps.variant == v) & (apps.from_end == k)]
-                rows.append(mean_row(f"{v}: application_importance from_end={k}", a["imp_application"]))
+                rows.append(mean_row(f"{v}: application_importance from_end={k}", a["imp_application"], arm=v,
+                                     quantity="application_importance", m=k))
         if joint is not None:
             for m in range(1, max_m + 1):
                 j = joint[(joint.variant == v) & (joint.m == m)]
                 if len(j):
-                    rows.append(mean_row(f"{v}: {PRIMARY} m={m}", j["delta_loss"]))
+                    rows.append(mean_row(f"{v}: {PRIMARY} m={m}", j["delta_loss"], arm=v, quantity=PRIMARY, m=m))
     for r in repeats:
         against = [(BASELINE, BASELINE)] + ([("control", control(r))] if control(r) in by else [])
+        matched = {BASELINE: "parameter-matched", "control": "compute-matched"}
         if joint is not None:
             js = _per_seed(joint[joint.m == r], "delta_loss")
             for key, other in against:
-                _paired(rows, js[repeat(r)], js[other], comparison(r, key, PRIMARY))
+                _paired(rows, js[repeat(r)], js[other], comparison(r, key, PRIMARY), arm=repeat(r), against=other,
+                        setting=matched[key], quantity=PRIMARY, m=r)
         if apps is not None:
             late = _per_seed(late_applications(apps, r), "imp_application")
             for key, other in against:
-                _paired(rows, late[repeat(r)], late[other], comparison(r, key, "late_application_importance"))
+                _paired(rows, late[repeat(r)], late[other], comparison(r, key, "late_application_importance"),
+                        arm=repeat(r), against=other, setting=matched[key], quantity="late_application_importance",
+                        m=r)
         for key, other in against:
             cols = ("last_share", "last_importance") + (("val_loss",) if key == "control" else ())
             for col in cols:
                 g = _per_seed(groups, col)
-                _paired(rows, g[repeat(r)], g[other], comparison(r, key, col))
-    return pd.DataFrame(rows)[SUMMARY_COLUMNS]
+                _paired(rows, g[repeat(r)], g[other], comparison(r, key, col), arm=repeat(r), against=other,
+                        setting=matched[key], quantity=col)
+    return table(rows)
 
 
 def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:

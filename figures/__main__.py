@@ -6,10 +6,9 @@
 Runs from a checkout of the repository: the arguments are checked here, the work is done by
 :func:`figures.build.build`. A user mistake is one line on stderr and exit status 2.
 
-Modules (each imports only those listed before it): ``stamp`` (provenance stamps), ``plots``
-(draw only), ``claims`` (every claim rule C1-C11), ``beyond`` (the mechanism study's hypotheses
-H1-H5), ``gfa``, ``efficiency`` and ``mechanism`` (the builders: study tables to figures and tables),
-``outputs`` (the static list F1-F12, T1-T6, B1), ``names`` (the display name of every arm and method), ``report`` (REPORT.md and the README), ``build``
+Modules (each imports only those listed before it): ``stamp`` (provenance stamps), ``names`` (the
+display name of every arm, schedule and method), ``plots`` (draw only), ``gfa``, ``efficiency`` and ``mechanism`` (the builders: study tables to figures and tables),
+``outputs`` (the static list F1-F12, T1-T6, B1), ``report`` (REPORT.md and the README), ``build``
 (runs the studies, writes every output).
 """
 from __future__ import annotations

@@ -19,12 +19,12 @@ from tqdm.auto import tqdm
 
 from experiments.runner import Context
 from experiments.study_io import load_study, study_module
+from experiments.verdicts import judge_all
 from gfa_theory.errors import ConfigError
 from gfa_theory.train.store import results_root, write_bytes_atomic, write_text_atomic
 
 from . import report
 from . import stamp as stamps
-from .claims import evaluate_claims
 from .outputs import GENERATED, OUTPUTS
 
 
@@ -117,7 +117,7 @@ def build(args) -> int:
         written = write_outputs(keys, tables, metas, ctx.profile, out, bar)
         if with_report:
             bar.set_postfix_str("report")
-            written += report.write_report(evaluate_claims(tables), metas, ctx.profile, out)
+            written += report.write_report(judge_all(tables, ctx.profile), metas, ctx.profile, out)
             bar.update(1)
     print(f"{len(written)} files in {out} ({time.time() - t0:.1f} s)")
     return 0

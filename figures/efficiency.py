@@ -9,7 +9,8 @@ Read from the study tables:
   ``stability_summary.csv`` (Kendall tau and top-k overlap of rankings), ``cost.csv`` and
   ``depth_order.csv`` (CascadeFlow vs last-k, T6).
 
-The claims these outputs are evidence for (C8-C11) are judged in :mod:`figures.claims`.
+The claims these outputs are evidence for (C8-C11) are judged in :mod:`experiments.verdicts`; T1
+prints C8's per-arm tests from its finding.
 """
 from __future__ import annotations
 
@@ -19,9 +20,11 @@ import pandas as pd
 
 from experiments import cascadeformer as cf
 from experiments import pruning as pr
+from experiments.verdicts import cascadeformer as c8_rule
+from experiments.verdicts.toolkit import THRESHOLDS
 from gfa_theory.instrument.stats import format_interval, format_p, mean_ci
 
-from . import claims, names, plots
+from . import names, plots
 
 
 def _table(tables, study: str, name: str) -> pd.DataFrame | None:
@@ -52,10 +55,10 @@ def _c8_short(row) -> str:
     """What C8 reads from this arm (its verdict itself is in the claims table)."""
     if row["role"] in ("reference", "control"):
         return row["role"]
-    speed = [m for m in ("latency", "throughput") if claims.beyond_aa(row, m)]
+    speed = [m for m in ("latency", "throughput") if row[f"{m}_counts"]]
     parts = [f"{'primary' if row['role'] == 'primary' else 'exploratory'}",
-             "comparable" if row["_comparable_p"] < claims.RULES.alpha else "not shown comparable",
-             "beats narrow" if row["p_better"] < claims.RULES.alpha else "not shown better than narrow",
+             "comparable" if row["p_comparable"] < THRESHOLDS.alpha else "not shown comparable",
+             "beats narrow" if row["p_better"] < THRESHOLDS.alpha else "not shown better than narrow",
              f"speed beyond A/A: {', '.join(speed) or 'none'}"]
     return "; ".join(parts)
 
@@ -84,7 +87,7 @@ def _t1_row(r) -> dict:
     if r["role"] == "control":
         row["loss gap vs narrow [paired CI95]"] = "reference"
     main = r["arm"] == "main"
-    row["non-inferior vs uniform p"] = format_p(r["_comparable_p"]) if np.isfinite(r["_comparable_p"]) else ""
+    row["non-inferior vs uniform p"] = format_p(r["p_comparable"]) if np.isfinite(r["p_comparable"]) else ""
     row["better than narrow p"] = format_p(r["p_better"]) if np.isfinite(r["p_better"]) else ""
     row["C8 reads"] = _c8_short(r) if main else "token sweep (reported, not counted)"
     return row
@@ -99,8 +102,8 @@ def t1(tables) -> pd.DataFrame:
     'better than narrow' p: C8's tests (raw for the primary, Holm over the exploratory arms). A
     last row gives the A/A timing control (a copy of the uniform model): the noise band a speed
     ratio must clear."""
-    s = _table(tables, cf.NAME, "summary")
-    s = s.assign(_comparable_p=claims.comparable(s)).join(claims.vs_narrow(s))
+    s = _table(tables, cf.NAME, "summary").reset_index(drop=True)
+    s = s.join(c8_rule.c8(s).arms[list(c8_rule.TESTS)])
     rows = [_t1_row(r) for _, r in s.iterrows()]
     timing = _table(tables, cf.NAME, "timing_summary")
     if timing is not None and (timing["model"] == cf.AA_CONTROL).any():
@@ -124,7 +127,7 @@ def cascade_tradeoff_panel(tables, ax=None):
         return plots.plot_note(CASCADE_NOT_RUN, ax=ax)
     aa = s.iloc[0] if "aa_throughput_ratio_q25" in s else None
     band = (aa["aa_throughput_ratio_q25"], aa["aa_throughput_ratio_q75"]) if aa is not None else None
-    return plots.plot_cascade_tradeoff(s, claims.PPL_TOLERANCE_PCT, claims.PAPER_THROUGHPUT_RATIO, aa_band=band, ax=ax)
+    return plots.plot_cascade_tradeoff(s, THRESHOLDS.ppl_margin_pct, THRESHOLDS.paper_throughput_ratio, aa_band=band, ax=ax)
 
 
 def cascade_speed_panel(tables, ax=None):
@@ -136,7 +139,8 @@ def cascade_speed_panel(tables, ax=None):
     tapered = s[(s.schedule != "uniform") & (s["steps"] == main_steps)]
     if tapered.empty:
         return plots.plot_note("no tapered schedule in the study", ax=ax)
-    return plots.plot_cascade_speed(tapered, claims.PAPER_LATENCY_RATIO, claims.PAPER_THROUGHPUT_RATIO, ax=ax)
+    return plots.plot_cascade_speed(tapered, THRESHOLDS.paper_latency_ratio,
+                                    THRESHOLDS.paper_throughput_ratio, ax=ax)
 
 
 # ---- the pruning panels of F12 ----------------------------------------------------------------

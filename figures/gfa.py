@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from experiments.summary import pick
 from gfa_theory.instrument.stats import format_interval, format_p, mean_ci
 from gfa_theory.theory.layout import Block, Layout
 from gfa_theory.theory.path_counts import first_order
@@ -142,10 +143,9 @@ def importance_line(units: pd.DataFrame, summary: pd.DataFrame, family: str) -> 
     run): a line through the blocks' mean point, where the fitted plane meets the mean depth, and
     the estimate [95 % CI] as text. Nothing is fitted here: the figure shows the study's number."""
     d = units[units.family == family].dropna(subset=["A_norm", "imp_ablation_norm"])
-    hit = summary[summary["test"] == f"{family}: OLS ablation_norm ~ A_norm + depth"]
-    if hit.empty:
+    r = pick(summary, family=family, quantity="ols_depth", arm="ablation", subset="all")  # C5's tested row
+    if r is None:
         return d, pd.DataFrame(columns=["x", "mean"]), "n/a"
-    r = hit.iloc[0]
     xs = np.array([d["A_norm"].min(), d["A_norm"].max()])
     line = pd.DataFrame({"x": xs, "mean": d["imp_ablation_norm"].mean() + r["estimate"] * (xs - d["A_norm"].mean())})
     return d, line, format_interval(r["estimate"], r["ci_low"], r["ci_high"], ".2f")

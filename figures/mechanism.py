@@ -8,7 +8,8 @@
   counts (H3), the mean branch gain over relative depth per arm, and the gradients' relative window
   rank against the exponent of ``A`` on ``F`` (H4).
 
-Verdicts are not drawn here: :mod:`figures.beyond` computes them from the same tables.
+Verdicts are not drawn here: :mod:`experiments.verdicts.mechanism` computes them from the same
+tables; :func:`b1` lists them (rendered by :mod:`experiments.verdicts.render`).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pandas as pd
 import seaborn as sns
 
 from experiments import mechanism as mech
+from experiments.verdicts import HYPOTHESES, judge_all, render
 from gfa_theory.instrument.stats import mean_ci
 
 from . import names
@@ -157,3 +159,8 @@ def f11(t):
     for ax in axs:
         ax.tick_params(labelsize=7)
     return fig
+
+
+def b1(tables: dict) -> pd.DataFrame:
+    """Output B1: the hypotheses H1-H5, their verdicts, primary estimates and why."""
+    return render.summary_table(judge_all(tables, rules=HYPOTHESES)).replace(r"\*\*(.*)\*\*", r"\1", regex=True)

@@ -14,7 +14,7 @@ from typing import Callable
 from experiments import cascadeformer as cf
 from experiments import pruning as pr
 
-from . import beyond, efficiency, gfa
+from . import efficiency, gfa
 from . import mechanism as mech_figures
 
 REPO = Path(__file__).resolve().parent.parent  # the checkout
@@ -59,7 +59,7 @@ OUTPUTS: dict[str, Output] = {o.key: o for o in (
     Output("T5", "table", "Regression statistics (fan-in vs A; A vs importance)", (FANIN, IMPORTANCE), gfa.t5),
     Output("T6", "table", "CascadeFlow vs depth order: Kendall tau with last-k, runs whose removed blocks differ, "
                           "and the held-out loss difference on exactly those runs", (pr.NAME,), efficiency.t6),
-    # beyond the paper: the mechanism study (experiments/mechanism.py, figures/beyond.py)
+    # beyond the paper: the mechanism study (experiments/mechanism.py, experiments/verdicts/mechanism.py)
     Output("F9", "figure", "Beyond the paper: profile of A vs each account's prediction, per arm", (MECHANISM,),
            mech_figures.f9),
     Output("F10", "figure", "Beyond the paper: log-profile error per account and arm (t-intervals over seeds)",
@@ -67,7 +67,7 @@ OUTPUTS: dict[str, Output] = {o.key: o for o in (
     Output("F11", "figure", "Beyond the paper: stream growth, branch gains and gradient rank vs agreement with counts",
            (MECHANISM,), mech_figures.f11),
     Output("B1", "table", "Beyond the paper: pre-declared hypotheses H1-H5, rules and verdicts", (MECHANISM,),
-           beyond.b1),
+           mech_figures.b1),
 )}
 
 

@@ -1,26 +1,26 @@
-"""The reproduction report: every claim of the abstract, what was measured here, and a verdict.
+"""The reproduction report: one table of every claim and hypothesis, then the details.
 
-:func:`write_report` writes ``REPORT.md`` and ``claims.csv`` from the evaluated claims
-(:mod:`figures.claims`) and the outputs already drawn (:mod:`figures.outputs`); for the default
-profile in ``figures/generated`` it also refreshes ``paper/`` and the README's generated sections.
+:func:`write_report` writes ``REPORT.md`` and ``claims.csv`` from the findings
+(:func:`experiments.verdicts.judge_all`, rendered by :mod:`experiments.verdicts.render`) and the
+outputs already drawn (:mod:`figures.outputs`); for the default profile in ``figures/generated``
+it also refreshes ``paper/`` and the README's generated sections.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
-from experiments.plans import gpt_run, plan, resnet_run
-from gfa_theory.models import build_model
+from experiments.plans import plan
+from experiments.verdicts import CLAIMS, Finding, regime
+from experiments.verdicts import render
 from gfa_theory.train.store import write_text_atomic
 
 from . import stamp as stamps
-from .claims import RULES
 from .outputs import GENERATED, REPO, figures
 
-RULES_NOTE = ("several comparisons inside a claim are Holm-adjusted; 'does not change', 'comparable' and "
+RULES_NOTE = ("Several comparisons inside a claim are Holm-adjusted; 'does not change', 'comparable' and "
               "'competitive' are equivalence (TOST) or non-inferiority tests at a declared margin, and a "
               "non-significant difference never supports them; a positive claim without significant evidence "
               "either way is inconclusive, and 'does not hold' needs evidence against it; cluster-robust "
@@ -29,17 +29,13 @@ RULES_NOTE = ("several comparisons inside a claim are Holm-adjusted; 'does not c
 PAPER_MAX_PARAMS = 1.2e9  # the largest model of the paper (its abstract)
 
 
-def _params(cfg) -> int:
-    return sum(q.numel() for q in build_model(cfg.model_name, cfg.model).parameters())
-
-
 def scale(profile: str) -> str:
     """What was trained here, next to what the paper trained: parameter and token counts of the
     models this profile builds, and the orders of magnitude between them and the paper's largest."""
     p = plan(profile)
     m = p.model
-    gpt = [_params(gpt_run(p, n_blocks=B, seed=p.seeds[0])) for B in p.depths]
-    res = [_params(resnet_run(p, blocks_per_stage=list(b), seed=p.seeds[0])) for b in p.resnet_depths]
+    g, r = regime(profile, "transformer"), regime(profile, "resnet")
+    gpt, res = (g.params_min, g.params_max), (r.params_min, r.params_max)
     tokens = p.train.steps * p.train.batch_size * m.block_size
     lo, hi = (math.log10(PAPER_MAX_PARAMS / x) for x in (max(gpt), min(gpt)))
     return (f"Trained here (profile `{profile}`, CPU): character-level Pre-LN Transformers with residual width "
@@ -100,39 +96,30 @@ def _time_section(metas: dict | None) -> list[str]:
             table.to_markdown(index=False, disable_numparse=True), ""]
 
 
-def beyond_section(out: Path) -> list[str]:
-    """"Beyond the paper": each pre-declared hypothesis of the mechanism study with its rule and
-    computed verdict (:mod:`figures.beyond`), read from output B1 when it was drawn into ``out``."""
-    table = out / "B1.csv"
-    if not table.is_file():
-        return []
-    lines = ["## Beyond the paper", "",
-             "Not claims of the paper: what sets the gradient profile (path counts, path gains, stream growth or "
-             "gradient rank), tested by the mechanism study (`experiments/mechanism.py`) under hypotheses and "
-             "margins declared in `figures/beyond.py` before its results were read, with the claims' verdict rules. "
-             "Figures F9-F11.", ""]
-    for r in pd.read_csv(table).to_dict("records"):
-        lines += [f"### {r['hypothesis']}. {r['statement']}", "", f"- **Measured here:** {r['measured here']}",
-                  f"- **Verdict:** **{r['verdict']}**", f"- _Rule:_ {r['rule']}", ""]
-    return lines
-
-
-def report_text(claims: pd.DataFrame, st: dict, profile: str, out: Path, metas: dict | None = None) -> str:
-    """REPORT.md: scale, every claim with its measurement, verdict and rule, the figures and the
-    tables drawn into ``out``, and where the time goes (``metas``: each study's ``meta.json``)."""
+def report_text(findings: list[Finding], st: dict, profile: str, out: Path, metas: dict | None = None) -> str:
+    """REPORT.md: the table of every claim and hypothesis first, then each one's details (folded),
+    the scale, the figures and tables drawn into ``out``, the thresholds and where the time goes
+    (``metas``: each study's ``meta.json``)."""
+    keys = {c.key for c in CLAIMS}
+    claims = [f for f in findings if f.key in keys]
+    hypotheses = [f for f in findings if f.key not in keys]
+    counts = pd.Series([f.verdict.value for f in claims]).value_counts().to_dict()
     lines = ["# Reproduction report", "",
-             "Generated by `python -m figures` (`make reproduce`); every number below was measured by the "
-             "code in this repository and every verdict computed from those numbers by the stated rule.", "",
-             f"_{stamps.line(st)}_", "", "## Scale", "", scale(profile), "", "## Claims of the abstract", ""]
-    counts = claims.verdict.value_counts().to_dict()
-    lines += ["Summary: " + ", ".join(f"{v}: {n}" for v, n in counts.items()) + ".", ""]
-    lines += ["Rules: " + RULES_NOTE + " Thresholds and margins, declared once in `figures/claims.py` "
-              "before the results are read: " + ", ".join(f"{k} = {v:g}" for k, v in asdict(RULES).items()) + ".", ""]
-    for r in claims.to_dict("records"):
-        lines += [f"### {r['claim']}. {r['paper']}", "", f"- **Measured here:** {r['measured here']}",
-                  f"- **Evidence:** {r['evidence']}", f"- **Verdict:** **{r['verdict']}**", f"- _Rule:_ {r['rule']}",
-                  ""]
-    lines += beyond_section(out)
+             "Claims C1-C11 of the paper's abstract and hypotheses H1-H5 of this package's mechanism study, each "
+             "judged by a declared rule from numbers measured by this repository's code. Verdicts of the claims: "
+             + ", ".join(f"{v} {n}" for v, n in counts.items()) + ".", "",
+             render.summary_table(findings).to_markdown(index=False), "",
+             f"_{stamps.line(st)}_", "", "## Scale", "", scale(profile), "",
+             "## Claims of the abstract", "", RULES_NOTE, ""]
+    for f in claims:
+        lines += render.details(f)
+    if hypotheses:
+        lines += ["## Beyond the paper", "",
+                  "Not claims of the paper: what sets the gradient profile (path counts, path gains, stream growth or "
+                  "gradient rank), tested by the mechanism study (`experiments/mechanism.py`) under hypotheses and "
+                  "margins declared in `experiments/verdicts/` before its results were read. Figures F9-F11.", ""]
+        for f in hypotheses:
+            lines += render.details(f)
     lines += ["## Figures", ""]
     for o in _drawn(out):
         lines += [f"**{o.key}. {o.title}** ([PDF]({o.key}.pdf))", "", f"![{o.key}]({o.key}.png)", ""]
@@ -140,18 +127,21 @@ def report_text(claims: pd.DataFrame, st: dict, profile: str, out: Path, metas: 
               f"`{_rel(out)}`.", ""]
     for key in sorted(p.stem for p in out.glob("T*.md")):  # each written by pandas' to_markdown
         lines += [(out / f"{key}.md").read_text(), ""]
+    lines += ["## Thresholds", "", "Every threshold and margin, declared once (`experiments/verdicts/toolkit.py`) "
+              "before the results were read.", "", render.thresholds_table().to_markdown(index=False), ""]
     lines += _time_section(metas)
     return "\n".join(lines)
 
 
-def write_report(claims: pd.DataFrame, metas: dict, profile: str, out: Path) -> list[Path]:
-    """Write REPORT.md and claims.csv into ``out``; for the default profile's committed outputs also
-    paper/REPORT.md, paper/tables/*.tex and the README's generated sections. Returns the paths."""
+def write_report(findings: list[Finding], metas: dict, profile: str, out: Path) -> list[Path]:
+    """Write REPORT.md, claims.csv (the findings as numbers) and claims.tex into ``out``; for the
+    default profile's committed outputs also paper/REPORT.md, paper/tables/*.tex and the README's
+    generated sections. Returns the paths."""
     st = stamps.merge(metas.values(), profile, "REPORT")
-    text = report_text(claims, st, profile, out, metas)
+    text = report_text(findings, st, profile, out, metas)
     target, claims_csv = out / "REPORT.md", out / "claims.csv"
     write_text_atomic(target, text)
-    write_text_atomic(claims_csv, claims.to_csv(index=False))
+    write_text_atomic(claims_csv, render.findings_frame(findings).to_csv(index=False))
     stamps.write_sidecar(claims_csv, st)
     paths = [target, claims_csv]
     if profile == "default" and out.resolve() == GENERATED.resolve():
@@ -161,7 +151,9 @@ def write_report(claims: pd.DataFrame, metas: dict, profile: str, out: Path) -> 
         write_text_atomic(paper / "REPORT.md", text.replace("](", "](../figures/generated/"))
         for tex in out.glob("T*.tex"):
             write_text_atomic(tex_dir / tex.name, tex.read_text())
-        paths += [paper / "REPORT.md", update_readme(claims, out, st)]
+        write_text_atomic(tex_dir / "claims.tex", f"% {stamps.line(st)}\n" + render.latex(
+            render.summary_table(findings), "Claims and hypotheses: verdicts and primary estimates", "tab:claims"))
+        paths += [paper / "REPORT.md", tex_dir / "claims.tex", update_readme(findings, out, st)]
     return paths
 
 
@@ -174,14 +166,17 @@ def _between(text: str, name: str, body: str) -> str:
     return f"{head}{start}\n{body}\n{end}{tail}"
 
 
-def update_readme(claims: pd.DataFrame, out: Path, st: dict) -> Path:
+def readme_table(findings: list[Finding]) -> pd.DataFrame:
+    """The README's short table: claim, verdict, primary estimate and why."""
+    t = render.summary_table(findings)
+    return t[["", "claim", "verdict", "primary estimate [95 % CI]", "why"]]
+
+
+def update_readme(findings: list[Finding], out: Path, st: dict) -> Path:
     """Refresh the generated sections of the README (default profile only)."""
     readme = REPO / "README.md"
-    table = claims[["claim", "paper", "measured here", "verdict"]].copy()
-    table["verdict"] = "**" + table["verdict"] + "**"
-    # the full measurement with its qualifiers (never cut: a qualifier is what makes a verdict honest);
-    # the rules are in paper/REPORT.md
-    body = f"_{stamps.line(st)}_\n\n" + table.to_markdown(index=False)
+    body = (f"_{stamps.line(st)}_\n\n" + readme_table(findings).to_markdown(index=False)
+            + "\n\nEach verdict's numbers, per-arm tables and rule: [paper/REPORT.md](paper/REPORT.md).")
     figs = [f"**{o.key}. {o.title}**\n\n![{o.key}]({_rel(out / f'{o.key}.png')})\n" for o in _drawn(out)]
     text = _between(readme.read_text(), "claims", body)
     text = _between(text, "figures", "\n".join(figs))

@@ -68,8 +68,9 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def _loads(text: str, what: str) -> Any:
-    """``json.loads`` with one-line errors for hostile input (deep nesting, huge integers)."""
+def loads_checked(text: str, what: str) -> Any:
+    """``json.loads`` with one-line errors for hostile input (deep nesting, huge integers);
+    malformed JSON still raises ``json.JSONDecodeError``."""
     try:
         value = json.loads(text)
     except RecursionError:
@@ -81,6 +82,7 @@ def _loads(text: str, what: str) -> Any:
     if _depth(value) > MAX_DEPTH:
         raise ConfigError(f"{what} nests deeper than {MAX_DEPTH} levels")
     return value
+
 
 
 def _check_integers(data: Any, prefix: str) -> None:
@@ -235,7 +237,7 @@ def load_json(path: str | Path) -> dict:
         if p.stat().st_size > MAX_CONFIG_BYTES:
             raise ConfigError(f"config file {p} is {p.stat().st_size:,} bytes: more than the "
                               f"{MAX_CONFIG_BYTES // 2 ** 20} MiB a config can be")
-        data = _loads(p.read_text(encoding="utf-8"), f"config file {p}")
+        data = loads_checked(p.read_text(encoding="utf-8"), f"config file {p}")
     except OSError as exc:
         raise ConfigError(f"config file {p} is unreadable: {exc.strerror or exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -251,7 +253,7 @@ def parse_value(text: str) -> Any:
     JSON that parses but is hostile (nested deeper than :data:`MAX_DEPTH`, an integer of
     thousands of digits) is a :class:`ConfigError`, not a string."""
     try:
-        return _loads(text, f"value {short_repr(text, 40)}")
+        return loads_checked(text, f"value {short_repr(text, 40)}")
     except json.JSONDecodeError:
         return text
 

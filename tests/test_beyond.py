@@ -1,10 +1,16 @@
-"""Rules of the mechanism study's hypotheses (figures/beyond.py) on synthetic tables: every verdict reachable."""
+"""Rules of the mechanism study's hypotheses (experiments/verdicts/mechanism.py) on synthetic tables:
+every verdict reachable; asserts read the finding's fields."""
 import numpy as np
 import pandas as pd
 import pytest
 
-from figures import beyond
-from figures.claims import FAILS, HOLDS, INCONCLUSIVE, MISSING, MIXED, UNDEFINED
+from experiments.summary import keyed
+from experiments.verdicts import HYPOTHESES, judge_all
+from experiments.verdicts import mechanism as beyond
+from experiments.verdicts.toolkit import FAILS, HOLDS, INCONCLUSIVE, MISSING, MIXED, THRESHOLDS
+from gfa_theory.instrument import stats
+
+UNDEFINED = INCONCLUSIVE  # an undefined statistic is inconclusive, with its why
 
 RNG = np.random.default_rng(0)
 
@@ -36,15 +42,16 @@ def _tight(d: float, n: int = 3) -> list[float]:
 ])
 def test_h1_reaches_every_verdict(diffs, verdict):
     f = beyond.h1({"errors": _errors(diffs)})
-    assert f.verdict == verdict, f.measured
-    assert "aligned" in f.measured
+    assert f.verdict == verdict, f.why
+    assert "aligned" in f.primary.label and f.margin == THRESHOLDS.error_margin or verdict == UNDEFINED
+    assert len(f.secondary) == len({B for _, B in diffs})  # one row per depth
 
 
 def test_h1_and_h2_without_runs_are_not_measured():
     empty = _errors({("post", 8): _tight(0.0)})
     assert beyond.h1({"errors": empty}).verdict == MISSING
     assert beyond.h2({"errors": empty}).verdict == MISSING
-    assert (beyond.evaluate(None)["verdict"] == MISSING).all()
+    assert all(f.verdict == MISSING for f in judge_all({}, rules=HYPOTHESES))
 
 
 def _h2(effects: dict[str, list[float]]) -> str:
@@ -84,14 +91,18 @@ def test_across_run_rules_reach_every_verdict(rule, xcol, ycol, sign):
 
 def _proxy_rows(proxy: str, ols: tuple, spearman: tuple) -> list[dict]:
     fam = f"transformer[{proxy}]"
-    row = {"r2": np.nan, "n": 30, "n_groups": 6, "method": "synthetic", "proxy": proxy}
-    mk = lambda t, e, lo, hi, p: {"test": f"{fam}: {t}", "estimate": e, "ci_low": lo, "ci_high": hi, "p": p, **row}  # noqa: E731
-    out = [mk("OLS ablation_norm ~ A_norm + depth", *ols),
-           mk("per-run spearman ablation vs A, first block excluded", *spearman),
-           mk("per-run spearman ablation vs A", 0.5, 0.2, 0.8, 0.01)]
-    out += [mk(t, 0.3, 0.2, 0.4, np.nan) for t in (
-        "first block's share of ablation importance", "first block's share of A",
-        "ablation delta-loss, first block (nats)", "ablation delta-loss, mean later block (nats)")]
+
+    def mk(key, e, lo, hi, p):
+        se = stats.se_from_interval(lo, hi, 6) if np.isfinite([lo, hi]).all() else np.nan
+        return keyed({"test": "synthetic", "estimate": e, "se": se, "df": 5, "ci_low": lo, "ci_high": hi, "p": p,
+                      "r2": np.nan, "n": 30, "n_groups": 6, "method": "synthetic"}, family=fam, **key) | {
+            "proxy": proxy}
+    abl = {"arm": "ablation"}
+    out = [mk({**abl, "quantity": "ols_depth"}, *ols),
+           mk({**abl, "quantity": "spearman", "subset": "no_first_block"}, *spearman),
+           mk({**abl, "quantity": "spearman"}, 0.5, 0.2, 0.8, 0.01)]
+    out += [mk({"quantity": q}, 0.3, 0.2, 0.4, np.nan)
+            for q in ("first_share_ablation", "first_share_A", "first_dloss", "rest_dloss")]
     return out
 
 
@@ -108,11 +119,11 @@ POS, NEG, NULL, NAN = (0.5, 0.3, 0.7, 1e-4), (-0.5, -0.7, -0.3, 1e-4), (0.1, -0.
 def test_h5_applies_c5s_rule_per_proxy(per_proxy, verdict):
     rows = [r for px, (o, s) in per_proxy.items() for r in _proxy_rows(px, o, s)]
     f = beyond.h5({"proxies": pd.DataFrame(rows)})
-    assert f.verdict == verdict, f.measured
-    assert all(f"[{px}:" in f.measured for px in per_proxy)
+    assert f.verdict == verdict, f.why
+    per = {px: beyond.proxy_finding(pd.DataFrame(rows), px).verdict for px in per_proxy}
+    assert [e.note for e in (f.primary, *f.secondary) if e.note] == [v.value for v in per.values()]
 
 
 def test_rules_are_declared_and_printed():
-    assert beyond.BEYOND.error_margin > 0 and f"{beyond.BEYOND.error_margin:g}" in beyond.H1_RULE
-    table = beyond.evaluate(None)
-    assert list(table["hypothesis"]) == [h.key for h in beyond.HYPOTHESES] == ["H1", "H2", "H3", "H4", "H5"]
+    assert THRESHOLDS.error_margin > 0 and f"{THRESHOLDS.error_margin:g}" in beyond.H1_RULE
+    assert [h.key for h in HYPOTHESES] == ["H1", "H2", "H3", "H4", "H5"]

@@ -134,7 +134,10 @@ def test_bench_taper_user_errors_are_one_line(capsys, args, message):
 
 
 def test_t1_and_f8_panels(study):
-    from figures import claims, names
+    from experiments.verdicts import BY_KEY, judge
+    from experiments.verdicts import cascadeformer as c8r
+    from experiments.verdicts.toolkit import MISSING
+    from figures import names
     from figures import efficiency as ef
 
     ctx, _ = study
@@ -158,15 +161,20 @@ def test_t1_and_f8_panels(study):
     labels = [t.get_text() for ax in fig.axes for t in (ax.get_legend().get_texts() if ax.get_legend() else [])]
     assert names.schedule("fanin") + " (primary)" in labels and not any("fanin" in t for t in labels)
     assert not [t for ax in fig.axes for t in ax.texts]  # no free-floating labels to collide
-    found = claims.evaluate_claims(tables).set_index("claim")
-    verdict, text = found.loc["C8", "verdict"], found.loc["C8", "measured here"]
-    assert (verdict, text) == claims.c8(tables[cf.NAME]["summary"]) and "primary fanin" in text
-    assert found.loc["C9", "verdict"] == claims.MISSING  # the pruning study is not in these tables
+    found = judge(BY_KEY["C8"], tables)
+    direct = c8r.c8(tables[cf.NAME]["summary"])
+    assert (found.verdict, found.primary, found.why) == (direct.verdict, direct.primary, direct.why)
+    assert found.primary.label.startswith("fanin")
+    # T1 prints C8's own tests, read from the finding
+    p = direct.arms.set_index("label").loc["fanin", "p_comparable"]
+    assert t1.set_index("arm").loc[names.schedule("fanin"), "non-inferior vs uniform p"].iloc[0] == __import__(
+        "gfa_theory.instrument.stats", fromlist=["format_p"]).format_p(p)
+    assert judge(BY_KEY["C9"], tables).verdict == MISSING  # the pruning study is not in these tables
 
 
 def test_t1_f8_and_c8_are_listed():
     from figures import efficiency as ef
-    from figures.claims import CLAIMS
+    from experiments.verdicts import CLAIMS
     from figures.outputs import OUTPUTS
 
     assert OUTPUTS["T1"].studies == (cf.NAME,) and OUTPUTS["T1"].build is ef.t1

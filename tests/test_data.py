@@ -12,19 +12,34 @@ import torch
 
 import gfa_theory.train.data as data_mod
 from gfa_theory.errors import ConfigError, DataError
+from gfa_theory.config import config_hash, to_dict
 from gfa_theory.train.data import (
     CORPUS_SHA256,
+    DOCUMENT_SEPARATOR,
+    STDLIB_SHA256,
     BatchSampler,
     DataConfig,
     eval_batches,
+    in_validation,
     load_data,
+    make_document_data,
     make_text_data,
     pydoc_corpus,
+    stdlib_corpus,
 )
+from gfa_theory.train.run_config import RunConfig, build_run_config, resolve, training_epochs
 
 # sha256 of the shipped default corpus (CPython 3.11.7's pydoc_data.topics, sorted-key order):
 # the number every recorded result names; it must not move with the running Python.
 PINNED_CORPUS_SHA256 = "37d06970fc926e60c16dff401e441b84752446a36b6b64516c229fdec77e992c"
+
+
+# sha256 of the shipped source-code corpus (data.corpus=stdlib; corpus/build_stdlib.py rebuilds it).
+PINNED_STDLIB_SHA256 = "1a7a86e2f23d095959f1c87c1875ec47e7867bbd728731167cdb816e5c877344"
+# The default profile's run ids less their numerics key (torch version, device type, CPU
+# instruction set: those differ between machines), sorted, one a line, hashed: computed with the
+# code before data.corpus existed. A new data option left at its default must not move them.
+PINNED_DEFAULT_PROFILE_IDS = (93, "5d5f0975c5c745be7414081dfed723c77b10dc01578dc98d18932b863e4f029a")
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +97,123 @@ def test_damaged_default_corpus_is_a_one_line_error(tmp_path, monkeypatch, conte
         data_mod._load_cached.cache_clear()
     message = str(err.value)
     assert "\n" not in message and "default text corpus" in message and "reinstall gfa-theory" in message
+
+
+@pytest.fixture(scope="module")
+def stdlib():
+    return load_data(DataConfig(corpus="stdlib"))
+
+
+def test_stdlib_corpus_is_pinned_bounded_and_split_by_whole_file(stdlib):
+    text = stdlib_corpus()
+    assert STDLIB_SHA256 == PINNED_STDLIB_SHA256 == stdlib.sha256
+    assert hashlib.sha256(text.encode("utf-8")).hexdigest() == PINNED_STDLIB_SHA256
+    assert len(text) == 12_227_966 and len(stdlib.train) + len(stdlib.val) == len(text)
+    # bounded vocabulary: newline, printable ASCII, the file separator, the unknown symbol
+    assert stdlib.vocab == "".join(sorted(set(text))) and stdlib.vocab_size == 98
+    assert set(stdlib.vocab) <= set("\n\x1e\ufffd" + "".join(map(chr, range(32, 127))))
+    docs = [d + DOCUMENT_SEPARATOR for d in text.split(DOCUMENT_SEPARATOR)[:-1]]
+    assert len(docs) == 845
+    vocab = np.array(list(stdlib.vocab))
+    val_text = "".join(vocab[stdlib.val.numpy()])
+    val_docs = [d + DOCUMENT_SEPARATOR for d in val_text.split(DOCUMENT_SEPARATOR)[:-1]]
+    # whole files validate, spread over the corpus, about val_fraction of it
+    assert "".join(val_docs) == val_text and set(val_docs) <= set(docs)
+    assert val_docs == [d for d in docs if in_validation(d, 0.1)]
+    positions = [docs.index(d) for d in val_docs]
+    assert positions[0] < 200 and positions[-1] > 645
+    assert 0.05 < len(stdlib.val) / len(text) < 0.2
+    train_head = "".join(vocab[stdlib.train[:5000].numpy()])
+    assert train_head == "".join(d for d in docs if d not in set(val_docs))[:5000]
+
+
+def test_stdlib_manifest_matches_the_shipped_corpus():
+    """The build script's file list (sha256 of each file's bytes, characters, path) describes the
+    shipped corpus document by document: an audit needs no rebuild to see which file is where."""
+    lines = (data_mod.STDLIB_FILE.parent / "stdlib_py_files.txt").read_text(encoding="utf-8").splitlines()
+    rows = [ln.split() for ln in lines if not ln.startswith("#")]
+    assert PINNED_STDLIB_SHA256 in lines[1]
+    paths = [r[2] for r in rows]
+    assert paths == sorted(paths) and len(set(paths)) == 845
+    assert not any(p.split("/")[0] in ("test", "encodings", "pydoc_data", "site-packages") for p in paths)
+    docs = stdlib_corpus().split(DOCUMENT_SEPARATOR)[:-1]
+    assert [int(r[1]) for r in rows] == [len(d) for d in docs]
+    assert docs[paths.index("__future__.py")].startswith('"""Record of phased-in incompatible language changes.')
+    assert data_mod.STDLIB_FILE.read_bytes()[4:8] == b"\0\0\0\0"  # gzip mtime 0
+
+
+def test_document_split_rules():
+    docs = [f"doc {k}\n" + DOCUMENT_SEPARATOR for k in range(200)]
+    d = make_document_data("".join(docs), 0.25, "docs")
+    val = [x for x in docs if in_validation(x, 0.25)]
+    assert 30 < len(val) < 70  # about a quarter of the documents
+    assert d.decode(d.val) == "".join(val) and d.decode(d.train) == "".join(x for x in docs if x not in val)
+    with pytest.raises(DataError, match="ended by U\\+001E"):
+        make_document_data("no separator at the end", 0.1, "docs")
+    with pytest.raises(DataError, match="leaves a split with fewer than 2"):
+        make_document_data("".join(docs[:3]), 1e-9, "docs")
+
+
+@pytest.mark.parametrize("content, match", [
+    ("truncated", "is corrupt"),
+    (gzip.compress("x\x1e".encode("utf-8"), mtime=0), r"is corrupt \(sha256 \w{12}, expected 1a7a86e2f23d\)"),
+], ids=["truncated", "wrong-text"])
+def test_damaged_stdlib_corpus_is_a_one_line_error(tmp_path, monkeypatch, capsys, content, match):
+    p = tmp_path / "stdlib_py.txt.gz"
+    p.write_bytes(data_mod.STDLIB_FILE.read_bytes()[:1000] if content == "truncated" else content)
+    monkeypatch.setattr(data_mod, "STDLIB_FILE", p)
+    data_mod._load_cached.cache_clear()
+    try:
+        with pytest.raises(DataError, match=match) as err:
+            load_data(DataConfig(corpus="stdlib"))
+        from gfa_theory.cli import main  # noqa: PLC0415
+        code = main(["train", "--model", "gpt", "--no-progress", "--out", str(tmp_path / "runs"),
+                     "--set", "data.corpus=stdlib", "train.steps=1"])
+    finally:
+        data_mod._load_cached.cache_clear()
+    assert "\n" not in str(err.value) and "stdlib text corpus" in str(err.value)
+    stderr = capsys.readouterr().err.strip()
+    assert code == 2 and len(stderr.splitlines()) == 1 and "stdlib text corpus" in stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_corpus_option_keeps_every_default_hash():
+    assert "corpus" not in to_dict(DataConfig())
+    assert DataConfig(corpus="pydoc") == DataConfig()  # the default, however it is written
+    default = build_run_config("gpt")
+    assert build_run_config("gpt", overrides=["data.corpus=pydoc"]).hash() == default.hash()
+    assert build_run_config("gpt", overrides=["data.corpus=stdlib"]).hash() != default.hash()
+    for bad, match in [(["data.corpus=stdlib", "data.text_file=x.txt"], "set one"),
+                       (["data.corpus=web"], "data.corpus")]:
+        with pytest.raises(ConfigError, match=match):
+            build_run_config("gpt", overrides=bad)
+    with pytest.raises(ConfigError, match="only applies to dataset 'text'"):
+        DataConfig(dataset="digits", corpus="stdlib")
+
+
+def test_default_profile_run_ids_are_unchanged():
+    import importlib  # noqa: PLC0415
+
+    ids = set()
+    for name in ("cascadeformer", "equalization", "fanin_vs_gradients", "gradients_vs_importance",
+                 "mechanism", "pruning", "repetition"):
+        for _, cfg in importlib.import_module(f"experiments.{name}").configs("default"):
+            if isinstance(cfg, RunConfig):
+                resolved, data = resolve(cfg)
+                ids.add(f"{resolved.model_name}-"
+                        f"{config_hash({'config': to_dict(resolved), 'data_sha256': data.sha256})}")
+    digest = hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+    assert (len(ids), digest) == PINNED_DEFAULT_PROFILE_IDS
+
+
+def test_epochs_of_a_run(corpus, stdlib):
+    cfg = build_run_config("gpt")  # 400 steps of 32 windows of 64 tokens
+    assert training_epochs(cfg) == pytest.approx(400 * 32 * 64 / len(corpus.train))
+    assert corpus.epochs(len(corpus.train)) == 1.0
+    big = build_run_config("gpt", overrides=["data.corpus=stdlib"])
+    assert training_epochs(big) == pytest.approx(400 * 32 * 64 / len(stdlib.train))
+    assert training_epochs(build_run_config("resnet")) == pytest.approx(600 * 64 / len(load_data(
+        DataConfig(dataset="digits")).y_train))
 
 
 def test_text_file_roundtrip_and_split(tmp_path):

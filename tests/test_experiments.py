@@ -24,7 +24,8 @@ EXPECTED = {
     "mechanism": ({"run_id", "arm", "A", "F", "jacobian_gain", "stream_rms", "pred_counts", "pred_product",
                    "pred_final_aligned"}, ["A", "F", "jacobian_gain", "stream_rms", "pred_counts", "pred_product"]),
 }
-SUMMARY_COLUMNS = {"test", "estimate", "ci_low", "ci_high", "p", "r2", "n", "n_groups", "method"}
+SUMMARY_COLUMNS = {"test", "family", "quantity", "arm", "against", "estimate", "se", "df", "ci_low", "ci_high", "p", "r2",
+                   "n", "n_groups", "method"}
 # studies whose summary has its own layout (one row per schedule / per model and method), and the
 # tables each study writes besides its summary
 OWN_SUMMARY = {
@@ -55,6 +56,13 @@ def test_study_smoke(name, smoke_root):
     assert tables is not None and {MAIN_TABLE.get(name, "units"), "summary"} <= set(tables)
     meta = json.loads((ctx.study_dir(name) / "meta.json").read_text())
     assert meta["profile"] == "smoke" and meta["seeds"] and meta["data_sha256"] and meta["package_version"]
+    # the study's takeaway: predicted, measured, verdict, for every rule that reads it
+    from experiments.verdicts import for_study
+    from experiments.verdicts.render import study_takeaways
+    rules = for_study(name)
+    lines = study_takeaways(name, {s: load_study(ctx, s) for r in rules for s in r.studies}, "smoke").splitlines()
+    assert [ln.split(" ", 2)[1] for ln in lines if ln] == ["predicted:", "measured:", "verdict:"] * len(rules)
+    assert rules, name  # every study is judged by some claim or hypothesis
 
 
 def test_fan_in_column_matches_symbolic(smoke_root):
@@ -125,3 +133,25 @@ def test_map_in_workers_keeps_order_on_one_thread():
     ctx = Context("smoke", jobs=1, progress=False)
     assert map_in_workers(_threads_and, [(3,), (1,), (2,)], ctx, "test") == [(1, 3), (1, 1), (1, 2)]
     assert torch.get_num_threads() == threads
+
+
+def test_cli_prints_the_takeaway_before_the_table(monkeypatch, capsys, tmp_path):
+    """``python -m experiments NAME`` prints each rule's three-line takeaway, then the key table."""
+    import pandas as pd
+
+    from experiments import __main__ as cli
+
+    class Study:
+        @staticmethod
+        def run(ctx):
+            df = pd.DataFrame({"x": [1]})
+            df.attrs["summary"] = pd.DataFrame({"test": ["a row"], "estimate": [1.0]})
+            return df
+    monkeypatch.setattr(cli, "study_module", lambda name: Study)
+    monkeypatch.setattr(cli, "load_study", lambda ctx, name: {"summary": None})
+    monkeypatch.setattr(cli, "study_takeaways", lambda name, tables, profile: "C2 predicted: p\nC2 measured: m\n"
+                        "C2 verdict: v")
+    assert cli.main(["fanin_vs_gradients", "--profile", "smoke", "--out", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[:3] == ["C2 predicted: p", "C2 measured: m", "C2 verdict: v"] and out[3] == ""
+    assert "a row" in "\n".join(out[4:6])

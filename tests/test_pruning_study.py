@@ -327,7 +327,7 @@ def test_f12_and_pruning_panels(study):
 
 def test_f8_f12_t1_to_t4_and_claims_are_listed():
     from figures import efficiency as ef
-    from figures.claims import CLAIMS
+    from experiments.verdicts import CLAIMS
     from figures.outputs import OUTPUTS
 
     assert OUTPUTS["F12"].build is ef.f12 and OUTPUTS["F12"].studies == ("pruning",)
@@ -342,20 +342,19 @@ def test_f8_f12_t1_to_t4_and_claims_are_listed():
 
 
 def test_claims_measure_the_smoke_study(study):
-    """C9-C11 on the smoke study's real comparisons: the rules' findings are what evaluate_claims
-    reports, and the smoke profile's single pruned seed-set decides them exactly as the rules say
-    (the rules themselves are tested verdict by verdict in tests/test_claims.py)."""
-    from figures import claims
+    """C9-C11 on the smoke study's real comparisons: the registered rules' findings are the rules'
+    own on these tables (the rules themselves are tested verdict by verdict in tests/test_claims.py)."""
+    from experiments.verdicts import BY_KEY, judge
+    from experiments.verdicts import pruning as prr
 
     _, _, tables = study
-    found = claims.evaluate_claims({pr.NAME: tables}).set_index("claim")
     comp = tables["comparisons"]
-    for key, rule in (("C9", lambda c: claims.c9(c, tables["depth_order"])), ("C10", claims.c10),
-                      ("C11", claims.c11)):
-        assert tuple(found.loc[key, ["verdict", "measured here"]]) == tuple(rule(comp)), key
-    assert "depth order" in found.loc["C9", "measured here"]
-    assert "ceiling" in found.loc["C10", "measured here"]
-    assert "random (floor)" in found.loc["C9", "measured here"]
+    assert {"se", "df"} <= set(comp.columns) and {"se", "df"} <= set(tables["depth_order"].columns)
+    for key, rule in (("C9", lambda c: prr.c9(c, tables["depth_order"])), ("C10", prr.c10), ("C11", prr.c11)):
+        found, direct = judge(BY_KEY[key], {pr.NAME: tables}), rule(comp)
+        assert (found.verdict, found.primary, found.why) == (direct.verdict, direct.primary, direct.why), key
+    c9 = judge(BY_KEY["C9"], {pr.NAME: tables})
+    assert {"floor", "oracle"} <= {e.note for e in c9.secondary} and set(c9.arms["stage"]) == set(pr.STAGES)
 
 
 def test_choice_task_is_deterministic_and_scores_an_oracle(monkeypatch):
@@ -363,6 +362,8 @@ def test_choice_task_is_deterministic_and_scores_an_oracle(monkeypatch):
     that predicts the text exactly picks every true continuation, one that predicts nothing none."""
     import torch
 
+    from gfa_theory.instrument import evaluation
+    from gfa_theory.instrument.evaluation import continuation_accuracy
     from gfa_theory.train.data import make_text_data
 
     text = "abcdefghijklmnopqrstuvwxyz" * 160  # every character has one successor
@@ -393,7 +394,7 @@ def test_choice_task_is_deterministic_and_scores_an_oracle(monkeypatch):
                     out[i, t, self.nxt.get(a, 0)] = 0.0
             return out
 
-    monkeypatch.setattr(pr, "logits_and_loss", lambda model, x, y, final_only=True: (model(x), None))
-    exact = pr.choice_accuracy(Lookup(True), (ctx[:16], cands[:16]))
-    blind = pr.choice_accuracy(Lookup(False), (ctx[:16], cands[:16]))
+    monkeypatch.setattr(evaluation, "logits_and_loss", lambda model, x, y, final_only=True: (model(x), None))
+    exact = continuation_accuracy(Lookup(True), (ctx[:16], cands[:16]))
+    blind = continuation_accuracy(Lookup(False), (ctx[:16], cands[:16]))
     assert exact > 0.8 and blind == 0.0  # ties count as wrong: a model that sees nothing gets none

@@ -141,8 +141,15 @@ def test_summary_leads_with_the_primary_comparisons(study):
 
 
 def test_f7_and_c7_read_the_study(study):
-    from figures import claims, gfa
+    from experiments import repetition as rep
+    from experiments.summary import need
+    from experiments.verdicts import repetition as c7r
+    from figures import gfa
     fig = gfa.f7({"repetition": study})
     assert len(fig.axes) == 3 and all(ax.has_data() for ax in fig.axes)
-    found = claims.c7(study["summary"])
-    assert "Manipulation check" in found.measured and found.verdict
+    s = study["summary"]  # keyed rows: the rule selects by fields, never by the label
+    row = need(s, arm=rep.repeat(2), against=rep.BASELINE, quantity=rep.PRIMARY, m=2)
+    assert row["test"] == rep.comparison(2, rep.BASELINE, rep.PRIMARY) and row["setting"] == "parameter-matched"
+    assert row["df"] == row["n_groups"] - 1 and row["se"] >= 0
+    found = c7r.c7(s)
+    assert found.arms["fan-in raised"].all() and found.primary.estimate == row["estimate"]

@@ -11,7 +11,7 @@ import pytest
 
 import figures.plots
 from figures import build, efficiency, gfa
-from figures.claims import CLAIMS
+from experiments.verdicts import CLAIMS, judge_all
 from figures.outputs import OUTPUTS
 from gfa_theory.errors import ConfigError
 
@@ -39,11 +39,18 @@ def test_reproduce_smoke_writes_every_stamped_output(smoke_root, tmp_path):
             else:
                 assert "profile smoke" in f.read_text() or '"profile": "smoke"' in f.read_text()
     report = (out / "REPORT.md").read_text()
-    for claim in ("C1", "C2", "C5", "C6", "C7"):
-        assert f"### {claim}." in report
-    assert "Verdict" in report and "profile smoke" in report
+    table = report.split("\n\n")[2].splitlines()  # the first thing after the title and one line: the table
+    assert table[0].startswith("|") and len(table) == 2 + 11 + 5  # header, rule, C1-C11, H1-H5
+    assert [row.split("|")[1].strip() for row in table[2:]] == [f"C{i}" for i in range(1, 12)] + [
+        f"H{i}" for i in range(1, 6)]
+    for claim in ("C1", "C2", "C5", "C6", "C7", "H1"):
+        assert f"<summary><b>{claim}." in report
+    assert "profile smoke" in report and "## Thresholds" in report
     assert "## Where the time goes" in report and "| total" in report
-    assert "## Beyond the paper" in report and "### H1." in report
+    assert "## Beyond the paper" in report
+    found = pd.read_csv(out / "claims.csv")  # the findings as numbers
+    assert list(found["claim"]) == [r.key for r in judge_all({})] and {"estimate", "ci_low", "margin", "why",
+                                                                      "tokens_per_param_max"} <= set(found.columns)
     # warm cache: a second build only redraws (no study reruns), and --only limits the outputs
     res = subprocess.run(cmd + ["--only", "F1,T5"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -87,16 +94,28 @@ def test_f5_draws_the_studys_slope_and_no_builder_fits_one():
     """F5's line and legend are C5's depth-controlled slope from the study summary, not a fit of
     the figure's own; the builders import no regression library."""
     units = pd.DataFrame({"family": "transformer", "A_norm": [0.5, 1.0, 1.5, 1.0], "imp_ablation_norm": [0.2, 1.0, 1.8, 1.0]})
-    summary = pd.DataFrame([{"test": "transformer: OLS ablation_norm ~ A_norm", "estimate": 1.6, "ci_low": 1.0,
-                             "ci_high": 2.2},
-                            {"test": "transformer: OLS ablation_norm ~ A_norm + depth", "estimate": 2.36,
-                             "ci_low": 2.23, "ci_high": 2.48}])
+    key = {"family": "transformer", "arm": "ablation", "subset": "all"}
+    summary = pd.DataFrame([{**key, "quantity": "ols", "estimate": 1.6, "ci_low": 1.0, "ci_high": 2.2},
+                            {**key, "quantity": "ols_depth", "estimate": 2.36, "ci_low": 2.23, "ci_high": 2.48},
+                            {**key, "quantity": "ols_depth", "subset": "no_first_block", "estimate": 9.0,
+                             "ci_low": 8.0, "ci_high": 10.0}])
     points, line, text = gfa.importance_line(units, summary, "transformer")
     assert text == "2.36 [2.23, 2.48]" and len(points) == 4
     assert (line["mean"].iloc[1] - line["mean"].iloc[0]) / (line["x"].iloc[1] - line["x"].iloc[0]) == pytest.approx(2.36)
     assert line["mean"].mean() == pytest.approx(1.0)  # through the blocks' mean point
     for module in (gfa, efficiency):
         assert "statsmodels" not in inspect.getsource(module), module.__name__
+
+
+def test_every_rules_evidence_is_an_output_that_reads_its_studies():
+    """The figure and table ids a claim or hypothesis cites exist, and each reads one of the rule's
+    studies (F8 was split: C8 cites F8, the CascadeFormer figure; C9 cites F12, the pruning one)."""
+    from experiments.verdicts import RULES
+
+    for rule in RULES:
+        for key in (k.strip() for k in rule.evidence.split(",") if k.strip() not in ("", "as C2")):
+            assert key in OUTPUTS, (rule.key, key)
+            assert not OUTPUTS[key].studies or set(OUTPUTS[key].studies) & set(rule.studies), (rule.key, key)
 
 
 def test_arms_and_methods_have_display_names_in_one_place():
@@ -146,8 +165,7 @@ def test_time_table_and_report_section(tmp_path):
     old = report.time_table({**metas, "c_study": {"study": "c_study", "wall_seconds": 7.5}})
     assert tuple(old.iloc[-1][1:]) == ("50.0", "n/a", "n/a") and tuple(old.iloc[-2][2:]) == ("n/a", "n/a")
     assert report.time_table({}).empty
-    claims = pd.DataFrame([{"claim": "C1", "paper": "p", "measured here": "m", "evidence": "F1", "verdict": "holds",
-                            "rule": "r"}])
+    claims = judge_all({}, rules=CLAIMS[:1])
     st = report.stamps.merge(metas.values(), "smoke", "REPORT")
     text = report.report_text(claims, st, "smoke", tmp_path, metas)
     section = text.split("## Where the time goes", 1)[1]

@@ -93,11 +93,11 @@ def assert_same_run(rdir, ref):
     assert _files(rdir) == _files(ref)
     for name in BYTES:
         assert (rdir / name).read_bytes() == (ref / name).read_bytes(), name
-    a = torch.load(rdir / CHECKPOINT_FILE, weights_only=False)
-    b = torch.load(ref / CHECKPOINT_FILE, weights_only=False)
+    a = torch.load(rdir / CHECKPOINT_FILE, weights_only=True)
+    b = torch.load(ref / CHECKPOINT_FILE, weights_only=True)
     assert a["step"] == b["step"] and _tensors_equal(a["model"], b["model"])
     for snap in (ref / "snapshots").iterdir():
-        x, y = (torch.load(d / "snapshots" / snap.name, weights_only=False) for d in (rdir, ref))
+        x, y = (torch.load(d / "snapshots" / snap.name, weights_only=True) for d in (rdir, ref))
         assert x["step"] == y["step"] and _tensors_equal(x["model"], y["model"]), snap.name
 
 
@@ -243,7 +243,7 @@ def test_sigterm_checkpoints_exits_130_and_rerun_resumes_identically(tmp_path):
     assert "SIGTERM: stopped at step" in err and err.strip().splitlines()[-1] == "gfa: interrupted"
     rdir = root / ref.name
     assert not is_complete(rdir)
-    step = torch.load(rdir / CHECKPOINT_FILE, weights_only=False)["step"]
+    step = torch.load(rdir / CHECKPOINT_FILE, weights_only=True)["step"]
     assert 50 <= step < 300
     train(cfg_of(*long), root, progress=False)
     assert_same_run(rdir, ref)

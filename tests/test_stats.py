@@ -153,3 +153,24 @@ def test_p_values_print_with_a_floor_and_no_spread_prints_as_such():
     assert stats.format_interval(1e-9, -1e-9, 3e-9, n=3, unit="seeds") == \
         "all 3 seeds: 0.000 (spread below the printed precision)"
     assert stats.format_interval(0.5, 0.49999, 0.50001) == "0.500 (spread below the printed precision)"
+
+
+def test_rows_keep_the_standard_error_and_df_behind_their_interval(clustered):
+    """The SE and df a row's interval was built from travel with it (equivalence tests read them,
+    never the interval ends): an OLS slope's cluster-robust SE with G - 1 df, a per-run correlation's
+    SE over runs even where its interval is clipped to [-1, 1], a paired difference's SE with n - 1."""
+    from scipy import stats as sps
+
+    r = stats.ols_slope(clustered, "y", "x", cluster="run")
+    q = sps.t.ppf(0.975, r["df"])
+    assert r["df"] == r["n_groups"] - 1 and r["ci_low"] == pytest.approx(r["estimate"] - q * r["se"])
+    d = pd.DataFrame({"run_id": np.repeat(np.arange(4), 5), "x": np.tile(np.arange(5.0), 4)})
+    d["y"] = d["x"] + np.where(d["run_id"] == 3, np.array([0, 3, -3, 3, 0] * 4), 0)  # three perfect runs, one not
+    c = stats.per_run_correlation(d, "x", "y")
+    per_run = np.array([1.0, 1.0, 1.0, sps.spearmanr(np.arange(5.0), np.arange(5.0) + [0, 3, -3, 3, 0]).statistic])
+    assert c["ci_high"] == 1.0 and c["se"] == pytest.approx(sps.sem(per_run)) and c["df"] == 3
+    assert c["ci_high"] < c["estimate"] + sps.t.ppf(0.975, 3) * c["se"]  # clipped: the end is not est + t * se
+    a, b = np.array([1.0, 1.2, 0.9, 1.1]), np.array([1.0, 1.0, 1.0, 1.0])
+    p = stats.paired_difference(a, b)
+    assert p["df"] == 3 and stats.tost(p["estimate"], p["se"], p["df"], 0.3)["p"] == pytest.approx(
+        stats.tost_paired(a, b, 0.3)["p"])

@@ -102,6 +102,55 @@ def test_bench_tracker_json(capsys):
     assert result["step_s_with"] > 0 and result["step_s_without"] > 0
 
 
+def test_bare_loop_trains_the_same_model_on_the_same_data_as_the_package():
+    """The reference of ``gfa bench loop`` is the package's step, less the package: with the
+    tracker off both reach identical parameters (same init, windows, optimizer, schedule, clip)."""
+    import torch
+
+    from gfa_theory.train.benchmark import BareLoop
+    from gfa_theory.train.loop import Trainer
+    from gfa_theory.train.run_config import build_run_config, resolve
+
+    cfg, data = resolve(build_run_config("gpt", overrides=[*TINY, "train.track=none"]))
+    package, bare = Trainer(cfg, data), BareLoop(cfg, data, torch.device("cpu"))
+    for _ in range(3):
+        package.train_step()
+        bare.step()
+    assert all(torch.equal(a, b) for a, b in zip(package.raw_model.state_dict().values(),
+                                                 bare.model.state_dict().values()))
+
+
+SMALL_POINT = ["model.n_blocks=2", "model.n_embd=16", "model.n_head=2", "model.d_ff=32", "model.block_size=8",
+               "train.batch_size=4"]
+
+
+def test_bench_loop_json(capsys):
+    code, out, err = _gfa(capsys, "bench", "loop", "--format", "json", "--repeats", "2", "--steps", "1",
+                          "--warmup", "1", "--set", *SMALL_POINT)
+    assert code == 0, err
+    result = json.loads(out)
+    for key in ("package_ratio", "untracked_ratio", "aa_ratio"):
+        assert result[f"{key}_min"] <= result[f"{key}_q1"] <= result[key] <= result[f"{key}_q3"] <= result[f"{key}_max"]
+        assert result[key] > 0
+    assert result["tokens_per_step"] == 32 and result["tokens_per_s_bare"] > 0
+    assert result["data"].startswith("gfa_theory/train/corpus/stdlib_py.txt.gz")  # the scale point's corpus
+
+
+def test_bench_sizes_table_and_json(capsys):
+    args = ["bench", "sizes", "--widths", "8,16", "--repeats", "2", "--steps", "1", "--warmup", "0",
+            "--set", *SMALL_POINT]
+    code, out, err = _gfa(capsys, *args, "--format", "json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["n_embd"] for r in rows] == [8, 16] and rows[0]["params"] < rows[1]["params"]
+    assert rows[0]["time_ratio"] == 1.0 and all(r["tokens_per_s"] > 0 and r["n_blocks"] == 2 for r in rows)
+    code, out, err = _gfa(capsys, *args)
+    assert code == 0, err
+    assert out.splitlines()[0].split()[:2] == ["n_embd", "params"] and "n_blocks: 2" in out
+    code, _, err = _gfa(capsys, "bench", "sizes", "--widths", "17", "--repeats", "1", "--set", *SMALL_POINT)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "n_head" in err
+
+
 def test_metrics_csv_gains_a_row_at_every_evaluation(tmp_path, monkeypatch, capsys):
     import pandas as pd
 

@@ -130,7 +130,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         train(tiny(), tmp_path, progress=False, on_after_backward=[_poison_at_step_6])
     (rdir,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert not is_complete(rdir)
-    state = torch.load(rdir / CHECKPOINT_FILE, weights_only=False)
+    state = torch.load(rdir / CHECKPOINT_FILE, weights_only=True)
     assert state["step"] == 4 and all(torch.isfinite(v).all() for v in state["model"].values())
     assert rdir.name != run_key(tiny())  # user hooks are part of the run's identity
 
@@ -244,14 +244,14 @@ def test_sigkill_then_rerun_matches_uninterrupted(tmp_path):
     assert found, "no checkpoint was written before the run ended"
     assert proc.returncode == -signal.SIGKILL
     rdir = found[0].parent
-    killed_at = torch.load(found[0], weights_only=False)["step"]
+    killed_at = torch.load(found[0], weights_only=True)["step"]
     assert 0 < killed_at < 150 and not is_complete(rdir)
     subprocess.run(_cli(root, *args), check=True, capture_output=True, timeout=300, env=ONE_THREAD)
     ref = tmp_path / "ref" / rdir.name
     for name in FILES:
         assert (rdir / name).read_bytes() == (ref / name).read_bytes(), name
-    w1 = torch.load(rdir / CHECKPOINT_FILE, weights_only=False)["model"]
-    w2 = torch.load(ref / CHECKPOINT_FILE, weights_only=False)["model"]
+    w1 = torch.load(rdir / CHECKPOINT_FILE, weights_only=True)["model"]
+    w2 = torch.load(ref / CHECKPOINT_FILE, weights_only=True)["model"]
     assert all(torch.equal(w1[k], w2[k]) for k in w2)
     assert not list(rdir.glob(".*.tmp"))
 

@@ -1,5 +1,5 @@
-"""``gfa bench <name>``: timing benchmarks (``tracker``, ``gains``: :mod:`gfa_theory.train.benchmark`;
-``taper``: :mod:`gfa_theory.methods.taper_timing`).
+"""``gfa bench <name>``: timing benchmarks (``tracker``, ``gains``, ``loop``, ``sizes``:
+:mod:`gfa_theory.train.benchmark`; ``taper``: :mod:`gfa_theory.methods.taper_timing`).
 
 The help texts are plain sentences (:data:`DESCRIPTION`), not this docstring's markup.
 
@@ -27,7 +27,7 @@ from gfa_theory.train.memory import check_inference_memory, check_training_memor
 class Benchmark:
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], dict]
+    run: Callable[[argparse.Namespace], dict | list[dict]]
 
 
 def _int_in(low: int, high: int) -> Callable[[str], int]:
@@ -88,6 +88,63 @@ def _gains_run(args: argparse.Namespace) -> dict:
     return gain_overhead(cfg, every=args.every, repeats=args.repeats, warmup=args.warmup)
 
 
+# The point ``loop`` and ``sizes`` time unless --set says otherwise: the default profile's
+# Transformer at CascadeFormer's depth (C = 64, 8 blocks, context 64, batch 16) on the stdlib corpus.
+SCALE_POINT = ["train.device=auto", "data.corpus=stdlib", "model.n_blocks=8", "model.n_embd=64", "model.n_head=4",
+               "model.d_ff=256", "model.block_size=64", "train.batch_size=16"]
+
+
+def _widths(text: str) -> list[int]:
+    parse = _int_in(1, MAX_DIM)
+    widths = [parse(part) for part in text.split(",") if part.strip()]
+    if not 1 <= len(widths) <= 16:
+        raise argparse.ArgumentTypeError(f"expected 1 to 16 comma-separated widths, got {text[:40]!r}")
+    return widths
+
+
+def _point_arguments(p: argparse.ArgumentParser, repeats: int, steps: int) -> None:
+    p.add_argument("--repeats", type=_repeats, default=repeats, help="interleaved timing repeats")
+    p.add_argument("--steps", type=_repeats, default=steps, help="training steps per timed block")
+    p.add_argument("--warmup", type=_warmup, default=3, help="untimed steps per variant first")
+    p.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[],
+                   help="override the timed run config (default: C=64, 8 blocks, context 64, batch 16, "
+                        "data.corpus=stdlib, device auto)")
+
+
+def _point_config(args: argparse.Namespace, width: int | None = None):
+    from gfa_theory.train.run_config import build_run_config  # noqa: PLC0415  (start-up)
+
+    cfg = build_run_config("gpt", overrides=[*SCALE_POINT, *args.overrides])
+    if width is not None:  # the memory bound of the widest model of the ladder
+        check_training_memory(build_run_config(
+            "gpt", overrides=[*SCALE_POINT, *args.overrides, f"model.n_embd={width}", f"model.d_ff={4 * width}"]))
+    check_training_memory(cfg)
+    return cfg
+
+
+def _loop_arguments(p: argparse.ArgumentParser) -> None:
+    _point_arguments(p, repeats=20, steps=5)
+
+
+def _loop_run(args: argparse.Namespace) -> dict:
+    from gfa_theory.train.benchmark import loop_overhead  # noqa: PLC0415  (start-up)
+
+    return loop_overhead(_point_config(args), repeats=args.repeats, block=args.steps, warmup=args.warmup)
+
+
+def _sizes_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--widths", type=_widths, default=[64, 96, 128, 192],
+                   help="comma-separated residual widths C of the ladder (FFN hidden 4 C)")
+    _point_arguments(p, repeats=10, steps=3)
+
+
+def _sizes_run(args: argparse.Namespace) -> list[dict]:
+    from gfa_theory.train.benchmark import size_throughput  # noqa: PLC0415  (start-up)
+
+    cfg = _point_config(args, width=max(args.widths))
+    return size_throughput(cfg, args.widths, repeats=args.repeats, block=args.steps, warmup=args.warmup)
+
+
 def _taper_arguments(p: argparse.ArgumentParser) -> None:
     from gfa_theory.methods.taper import SCHEDULES  # noqa: PLC0415  (start-up)
 
@@ -119,6 +176,10 @@ BENCHMARKS: dict[str, Benchmark] = {
                          _tracker_arguments, _tracker_run),
     "gains": Benchmark("training-step time of the default GPT with and without gains sampled (train.gain_every), "
                        "with an A/A control", _gains_arguments, _gains_run),
+    "loop": Benchmark("training-step time of the package against a bare PyTorch loop on the same model, data "
+                      "and optimizer, with an A/A control", _loop_arguments, _loop_run),
+    "sizes": Benchmark("tokens/s of the package's training step along a ladder of model widths",
+                       _sizes_arguments, _sizes_run),
     "taper": Benchmark("latency and throughput of the default CascadeFormer (tapered) vs uniform Transformer",
                        _taper_arguments, _taper_run),
 }
@@ -126,7 +187,8 @@ BENCHMARKS: dict[str, Benchmark] = {
 
 DESCRIPTION = ("Timing benchmarks, measured in interleaved blocks: tracker (training-step time with and "
                "without the gradient tracker), gains (with and without branch gains sampled during training, "
-               "beside an A/A control) and taper (latency and throughput of a tapered vs a "
+               "beside an A/A control), loop (the package's training step against a bare PyTorch loop, beside "
+               "an A/A control), sizes (tokens/s along a ladder of model widths) and taper (latency and throughput of a tapered vs a "
                "uniform Transformer).")
 
 
@@ -141,9 +203,28 @@ def add_parser(sub) -> None:
         q.set_defaults(func=run, bench_run=bench.run)
 
 
+def _print_rows(rows: list[dict], fmt: str) -> None:
+    """A list of rows: JSON, CSV/LaTeX, or a text table of the columns that vary with the fields
+    every row shares as ``key: value`` lines below it."""
+    if fmt == "json":
+        print(json.dumps(rows))
+    elif fmt in ("csv", "latex"):
+        print(render_rows(rows, fmt))
+    else:
+        from tabulate import tabulate  # noqa: PLC0415  (start-up)
+
+        shared = [k for k in rows[0] if all(r.get(k) == rows[0][k] for r in rows)]
+        varying = [k for k in rows[0] if k not in shared]
+        print(tabulate([[r[k] for k in varying] for r in rows], headers=varying, floatfmt=".4g"))
+        for key in shared:
+            print(f"{key}: {rows[0][key]}")
+
+
 def run(args: argparse.Namespace) -> int:
     result = args.bench_run(args)
-    if args.format == "json":
+    if isinstance(result, list):
+        _print_rows(result, args.format)
+    elif args.format == "json":
         print(json.dumps(result))
     elif args.format in ("csv", "latex"):  # the scalar results as one row
         print(render_rows([{k: v for k, v in result.items() if isinstance(v, (int, float, str))}], args.format))

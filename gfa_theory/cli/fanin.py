@@ -205,6 +205,8 @@ def _checked_max_order(args: argparse.Namespace, layout: Layout) -> int | None:
     positions = layout.n_positions
     if positions > MAX_POSITIONS:
         raise ConfigError(f"the layout writes {positions:,} stream positions: at most {MAX_POSITIONS:,}")
+    if layout.N > MAX_POSITIONS:  # a parallel block writes one position with any number of branches
+        raise ConfigError(f"the layout has {layout.N:,} branches: at most {MAX_POSITIONS:,}")
     max_order = args.max_order
     if args.format != "json" and max_order is not None and max_order >= TABLE_ORDERS:
         raise ConfigError(f"--max-order {max_order} and --format {args.format} conflict: its table shows orders "

@@ -12,16 +12,28 @@
   ``--force``.
 
 A refusal is one :class:`~gfa_theory.errors.ConfigError` line, and nothing in the directory is
-touched.
+touched. "The same prune" means the same resolved source path with the same content hash
+(:func:`source_identity`) and the same options, never merely a source of the same name.
+
+``gfa prune`` writes its result into a fresh temporary directory next to ``--out`` and moves it
+into place (:func:`staged`): a crash or a full disk leaves nothing behind, no file of an earlier
+result survives into the new one, and a symbolic link inside ``--out`` is replaced, never
+written through.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
-from gfa_theory.errors import ConfigError
+from gfa_theory.errors import ConfigError, StorageError
+from gfa_theory.train.store import storage_error
 
 RUN_MARKERS = ("DONE", "config.json", "checkpoint.pt", "metrics.csv", "gradients.csv", "snapshots")
 PRUNE_FILES = ("checkpoint.pt", "evaluation.json")
@@ -93,10 +105,22 @@ def check_results_root(out: str | Path) -> None:
                           "choose another --out (a results root holds run directories)")
 
 
-def prune_request(args: Any, source_run: str, needs_data: bool) -> dict[str, Any]:
-    """The options of a ``gfa prune`` that determine its result (as ``evaluation.json`` records them)."""
-    return {"source_run": source_run, "method": args.method, "k": args.k,
-            "quantity": args.quantity if args.method == "cascadeflow" else None, "seed": args.seed,
+def source_identity(root: str | Path, files: Iterable[str | Path]) -> dict[str, str]:
+    """The resolved path of a prune's source and the sha256 over its ``files`` (name and bytes):
+    two checkpoints of one name, or one directory whose files changed, are different sources."""
+    digest = hashlib.sha256()
+    for file in sorted(Path(f) for f in files):
+        with open(file, "rb") as fh:
+            digest.update(f"{file.name}\0{hashlib.file_digest(fh, 'sha256').hexdigest()}\0".encode())
+    return {"path": str(Path(root).resolve()), "sha256": digest.hexdigest()}
+
+
+def prune_request(args: Any, source_run: str, needs_data: bool, source: dict | None = None,
+                  gradients: dict | None = None) -> dict[str, Any]:
+    """The options of a ``gfa prune`` that determine its result (as ``evaluation.json`` records
+    them); ``source`` / ``gradients``: :func:`source_identity` of the model and of a gradient log."""
+    return {"source_run": source_run, "source": source, "gradients_source": gradients, "method": args.method,
+            "k": args.k, "quantity": args.quantity if args.method == "cascadeflow" else None, "seed": args.seed,
             "calibration_batches": args.calib_batches if needs_data else 0,
             "heal": {"steps": args.heal_steps, "lr": args.heal_lr if args.heal_steps else None}}
 
@@ -104,12 +128,19 @@ def prune_request(args: Any, source_run: str, needs_data: bool) -> dict[str, Any
 def _recorded_request(path: Path) -> dict[str, Any] | None:
     try:
         report = json.loads((path / "evaluation.json").read_text(encoding="utf-8"))
-        return {"source_run": report["source_run"], "method": report["method"], "k": report["k"],
+        return {"source_run": report["source_run"], "source": report.get("source"),
+                "gradients_source": report.get("gradients_source"), "method": report["method"], "k": report["k"],
                 "quantity": report["quantity"], "seed": report["seed"],
                 "calibration_batches": report["calibration_batches"],
                 "heal": {"steps": report["heal"]["steps"], "lr": report["heal"]["lr"]}}
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
+
+
+def _shown(key: str, value: Any) -> str:
+    if isinstance(value, dict) and "sha256" in value:
+        return f"{key}={value.get('path')} (content sha256 {str(value['sha256'])[:12]})"
+    return f"{key}={value!r}"
 
 
 def check_prune_out(out: str | Path, request: dict[str, Any], force: bool) -> None:
@@ -126,12 +157,62 @@ def check_prune_out(out: str | Path, request: dict[str, Any], force: bool) -> No
         if earlier == request:
             return  # the same prune again: its result is replaced
         if earlier is not None:
-            diff = [f"{k}={earlier[k]!r}" for k in request if earlier[k] != request[k]]
+            diff = [_shown(k, earlier[k]) for k in request if earlier[k] != request[k]]
             raise ConfigError(f"--out {path} holds the result of another gfa prune ({', '.join(diff)}): "
                               "choose another directory, or pass --force to replace it")
     kind = kind_of(path) or f"{len(names)} other file(s) ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
     raise ConfigError(f"--out {path} holds {kind}: choose an empty or new directory, "
                       "or pass --force to write into it anyway")
+
+
+def _only_prune_files(path: Path) -> bool:
+    """``path`` is a real directory holding nothing but what a prune writes (or nothing)."""
+    if path.is_symlink():
+        return False
+    return all(n in PRUNE_FILES or HF_PRUNE_FILES.fullmatch(n) or _is_temp(n) for n in _entries(path))
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the finished result ``tmp`` to ``out``: whole when ``out`` is missing or holds only
+    an earlier prune's files (none of them survives); file by file into a directory that holds
+    other files (``--force``), ``evaluation.json`` last, each ``os.replace`` replacing whatever
+    name is there (a symbolic link included) without following it."""
+    if not (out.exists() or out.is_symlink()):
+        os.rename(tmp, out)
+        return
+    if _only_prune_files(out):
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old.tmp", dir=out.parent))
+        os.rename(out, old / out.name)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    names = sorted(p.name for p in tmp.iterdir())
+    (out / "evaluation.json").unlink(missing_ok=True)  # a directory with it is complete: it goes first
+    for name in sorted(names, key=lambda n: n == "evaluation.json"):
+        if (out / name).is_dir() and not (out / name).is_symlink():
+            raise StorageError(f"cannot write {out / name}: it is a folder; choose another --out")
+        os.replace(tmp / name, out / name)
+
+
+@contextlib.contextmanager
+def staged(out: str | Path) -> Iterator[Path]:
+    """A fresh temporary directory next to ``out`` to write a prune's result into; moved into
+    place when the block ends without an error, removed in every case (see the module doc)."""
+    out = Path(os.path.abspath(out))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as exc:
+        raise storage_error(exc, out, "create the folder") from None
+    try:
+        yield tmp
+        _publish(tmp, out)
+    except OSError as exc:
+        if isinstance(exc, StorageError):
+            raise
+        raise storage_error(exc, out) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def reproduce_names(keys: Iterable[str], exts: Iterable[str] = ("png", "pdf", "csv", "md", "tex")) -> set[str]:

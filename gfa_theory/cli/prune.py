@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
+import sys
 from pathlib import Path
 
 import torch
@@ -18,11 +20,12 @@ from gfa_theory.cli.formats import (
     refuse_conflicts,
     render_rows,
 )
-from gfa_theory.cli.outdir import check_prune_out, prune_request
+from gfa_theory.cli.outdir import HF_PRUNE_FILES, check_prune_out, kind_of, prune_request, source_identity, staged
 from gfa_theory.config import check_seed
 from gfa_theory.errors import ConfigError, DataError
 from gfa_theory.instrument.evaluation import evaluate
-from gfa_theory.methods.hf_pruning import is_hf_checkpoint
+from gfa_theory.methods.hf_checkpoint import weight_files
+from gfa_theory.methods.hf_pruning import gradient_log_file, is_hf_checkpoint
 from gfa_theory.methods.pruning import (
     GRADIENT_QUANTITIES,
     METHODS,
@@ -37,9 +40,12 @@ from gfa_theory.methods.pruning import (
     save_pruned,
 )
 from gfa_theory.train.data import BatchSampler, load_data, run_eval_batches
+from gfa_theory.train.memory import check_calibration_memory, check_training_memory
 from gfa_theory.train.run_config import MAX_LR, MAX_STEPS
 from gfa_theory.train.store import (
     CHECKPOINT_FILE,
+    CONFIG_FILE,
+    DONE_FILE,
     GRADIENTS_FILE,
     is_complete,
     load_run,
@@ -48,6 +54,8 @@ from gfa_theory.train.store import (
 )
 
 EVALUATION_FILE = "evaluation.json"
+# the files of a Hugging Face directory a prune's result depends on (hashed to tell sources apart)
+HF_SOURCE_FILES = re.compile(rf"(?:{HF_PRUNE_FILES.pattern})|pytorch_model.*\.bin(?:\.index\.json)?")
 MAX_CALIB_BATCHES = 10_000  # drawn at once (a few batches rank the blocks as well as many)
 
 
@@ -122,6 +130,9 @@ def _check_options(args: argparse.Namespace, hf: bool) -> None:
     for name, value in (("--seq-len", args.seq_len), ("--batch-size", args.batch_size)):
         if value is not None and not 1 <= value <= MAX_CALIB_BATCHES:
             raise ConfigError(f"{name} must be in 1..{MAX_CALIB_BATCHES}, got {value}")
+    if hf and args.method in NEEDS_BATCHES:  # token windows and their next tokens, int64 each
+        check_calibration_memory(args.calib_batches, args.batch_size, (args.seq_len or prune_hf.DEFAULT_SEQ_LEN) * 16,
+                                 "the calibration text")
     check_seed("--seed", args.seed)
 
 
@@ -129,6 +140,9 @@ def _check_run_dir(path: Path) -> None:
     if not path.is_dir():
         raise DataError(f"run directory not found: {path}")
     if not is_complete(path):
+        if kind_of(path) != "a gfa run directory":
+            raise DataError(f"{path} is neither a finished gfa run (no DONE marker) nor a Hugging Face model "
+                            f"directory (no {CONFIG_FILE} naming a model_type)")
         raise DataError(f"run {path} is not complete (no DONE marker): finish it with gfa train first")
     for name in (CHECKPOINT_FILE, GRADIENTS_FILE):
         if not (path / name).is_file():
@@ -148,30 +162,54 @@ def _load(run_dir: str):
     return meta, run, data
 
 
+def _source(args: argparse.Namespace, hf: bool) -> tuple[str, dict, dict | None]:
+    """The source's name (for the report), its identity (resolved path and content hash) and
+    the gradient log's identity: what makes two prunes "the same"."""
+    path = Path(args.run_dir)
+    if hf:
+        weights = weight_files(path)[0]
+        files = {*weights, *(p for p in path.iterdir() if p.is_file() and HF_SOURCE_FILES.fullmatch(p.name))}
+        name = path.resolve().name
+    else:
+        files = [path / n for n in (CONFIG_FILE, CHECKPOINT_FILE, GRADIENTS_FILE, DONE_FILE) if (path / n).is_file()]
+        name = read_config(path).get("run_id", path.name)
+    gradients = None
+    if args.gradients:
+        log = gradient_log_file(args.gradients)
+        gradients = source_identity(log, [log])
+    return name, source_identity(path, files), gradients
+
+
 def run(args: argparse.Namespace) -> int:
-    hf = is_hf_checkpoint(args.run_dir) and not is_complete(args.run_dir)
+    hf = not is_complete(args.run_dir) and is_hf_checkpoint(args.run_dir)
     _check_options(args, hf)
     if not hf:
         _check_run_dir(Path(args.run_dir))
     out = Path(args.out)
     if out.resolve() == Path(args.run_dir).resolve():
         raise ConfigError("--out must not be the run directory or checkpoint pruned (its model would be overwritten)")
-    source = Path(args.run_dir).resolve().name if hf else read_config(args.run_dir).get("run_id", Path(args.run_dir).name)
-    check_prune_out(out, prune_request(args, source, args.method in NEEDS_BATCHES), args.force)
-    # The model first, the evaluation last: a directory with evaluation.json is complete
-    # (a stale one from an earlier prune goes first, so a crash in between never mixes the two).
+    name, source, gradients = _source(args, hf)
+    check_prune_out(out, prune_request(args, name, args.method in NEEDS_BATCHES, source, gradients), args.force)
     if hf:
         report, checkpoint = prune_hf.prune_checkpoint(args)
-        (out / EVALUATION_FILE).unlink(missing_ok=True)
-        prune_hf.write(checkpoint, out)
         ranking, removable = report["ranking"], report["blocks"]["before"]
     else:
         report, pruned, ranking, removable = _prune_and_evaluate(args)
         ranking = ranking.to_dict()
-        (out / EVALUATION_FILE).unlink(missing_ok=True)
-        save_pruned(pruned, out, source_run=report["source_run"], method=args.method, k=args.k,
-                    removed=report["removed"], healed=bool(args.heal_steps))
-    write_json_atomic(out / EVALUATION_FILE, report)
+    report.update(source=source, gradients_source=gradients)
+    # Everything is written into a fresh directory beside --out, the evaluation last (a
+    # directory with evaluation.json is complete), and moved into place in one step.
+    with staged(out) as tmp:
+        if hf:
+            prune_hf.write(checkpoint, tmp)
+        else:
+            save_pruned(pruned, tmp, source_run=report["source_run"], method=args.method, k=args.k,
+                        removed=report["removed"], healed=bool(args.heal_steps))
+        write_json_atomic(tmp / EVALUATION_FILE, report)
+    zero = ranking.get("details", {}).get("zero")
+    if zero:
+        print(f"gfa: note: {', '.join(zero)} accumulated no gradient (A = 0: frozen, or never reached), so "
+              "they rank least important", file=sys.stderr)
     if args.format == "json":
         print(json.dumps(report, indent=2, sort_keys=True))
     elif args.format in ("csv", "latex"):
@@ -187,12 +225,17 @@ def _prune_and_evaluate(args: argparse.Namespace) -> tuple[dict, torch.nn.Module
     the ranking and how many blocks were removable."""
     meta, loaded, data = _load(args.run_dir)
     cfg, model = loaded.config, loaded.model
+    if args.heal_steps:  # healing trains at the run's batch size: gfa train's own estimate
+        check_training_memory(cfg)
     names = removable_blocks(model)
     if not 0 <= args.k < len(names):
         raise ConfigError(f"-k must be in 0..{len(names) - 1}: the model has {len(names)} removable blocks "
                           "and one must stay")
     held_out = list(run_eval_batches(data, cfg))  # what the run's own evaluations scored
     needs_data = args.method in NEEDS_BATCHES
+    if needs_data:
+        item = cfg.model.block_size * 16 if cfg.model_name == "gpt" else cfg.model.in_channels * cfg.model.image_size ** 2 * 4 + 8
+        check_calibration_memory(args.calib_batches, cfg.train.batch_size, item, "the calibration batches")
     calib = calibration_batches(cfg, data, args.calib_batches, args.seed) if needs_data else None
     ranking = rank(args.method, model, gradients=loaded.gradients, batches=calib, seed=args.seed,
                    k=args.k, quantity=args.quantity, progress=True)

@@ -66,7 +66,7 @@ def prune_checkpoint(args: argparse.Namespace) -> tuple[dict, object]:
     holding the pruned model."""
     if args.method in NEEDS_BATCHES or args.heal_steps:
         require_tokenizer(args.run_dir)  # before the weights are read
-    checkpoint = load_checkpoint(args.run_dir)
+    checkpoint = load_checkpoint(args.run_dir, copies=5 if args.heal_steps else 2)  # + grads, AdamW moments
     model = checkpoint.model
     adapter = find_adapter(model, PrunableAdapter)
     names = removable_blocks(model)

@@ -6,7 +6,7 @@ vocabulary and the context: give them (``--vocab``, ``--context``) or a model co
 
 ``--from-run RUN_DIR`` derives a data-driven ("measured") schedule from a finished run: block
 ``b``'s width follows that run's accumulated training gradient ``A`` of block ``b`` (its
-``gradients.csv``), ``s_b = max(r, (A_b / A_1)^alpha)``, with the sizes of the run's model and
+``gradients.csv``), ``s_b = max(r, (A_b / max A)^alpha)``, with the sizes of the run's model and
 ``alpha`` solved so that the plan has the budget of the fan-in schedule at the same floor ``r``
 (what the CascadeFormer study matches every arm to), or the budget given with ``--match``.
 """
@@ -28,7 +28,9 @@ from gfa_theory.cli.formats import (
 )
 from gfa_theory.errors import ConfigError, DataError
 from gfa_theory.methods.taper import SCHEDULES, TaperConfig, budget_ratio, gradient_profile, match, plan
-from gfa_theory.train.store import CONFIG_FILE, GRADIENTS_FILE, is_complete, read_gradients
+from gfa_theory.config import short_repr
+from gfa_theory.train.store import CONFIG_FILE, GRADIENTS_FILE, is_complete, read_config, read_gradients
+from gfa_theory.untrusted import read_json
 
 MAX_BLOCKS = 10_000  # a schedule of this many blocks is planned in ~2 s
 # options a model config sets -> (TaperConfig field, GPT config key, default)
@@ -105,12 +107,22 @@ def _check_conflicts(args: argparse.Namespace) -> None:
     refuse_conflicts(args, pairs)
 
 
+def _size(path: str, key: str, value: object) -> int:
+    """A size from a model config: a positive integer, or (``n_head``, ``d_ff`` of a tapered
+    config) a non-empty list of them, whose widest block is the uniform model."""
+    if key in ("n_head", "d_ff") and isinstance(value, list):
+        if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
+            raise DataError(f"--model-config {path}: '{key}' must be a positive integer or a non-empty list of "
+                            f"them, got {short_repr(value)}")
+        return max(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DataError(f"--model-config {path}: '{key}' must be a positive integer, got {short_repr(value)}")
+    return value
+
+
 def _from_model_config(path: str) -> dict:
     """TaperConfig sizes from a GPT config file (or a run's config.json)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"--model-config {path}: {exc}") from None
+    data = read_json(path, "--model-config")
     if isinstance(data, dict) and isinstance(data.get("config"), dict):  # a gfa train run's config.json
         data = data["config"].get("model", data["config"])
     if not isinstance(data, dict):
@@ -118,13 +130,13 @@ def _from_model_config(path: str) -> dict:
     out = {}
     for field, key, _ in SIZES.values():
         value = data.get(key)
-        if key in ("n_head", "d_ff") and isinstance(value, list):
-            value = max(value)  # a tapered config: its widest block is the uniform model
         if value is None and key != "n_blocks":
             continue
         if value is None:
             raise DataError(f"--model-config {path} has no '{key}'")
-        out[field] = value
+        out[field] = _size(path, key, value)
+    if out["B"] > MAX_BLOCKS:  # before anything is planned or read
+        raise DataError(f"--model-config {path} has n_blocks={out['B']:,}: at most {MAX_BLOCKS:,}")
     return out
 
 
@@ -138,8 +150,13 @@ def _run_profile(run_dir: str) -> tuple[dict, tuple[float, ...]]:
     if not (d / GRADIENTS_FILE).is_file():
         raise DataError(f"--from-run {run_dir} has no {GRADIENTS_FILE}: the run recorded no gradients")
     sizes = _from_model_config(str(d / CONFIG_FILE))
+    run_id = read_config(d).get("run_id")
+    gradients = read_gradients(d)
+    if run_id is not None and "run_id" in gradients and set(gradients["run_id"].astype(str)) - {run_id}:
+        raise DataError(f"--from-run {run_dir}: {GRADIENTS_FILE} holds the gradients of another run than "
+                        f"{run_id} of its {CONFIG_FILE}")
     try:
-        profile = gradient_profile(read_gradients(d), sizes["B"])
+        profile = gradient_profile(gradients, sizes["B"])
     except ConfigError as exc:
         raise DataError(f"--from-run {run_dir}: {exc}") from None
     return sizes, profile

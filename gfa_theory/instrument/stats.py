@@ -1,8 +1,10 @@
 """Statistics for the GFA studies, with statsmodels and scipy.
 
-Every function returns a *tidy row*: a dict with ``test``, ``estimate``, ``ci_low``,
-``ci_high``, ``p``, ``r2`` (NaN where it has no meaning), ``n`` (observations) and ``n_groups``
-(runs or clusters), so rows from different tests stack into one table (T5).
+Every function returns a *tidy row*: a dict with ``test``, ``estimate``, its standard error
+``se`` and degrees of freedom ``df`` (what an equivalence test needs; NaN where the interval is
+not a t-interval), ``ci_low``, ``ci_high``, ``p``, ``r2`` (NaN where it has no meaning), ``n``
+(observations) and ``n_groups`` (runs or clusters), so rows from different tests stack into one
+table (T5).
 
 Conventions: ``A`` accumulated gradient, ``F`` fan-in, ``run`` the cluster (one training run),
 ``depth`` the relative depth of a unit in its network (0 = first, 1 = last).
@@ -31,8 +33,9 @@ P_FLOOR = 1e-4  # smaller p-values print as "p < 1e-4": the tails of t with few 
 
 
 def _row(test: str, estimate: float, ci: tuple[float, float], p: float, n: int,
-         r2: float = float("nan"), n_groups: int = 1, **extra) -> dict:
-    return {"test": test, "estimate": float(estimate), "ci_low": float(ci[0]),
+         r2: float = float("nan"), n_groups: int = 1, se: float = float("nan"), df: float = float("nan"),
+         **extra) -> dict:
+    return {"test": test, "estimate": float(estimate), "se": float(se), "df": float(df), "ci_low": float(ci[0]),
             "ci_high": float(ci[1]), "p": float(p), "r2": float(r2), "n": int(n),
             "n_groups": int(n_groups), **extra}
 
@@ -76,11 +79,12 @@ def ols_slope(data: pd.DataFrame, y: str, x: str, cluster: str | None = None,
     term = f"Q('{x}')"
     n_groups = d[cluster].nunique() if cluster else 1
     clustered = bool(cluster) and n_groups > 1
-    est, lo, hi, p = _t_inference(fit, term, n_groups - 1 if clustered else fit.df_resid)
+    df = n_groups - 1 if clustered else fit.df_resid
+    est, lo, hi, p = _t_inference(fit, term, df)
     name = test or f"OLS {y} ~ {x}" + (f" + {' + '.join(controls)}" if controls else "")
     method = "OLS" + (f" (cluster-robust by run, t with {n_groups - 1} df)" if clustered else "")
     return _row(name, est, (lo, hi), p, len(d), fit.rsquared, n_groups, method=method + (
-        f", {fixed} intercepts" if fixed else ""), se=float(fit.bse[term]), aic=float(fit.aic))
+        f", {fixed} intercepts" if fixed else ""), se=float(fit.bse[term]), df=float(df), aic=float(fit.aic))
 
 
 def offset_aic(data: pd.DataFrame, y: str, offset: str, fixed: str) -> float:
@@ -116,7 +120,7 @@ def mixed_slope(data: pd.DataFrame, y: str, x: str, group: str, controls: Iterab
     lo, hi = fit.conf_int(alpha=ALPHA).loc["_x"]
     name = test or f"MixedLM {y} ~ {x}" + (f" + {' + '.join(controls)}" if controls else "") + f" | {group}"
     return _row(name, fit.params["_x"], (lo, hi), fit.pvalues["_x"], len(d), n_groups=d[group].nunique(),
-                method="MixedLM (random intercept per run)")
+                se=float(fit.bse["_x"]), method="MixedLM (random intercept per run)")
 
 
 def _corr_ci(r: float, n: int, kind: str) -> tuple[float, float]:
@@ -161,13 +165,14 @@ def per_run_correlation(data: pd.DataFrame, x: str, y: str, run: str = "run_id",
     if k == 0:
         return _row(test or f"mean per-run {kind} {x} vs {y}", np.nan, (np.nan, np.nan), np.nan, 0, n_groups=0)
     mean = r.mean()
+    se = float(sps.sem(r)) if k > 1 else float("nan")  # kept: the interval below is clipped, its ends are not mean +- t*se
     if k > 1 and r.std(ddof=1) > 0:
-        lo, hi = sps.t.interval(1 - ALPHA, k - 1, loc=mean, scale=sps.sem(r))
+        lo, hi = sps.t.interval(1 - ALPHA, k - 1, loc=mean, scale=se)
         ci = (max(lo, -1.0), min(hi, 1.0))  # a correlation lives in [-1, 1]
         p = float(sps.ttest_1samp(r, 0.0).pvalue)
     else:
         ci, p = (mean, mean), float("nan")
-    return _row(test or f"mean per-run {kind} {x} vs {y}", mean, ci, p, len(data), n_groups=k,
+    return _row(test or f"mean per-run {kind} {x} vs {y}", mean, ci, p, len(data), n_groups=k, se=se, df=k - 1,
                 method=f"{kind} per run; t-interval over runs", per_run=";".join(f"{v:.4f}" for v in r))
 
 
@@ -182,13 +187,19 @@ def mean_ci(values: Iterable[float]) -> tuple[float, float, float]:
     return float(v.mean()), float(lo), float(hi)
 
 
+def mean_se(values: Iterable[float]) -> float:
+    """Standard error of the mean of the finite ``values`` (NaN for fewer than two; 0 without spread)."""
+    v = np.asarray([x for x in values if np.isfinite(x)], float)
+    return float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+
+
 def paired_difference(a: Iterable[float], b: Iterable[float], test: str = "paired difference") -> dict:
     """Mean of ``a - b`` over paired seeds with a t interval and a paired t-test."""
     a, b = np.asarray(list(a), float), np.asarray(list(b), float)
     d = a - b
     mean, lo, hi = mean_ci(d)
     p = float(sps.ttest_rel(a, b).pvalue) if len(d) > 1 and d.std(ddof=1) > 0 else float("nan")
-    return _row(test, mean, (lo, hi), p, len(d), n_groups=len(d), method="paired t")
+    return _row(test, mean, (lo, hi), p, len(d), n_groups=len(d), se=mean_se(d), df=len(d) - 1, method="paired t")
 
 
 def _prints_same(a: float, b: float, fmt: str) -> bool:

@@ -445,6 +445,28 @@ class GradientTracker:
         return df.drop(columns=["quantity", "step"]).rename(columns={"value": quantity}).reset_index(drop=True)
 
 
+def block_totals(rows: pd.DataFrame, quantity: str, units: Sequence[str], source: str = "the gradient log") -> dict[str, float]:
+    """``{unit: total}`` for exactly the block ``units`` of a model, from ``rows``: the frame's
+    final ``quantity`` totals of kind ``block`` (one per unit). A log that does not belong to
+    the model (other block names, more or fewer blocks) or holds a value that is not a finite
+    number >= 0 is a one-line ConfigError naming ``source``: truncating it, or ranking by NaN,
+    would give an answer about another model."""
+    values = pd.to_numeric(rows["value"], errors="coerce").to_numpy(float)  # NaN where not a number
+    bad = np.flatnonzero(~np.isfinite(values) | (values < 0))
+    if len(bad):
+        unit, raw = rows["unit"].iloc[bad[0]], rows["value"].iloc[bad[0]]
+        raise ConfigError(f"{source} holds {quantity} = {str(raw)[:40]!r} for block {unit}: a total must be a "
+                          "finite number >= 0 (the file is corrupt or not a tracker log)")
+    found = [str(u) for u in rows["unit"]]
+    extra, lacking = sorted(set(found) - set(units)), [u for u in units if u not in set(found)]
+    if extra or lacking:
+        what = [f"blocks the model lacks ({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''})"] if extra else []
+        what += [f"no {quantity} for {', '.join(lacking[:3])}{', ...' if len(lacking) > 3 else ''}"] if lacking else []
+        raise ConfigError(f"{source} has {len(set(found))} blocks and the model {len(units)}: {'; '.join(what)}; "
+                          "it is the log of another model")
+    return {u: float(v) for u, v in zip(found, values) if u in set(units)}
+
+
 def _grow(buf: torch.Tensor) -> torch.Tensor:
     out = torch.zeros(buf.shape[0], max(1, 2 * buf.shape[1]), dtype=buf.dtype, device=buf.device)
     out[:, :buf.shape[1]] = buf

@@ -16,7 +16,6 @@ and skip the evaluation.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +25,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from gfa_theory.errors import ConfigError, DataError
+from gfa_theory.errors import ConfigError, DataError, StorageError
+from gfa_theory.methods.hf_checkpoint import TOKENIZER_FILES, load_causal_lm, load_tokenizer
 from gfa_theory.train.data import TextData, eval_batches, pydoc_corpus
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+from gfa_theory.train.store import storage_error
+from gfa_theory.untrusted import MAX_JSON_BYTES, MAX_LOG_BYTES, read_json, regular_file
 VAL_FRACTION = 0.1  # as gfa train's default text split
 CORPUS_CHARS = 400_000  # the corpus prefix tokenized: plenty of windows, tokenized in about a second
 
@@ -44,12 +44,17 @@ class Checkpoint:
 
 
 def is_hf_checkpoint(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a Hugging Face model directory (a ``config.json`` with ``model_type``)."""
+    """Whether ``path`` is a Hugging Face model directory (a ``config.json`` with ``model_type``);
+    False for a gfa run (its ``config.json`` holds ``run_id``). A ``config.json`` that is neither
+    (unreadable, not JSON, too deep) is a one-line :class:`DataError` naming it."""
     cfg = Path(path) / "config.json"
-    try:
-        return cfg.is_file() and "model_type" in json.loads(cfg.read_text())
-    except (OSError, ValueError):
+    if not (cfg.exists() or cfg.is_symlink()):
         return False
+    try:
+        data = read_json(cfg, "config file", MAX_JSON_BYTES)
+    except DataError as exc:
+        raise DataError(f"{exc}: {path} is neither a gfa run nor a Hugging Face model directory") from None
+    return isinstance(data, dict) and "model_type" in data and "run_id" not in data
 
 
 def has_tokenizer(path: str | os.PathLike) -> bool:
@@ -64,31 +69,15 @@ def require_tokenizer(path: str | os.PathLike) -> None:
                           "(use cascadeflow --gradients FILE, magnitude, random or last)")
 
 
-def _transformers():
-    try:
-        import transformers  # noqa: PLC0415  (optional dependency)
-    except ImportError:
-        raise ConfigError("pruning a Hugging Face checkpoint needs 'transformers' "
-                          "(pip install 'gfa-theory[hf]')") from None
-    return transformers
-
-
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+def load_checkpoint(path: str | os.PathLike, copies: int = 2) -> Checkpoint:
     """The model of a Hugging Face directory (``AutoModelForCausalLM``) and its tokenizer when
-    the directory has one; anything unreadable is a one-line :class:`DataError`."""
-    tf = _transformers()
+    the directory has one, read as :mod:`gfa_theory.methods.hf_checkpoint` says (nothing from
+    the files runs; a missing or unexpected weight is refused); anything unusable is a one-line
+    :class:`DataError`. ``copies``: float32 copies of the model the caller will hold."""
     path = Path(path)
-    try:
-        model = tf.AutoModelForCausalLM.from_pretrained(path)
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"cannot load a causal LM from {path}: {str(exc).splitlines()[0]}") from None
-    tokenizer = None
-    if has_tokenizer(path):
-        try:
-            tokenizer = tf.AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError, KeyError) as exc:
-            raise DataError(f"cannot load the tokenizer of {path}: {str(exc).splitlines()[0]}") from None
-    return Checkpoint(path, model.eval(), tokenizer)
+    model = load_causal_lm(path, copies)
+    tokenizer = load_tokenizer(path) if has_tokenizer(path) else None
+    return Checkpoint(path, model, tokenizer)
 
 
 def context_length(model: nn.Module) -> int:
@@ -120,11 +109,18 @@ def text_batches(data: TextData, split: str, n: int, batch_size: int, seq_len: i
     return list(eval_batches(data, split, batch_size, n, seq_len, seed=seed))
 
 
+def gradient_log_file(path: str | os.PathLike) -> Path:
+    """The tracker log ``path`` names (the file, or ``gradients.csv`` in the directory): a
+    regular file of bounded size (``/dev/zero`` or a fifo would never end)."""
+    path = Path(path)
+    return regular_file(path / "gradients.csv" if path.is_dir() else path, "gradient log", MAX_LOG_BYTES)
+
+
 def read_gradient_log(path: str | os.PathLike) -> pd.DataFrame:
     """A tracker log (``gradients.csv`` as written by ``gfa train`` or the integrations'
-    callbacks): the file itself or the directory holding it."""
-    path = Path(path)
-    file = path / "gradients.csv" if path.is_dir() else path
+    callbacks): the file itself or the directory holding it. Whether it belongs to the model is
+    checked where it is used (:func:`gfa_theory.instrument.tracking.block_totals`)."""
+    file = gradient_log_file(path)
     try:
         frame = pd.read_csv(file)
     except (OSError, ValueError, pd.errors.ParserError) as exc:
@@ -135,13 +131,21 @@ def read_gradient_log(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def save_checkpoint(model: nn.Module, tokenizer: Any | None, out: str | os.PathLike) -> Path:
-    """``save_pretrained`` of the pruned model (safetensors + config.json) and of the tokenizer."""
+    """``save_pretrained`` of the pruned model (safetensors + config.json) and of the tokenizer;
+    a failed write (disk full, ...) is a one-line :class:`StorageError` naming ``out``."""
     out = Path(out)
-    model.save_pretrained(out)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
+    try:
+        model.save_pretrained(out)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out)
+    except OSError as exc:
+        raise storage_error(exc, out) from None
+    except Exception as exc:  # noqa: BLE001  (safetensors reports I/O errors as its own type)
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise StorageError(f"cannot write {out}: {str(exc).splitlines()[0][:200]}") from None
     return out
 
 
-__all__ = ["Checkpoint", "context_length", "corpus_tokens", "is_hf_checkpoint", "load_checkpoint",
+__all__ = ["Checkpoint", "context_length", "corpus_tokens", "gradient_log_file", "is_hf_checkpoint", "load_checkpoint",
            "has_tokenizer", "read_gradient_log", "require_tokenizer", "save_checkpoint", "text_batches"]

@@ -49,15 +49,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from gfa_theory.config import to_dict
-from gfa_theory.errors import ConfigError, DataError
+from gfa_theory.errors import ConfigError, DataError, GFAError
 from gfa_theory.instrument import importance
-from gfa_theory.instrument.tracking import ACCUMULATED, TOTALS
-from gfa_theory.models import MODELS, ResidualModel, build_model, unwrap
+from gfa_theory.instrument.tracking import ACCUMULATED, TOTALS, block_totals
+from gfa_theory.models import MODELS, ResidualModel, build_config, build_model, unwrap
 from gfa_theory.models.base import logits_and_loss
 from gfa_theory.models.families import PrunableAdapter, find_adapter
 from gfa_theory.models.units import Unit
 from gfa_theory.train.data import TextData, eval_batches
-from gfa_theory.train.store import load_run, save_torch_atomic
+from gfa_theory.train.memory import check_model_memory
+from gfa_theory.train.store import load_run, load_weights, save_torch_atomic, unreadable
+from gfa_theory.untrusted import load_torch, regular_file
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 METHODS = ("cascadeflow", "bi", "angular", "taylor", "magnitude", "random", "last", "ablation")
@@ -139,7 +141,10 @@ def removable_blocks(model: nn.Module) -> list[str]:
 
 
 # ---- scoring -------------------------------------------------------------------------------------
-def _gradient_scores(gradients: Any, quantity: str, names: Sequence[str]) -> dict[str, float]:
+def _gradient_scores(gradients: Any, quantity: str, names: Sequence[str],
+                     blocks_of_model: Sequence[str] | None = None) -> dict[str, float]:
+    """The removable blocks' ``quantity`` totals, from a log that must cover exactly the
+    model's blocks (``blocks_of_model``, default ``names``) with finite values >= 0."""
     if gradients is None:
         raise ConfigError("method 'cascadeflow' ranks by the tracker's accumulated gradients: pass "
                           "gradients= (the gradients frame of gfa_theory.train.store.load_run, or a GradientTracker)")
@@ -163,11 +168,7 @@ def _gradient_scores(gradients: Any, quantity: str, names: Sequence[str]) -> dic
     if len(twice):
         raise ConfigError(f"gradients frame has several '{quantity}' totals for block {twice.iloc[0]} "
                           "(several runs?): pass one run's frame")
-    values = dict(zip(rows["unit"], rows["value"].astype(float)))
-    missing = [n for n in names if n not in values]
-    if missing:
-        raise ConfigError(f"gradients frame has no block total '{quantity}' for {missing[0]}: train with "
-                          "train.track=block or both (and train.track_stream for A_stream)")
+    values = block_totals(rows, quantity, list(blocks_of_model or names), "the gradients")
     return {n: values[n] for n in names}
 
 
@@ -278,7 +279,9 @@ def _score(method: str, model: nn.Module, family: PrunableAdapter, names: list[s
     """``(order or None, scores, forward passes, backward passes, details)`` of one method;
     ``order`` is None where it simply follows the scores."""
     if method == "cascadeflow":
-        return None, _gradient_scores(gradients, quantity, names), 0, 0, {"quantity": quantity}
+        scores = _gradient_scores(gradients, quantity, names, [u.name for u in family.units(model, "block")])
+        zero = [n for n in names if scores[n] == 0]  # frozen, or never reached by a gradient: ranked lowest
+        return None, scores, 0, 0, {"quantity": quantity, **({"zero": zero} if zero else {})}
     if method == "last":
         return None, {n: float(len(names) - p) for p, n in enumerate(names)}, 0, 0, {}  # earlier = more important
     view, to_model = family.scoring_view(model)
@@ -442,9 +445,24 @@ def load_pruned(path: str | os.PathLike, map_location: str | torch.device = "cpu
     ckpt = Path(path) / PRUNED_CHECKPOINT
     if not ckpt.is_file():
         raise DataError(f"no {PRUNED_CHECKPOINT} in {path}: not a pruned-model directory")
-    state = torch.load(ckpt, map_location=map_location, weights_only=False)
-    model = build_model(state["model_name"], state["model_config"])
-    model.load_state_dict(state["model"])
+    remedy = f"prune again into a new --out (it is not a {PRUNED_CHECKPOINT} gfa prune wrote)"
+    try:
+        state = load_torch(regular_file(ckpt, "pruned checkpoint"), map_location)  # weights only: nothing runs
+    except GFAError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (truncated zip, forbidden pickle, I/O error: all "unreadable")
+        raise unreadable(ckpt, exc, path) from None
+    if not isinstance(state, dict) or not {"model_name", "model_config", "model"} <= set(state):
+        raise DataError(f"{ckpt} is not a pruned model of gfa prune (no model name, config and weights): {remedy}")
+    if state["model_name"] not in MODELS or not isinstance(state["model_config"], dict):
+        raise DataError(f"{ckpt} names no model of this package ({str(state['model_name'])[:40]!r}): {remedy}")
+    try:
+        cfg = build_config(state["model_name"], state["model_config"])
+    except GFAError as exc:
+        raise DataError(f"{ckpt} holds no valid model config ({exc}): {remedy}") from None
+    check_model_memory(state["model_name"], cfg)
+    model = build_model(state["model_name"], cfg)
+    load_weights(model, state["model"], ckpt, f"its {state['model_name']} config", remedy)
     return model.eval()
 
 

@@ -13,9 +13,11 @@ widths taper. A schedule maps block ``b = 1..B`` to a width multiplier ``s_b`` i
   layer-wise scaling): the opposite of what fan-in predicts, a rival taper at the same budget;
 * ``narrow``:  ``s_b = r`` for every block: the uniform model shrunk to a budget (the control that
   separates *where* the width goes from *how much* there is);
-* ``measured``: ``s_b = max(r, (g_b/g_1)^alpha)`` with ``g_b`` a measured per-block profile
+* ``measured``: ``s_b = max(r, (g_b/max g)^alpha)`` with ``g_b`` a measured per-block profile
   (``profile``: e.g. the accumulated training gradient ``A`` of each block of a finished run,
-  :func:`gradient_profile`): the data-driven twin of ``fanin``.
+  :func:`gradient_profile`): the data-driven twin of ``fanin``. The block that received the
+  most gradient is full width: in a trained Pre-LN stack ``A`` falls with depth and that is
+  block 1; in a short or shallow run a later block can top it, and it then keeps the width.
 
 Widths are rounded to hardware-friendly sizes: whole heads of a fixed ``head_dim`` and FFN
 sizes that are multiples of ``quantum``. ``match`` finds the strength ``r`` (or ``alpha``)
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from gfa_theory.errors import ConfigError
+from gfa_theory.instrument.tracking import block_totals
 from gfa_theory.theory.layout import Layout
 from gfa_theory.theory.symbolic import block_fan_in
 
@@ -151,8 +154,8 @@ def multipliers(cfg: TaperConfig) -> tuple[list[float], list[int]]:
     elif cfg.schedule == "narrow":
         s = [r] * B
     elif cfg.schedule == "measured":
-        g = cfg.profile
-        s = [max(r, min(1.0, (v / g[0]) ** cfg.alpha)) for v in g]
+        top = max(cfg.profile)  # normalizing by g_1 alone would pin every block above it at full width
+        s = [max(r, (v / top) ** cfg.alpha) for v in cfg.profile]
     else:  # fanin
         s = [max(r, (f / fan[0]) ** cfg.alpha) for f in fan]
     return s, fan
@@ -249,12 +252,16 @@ def gradient_profile(gradients, B: int) -> tuple[float, ...]:
                           f"{', '.join(sorted(need - set(g.columns)))} missing)")
     final = g["step"].isna() if "step" in g.columns else True
     rows = g[(g["kind"] == "block") & (g["quantity"] == "A") & final]
-    by_unit = dict(zip(rows["unit"], rows["value"].astype(float)))
-    missing = [f"h.{b}" for b in range(B) if f"h.{b}" not in by_unit]
-    if missing:
-        raise ConfigError(f"no accumulated gradient A for block(s) {', '.join(missing[:3])} in the gradient table "
+    if rows.empty:
+        raise ConfigError("the gradient table has no accumulated gradient A of any block "
                           "(a run trained with block tracking is needed)")
-    return tuple(by_unit[f"h.{b}"] for b in range(B))
+    units = [f"h.{b}" for b in range(B)]
+    by_unit = block_totals(rows, "A", units, "the gradient table")
+    zero = [u for u in units if by_unit[u] == 0]
+    if zero:
+        raise ConfigError(f"block {zero[0]} has A = 0 (frozen, or never reached by a gradient): a width "
+                          "proportional to A would be zero there")
+    return tuple(by_unit[u] for u in units)
 
 
 # ---- analytic cost model (what the tables report next to measured latency) ------------------

@@ -18,7 +18,7 @@ from torch import nn
 
 from gfa_theory import __version__
 from gfa_theory.config import to_dict
-from gfa_theory.errors import ConfigError, DataError
+from gfa_theory.errors import ConfigError, DataError, GFAError
 from gfa_theory.models import MODELS, build_model
 from gfa_theory.models.base import unwrap
 
@@ -46,18 +46,29 @@ def save_model(model: nn.Module, path: str | os.PathLike) -> Path:
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu") -> nn.Module:
-    """Rebuild the model :func:`save_model` wrote into ``path``, in eval mode."""
+    """Rebuild the model :func:`save_model` wrote into ``path``, in eval mode; a directory whose
+    config or weights do not fit (missing, unexpected or reshaped tensors) is one line."""
     path = Path(path)
     try:
         meta = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path} holds no readable {CONFIG_FILE} of a saved model ({exc})") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise DataError(f"{path} holds no readable {CONFIG_FILE} of a saved model ({str(exc)[:120]})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DataError(f"{path / CONFIG_FILE} was not written by gfa_theory.models.save_model")
-    model = build_model(meta["model_name"], meta["config"])
+    if meta.get("model_name") not in MODELS or not isinstance(meta.get("config"), dict):
+        raise DataError(f"{path / CONFIG_FILE} names no model of this package (model_name: "
+                        f"{str(meta.get('model_name'))[:40]!r}, choices {', '.join(MODELS)}) or no config: save it again")
+    try:
+        model = build_model(meta["model_name"], meta["config"])
+    except GFAError as exc:
+        raise DataError(f"{path / CONFIG_FILE} holds no valid {meta['model_name']} config ({exc})") from None
     if not (path / WEIGHTS_FILE).is_file():
         raise DataError(f"{path} has no {WEIGHTS_FILE}")
-    _load_weights(model, str(path / WEIGHTS_FILE), device=device)
+    try:
+        _load_weights(model, str(path / WEIGHTS_FILE), device=device)  # strict: every key, no extra
+    except Exception as exc:  # noqa: BLE001  (a truncated file, missing or unexpected keys, a shape)
+        raise DataError(f"the weights in {path / WEIGHTS_FILE} do not fit {path / CONFIG_FILE} "
+                        f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
     return model.to(device).eval()
 
 

@@ -1,5 +1,6 @@
-"""The timing method of ``gfa bench`` (:func:`interleaved_times`) and the tracker- and gain-monitor-overhead
-benchmarks (:func:`tracker_overhead`, :func:`gain_overhead`).
+"""The timing method of ``gfa bench`` (:func:`interleaved_times`), the tracker- and gain-monitor-overhead
+benchmarks (:func:`tracker_overhead`, :func:`gain_overhead`), the package's training step against a bare
+PyTorch loop (:func:`loop_overhead`) and tokens/s along a ladder of model widths (:func:`size_throughput`).
 
 Method shared by every benchmark (``gfa bench tracker`` here, ``gfa bench taper`` in
 :mod:`gfa_theory.methods.taper_timing`): the variants are built in one process, warmed up, then
@@ -16,7 +17,9 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from gfa_theory.train.loop import Trainer
+from gfa_theory.models import build_model
+from gfa_theory.train.data import TextData
+from gfa_theory.train.loop import Trainer, lr_multiplier, make_optimizer
 from gfa_theory.train.run_config import RunConfig, default_run_config, resolve
 
 
@@ -157,3 +160,117 @@ def gain_overhead(cfg: RunConfig | None = None, every: int = 50, repeats: int = 
         "device": str(device),
         "threads": torch.get_num_threads(),
     }
+
+
+class BareLoop:
+    """The reference a training step is judged against: the same model (same seed, same
+    initialization), AdamW/SGD with the same parameter groups and schedule, random windows of the
+    same training tokens, clipping, written as a plain PyTorch loop with nothing else in it."""
+
+    def __init__(self, cfg: RunConfig, data: TextData, device: torch.device) -> None:
+        tc = cfg.train
+        torch.manual_seed(tc.seed)
+        self.model = build_model(cfg.model_name, cfg.model).to(device)
+        self.optimizer = make_optimizer(self.model, tc)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda k: lr_multiplier(tc, k))
+        self.tokens, self.T, self.B = data.train.to(device), cfg.model.block_size, tc.batch_size
+        self.offsets = torch.arange(self.T + 1, device=device)
+        self.generator = torch.Generator(device=device).manual_seed(tc.seed)
+        self.clip = tc.grad_clip
+
+    def step(self) -> None:
+        starts = torch.randint(0, len(self.tokens) - self.T, (self.B,), generator=self.generator,
+                               device=self.tokens.device)
+        chunk = self.tokens[starts[:, None] + self.offsets]  # (B, T+1)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        _, loss = self.model(chunk[:, :-1], chunk[:, 1:])
+        loss.backward()
+        if self.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip, foreach=True)
+        self.optimizer.step()
+        self.scheduler.step()
+
+
+def _spread(name: str, ratios: list[float]) -> dict:
+    """Median, interquartile range and min-max of per-repeat ratios (the IQR is what a shared
+    machine's load disturbs least)."""
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    return {name: statistics.median(ratios), f"{name}_q1": q1, f"{name}_q3": q3,
+            f"{name}_min": min(ratios), f"{name}_max": max(ratios)}
+
+
+def loop_overhead(cfg: RunConfig, repeats: int = 20, block: int = 5, warmup: int = 3) -> dict:
+    """Training-step time of the package (:class:`Trainer`, with ``cfg``'s tracking, and with the
+    tracker off) against :class:`BareLoop` on the same model, data and optimizer, and a second bare
+    loop (the A/A control: what a ratio of identical loops reads on this machine). The four are
+    timed in interleaved blocks of ``block`` steps; each ratio is the median over repeats of
+    (variant / bare) with its quartiles and min-max; tokens/s counts ``batch_size * block_size`` per step."""
+    if repeats < 1 or block < 1 or warmup < 0:
+        raise ValueError("repeats and block must be >= 1, warmup >= 0")
+    if cfg.model_name != "gpt":
+        raise ValueError("the bare-loop benchmark times the GPT on text")
+    cfg, data = resolve(cfg)
+    total = warmup + repeats * block
+    base = dataclasses.replace(cfg.train, steps=max(cfg.train.steps, total))
+    cfg = dataclasses.replace(cfg, train=base)
+    plain_cfg = dataclasses.replace(cfg, train=dataclasses.replace(base, track="none", gain_every=None))
+    package, plain = Trainer(cfg, data), Trainer(plain_cfg, data)
+    device = package.device
+    bare, twin = BareLoop(cfg, data, device), BareLoop(cfg, data, device)
+    steps = [bare.step, twin.step, plain.train_step, package.train_step]
+    for _ in range(warmup):
+        for step in steps:
+            step()
+    t_bare, t_twin, t_plain, t_package = interleaved_times(steps, repeats, block, device)
+    tokens = cfg.train.batch_size * cfg.model.block_size
+    med = {k: statistics.median(v) for k, v in
+           {"bare": t_bare, "twin": t_twin, "plain": t_plain, "package": t_package}.items()}
+    return {
+        **_spread("package_ratio", [p / b for b, p in zip(t_bare, t_package)]),
+        **_spread("untracked_ratio", [p / b for b, p in zip(t_bare, t_plain)]),
+        **_spread("aa_ratio", [t / b for b, t in zip(t_bare, t_twin)]),
+        "step_s_bare": med["bare"], "step_s_untracked": med["plain"], "step_s_package": med["package"],
+        "tokens_per_s_bare": tokens / med["bare"], "tokens_per_s_package": tokens / med["package"],
+        "params": package.raw_model.num_params(), "tokens_per_step": tokens,
+        "track": cfg.train.track, "gain_every": cfg.train.gain_every,
+        "repeats": repeats, "steps_per_repeat": block, "warmup_steps": warmup,
+        "data": data.source, "device": str(device), "threads": torch.get_num_threads(),
+    }
+
+
+def size_throughput(cfg: RunConfig, widths: Sequence[int], repeats: int = 10, block: int = 3,
+                    warmup: int = 2) -> list[dict]:
+    """Tokens/s of the package's training step (``cfg``'s tracking) at each residual width ``C`` in
+    ``widths`` (FFN hidden ``4 C``, ``cfg``'s heads, blocks, context and batch), the sizes timed in
+    interleaved blocks. One row per width: parameters (without position embeddings), median step
+    time with its min-max, tokens/s, and the median over repeats of this width's step time over
+    the first width's (``time_ratio``)."""
+    if repeats < 1 or block < 1 or warmup < 0:
+        raise ValueError("repeats and block must be >= 1, warmup >= 0")
+    if not widths:
+        raise ValueError("widths must name at least one width")
+    total = warmup + repeats * block
+    trainers = []
+    for width in widths:
+        model = dataclasses.replace(cfg.model, n_embd=width, d_ff=4 * width)
+        train = dataclasses.replace(cfg.train, steps=max(cfg.train.steps, total))
+        resolved, data = resolve(dataclasses.replace(cfg, model=model, train=train))
+        trainers.append(Trainer(resolved, data))
+    for _ in range(warmup):
+        for tr in trainers:
+            tr.train_step()
+    device = trainers[0].device
+    times = interleaved_times([tr.train_step for tr in trainers], repeats, block, device)
+    rows = []
+    for width, tr, t in zip(widths, trainers, times):
+        tokens = tr.cfg.train.batch_size * tr.cfg.model.block_size
+        step_s = statistics.median(t)
+        rows.append({
+            "n_embd": width, "n_blocks": tr.cfg.model.n_blocks, "params": tr.raw_model.num_params(),
+            "step_s": step_s, "step_s_min": min(t), "step_s_max": max(t), "tokens_per_s": tokens / step_s,
+            "time_ratio": statistics.median([a / b for a, b in zip(t, times[0])]),
+            "tokens_per_step": tokens, "track": tr.cfg.train.track, "repeats": repeats,
+            "steps_per_repeat": block, "data": tr.data.source, "device": str(device),
+            "threads": torch.get_num_threads()})
+    return rows

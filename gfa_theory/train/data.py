@@ -8,6 +8,14 @@
   Foundation, PSF License (see ``gfa_theory/train/corpus/README.txt``). ``text_file`` reads any UTF-8
   file instead. Character-level vocabulary (the sorted set of characters), the first
   ``1 - val_fraction`` of the characters train, the rest validate.
+* **source code** (``data.corpus=stdlib``, for runs that need more tokens): 845 Python files of the
+  CPython 3.11.7 standard library (12.2 M characters), shipped as ``corpus/stdlib_py.txt.gz`` and
+  checked against :data:`STDLIB_SHA256`; rebuilt and audited by ``corpus/build_stdlib.py``. Its
+  vocabulary is bounded by construction: tab, newline, printable ASCII, the document separator
+  U+001E and the unknown symbol U+FFFD (every other character, 381 in all). Whole files
+  validate: a file goes to validation when the first 8 bytes of its text's sha256, read as a
+  fraction of 2**64, fall below ``val_fraction``, so windows never straddle the split and the
+  held-out files come from every package, not only the last ones in sorted order.
 * **images** (for the ResNet): scikit-learn's 8x8 digits (default; stratified split seeded by
   ``split_seed``) or CIFAR-10 read by torchvision from ``data_dir`` (downloaded only when
   ``download`` is true).
@@ -23,7 +31,7 @@ import gzip
 import hashlib
 import os
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Literal, Union
 
@@ -41,6 +49,11 @@ CIFAR10_FOLDER = "cifar-10-batches-py"
 CORPUS_FILE = Path(__file__).parent / "corpus" / "pydoc_topics.txt.gz"
 CORPUS_SHA256 = "37d06970fc926e60c16dff401e441b84752446a36b6b64516c229fdec77e992c"  # decoded text
 CORPUS_ORIGIN = "CPython 3.11.7"
+# The source-code corpus (data.corpus=stdlib), shipped the same way (see the module docstring).
+STDLIB_FILE = Path(__file__).parent / "corpus" / "stdlib_py.txt.gz"
+STDLIB_SHA256 = "1a7a86e2f23d095959f1c87c1875ec47e7867bbd728731167cdb816e5c877344"  # decoded text
+DOCUMENT_SEPARATOR = "\x1e"  # ends every file of the stdlib corpus (build_stdlib.py)
+CORPORA = ("pydoc", "stdlib")  # data.corpus values; "pydoc" (the default) is stored as None
 
 
 @dataclass(frozen=True)
@@ -51,7 +64,9 @@ class DataConfig:
     file for "text" (None: the CPython docs corpus). ``data_dir``: the folder that holds
     ``cifar-10-batches-py/`` for "cifar10". ``split_seed`` fixes the digits train/validation
     split and the text evaluation windows independently of the training seed, so every seed is
-    scored on the same held-out data.
+    scored on the same held-out data. ``corpus``: which shipped text corpus "text" reads,
+    "pydoc" (the default, stored as None and left out of the config so existing runs keep their
+    hashes) or "stdlib" (Python source code, 26 times larger).
     """
 
     dataset: Literal["text", "digits", "cifar10"] = "text"
@@ -60,11 +75,18 @@ class DataConfig:
     data_dir: Union[str, None] = None
     download: bool = False
     split_seed: int = 0
+    corpus: Union[Literal["pydoc", "stdlib"], None] = field(default=None, metadata={"omit_if_none": True})
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         check_seed("data.split_seed", self.split_seed)
+        if self.corpus == "pydoc":  # the default is one value, whichever way it was written
+            object.__setattr__(self, "corpus", None)
+        if self.corpus is not None and self.dataset != "text":
+            raise ConfigError(f"data.corpus only applies to dataset 'text', not '{self.dataset}'")
+        if self.corpus is not None and self.text_file is not None:
+            raise ConfigError("data.corpus and data.text_file both choose the text: set one")
         if self.text_file is not None and self.dataset != "text":
             raise ConfigError(f"data.text_file only applies to dataset 'text', not '{self.dataset}'")
         if self.dataset == "cifar10" and self.data_dir is None:
@@ -116,6 +138,11 @@ class TextData:
         chunk = tokens[idx]
         return chunk[:, :-1], chunk[:, 1:]
 
+    def epochs(self, tokens: int | float) -> float:
+        """Passes over the training split that ``tokens`` training tokens make (a study refuses or
+        flags a point above about one: beyond it the model can memorize the split)."""
+        return float(tokens) / len(self.train)
+
     def check_seq_len(self, seq_len: int) -> None:
         shortest = min(len(self.train), len(self.val))
         if seq_len + 1 > shortest:
@@ -123,25 +150,37 @@ class TextData:
                             f"a training window needs seq_len + 1 = {seq_len + 1}")
 
 
-def pydoc_corpus() -> str:
-    """The shipped default corpus: CPython 3.11.7's ``pydoc_data.topics`` joined in sorted-key
-    order, read from :data:`CORPUS_FILE` and verified against :data:`CORPUS_SHA256`."""
-    path = Path(CORPUS_FILE)
+def _shipped_text(path: str | os.PathLike, sha256: str, what: str) -> str:
+    """A corpus shipped as package data, gunzipped, decoded and checked against ``sha256``;
+    damage is a one-line :class:`DataError`."""
+    path = Path(path)
     fix = "reinstall gfa-theory (pip install --force-reinstall gfa-theory) or set data.text_file"
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise DataError(f"default text corpus {path} is unreadable ({exc.strerror or exc}); {fix}") from None
+        raise DataError(f"{what} {path} is unreadable ({exc.strerror or exc}); {fix}") from None
     try:
         text = gzip.decompress(raw).decode("utf-8")
     except (OSError, EOFError, zlib.error, UnicodeDecodeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"default text corpus {path} is corrupt ({reason}); {fix}") from None
+        raise DataError(f"{what} {path} is corrupt ({reason}); {fix}") from None
     sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
-    if sha != CORPUS_SHA256:
-        raise DataError(f"default text corpus {path} is corrupt (sha256 {sha[:12]}, expected "
-                        f"{CORPUS_SHA256[:12]}); {fix}")
+    if sha != sha256:
+        raise DataError(f"{what} {path} is corrupt (sha256 {sha[:12]}, expected {sha256[:12]}); {fix}")
     return text
+
+
+def pydoc_corpus() -> str:
+    """The shipped default corpus: CPython 3.11.7's ``pydoc_data.topics`` joined in sorted-key
+    order, read from :data:`CORPUS_FILE` and verified against :data:`CORPUS_SHA256`."""
+    return _shipped_text(CORPUS_FILE, CORPUS_SHA256, "default text corpus")
+
+
+def stdlib_corpus() -> str:
+    """The shipped source-code corpus (``data.corpus=stdlib``): 845 files of CPython 3.11.7's
+    standard library, each ended by :data:`DOCUMENT_SEPARATOR`, read from :data:`STDLIB_FILE` and
+    verified against :data:`STDLIB_SHA256`."""
+    return _shipped_text(STDLIB_FILE, STDLIB_SHA256, "stdlib text corpus")
 
 
 def read_text_file(path: str | os.PathLike) -> str:
@@ -159,20 +198,50 @@ def read_text_file(path: str | os.PathLike) -> str:
     return text
 
 
+def _encoder(vocab: str):
+    """Text -> int64 token ids of ``vocab`` (every character of the text must be in it)."""
+    lookup = np.zeros(max(map(ord, vocab)) + 1, dtype=np.int64)
+    lookup[[ord(ch) for ch in vocab]] = np.arange(len(vocab))
+    return lambda text: torch.from_numpy(lookup[np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)])
+
+
 def make_text_data(text: str, val_fraction: float, source: str) -> TextData:
     """Character vocabulary + a deterministic contiguous split (the last ``val_fraction``)."""
     if not text:
         raise DataError(f"text corpus {source} is empty")
     vocab = "".join(sorted(set(text)))
-    lookup = np.zeros(max(map(ord, vocab)) + 1, dtype=np.int64)
-    lookup[[ord(ch) for ch in vocab]] = np.arange(len(vocab))
-    codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    tokens = torch.from_numpy(lookup[codepoints])
+    tokens = _encoder(vocab)(text)
     n_val = max(1, int(round(len(tokens) * val_fraction)))
     if len(tokens) - n_val < 2:
         raise DataError(f"text corpus {source} has only {len(tokens)} characters: too short to split")
     sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
     return TextData(vocab, tokens[:-n_val].clone(), tokens[-n_val:].clone(), sha, source)
+
+
+def in_validation(document: str, val_fraction: float) -> bool:
+    """Whether a whole document validates: the first 8 bytes of its sha256, as a fraction of
+    2**64, fall below ``val_fraction`` (decided by its content alone, not its position)."""
+    head = hashlib.sha256(document.encode("utf-8")).digest()[:8]
+    return int.from_bytes(head, "big") < val_fraction * 2 ** 64
+
+
+def make_document_data(text: str, val_fraction: float, source: str) -> TextData:
+    """A corpus of documents, each ended by :data:`DOCUMENT_SEPARATOR`, split by whole document
+    (:func:`in_validation`); each split is its documents in corpus order, separators kept (the
+    model sees where a file ends). The vocabulary is the sorted set of the whole text's characters."""
+    docs = [doc + DOCUMENT_SEPARATOR for doc in text.split(DOCUMENT_SEPARATOR)[:-1]]
+    if not docs or "".join(docs) != text:
+        raise DataError(f"text corpus {source} is not a sequence of documents each ended by U+001E")
+    val = [in_validation(doc, val_fraction) for doc in docs]
+    train_text = "".join(d for d, v in zip(docs, val) if not v)
+    val_text = "".join(d for d, v in zip(docs, val) if v)
+    if len(train_text) < 2 or len(val_text) < 2:
+        raise DataError(f"text corpus {source}: data.val_fraction={val_fraction} leaves a split "
+                        f"with fewer than 2 characters ({len(train_text)} train, {len(val_text)} validation)")
+    vocab = "".join(sorted(set(text)))
+    encode = _encoder(vocab)
+    sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return TextData(vocab, encode(train_text), encode(val_text), sha, source)
 
 
 # ---- images -------------------------------------------------------------------------------
@@ -298,7 +367,8 @@ def _file_stamp(cfg: DataConfig) -> tuple:
     if cfg.dataset != "text":
         return ()
     try:
-        st = os.stat(CORPUS_FILE if cfg.text_file is None else cfg.text_file)
+        st = os.stat(cfg.text_file if cfg.text_file is not None
+                     else STDLIB_FILE if cfg.corpus == "stdlib" else CORPUS_FILE)
     except OSError:
         return ("missing",)
     return (st.st_size, st.st_mtime_ns)
@@ -312,6 +382,9 @@ def load_data(cfg: DataConfig) -> Dataset:
 @functools.lru_cache(maxsize=8)
 def _load_cached(cfg: DataConfig, stamp: tuple) -> Dataset:
     if cfg.dataset == "text":
+        if cfg.corpus == "stdlib":
+            source = f"gfa_theory/train/corpus/stdlib_py.txt.gz (standard library of {CORPUS_ORIGIN})"
+            return make_document_data(stdlib_corpus(), cfg.val_fraction, source)
         if cfg.text_file is None:
             source = f"gfa_theory/train/corpus/pydoc_topics.txt.gz (pydoc_data.topics of {CORPUS_ORIGIN})"
             return make_text_data(pydoc_corpus(), cfg.val_fraction, source)

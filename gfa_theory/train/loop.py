@@ -82,6 +82,8 @@ from gfa_theory.train.store import (
     fault_point,
     load_run,
     make_dirs,
+    numpy_rng_plain,
+    numpy_rng_state,
     read_checkpoint,
     read_config,
     results_root,
@@ -301,7 +303,7 @@ class Trainer:
     # ---- checkpoints -------------------------------------------------------------------------
     def _rng_state(self) -> dict:
         state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                 "numpy": np.random.get_state()}
+                 "numpy": numpy_rng_plain(np.random.get_state())}  # tensors: loads weights_only
         if torch.cuda.is_available() and self.device.type == "cuda":
             state["cuda"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -338,7 +340,7 @@ class Trainer:
         rng = rngs[self.world.rank]
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
+        np.random.set_state(numpy_rng_state(rng["numpy"]))
         if "cuda" in rng and self.device.type == "cuda":
             torch.cuda.set_rng_state(rng["cuda"], self.device)
         self.step = int(state["step"])

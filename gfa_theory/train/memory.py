@@ -180,6 +180,15 @@ def check_model_memory(name: str, m: Any, copies: int = 2) -> int:
     return needed
 
 
+def check_calibration_memory(batches: int, batch_size: int, item_bytes: int, what: str) -> int:
+    """``batches`` calibration batches of ``batch_size`` items of ``item_bytes`` each, drawn at
+    once (inputs and targets), refused if they exceed the machine's memory."""
+    needed = batches * batch_size * item_bytes + BASE_BYTES
+    check_fits(needed, what, f" ({batches:,} batches of {batch_size:,})",
+               "pass a smaller --calib-batches (a few batches rank the blocks as well as many)")
+    return needed
+
+
 def check_inference_memory(taper: Any, batch: int) -> int:
     """``gfa bench taper``: the uniform and the tapered model of ``taper`` (a TaperConfig) side by
     side, each running a forward pass of ``batch`` sequences (no autograd), refused if too big."""

@@ -226,6 +226,17 @@ def resolve(cfg: RunConfig) -> tuple[RunConfig, Dataset]:
     return dataclasses.replace(cfg, model=model), data
 
 
+def training_epochs(cfg: RunConfig, data: Dataset | None = None) -> float:
+    """Passes over the training split that ``cfg`` trains: ``steps * batch_size`` windows of
+    ``block_size`` tokens (text) or images, over the split's length. A run above about one epoch
+    measures memorization as well as learning; a study flags or refuses such a point."""
+    data = load_data(cfg.data) if data is None else data
+    samples = cfg.train.steps * cfg.train.batch_size
+    if cfg.model_name == "gpt":
+        return data.epochs(samples * cfg.model.block_size)
+    return samples / len(data.y_train)
+
+
 def hook_names(hooks: Sequence[AfterBackward]) -> list[str]:
     return [f"{getattr(h, '__module__', '?')}.{getattr(h, '__qualname__', type(h).__qualname__)}"
             for h in hooks]
@@ -252,7 +263,7 @@ _CHECKED = {"cpu": ("device_type", "torch", "cpu_capability", "num_threads"),
 def environment(device: torch.device) -> dict:
     """What a run's numbers depend on besides its config and data (``environment`` in config.json)."""
     env: dict[str, Any] = {
-        "device": str(device), "device_type": device.type, "torch": torch.__version__,
+        "device": str(device), "device_type": device.type, "torch": str(torch.__version__),
         "numpy": np.__version__, "python": platform.python_version(), "machine": platform.machine(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(), "num_threads": torch.get_num_threads()}
     if device.type == "cuda":
@@ -289,8 +300,21 @@ def run_key(cfg: RunConfig, hooks: Sequence[AfterBackward] = ()) -> str:
 
 def resolved_run_key(resolved: RunConfig, data: Dataset, hooks: Sequence[AfterBackward] = ()) -> str:
     """:func:`run_key` of a config already resolved against its ``data`` (:func:`resolve`)."""
-    payload = {"config": to_dict(resolved), "data_sha256": data.sha256,
-               "numerics": numerics_key(resolved.train.device)}
+    return _key(to_dict(resolved), data.sha256, numerics_key(resolved.train.device), hook_names(hooks))
+
+
+def _key(config: dict, data_sha256: str, numerics: dict, hooks: list[str]) -> str:
+    payload = {"config": config, "data_sha256": data_sha256, "numerics": numerics}
     if hooks:
-        payload["hooks"] = hook_names(hooks)
-    return f"{resolved.model_name}-{config_hash(payload)}"
+        payload["hooks"] = hooks
+    return f"{config['model_name']}-{config_hash(payload)}"
+
+
+def recorded_run_key(meta: dict) -> str:
+    """The :func:`run_key` a stored run's ``config.json`` (``meta``) hashes to: its resolved
+    config, data sha256, hooks and recorded numeric environment (wherever it was trained)."""
+    env = meta["environment"]
+    numerics = {"torch": env["torch"], "device": env["device_type"]}
+    if env["device_type"] == "cpu":
+        numerics["cpu_capability"] = env["cpu_capability"]
+    return _key(meta["config"], meta["data"]["sha256"], numerics, list(meta.get("hooks") or []))

@@ -34,13 +34,17 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
+from gfa_theory.config import loads_checked
 from gfa_theory.errors import DataError, GFAError, RunStoreError, StorageError
 from gfa_theory.models import build_model
-from gfa_theory.train.run_config import RunConfig, run_key
+from gfa_theory.train.memory import check_model_memory
+from gfa_theory.train.run_config import RunConfig, recorded_run_key, run_key
+from gfa_theory.untrusted import MAX_JSON_BYTES, MAX_LOG_BYTES, load_torch, regular_file
 
 RESULTS_ENV = "GFA_RESULTS"
 CONFIG_FILE = "config.json"
@@ -232,7 +236,10 @@ def read_config(path: str | os.PathLike) -> dict:
     if not p.is_file():
         raise DataError(f"no {CONFIG_FILE} in {path}: not a gfa run directory")
     try:
-        meta = json.loads(p.read_text(encoding="utf-8"))
+        regular_file(p, "run config", MAX_JSON_BYTES)
+        meta = loads_checked(p.read_text(encoding="utf-8"), str(p))  # deep nesting: one line
+    except GFAError as exc:
+        raise RunStoreError(f"{exc}: {_remedy(Path(path))}") from None
     except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise unreadable(p, exc) from None
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
@@ -242,11 +249,14 @@ def read_config(path: str | os.PathLike) -> dict:
 
 def read_checkpoint(file: str | os.PathLike, map_location: str | torch.device = "cpu",
                     run: str | os.PathLike | None = None) -> dict:
-    """A checkpoint or snapshot file (a dict holding ``model``); a RunStoreError if unreadable."""
+    """A checkpoint or snapshot file (a dict holding ``model``); a RunStoreError if unreadable.
+
+    Loaded with ``weights_only=True`` (:func:`gfa_theory.untrusted.load_torch`): a pickled
+    object in the file is refused, never run."""
     file = Path(file)
     try:
-        state = torch.load(file, map_location=map_location, weights_only=False)
-    except Exception as exc:  # noqa: BLE001  (truncated zip, bad pickle, I/O error: all "unreadable")
+        state = load_torch(file, map_location)
+    except Exception as exc:  # noqa: BLE001  (truncated zip, forbidden pickle, I/O error: all "unreadable")
         raise unreadable(file, exc, run) from None
     if not isinstance(state, dict) or "model" not in state:
         raise RunStoreError(f"{file} is not a gfa checkpoint (no model weights): "
@@ -254,8 +264,28 @@ def read_checkpoint(file: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
+def numpy_rng_plain(state: tuple) -> tuple:
+    """``np.random.get_state()`` with its key array as an int64 tensor: a checkpoint that holds
+    it loads with ``weights_only=True`` and no allowlist."""
+    name, keys, pos, has_gauss, cached = state
+    return (str(name), torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(cached))
+
+
+def numpy_rng_state(state: tuple) -> tuple:
+    """The ``np.random.set_state`` tuple of :func:`numpy_rng_plain`'s form (or of the ndarray
+    form older checkpoints hold)."""
+    name, keys, *rest = state
+    keys = keys.numpy() if isinstance(keys, torch.Tensor) else np.asarray(keys)
+    return (name, keys.astype(np.uint32), *rest)
+
+
 def _read_csv(path: str | os.PathLike, name: str) -> pd.DataFrame:
     file = Path(path) / name
+    if file.exists():
+        try:
+            regular_file(file, "run table", MAX_LOG_BYTES)  # a device or fifo would never end
+        except DataError as exc:
+            raise RunStoreError(f"{exc}; {_remedy(Path(path))}") from None
     try:
         return pd.read_csv(file)
     except Exception as exc:  # noqa: BLE001  (parser, empty file, encoding, I/O)
@@ -292,15 +322,60 @@ def load_run(path: str | os.PathLike, map_location: str | torch.device = "cpu") 
     except GFAError as exc:
         raise RunStoreError(f"{path / CONFIG_FILE} does not hold a valid run config ({exc}): "
                             f"{_remedy(path)}") from None
-    model = build_model(cfg.model_name, cfg.model)
+    key = _check_identity(path, meta)
+    check_model_memory(cfg.model_name, cfg.model)  # before anything is allocated
     state = read_checkpoint(path / CHECKPOINT_FILE, map_location)
-    try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError, TypeError) as exc:
-        raise RunStoreError(f"the weights in {path / CHECKPOINT_FILE} do not fit the model of "
-                            f"{path / CONFIG_FILE} ({type(exc).__name__}): {_remedy(path)}") from None
+    ckpt = path / CHECKPOINT_FILE
+    if state.get("run_id", key) != key or state.get("step", cfg.train.steps) != cfg.train.steps:
+        raise RunStoreError(f"{ckpt} holds step {state.get('step')!r} of run {str(state.get('run_id'))[:80]!r}, "
+                            f"not the final step {cfg.train.steps} of {key} ({CONFIG_FILE}): {_remedy(path)}")
+    model = build_model(cfg.model_name, cfg.model)
+    load_weights(model, state["model"], ckpt, f"the model of {path / CONFIG_FILE}", _remedy(path))
     model.eval()
-    return LoadedRun(cfg, model, read_metrics(path), read_gradients(path))
+    gradients = read_gradients(path)
+    if "run_id" in gradients and len(gradients) and set(gradients["run_id"].astype(str)) != {key}:
+        other = sorted(set(gradients["run_id"].astype(str)) - {key})[0]
+        raise RunStoreError(f"{path / GRADIENTS_FILE} holds gradients of run {other[:80]!r}, not {key}: "
+                            f"{_remedy(path)}")
+    return LoadedRun(cfg, model, read_metrics(path), gradients)
+
+
+def _check_identity(path: Path, meta: dict) -> str:
+    """The run id of ``path``, once its DONE marker, config.json's ``run_id`` and the key its
+    recorded config, data and environment hash to all agree (as reuse checks them)."""
+    cfile = path / CONFIG_FILE
+    key = meta.get("run_id")
+    try:
+        recorded = recorded_run_key(meta)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise RunStoreError(f"{cfile} lacks the data or environment record of its run: {_remedy(path)}") from None
+    if key != recorded:
+        raise RunStoreError(f"{cfile} names run {str(key)[:80]!r} but its config, data and environment are those "
+                            f"of run {recorded}: {_remedy(path)}")
+    try:
+        marker = (path / DONE_FILE).read_text(encoding="utf-8").strip()
+    except (OSError, ValueError) as exc:
+        raise unreadable(path / DONE_FILE, exc, path) from None
+    if marker != key:
+        raise RunStoreError(f"{path / DONE_FILE} names run {marker[:80]!r}, not {key} of {cfile}: {_remedy(path)}")
+    return key
+
+
+def load_weights(model: nn.Module, weights: Any, file: Path, what: str, remedy: str) -> None:
+    """``model.load_state_dict(weights)`` (strict); keys or shapes that differ are one line
+    naming them and ``file``."""
+    if not isinstance(weights, dict):
+        raise RunStoreError(f"{file} holds no state dict of weights: {remedy}")
+    want = model.state_dict()
+    missing = [k for k in want if k not in weights]
+    unexpected = [k for k in weights if k not in want]
+    shapes = [k for k in want if k in weights and (not isinstance(weights[k], torch.Tensor)
+                                                   or weights[k].shape != want[k].shape)]
+    problems = [f"{label} {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}"
+                for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)) if keys]
+    if problems:
+        raise RunStoreError(f"the weights in {file} do not fit {what} ({'; '.join(problems)}): {remedy}")
+    model.load_state_dict(weights)
 
 
 

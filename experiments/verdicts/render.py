@@ -1,0 +1,142 @@
+"""The one renderer: findings to words and tables (Markdown, LaTeX, the README table, a study's
+console takeaway). Rules never format; this module never judges.
+
+* :func:`takeaway` — three lines: predicted, measured, verdict; :func:`study_takeaways` — those of
+  every rule reading one study (``python -m experiments NAME`` prints them before its table);
+* :func:`summary_table` — one row per claim / hypothesis: short claim, verdict, primary estimate
+  [CI], n, margin, figure, why (the report's first screen and the README);
+* :func:`details` — a claim's folded details: the paper's words, every reported number as a
+  table, per-arm tables, the rule;
+* :func:`thresholds_table` — every threshold with its meaning;
+* :func:`findings_frame` — the findings as numbers (``claims.csv``).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from gfa_theory.instrument.stats import format_interval, format_p
+
+from . import BY_KEY, Rule, for_study, judge
+from .toolkit import THRESHOLDS, Estimate, Finding, Regime
+
+
+def interval(e: Estimate) -> str:
+    """``estimate [ci_low, ci_high]``; ``all n units: m`` without spread; the estimate alone
+    without an interval."""
+    if e is None:
+        return ""
+    return format_interval(e.estimate, e.ci_low, e.ci_high, e.fmt, missing="n/a", n=e.n or None, unit=e.unit)
+
+
+def _n(e: Estimate | None) -> str:
+    return f"{e.n} {e.unit}" if e is not None and e.n else ""
+
+
+def _margin(f: Finding) -> str:
+    return "" if not np.isfinite(f.margin) else f"{f.margin:.4g}"
+
+
+def regime_text(r: Regime | None) -> str:
+    """``0.2-0.9M params, 1.1-3.4 tokens/param`` (the params alone for images)."""
+    if r is None:
+        return ""
+    def m(x):  # noqa: E306
+        return f"{x / 1e6:.2g}M" if x >= 1e5 else f"{x / 1e3:.3g}k"
+    size = m(r.params_min) if r.params_min == r.params_max else f"{m(r.params_min)}-{m(r.params_max)}"
+    if not np.isfinite(r.tokens_per_param_min):
+        return f"{size} params"
+    lo, hi = r.tokens_per_param_min, r.tokens_per_param_max
+    tpp = f"{lo:.2g}" if f"{lo:.2g}" == f"{hi:.2g}" else f"{lo:.2g}-{hi:.2g}"
+    return f"{size} params, {tpp} tokens/param"
+
+
+def takeaway(finding: Finding, rule: Rule | None = None) -> str:
+    """Three lines from a finding: what was predicted, what was measured, the verdict and why."""
+    rule = rule or BY_KEY.get(finding.key)
+    predicted = rule.statement if rule is not None else finding.claim
+    e = finding.primary
+    measured = (f"{e.label} = {interval(e)}" + (f" (n = {_n(e)}" + (f"; margin {_margin(finding)}"
+                                                                   if _margin(finding) else "") + ")" if e.n else "")
+                if e is not None else "nothing (see why)")
+    where = f" ({regime_text(finding.regime)})" if finding.regime is not None else ""
+    return "\n".join([f"{finding.key} predicted: {predicted}", f"{finding.key} measured: {measured}{where}",
+                      f"{finding.key} verdict: {finding.verdict.value}: {finding.why}"])
+
+
+def study_takeaways(name: str, tables: dict, profile: str | None = None) -> str:
+    """The takeaway of every rule that reads study ``name`` (``tables``: ``{study: {table:
+    frame}}``), blank-line separated; empty for a study no rule reads."""
+    return "\n\n".join(takeaway(judge(r, tables, profile), r) for r in for_study(name))
+
+
+def summary_table(findings: list[Finding]) -> pd.DataFrame:
+    """One row per finding: the short claim, verdict, primary estimate [CI], n, margin, figure and why."""
+    rows = []
+    for f in findings:
+        rule = BY_KEY[f.key]
+        e = f.primary
+        rows.append({"": f.key, "claim": f.claim, "verdict": f"**{f.verdict.value}**",
+                     "primary estimate [95 % CI]": (f"{e.label}: {interval(e)}" if e is not None else ""),
+                     "n": _n(e), "margin": _margin(f), "figure": rule.evidence, "why": f.why})
+    return pd.DataFrame(rows)
+
+
+def _p(e: Estimate) -> str:
+    return "" if not np.isfinite(e.p) else f"{e.p_name} {format_p(e.p).removeprefix('p ')}"
+
+
+def estimates_table(estimates: tuple[Estimate, ...]) -> pd.DataFrame:
+    return pd.DataFrame([{"quantity": e.label, "estimate [95 % CI]": interval(e), "n": _n(e), "test": _p(e),
+                          "note": e.note} for e in estimates])
+
+
+def _arms_md(arms: pd.DataFrame) -> str:
+    shown = arms[[c for c in arms.columns if not c.startswith("_")]]
+    return shown.to_markdown(index=False, floatfmt=".4g")
+
+
+def details(f: Finding, rule: Rule | None = None) -> list[str]:
+    """A finding's folded details (Markdown lines): the statement, regime, every number, per-arm
+    table and the rule."""
+    rule = rule or BY_KEY[f.key]
+    shown = tuple(e for e in (f.primary, *f.secondary) if e is not None)
+    lines = ["<details>", f"<summary><b>{f.key}. {rule.short}</b>: {f.verdict.value}</summary>", "",
+             f"_{rule.statement}_", ""]
+    if f.regime is not None:
+        lines += [f"Measured on {regime_text(f.regime)} ({f.regime.family}).", ""]
+    if shown:
+        lines += [estimates_table(shown).to_markdown(index=False), ""]
+    if f.arms is not None and not f.arms.empty:
+        lines += [_arms_md(f.arms), ""]
+    lines += [f"Rule: {rule.rule}.", "", "</details>", ""]
+    return lines
+
+
+def thresholds_table() -> pd.DataFrame:
+    return pd.DataFrame([{"threshold": name, "value": f"{value:g}", "meaning": means}
+                         for name, value, means in THRESHOLDS.rows()])
+
+
+def findings_frame(findings: list[Finding]) -> pd.DataFrame:
+    """The findings as numbers, one row each (``claims.csv``)."""
+    rows = []
+    for f in findings:
+        rule, e, r = BY_KEY[f.key], f.primary, f.regime
+        rows.append({"claim": f.key, "short": f.claim, "paper": rule.statement, "verdict": f.verdict.value,
+                     "quantity": e.label if e else "", "estimate": e.estimate if e else math.nan,
+                     "ci_low": e.ci_low if e else math.nan, "ci_high": e.ci_high if e else math.nan,
+                     "n": e.n if e else 0, "unit": e.unit if e else "", "p": e.p if e else math.nan,
+                     "margin": f.margin, "why": f.why, "evidence": rule.evidence,
+                     "params_min": r.params_min if r else math.nan, "params_max": r.params_max if r else math.nan,
+                     "tokens_per_param_min": r.tokens_per_param_min if r else math.nan,
+                     "tokens_per_param_max": r.tokens_per_param_max if r else math.nan, "rule": rule.rule})
+    return pd.DataFrame(rows)
+
+
+def latex(df: pd.DataFrame, caption: str, label: str) -> str:
+    """A table of this module as LaTeX (bold markers dropped)."""
+    plain = df.replace(r"\*\*(.*)\*\*", r"\1", regex=True)
+    return plain.to_latex(index=False, caption=caption, label=label, longtable=len(plain) > 30)
