@@ -166,7 +166,8 @@ def test_t1_and_f8_panels(study):
     assert (found.verdict, found.primary, found.why) == (direct.verdict, direct.primary, direct.why)
     assert found.primary.label.startswith("fanin")
     # T1 prints C8's own tests, read from the finding
-    p = direct.arms.set_index("label").loc["fanin", "p_comparable"]
+    main = direct.arms[direct.arms["steps"] == direct.arms["steps"].min()]  # not the token sweep's row
+    p = main.set_index("label").loc["fanin", "p_comparable"]
     assert t1.set_index("arm").loc[names.schedule("fanin"), "non-inferior vs uniform p"].iloc[0] == __import__(
         "gfa_theory.instrument.stats", fromlist=["format_p"]).format_p(p)
     assert judge(BY_KEY["C9"], tables).verdict == MISSING  # the pruning study is not in these tables
