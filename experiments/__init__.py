@@ -30,7 +30,12 @@ The machinery they share, one job per module (imports run downward only):
   and the fixed held-out batches;
 * :mod:`experiments.summary` — the summary-row shape and its builders;
 * :mod:`experiments.study_io` — a study's tables and stamp written (``finish``) and read back
-  (``load_study``), ``study_module``.
+  (``load_study``), ``study_module``;
+* :mod:`experiments.upgrade` — a study cached by an older table layout brought up to date from
+  its saved tables.
+
+Above the study modules, :mod:`experiments.verdicts` holds every rule (claims C1-C11, hypotheses
+H1-H5) from summary rows to findings, and its renderer (the report's table, a study's takeaway).
 """
 
 STUDIES = ("fanin_vs_gradients", "gradients_vs_importance", "equalization", "repetition", "cascadeformer",

@@ -24,6 +24,10 @@ from gfa_theory.train.store import write_csv_atomic, write_json_atomic
 
 from .runner import Context
 
+# the layout of the tables a study writes: 2 = summary rows keyed by structured fields with se and df
+# (experiments.summary); an older cache is brought up to it by experiments.upgrade, not retrained
+LAYOUT = 2
+
 
 def stamp(ctx: Context, runs: Iterable[RunResult], study: str, started: float, **extra) -> dict:
     """The ``meta.json`` of a study built from ``runs`` (``extra``: study-specific settings)."""
@@ -37,7 +41,7 @@ def stamp(ctx: Context, runs: Iterable[RunResult], study: str, started: float, *
             "data_sha256": sorted({m["data"]["sha256"] for m in metas}),
             # where the time went: runs trained by this call vs read back from the result cache
             "runs_trained": sum(bool(r.trained) for r in runs), "runs_cached": sum(not r.trained for r in runs),
-            "wall_seconds": round(time.time() - started, 1), **extra}
+            "wall_seconds": round(time.time() - started, 1), "layout": LAYOUT, **extra}
 
 
 def write_study(ctx: Context, name: str, tables: dict[str, pd.DataFrame], meta: dict) -> Path:

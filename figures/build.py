@@ -18,7 +18,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from experiments.runner import Context
-from experiments.study_io import load_study, study_module
+from experiments.study_io import study_module
+from experiments.upgrade import current
 from experiments.verdicts import judge_all
 from gfa_theory.errors import ConfigError
 from gfa_theory.train.store import results_root, write_bytes_atomic, write_text_atomic
@@ -79,9 +80,9 @@ def run_studies(ctx: Context, names: list[str], bar) -> tuple[dict[str, dict], d
     metas: dict[str, dict] = {}
     for name in names:
         bar.set_postfix_str(f"study {name}")
-        if ctx.force or load_study(ctx, name) is None:
+        if ctx.force or current(ctx, name) is None:  # an older layout is upgraded, not rerun
             study_module(name).run(ctx=ctx)
-        tables[name] = load_study(ctx, name)
+        tables[name] = current(ctx, name)
         metas[name] = json.loads((ctx.study_dir(name) / "meta.json").read_text())
         bar.update(1)
     return tables, metas

@@ -169,7 +169,7 @@ def _between(text: str, name: str, body: str) -> str:
 def readme_table(findings: list[Finding]) -> pd.DataFrame:
     """The README's short table: claim, verdict, primary estimate and why."""
     t = render.summary_table(findings)
-    return t[["", "claim", "verdict", "primary estimate [95 % CI]", "why"]]
+    return t[["claim", "in short", "verdict", "primary estimate [95 % CI]", "why"]]
 
 
 def update_readme(findings: list[Finding], out: Path, st: dict) -> Path:

@@ -36,6 +36,9 @@ CASES = {
     "hf-gpt2": ("hf:gpt2", ["n_layer=3", "n_embd=16", "n_head=2", "n_positions=16", "vocab_size=32"]),
     "hf-llama": ("hf:llama", ["num_hidden_layers=3", "hidden_size=16", "intermediate_size=32", "num_attention_heads=2",
                               "num_key_value_heads=1", "max_position_embeddings=16", "vocab_size=32"]),
+    # the other decoder families (Pre-LN, sandwich and post-branch norms): their own wiring, small defaults
+    **{f"hf-{key}": (f"hf:{key}", ["num_hidden_layers=3"])
+       for key in ("qwen2", "qwen3", "mistral", "gemma2", "gemma3", "phi3", "olmo2")},
 }
 
 

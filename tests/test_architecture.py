@@ -26,7 +26,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TREES = ("gfa_theory", "experiments", "figures")
-GROUND = {"gfa_theory", "gfa_theory.errors", "gfa_theory.config", "gfa_theory.devices"}
+GROUND = {"gfa_theory", "gfa_theory.errors", "gfa_theory.config", "gfa_theory.devices", "gfa_theory.untrusted"}
 FLOORS = {"theory": 1, "models": 2, "instrument": 3, "train": 4, "methods": 5, "cli": 6, "integrations": 6}
 LAZY_ALLOWED = ("gfa_theory.cli",)  # packages where a function may import (start-up speed)
 

@@ -51,9 +51,17 @@ def test_reproduce_smoke_writes_every_stamped_output(smoke_root, tmp_path):
     found = pd.read_csv(out / "claims.csv")  # the findings as numbers
     assert list(found["claim"]) == [r.key for r in judge_all({})] and {"estimate", "ci_low", "margin", "why",
                                                                       "tokens_per_param_max"} <= set(found.columns)
-    # warm cache: a second build only redraws (no study reruns), and --only limits the outputs
+    # warm cache: a second build only redraws (no study reruns), and --only limits the outputs; a study
+    # cached by an older table layout (no structured key, no se) is upgraded from its saved tables
+    study = smoke_root / "studies" / "smoke" / "fanin_vs_gradients"
+    summary, meta = pd.read_csv(study / "summary.csv"), json.loads((study / "meta.json").read_text())
+    t5 = (out / "T5.csv").read_bytes()
+    summary.drop(columns=["family", "quantity", "se", "df"]).to_csv(study / "summary.csv", index=False)
+    (study / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "layout"}))
     res = subprocess.run(cmd + ["--only", "F1,T5"], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
+    assert pd.read_csv(study / "summary.csv").equals(summary) and (out / "T5.csv").read_bytes() == t5
+    assert json.loads((study / "meta.json").read_text())["layout"] == meta["layout"]
     bad = subprocess.run(cmd + ["--only", "F99"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown output" in bad.stderr and "Traceback" not in bad.stderr
 

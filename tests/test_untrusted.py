@@ -46,20 +46,18 @@ def _cfg(seed: int = 0) -> RunConfig:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Two tiny finished runs (seeds 0 and 1) under one results root."""
+def finished(tmp_path_factory):
+    """A tiny finished run (seed 0)."""
     from gfa_theory.train.loop import train
 
-    root = tmp_path_factory.mktemp("runs")
-    return root, [train(_cfg(s), root, progress=False).run_dir for s in (0, 1)]
+    return train(_cfg(0), tmp_path_factory.mktemp("runs"), progress=False).run_dir
 
 
 @pytest.fixture
-def run(runs, tmp_path):
-    """A private copy of the seed-0 run (tests tamper with it), in its own results root."""
-    root, dirs = runs
-    dst = tmp_path / "root" / dirs[0].name
-    shutil.copytree(dirs[0], dst)
+def run(finished, tmp_path):
+    """A private copy of the run (tests tamper with it), in its own results root."""
+    dst = tmp_path / "root" / finished.name
+    shutil.copytree(finished, dst)
     return dst
 
 
@@ -407,8 +405,12 @@ def test_full_disk_during_an_hf_prune_leaves_nothing_behind(hf, tmp_path, capsys
 
 # ---- 5. every input is checked against what it belongs to -----------------------------------------
 
-def test_a_swapped_run_config_is_refused(runs, run, tmp_path, capsys):
-    shutil.copy(runs[1][1] / CONFIG_FILE, run / CONFIG_FILE)
+def test_a_swapped_run_config_is_refused(run, tmp_path, capsys):
+    other = json.loads((run / CONFIG_FILE).read_text())  # the config.json of the seed-1 run
+    other["config"]["train"]["seed"] = other["seed"] = 1
+    other["run_id"] = recorded_run_key(other)
+    assert other["run_id"] != run.name
+    (run / CONFIG_FILE).write_text(json.dumps(other))
     with pytest.raises(GFAError, match="DONE"):
         load_run(run)
     _refused(capsys, "prune", run, "--method", "last", "-k", "1", "--out", tmp_path / "out")

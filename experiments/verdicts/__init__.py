@@ -148,7 +148,9 @@ def judge(rule: Rule, tables: dict, profile: str | None = None) -> Finding:
         found = missing(f"study {', '.join(rule.studies)} not run for this profile")
     else:
         found = rule.judge(tables)
-    reg = regime(profile, rule.family) if profile and rule.family and found.verdict != MISSING else None
+    reg = found.regime  # a rule whose models are not the profile's standard ones fills its own
+    if reg is None and profile and rule.family and found.verdict != MISSING:
+        reg = regime(profile, rule.family)
     return dataclasses.replace(found, key=rule.key, claim=rule.short, regime=reg)
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 from gfa_theory.instrument import stats
 
 from .. import cascadeformer as cf
-from .toolkit import (FAILS, HOLDS, INCONCLUSIVE, MIXED, THRESHOLDS as T, Estimate, Finding, undefined)
+from .toolkit import (FAILS, HOLDS, INCONCLUSIVE, MIXED, THRESHOLDS as T, Estimate, Finding, Regime, undefined)
 
 PPL_MARGIN = math.log1p(T.ppl_margin_pct / 100)  # the perplexity margin as a loss (log-perplexity) gap
 GAIN_MARGIN = math.log1p(T.taper_gain_margin_pct / 100)
@@ -141,7 +141,11 @@ def c8(summary: pd.DataFrame) -> Finding:
                            r[f"{mode}_ratio_q25"], r[f"{mode}_ratio_q75"], unit="repeats",
                            note="counts" if beyond_aa(r, mode) else "within the A/A band")
                   for mode, name in (("latency", "latency (batch 1)"), ("throughput", "throughput")))
-    found = {"primary": primary, "margin": T.ppl_margin_pct, "secondary": (narrow, *speed), "arms": arms}
+    size = main.loc[main["role"] == "reference", "params"] if "params" in main else pd.Series(dtype=float)
+    where = Regime("transformer", int(r["params"]), int(size.iloc[0]) if len(size) else int(r["params"]),
+                   float(r["tokens_per_param"]), float(r["tokens_per_param"])) if "params" in r else None
+    found = {"primary": primary, "margin": T.ppl_margin_pct, "secondary": (narrow, *speed), "arms": arms,
+             "regime": where}
     lat, thr = r["latency_ratio"], r["throughput_ratio"]
     if comparable and beats_narrow and all(counts) and paper:
         return Finding(HOLDS, why=f"comparable ({r['ppl_gap_pct']:+.2f} %), better than narrow, latency x{lat:.3f}, "

@@ -87,6 +87,6 @@ def c6(summary: pd.DataFrame) -> Finding:
         why = "the manipulation check failed for " + ", ".join(arms["optimizer"][~valid])
     else:
         need_ = ", ".join(f"{x:.0f} ({o})" for x, o in zip(arms["seeds needed"], arms["optimizer"]) if np.isfinite(x))
-        why = (f"underpowered: {need_} seeds needed for {T.power:.0%} TOST power, {int(arms['n'].min())} run"
+        why = (f"underpowered: {need_} seeds needed for {T.power:.0%} TOST power ({int(arms['n'].min())} run)"
                if need_ else "neither equivalence nor a rise is shown")
     return Finding(INCONCLUSIVE, why=why, **found)

@@ -186,7 +186,9 @@ def h5(tables: dict) -> Finding:
         return missing("no proxy rows")
     found = {px: proxy_finding(summary, px) for px in mech.PROXIES if (summary["proxy"] == px).any()}
     verdicts = [f.verdict for f in found.values()]
-    why = ", ".join(f"{px} {f.verdict.value}" for px, f in found.items())
+    whys = {f.why for f in found.values()}
+    why = (f"every proxy {verdicts[0].value}: {whys.pop()}" if len(set(verdicts)) == 1 and len(whys) == 1 else
+           ", ".join(f"{px} {f.verdict.value}" for px, f in found.items()))
     shown = tuple(Estimate(**{**e.__dict__, "note": f.verdict.value if e is f.primary else e.note})
                   for f in found.values() for e in (f.primary, *f.secondary))
     return Finding(combine(verdicts), shown[0], why=why, secondary=shown[1:])

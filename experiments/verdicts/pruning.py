@@ -175,6 +175,8 @@ def c10(comp: pd.DataFrame) -> Finding:
     lost = sorted({r["method"] for (_, r), w in zip(d.iterrows(), worse) if w})
     why = (f"more stable in {int(better.sum())} of {len(d)} comparisons, matches the last-k ceiling in "
            f"{int(matched.sum())} of {int(ceiling.sum())}" + (f"; less stable than {', '.join(lost)}" if lost else ""))
+    if not bool(finite_ci(d).all()):
+        why = "a statistic is undefined"
     return Finding(verdict, rows[worst], why=why, secondary=rows[:worst] + rows[worst + 1:])
 
 

@@ -36,7 +36,7 @@ def _n(e: Estimate | None) -> str:
 
 
 def _margin(f: Finding) -> str:
-    return "" if not np.isfinite(f.margin) else f"{f.margin:.4g}"
+    return "" if not np.isfinite(f.margin) else f"{f.margin:.3g}"
 
 
 def regime_text(r: Regime | None) -> str:
@@ -78,7 +78,7 @@ def summary_table(findings: list[Finding]) -> pd.DataFrame:
     for f in findings:
         rule = BY_KEY[f.key]
         e = f.primary
-        rows.append({"": f.key, "claim": f.claim, "verdict": f"**{f.verdict.value}**",
+        rows.append({"claim": f.key, "in short": f.claim, "verdict": f"**{f.verdict.value}**",
                      "primary estimate [95 % CI]": (f"{e.label}: {interval(e)}" if e is not None else ""),
                      "n": _n(e), "margin": _margin(f), "figure": rule.evidence, "why": f.why})
     return pd.DataFrame(rows)

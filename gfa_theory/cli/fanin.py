@@ -49,7 +49,8 @@ def add_source_arguments(source: argparse._MutuallyExclusiveGroup) -> None:
                         help="closed forms in N and i for a sequential stack")
     source.add_argument("--model", metavar="NAME",
                         help="a real module: gpt, resnet, torchvision:resnet18 (any torchvision "
-                             "ResNet), hf:gpt2 or hf:llama; its layout's fan-in is checked against autograd "
+                             "ResNet), hf:gpt2, hf:llama, hf:qwen2, hf:qwen3, hf:mistral, hf:gemma2, hf:gemma3, "
+                             "hf:phi3 or hf:olmo2; its layout's fan-in is checked against autograd "
                              "path counts on the module itself (exit 1 on disagreement), and every "
                              "branch and block is named by its module path")
 
@@ -119,15 +120,15 @@ def _model_params(spec: str, overrides: list[str] | None) -> int | None:
     # start-up: each of these imports torch
     from gfa_theory.config import parse_overrides  # noqa: PLC0415
     from gfa_theory.models import build_config  # noqa: PLC0415
-    from gfa_theory.models.families import HF_GPT2_DEFAULTS, HF_LLAMA_DEFAULTS  # noqa: PLC0415
+    from gfa_theory.models.families import HF_FAMILIES, HF_GPT2_DEFAULTS  # noqa: PLC0415
     from gfa_theory.train.memory import param_count  # noqa: PLC0415
 
     if spec in ("gpt", "resnet"):
         return param_count(spec, build_config(spec, overrides))
     family, _, name = spec.partition(":")
-    if family == "hf" and name == "llama":
-        return _llama_params({**HF_LLAMA_DEFAULTS, **parse_overrides(overrides)})
-    if family == "hf":
+    if family == "hf" and name in HF_FAMILIES and name != "gpt2":
+        return _llama_params({**HF_FAMILIES[name][2], **parse_overrides(overrides)})
+    if family == "hf" and name == "gpt2":
         kw = {**HF_GPT2_DEFAULTS, **parse_overrides(overrides)}
         sizes = [kw.get(k) for k in ("n_layer", "n_embd", "vocab_size", "n_positions")]
         inner = kw.get("n_inner") or 4 * (kw.get("n_embd") or 0)
@@ -151,7 +152,8 @@ def _model_params(spec: str, overrides: list[str] | None) -> int | None:
 
 
 def _llama_params(kw: dict) -> int | None:
-    """Parameters of a LlamaForCausalLM config (untied head), without building it."""
+    """Parameters of a Llama-like config (untied head, four norms a layer: an upper bound for
+    every decoder family), without building it."""
     keys = ("num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size", "num_attention_heads")
     sizes = [kw.get(k) for k in keys]
     kv = kw.get("num_key_value_heads") or kw.get("num_attention_heads")
@@ -160,8 +162,9 @@ def _llama_params(kw: dict) -> int | None:
     L, C, inner, V, heads = sizes
     if L > MAX_MODEL_BLOCKS:
         raise ConfigError(f"num_hidden_layers must be at most {MAX_MODEL_BLOCKS:,}, got {L}")
-    kv_width = C // heads * kv
-    return 2 * V * C + C + L * (2 * C * C + 2 * C * kv_width + 3 * C * inner + 2 * C)
+    head_dim = kw.get("head_dim") if isinstance(kw.get("head_dim"), int) else C // heads
+    q_width, kv_width = heads * head_dim, kv * head_dim
+    return 2 * V * C + C + L * (2 * C * q_width + 2 * C * kv_width + 3 * C * inner + 4 * C + 2 * head_dim)
 
 
 def check_model_size(spec: str, overrides: list[str] | None) -> None:
@@ -193,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
         counted = module_fan_in(model_from_args(args))
         check = module_check(model_from_args(args), result, counted)
         names = {"branches": [r["name"] for r in counted["branches"]],
-                 "blocks": [r["name"] for r in counted["blocks"]]}
+                 "blocks": [r["name"] for r in counted["blocks"]], "wiring": counted["wiring"]}
     else:
         check = autograd_check(layout, result) if args.check else None
     print(_render(args, layout, result, check, names))
@@ -250,6 +253,7 @@ def _render(args: argparse.Namespace, layout: Layout, result: symbolic.FanInResu
             for key in ("branches", "blocks"):
                 for row, name in zip(out[key], names[key]):
                     row["name"] = name
+            out["wiring"] = names["wiring"]
         if check is not None:
             out["check"] = check
         return json.dumps(out)
@@ -266,6 +270,8 @@ def _render(args: argparse.Namespace, layout: Layout, result: symbolic.FanInResu
         return "\n".join(lines)
     lines.append(_table(result, closed_form=args.supervision or "final" if args.branches is not None else None,
                         names=names))
+    if names is not None and names.get("wiring"):  # norms are the identity for path counts, named here
+        lines.append(f"residual wiring, each layer: {names['wiring']}")
     if check is not None:
         lines.append(_check_line(check))
     return "\n".join(lines)

@@ -36,7 +36,7 @@ from gfa_theory.errors import ConfigError, StorageError
 from gfa_theory.train.store import storage_error
 
 RUN_MARKERS = ("DONE", "config.json", "checkpoint.pt", "metrics.csv", "gradients.csv", "snapshots")
-PRUNE_FILES = ("checkpoint.pt", "evaluation.json")
+PRUNE_FILES = ("checkpoint.pt", "evaluation.json", "report.md", "scores.png")
 # what save_pretrained writes for a pruned Hugging Face checkpoint (model, generation config, tokenizer)
 HF_PRUNE_FILES = re.compile(r"config\.json|generation_config\.json|model(-\d+-of-\d+)?\.safetensors"
                             r"|model\.safetensors\.index\.json|tokenizer.*|vocab\.(json|txt)|merges\.txt"
@@ -116,13 +116,16 @@ def source_identity(root: str | Path, files: Iterable[str | Path]) -> dict[str, 
 
 
 def prune_request(args: Any, source_run: str, needs_data: bool, source: dict | None = None,
-                  gradients: dict | None = None) -> dict[str, Any]:
+                  gradients: dict | None = None, text: dict | None = None) -> dict[str, Any]:
     """The options of a ``gfa prune`` that determine its result (as ``evaluation.json`` records
-    them); ``source`` / ``gradients``: :func:`source_identity` of the model and of a gradient log."""
+    them); ``source`` / ``gradients`` / ``text``: :func:`source_identity` of the model, of a
+    gradient log and of a ``--text`` file. ``compare``: the methods after the first one."""
+    methods = list(getattr(args, "methods", [args.method]))
     return {"source_run": source_run, "source": source, "gradients_source": gradients, "method": args.method,
-            "k": args.k, "quantity": args.quantity if args.method == "cascadeflow" else None, "seed": args.seed,
+            "k": args.k, "quantity": args.quantity if "cascadeflow" in methods else None, "seed": args.seed,
             "calibration_batches": args.calib_batches if needs_data else 0,
-            "heal": {"steps": args.heal_steps, "lr": args.heal_lr if args.heal_steps else None}}
+            "heal": {"steps": args.heal_steps, "lr": args.heal_lr if args.heal_steps else None},
+            "compare": methods[1:], "text_source": text, "held_out": getattr(args, "held_out", None)}
 
 
 def _recorded_request(path: Path) -> dict[str, Any] | None:
@@ -132,7 +135,9 @@ def _recorded_request(path: Path) -> dict[str, Any] | None:
                 "gradients_source": report.get("gradients_source"), "method": report["method"], "k": report["k"],
                 "quantity": report["quantity"], "seed": report["seed"],
                 "calibration_batches": report["calibration_batches"],
-                "heal": {"steps": report["heal"]["steps"], "lr": report["heal"]["lr"]}}
+                "heal": {"steps": report["heal"]["steps"], "lr": report["heal"]["lr"]},
+                "compare": report.get("compare", []), "text_source": report.get("text_source"),
+                "held_out": report.get("held_out_fraction")}
     except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
 

@@ -1,5 +1,7 @@
 """``gfa prune``: rank the blocks of a finished run or of a Hugging Face checkpoint
-(:mod:`gfa_theory.cli.prune_hf`), remove the k least important, evaluate."""
+(:mod:`gfa_theory.cli.prune_hf`), remove the k least important, evaluate; on a Hugging Face
+checkpoint several methods side by side (``--method cascadeflow,bi,last``) and a short report
+beside the pruned model (:mod:`gfa_theory.cli.prune_report`)."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +15,7 @@ import torch
 from tabulate import tabulate
 
 from gfa_theory import __version__
-from gfa_theory.cli import COMMANDS, prune_hf
+from gfa_theory.cli import COMMANDS, prune_hf, prune_report
 from gfa_theory.cli.formats import (
     add_format_argument,
     fill_defaults,
@@ -23,9 +25,10 @@ from gfa_theory.cli.formats import (
 from gfa_theory.cli.outdir import HF_PRUNE_FILES, check_prune_out, kind_of, prune_request, source_identity, staged
 from gfa_theory.config import check_seed
 from gfa_theory.errors import ConfigError, DataError
+from gfa_theory.untrusted import regular_file
 from gfa_theory.instrument.evaluation import evaluate
 from gfa_theory.methods.hf_checkpoint import weight_files
-from gfa_theory.methods.hf_pruning import gradient_log_file, is_hf_checkpoint
+from gfa_theory.methods.hf_pruning import MAX_TEXT_BYTES, gradient_log_file, is_hf_checkpoint
 from gfa_theory.methods.pruning import (
     GRADIENT_QUANTITIES,
     METHODS,
@@ -60,19 +63,36 @@ MAX_CALIB_BATCHES = 10_000  # drawn at once (a few batches rank the blocks as we
 
 
 DEFAULTS = {"quantity": "A", "heal_lr": 1e-3, "calib_batches": 8, "batch_size": 8}
+HELD_OUT = 0.1  # as gfa train's default text split
+
+
+def method_list(value: str) -> list[str]:
+    """``--method``: one method or several, comma-separated (the first is the one written)."""
+    names = [m.strip() for m in value.split(",")]
+    bad = [m for m in names if m not in METHODS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"invalid method {bad[0]!r} (choose from {', '.join(METHODS)}; "
+                                         "several: comma-separated)")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"method listed twice in {value!r}")
+    return names
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "prune", help=COMMANDS["prune"],
         description="Rank the blocks of a finished run (gfa train) or the layers of a Hugging Face causal LM "
-                    "directory (GPT-2, Llama family) by METHOD, physically remove the k lowest, evaluate "
-                    "before/after on held-out data, and write the pruned model and "
-                    f"{EVALUATION_FILE} to --out (a Hugging Face model with save_pretrained).")
+                    "directory (GPT-2 and the Llama-like families) by METHOD, physically remove the k lowest, "
+                    "evaluate before/after on held-out data, and write the pruned model and "
+                    f"{EVALUATION_FILE} to --out (a Hugging Face model with save_pretrained, beside a short "
+                    "report.md and scores.png).")
     p.add_argument("run_dir", metavar="RUN_DIR",
-                   help="a finished run directory (written by gfa train) or a Hugging Face model directory")
-    p.add_argument("--method", required=True, choices=METHODS,
-                   help="cascadeflow: accumulated training gradient (no extra pass); the others are baselines")
+                   help="a finished run directory (written by gfa train) or a Hugging Face model directory "
+                        "(config.json + weights: a save_pretrained directory or a Trainer's OUTPUT_DIR/checkpoint-N)")
+    p.add_argument("--method", required=True, type=method_list, metavar="METHOD[,METHOD...]",
+                   help=f"one of {', '.join(METHODS)}; cascadeflow: accumulated training gradient (no extra pass), "
+                        "the others are baselines. Hugging Face directory: several, comma-separated, are compared "
+                        "side by side (one table, one plot) and the first is the one written to --out")
     p.add_argument("-k", type=int, required=True, help="number of blocks to remove")
     p.add_argument("--out", required=True, metavar="DIR",
                    help=f"where the pruned model and {EVALUATION_FILE} go: a new or empty directory, or "
@@ -98,18 +118,29 @@ def add_parser(sub) -> None:
                         "at most the model's context)")
     p.add_argument("--batch-size", type=int, default=None,
                    help=f"Hugging Face directory: windows per batch (default {DEFAULTS['batch_size']})")
+    p.add_argument("--text", metavar="FILE",
+                   help="Hugging Face directory: score, heal and evaluate on this UTF-8 file (tokenized with the "
+                        "directory's tokenizer) instead of the shipped corpus; its last --held-out fraction is "
+                        "evaluation only")
+    p.add_argument("--held-out", type=float, default=None, metavar="FRACTION",
+                   help="Hugging Face directory: the fraction at the end of the text held out for the before/after "
+                        f"evaluation, never scored or healed on (default {HELD_OUT})")
     p.add_argument("--seed", type=int, default=0, help="seed of random rankings, calibration draws and healing")
     add_format_argument(p, "the prune (table: summary; csv/latex: the ranking)")
     p.set_defaults(func=run)
 
 
 def _check_options(args: argparse.Namespace, hf: bool) -> None:
-    """Every option that can be checked without reading anything (hostile values included)."""
-    method = f"--method {args.method}"
-    if args.method != "cascadeflow":
+    """Every option that can be checked without reading anything (hostile values included).
+    ``args.method`` becomes the method written and ``args.methods`` every method compared."""
+    if isinstance(args.method, str):
+        args.method = method_list(args.method)
+    args.methods, args.method = list(args.method), args.method[0]
+    method = f"--method {','.join(args.methods)}"
+    if "cascadeflow" not in args.methods:
         refuse_conflicts(args, [("--quantity", "--method", f"--quantity picks cascadeflow's gradient, not {method}'s"),
                                 ("--gradients", "--method", f"--gradients is cascadeflow's ranking, not {method}'s")])
-    if args.method not in NEEDS_BATCHES:
+    if not set(args.methods) & set(NEEDS_BATCHES):
         refuse_conflicts(args, [("--calib-batches", "--method", f"{method} scores no calibration batches")])
     if args.heal_lr is not None and not args.heal_steps:
         raise ConfigError("--heal-lr and --heal-steps conflict: --heal-lr sets the rate of healing, and "
@@ -117,8 +148,16 @@ def _check_options(args: argparse.Namespace, hf: bool) -> None:
     if not hf:
         why = "a gfa run directory brings its own gradients.csv and data"
         refuse_conflicts(args, [("--gradients", "RUN_DIR", why), ("--seq-len", "RUN_DIR", why),
-                                ("--batch-size", "RUN_DIR", why)])
+                                ("--batch-size", "RUN_DIR", why), ("--text", "RUN_DIR", why),
+                                ("--held-out", "RUN_DIR", why)])
+        if len(args.methods) > 1:
+            raise ConfigError(f"{method}: several methods side by side are compared on a Hugging Face "
+                              "directory; on a gfa run, run gfa prune once per method")
     fill_defaults(args, DEFAULTS)
+    if hf:
+        fill_defaults(args, {"held_out": HELD_OUT})
+        if not 0 < args.held_out < 1:
+            raise ConfigError(f"--held-out must be a fraction in (0, 1), got {args.held_out}")
     if args.k < 0:
         raise ConfigError(f"-k must be >= 0, got {args.k}")
     if not 0 <= args.heal_steps <= MAX_STEPS:
@@ -130,7 +169,7 @@ def _check_options(args: argparse.Namespace, hf: bool) -> None:
     for name, value in (("--seq-len", args.seq_len), ("--batch-size", args.batch_size)):
         if value is not None and not 1 <= value <= MAX_CALIB_BATCHES:
             raise ConfigError(f"{name} must be in 1..{MAX_CALIB_BATCHES}, got {value}")
-    if hf and args.method in NEEDS_BATCHES:  # token windows and their next tokens, int64 each
+    if hf and set(args.methods) & set(NEEDS_BATCHES):  # token windows and their next tokens, int64 each
         check_calibration_memory(args.calib_batches, args.batch_size, (args.seq_len or prune_hf.DEFAULT_SEQ_LEN) * 16,
                                  "the calibration text")
     check_seed("--seed", args.seed)
@@ -138,8 +177,12 @@ def _check_options(args: argparse.Namespace, hf: bool) -> None:
 
 def _check_run_dir(path: Path) -> None:
     if not path.is_dir():
-        raise DataError(f"run directory not found: {path}")
+        raise DataError(f"run directory not found: {path} (gfa prune takes a gfa train run or a Hugging Face "
+                        "model directory: config.json + weights, as save_pretrained writes)")
     if not is_complete(path):
+        hint = _trainer_dir_hint(path)
+        if hint:
+            raise DataError(hint)
         if kind_of(path) != "a gfa run directory":
             raise DataError(f"{path} is neither a finished gfa run (no DONE marker) nor a Hugging Face model "
                             f"directory (no {CONFIG_FILE} naming a model_type)")
@@ -147,6 +190,22 @@ def _check_run_dir(path: Path) -> None:
     for name in (CHECKPOINT_FILE, GRADIENTS_FILE):
         if not (path / name).is_file():
             raise DataError(f"run {path} has no {name}: it is incomplete")
+
+
+def _trainer_dir_hint(path: Path) -> str | None:
+    """What to prune when ``path`` is a ``transformers.Trainer`` output directory: its last
+    ``checkpoint-N`` (``None`` when it is not one)."""
+    steps = sorted((int(p.name.split("-", 1)[1]), p) for p in path.glob("checkpoint-*")
+                   if p.name.split("-", 1)[1].isdigit() and is_hf_checkpoint(p))
+    log = path / GRADIENTS_FILE
+    gradients = f" --gradients {log}" if log.is_file() else ""
+    if steps:
+        return (f"{path} is a Trainer output directory, not a model: prune its last checkpoint, "
+                f"gfa prune {steps[-1][1]}{gradients} ...")
+    if gradients:
+        return (f"{path} holds a {GRADIENTS_FILE} but no model: save one (trainer.save_model() or "
+                "model.save_pretrained(DIR)) and prune that directory")
+    return None
 
 
 def _load(run_dir: str):
@@ -189,19 +248,25 @@ def run(args: argparse.Namespace) -> int:
     if out.resolve() == Path(args.run_dir).resolve():
         raise ConfigError("--out must not be the run directory or checkpoint pruned (its model would be overwritten)")
     name, source, gradients = _source(args, hf)
-    check_prune_out(out, prune_request(args, name, args.method in NEEDS_BATCHES, source, gradients), args.force)
+    text = None
+    if getattr(args, "text", None) is not None:  # the file's content, not only its name, makes the prune
+        file = regular_file(args.text, "--text file", MAX_TEXT_BYTES)
+        text = source_identity(file, [file])
+    needs_data = bool(set(args.methods) & set(NEEDS_BATCHES))
+    check_prune_out(out, prune_request(args, name, needs_data, source, gradients, text), args.force)
     if hf:
         report, checkpoint = prune_hf.prune_checkpoint(args)
         ranking, removable = report["ranking"], report["blocks"]["before"]
     else:
         report, pruned, ranking, removable = _prune_and_evaluate(args)
         ranking = ranking.to_dict()
-    report.update(source=source, gradients_source=gradients)
+    report.update(source=source, gradients_source=gradients, text_source=text)
     # Everything is written into a fresh directory beside --out, the evaluation last (a
     # directory with evaluation.json is complete), and moved into place in one step.
     with staged(out) as tmp:
         if hf:
             prune_hf.write(checkpoint, tmp)
+            prune_report.write_report(tmp, report)
         else:
             save_pruned(pruned, tmp, source_run=report["source_run"], method=args.method, k=args.k,
                         removed=report["removed"], healed=bool(args.heal_steps))
@@ -217,6 +282,8 @@ def run(args: argparse.Namespace) -> int:
                            for r, n in enumerate(ranking["order"])], args.format))
     else:
         print(_summary(args, report, ranking, removable, out))
+        if len(report.get("comparison", ())) > 1:
+            print(prune_report.comparison_text(report))
     return 0
 
 

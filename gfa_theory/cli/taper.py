@@ -9,6 +9,13 @@ vocabulary and the context: give them (``--vocab``, ``--context``) or a model co
 ``gradients.csv``), ``s_b = max(r, (A_b / max A)^alpha)``, with the sizes of the run's model and
 ``alpha`` solved so that the plan has the budget of the fan-in schedule at the same floor ``r``
 (what the CascadeFormer study matches every arm to), or the budget given with ``--match``.
+
+``--predict`` derives the same measured schedule from the profile *predicted before training*:
+a randomly initialized GPT of the given sizes (or of ``--model-config``, its norm placement
+included) has its branch and norm gains measured on a few held-out windows of the shipped corpus
+(``--predict-batches``, initialized with ``--seed``; deterministic on the CPU), and block ``b``'s
+width follows the account's profile of ``A`` (``--account``, default the full product with
+norm gains: :func:`gfa_theory.methods.taper.predicted_profile`).
 """
 from __future__ import annotations
 
@@ -27,8 +34,20 @@ from gfa_theory.cli.formats import (
     render_rows,
 )
 from gfa_theory.errors import ConfigError, DataError
-from gfa_theory.methods.taper import SCHEDULES, TaperConfig, budget_ratio, gradient_profile, match, plan
-from gfa_theory.config import short_repr
+from gfa_theory.config import from_dict, short_repr
+from gfa_theory.methods.taper import (
+    MAX_PREDICT_BATCHES,
+    PREDICT_ACCOUNTS,
+    SCHEDULES,
+    PredictConfig,
+    TaperConfig,
+    budget_ratio,
+    gradient_profile,
+    match,
+    plan,
+    predicted_profile,
+)
+from gfa_theory.models import GPTConfig
 from gfa_theory.train.store import CONFIG_FILE, GRADIENTS_FILE, is_complete, read_config, read_gradients
 from gfa_theory.untrusted import read_json
 
@@ -38,6 +57,8 @@ SIZES = {"blocks": ("B", "n_blocks", None), "n_embd": ("n_embd", "n_embd", 128),
          "d_ff": ("d_ff", "d_ff", 512), "vocab": ("vocab_size", "vocab_size", 96),
          "context": ("block_size", "block_size", 64)}
 DEFAULTS = {"r": 0.5, "alpha": 1.0, "step_at": 0.5}
+MAX_PREDICT_BLOCKS = 512  # --predict measures a live model: a few seconds per hundred blocks on a CPU
+PREDICT_DEFAULTS = {"account": "product", "seed": 0, "predict_batches": 2}
 
 
 def add_parser(sub) -> None:
@@ -53,6 +74,15 @@ def add_parser(sub) -> None:
     p.add_argument("--from-run", metavar="RUN_DIR",
                    help="derive the measured schedule from a finished gfa run's accumulated block gradients A, "
                         "at that run's model sizes, matched to the fan-in schedule's budget (or --match)")
+    p.add_argument("--predict", action="store_true",
+                   help="derive the measured schedule from the profile of A predicted before training (the "
+                        "gains of a randomly initialized model of these sizes or of --model-config, measured on "
+                        "held-out windows of the shipped corpus), matched to the fan-in schedule's budget (or --match)")
+    p.add_argument("--account", choices=PREDICT_ACCOUNTS,
+                   help="--predict: the account that turns gains into a profile (default product)")
+    p.add_argument("--seed", type=int, help="--predict: initialization seed of the measured model (default 0)")
+    p.add_argument("--predict-batches", type=int,
+                   help=f"--predict: held-out batches the gains are averaged over (default 2, at most {MAX_PREDICT_BATCHES})")
     p.add_argument("--n-embd", type=int, help="residual width C, kept constant (default 128)")
     p.add_argument("--heads", type=int, help="heads of the uniform model (default 4)")
     p.add_argument("--d-ff", type=int, help="FFN hidden size of the uniform model (default 512)")
@@ -82,12 +112,14 @@ def _parse_match(text: str) -> tuple[str, float]:
 
 
 def _check_conflicts(args: argparse.Namespace) -> None:
+    _check_predict(args)
     if args.from_run is not None and args.schedule not in (None, "measured"):
         raise ConfigError(f"--from-run and --schedule {args.schedule} conflict: --from-run derives the measured schedule")
-    if args.from_run is not None:
+    if args.from_run is not None or args.predict:
         args.schedule = "measured"
-    if args.schedule == "measured" and args.from_run is None:
-        raise ConfigError("the measured schedule needs --from-run RUN_DIR (the run whose gradients it follows)")
+    if args.schedule == "measured" and args.from_run is None and not args.predict:
+        raise ConfigError("the measured schedule needs --from-run RUN_DIR (the run whose gradients it follows) "
+                          "or --predict")
     args.schedule = args.schedule or "linear"
     s = f"--schedule {args.schedule}"
     alpha_solved = args.schedule in ("fanin", "measured")
@@ -105,6 +137,43 @@ def _check_conflicts(args: argparse.Namespace) -> None:
         pairs.append(("--r", "--schedule", "the uniform schedule has no last-block multiplier"))
     pairs += [("--model-config", f"--{o.replace('_', '-')}", "the model config sets it") for o in SIZES]
     refuse_conflicts(args, pairs)
+
+
+def _check_predict(args: argparse.Namespace) -> None:
+    """--predict's own options and what it conflicts with (before the shared checks)."""
+    if not args.predict:
+        used = [o for o in PREDICT_DEFAULTS if getattr(args, o) is not None]
+        if used:
+            raise ConfigError(f"--{used[0].replace('_', '-')} sets how --predict measures: give --predict")
+        return
+    if args.from_run is not None:
+        raise ConfigError("--predict and --from-run conflict: the profile is predicted before training or "
+                          "measured on a run, not both")
+    if args.schedule not in (None, "measured"):
+        raise ConfigError(f"--predict and --schedule {args.schedule} conflict: --predict derives the measured schedule")
+    refuse_conflicts(args, [("--predict", "--alpha", "--predict solves alpha for the budget")])
+    fill_defaults(args, PREDICT_DEFAULTS)
+
+
+def _predict_model(args: argparse.Namespace, sizes: dict) -> GPTConfig:
+    """The uniform GPT whose profile --predict measures: the sizes, and with --model-config every
+    other field of that config (norm placement, parallel blocks, supervision, ...)."""
+    if not 1 <= sizes["B"] <= MAX_PREDICT_BLOCKS:
+        raise ConfigError(f"--predict measures a live model of at most {MAX_PREDICT_BLOCKS} blocks, got {sizes['B']}")
+    fields = {"n_blocks": sizes["B"], "n_embd": sizes["n_embd"], "n_head": sizes["n_head"], "d_ff": sizes["d_ff"],
+              "block_size": sizes["block_size"]}
+    if not args.model_config:
+        return GPTConfig(supervision=args.supervision, **fields)
+    data = read_json(args.model_config, "--model-config")  # sizes already checked by _from_model_config
+    if isinstance(data, dict) and isinstance(data.get("config"), dict):  # a gfa train run's config.json
+        run = data["config"]
+        if run.get("model_name", "gpt") != "gpt":
+            raise ConfigError(f"--predict needs a GPT config; {args.model_config} is for '{run['model_name']}'")
+        data = run.get("model")
+    if not isinstance(data, dict):
+        raise ConfigError(f"--model-config {args.model_config}: the model config is not a JSON object")
+    # a tapered config's lists become the uniform widths; with a fixed head_dim it keeps it
+    return replace(from_dict(GPTConfig, data, prefix="model."), **fields)
 
 
 def _size(path: str, key: str, value: object) -> int:
@@ -179,6 +248,11 @@ def _config(args: argparse.Namespace) -> TaperConfig:
                  for o, (field, _, default) in SIZES.items()}
     if not 1 <= sizes["B"] <= MAX_BLOCKS:  # the fan-in schedule's symbolic analysis is O(B) but slow
         raise ConfigError(f"--blocks must be in 1..{MAX_BLOCKS:,}, got {sizes['B']}")
+    if args.predict:
+        pc = PredictConfig(account=args.account, seed=args.seed, batches=args.predict_batches)
+        profile = predicted_profile(_predict_model(args, sizes), pc)
+        return TaperConfig(**sizes, schedule="measured", r=args.r, alpha=args.alpha, quantum=args.quantum,
+                           supervision=args.supervision, profile=profile)
     return TaperConfig(**sizes, schedule=args.schedule, r=args.r, alpha=args.alpha, step_at=args.step_at,
                        quantum=args.quantum, supervision=args.supervision)
 

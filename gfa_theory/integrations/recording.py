@@ -19,7 +19,7 @@ from torch import nn
 
 from gfa_theory.errors import ConfigError
 from gfa_theory.instrument.tracking import GradientTracker, Kind, UnitNorms
-from gfa_theory.models.families import find_adapter
+from gfa_theory.models.families import find_adapter, supported_families
 from gfa_theory.models.units import Unit
 from gfa_theory.train.store import GRADIENTS_FILE, write_csv_atomic
 
@@ -36,14 +36,14 @@ def _supported(model: nn.Module) -> bool:
 
 def tracked_model(root: nn.Module) -> nn.Module:
     """``root``, or its first submodule (in ``modules()`` order) that a registry adapter supports:
-    a LightningModule, a PEFT model or a DDP / torch.compile wrapper holding a GPT-2 is searched
-    for the GPT-2."""
+    a LightningModule, a PEFT model or a DDP / torch.compile wrapper holding a Qwen2 is searched
+    for the Qwen2."""
     for module in root.modules():
         if _supported(module):
             return module
-    raise ConfigError(f"no model the gfa registry supports inside {type(root).__name__}: "
-                      "use this package's GPT/ResNet, a torchvision ResNet or a Hugging Face GPT-2, "
-                      "or register an adapter (gfa_theory.models.families.register_adapter)")
+    raise ConfigError(f"no model the gfa registry supports inside {type(root).__name__} "
+                      f"(supported: {', '.join(supported_families())}; or register an adapter with "
+                      "gfa_theory.models.families.register_adapter)")
 
 
 def scalar_name(quantity: str, unit: Unit) -> str:

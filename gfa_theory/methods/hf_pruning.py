@@ -1,21 +1,25 @@
 """Pruning Hugging Face checkpoints: load a model directory, build calibration text, write the
 pruned model back with ``save_pretrained``.
 
-Ranking and removal are :mod:`gfa_theory.methods.pruning`'s, through the GPT-2 and Llama
-adapters of the model-family registry; this module only reads and writes checkpoints.
+Ranking and removal are :mod:`gfa_theory.methods.pruning`'s, through the Hugging Face adapters
+of the model-family registry (GPT-2 and the Llama-like decoder families); this module only
+reads and writes checkpoints and their text.
 
 Calibration text (the decision). The data-based methods (``bi``, ``angular``, ``taylor``,
-``ablation``) and the before/after evaluation read the package's default corpus (the CPython
-documentation topics shipped with it) tokenized with the **checkpoint's own tokenizer**, split
-like ``gfa train`` splits text (the last 10% held out; calibration windows come from the
-training part, evaluation windows from the held-out part, both drawn with fixed seeds). A
-directory without a tokenizer gets no substitute: random token ids would rank blocks by how
-they treat noise, so a method that needs text is a one-line error there, and the methods that
-need none (``cascadeflow`` from a ``gradients.csv``, ``magnitude``, ``random``, ``last``) work
-and skip the evaluation.
+``ablation``), healing and the before/after evaluation read the package's default corpus (the
+CPython documentation topics shipped with it), or the user's own UTF-8 file (``--text FILE``),
+tokenized with the **checkpoint's own tokenizer** and split like ``gfa train`` splits text: the
+last 10% (``held_out``) is held out. Calibration and healing windows come from the first part
+only, evaluation windows from the held-out part only (each window lies inside its part, drawn
+with fixed seeds), so nothing is healed and evaluated on the same tokens. A directory without a
+tokenizer gets no substitute: random token ids would rank blocks by how they treat noise, so a
+method that needs text is a one-line error there, and the methods that need none
+(``cascadeflow`` from a ``gradients.csv``, ``magnitude``, ``random``, ``last``) work and skip the
+evaluation.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +31,13 @@ from torch import nn
 
 from gfa_theory.errors import ConfigError, DataError, StorageError
 from gfa_theory.methods.hf_checkpoint import TOKENIZER_FILES, load_causal_lm, load_tokenizer
-from gfa_theory.train.data import TextData, eval_batches, pydoc_corpus
+from gfa_theory.train.data import TextData, eval_batches, pydoc_corpus, read_text_file
 from gfa_theory.train.store import storage_error
 from gfa_theory.untrusted import MAX_JSON_BYTES, MAX_LOG_BYTES, read_json, regular_file
+
 VAL_FRACTION = 0.1  # as gfa train's default text split
 CORPUS_CHARS = 400_000  # the corpus prefix tokenized: plenty of windows, tokenized in about a second
+MAX_TEXT_BYTES = 256 * 2 ** 20  # a --text file larger than this is refused before it is read
 
 
 @dataclass
@@ -89,17 +95,29 @@ def context_length(model: nn.Module) -> int:
     raise ConfigError(f"{type(model).__name__}'s config names no context length")
 
 
-def corpus_tokens(checkpoint: Checkpoint) -> TextData:
-    """The default corpus tokenized with the checkpoint's tokenizer, split train / held out."""
+def corpus_tokens(checkpoint: Checkpoint, text_file: str | os.PathLike | None = None,
+                  held_out: float = VAL_FRACTION) -> TextData:
+    """The default corpus, or ``text_file``, tokenized with the checkpoint's tokenizer and split
+    into a first part (calibration, healing) and the last ``held_out`` fraction (evaluation)."""
     require_tokenizer(checkpoint.path)
-    text = pydoc_corpus()[:CORPUS_CHARS]
+    if not 0 < held_out < 1:
+        raise ConfigError(f"--held-out must be a fraction in (0, 1), got {held_out}")
+    if text_file is None:
+        text, where = pydoc_corpus()[:CORPUS_CHARS], "the default corpus"
+    else:  # a regular file of bounded size (a fifo or /dev/zero would never end), then UTF-8
+        text = read_text_file(regular_file(text_file, "--text file", MAX_TEXT_BYTES))
+        where = Path(text_file).name
     ids = torch.tensor(checkpoint.tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
     vocab = checkpoint.model.config.vocab_size
     if len(ids) and int(ids.max()) >= vocab:
         raise DataError(f"the tokenizer of {checkpoint.path} yields token {int(ids.max())}, beyond the "
                         f"model's vocab_size {vocab}")
-    n_val = max(1, int(len(ids) * VAL_FRACTION))
-    return TextData("", ids[:-n_val], ids[-n_val:], "", f"default corpus, {type(checkpoint.tokenizer).__name__}")
+    n_val = max(1, int(len(ids) * held_out))
+    if len(ids) - n_val < 2:
+        raise DataError(f"{where} has {len(ids)} tokens: too short to split")
+    sha = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return TextData("", ids[:-n_val], ids[-n_val:], sha,
+                    f"{where}, last {held_out:.0%} held out, {type(checkpoint.tokenizer).__name__}")
 
 
 def text_batches(data: TextData, split: str, n: int, batch_size: int, seq_len: int,

@@ -15,9 +15,10 @@ widths taper. A schedule maps block ``b = 1..B`` to a width multiplier ``s_b`` i
   separates *where* the width goes from *how much* there is);
 * ``measured``: ``s_b = max(r, (g_b/max g)^alpha)`` with ``g_b`` a measured per-block profile
   (``profile``: e.g. the accumulated training gradient ``A`` of each block of a finished run,
-  :func:`gradient_profile`): the data-driven twin of ``fanin``. The block that received the
-  most gradient is full width: in a trained Pre-LN stack ``A`` falls with depth and that is
-  block 1; in a short or shallow run a later block can top it, and it then keeps the width.
+  :func:`gradient_profile`): the data-driven twin of ``fanin``; or the profile *predicted before
+  training* from the gains of a randomly initialized model (:func:`predicted_profile`). The block
+  that received the most gradient is full width: in a trained Pre-LN stack ``A`` falls with depth
+  and that is block 1; in a short or shallow run a later block can top it, and it then keeps the width.
 
 Widths are rounded to hardware-friendly sizes: whole heads of a fixed ``head_dim`` and FFN
 sizes that are multiples of ``quantum``. ``match`` finds the strength ``r`` (or ``alpha``)
@@ -29,10 +30,17 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+import torch
+
 from gfa_theory.errors import ConfigError
+from gfa_theory.instrument.gains import heldout_gains, predict_profile, unit_profile
 from gfa_theory.instrument.tracking import block_totals
+from gfa_theory.models import GPT, GPTConfig
+from gfa_theory.theory.gains import ACCOUNTS
 from gfa_theory.theory.layout import Layout
 from gfa_theory.theory.symbolic import block_fan_in
+from gfa_theory.train.data import DataConfig, eval_batches, load_data
+from gfa_theory.train.memory import BASE_BYTES, FLOAT_BYTES, activation_floats, check_fits, param_count
 
 Schedule = Literal["uniform", "linear", "fanin", "cosine", "step", "inverse", "narrow", "measured"]
 SCHEDULES: tuple[str, ...] = ("uniform", "linear", "fanin", "cosine", "step", "inverse", "narrow", "measured")
@@ -262,6 +270,60 @@ def gradient_profile(gradients, B: int) -> tuple[float, ...]:
         raise ConfigError(f"block {zero[0]} has A = 0 (frozen, or never reached by a gradient): a width "
                           "proportional to A would be zero there")
     return tuple(by_unit[u] for u in units)
+
+
+# ---- the profile predicted before training ----------------------------------------------------
+PREDICT_ACCOUNTS = tuple(a for a in ACCOUNTS if a != "counts")  # the accounts that use gains
+MAX_PREDICT_BATCHES = 16  # held-out batches the gains are averaged over (each a few backward passes)
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """How :func:`predicted_profile` measures: ``batches`` validation windows of ``batch_size``
+    sequences of the shipped corpus (drawn with its split seed), the model initialized with
+    ``seed``, ``probes`` Gaussian probes per Jacobian, norm gains included (``norms``)."""
+
+    account: str = "product"
+    seed: int = 0
+    batches: int = 2
+    batch_size: int = 4
+    probes: int = 2
+    norms: bool = True
+
+    def __post_init__(self) -> None:
+        if self.account not in PREDICT_ACCOUNTS:
+            raise ConfigError(f"unknown account {self.account!r} (choose from {', '.join(PREDICT_ACCOUNTS)})")
+        for name, high in (("batches", MAX_PREDICT_BATCHES), ("batch_size", 64), ("probes", 16)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= high:
+                raise ConfigError(f"predict {name} must be an integer in 1..{high}, got {v!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 63:
+            raise ConfigError(f"predict seed must be a non-negative integer, got {self.seed!r}")
+
+
+def predicted_profile(model_cfg, pc: PredictConfig = PredictConfig()) -> tuple[float, ...]:
+    """Per unique block, the predicted profile of ``A`` at initialization: a GPT of ``model_cfg``
+    (a :class:`~gfa_theory.models.GPTConfig`; its vocabulary set from the corpus) initialized with
+    ``pc.seed``, its branch and norm gains measured on held-out windows of the shipped corpus
+    (:func:`gfa_theory.instrument.gains.heldout_gains`), put through the account ``pc.account``
+    and summed per block. On the CPU, and leaving the caller's RNG state alone: the same
+    config and seed give the same profile."""
+    if not isinstance(model_cfg, GPTConfig):
+        raise ConfigError(f"a predicted profile needs a GPT config, got {type(model_cfg).__name__}")
+    data = load_data(DataConfig())
+    cfg = replace(model_cfg, vocab_size=data.vocab_size, dropout=0.0)
+    data.check_seq_len(cfg.block_size)
+    need = (3 * param_count("gpt", cfg) + (2 + pc.probes) * activation_floats("gpt", cfg, pc.batch_size)) \
+        * FLOAT_BYTES + BASE_BYTES
+    check_fits(need, "measuring the gains of this model", advice="make the model or the batch smaller")
+    batches = list(eval_batches(data, "val", pc.batch_size, pc.batches, cfg.block_size,
+                                seed=DataConfig().split_seed))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(pc.seed)
+        model = GPT(cfg)
+    table = heldout_gains(model, batches, pc.probes, pc.seed, step=0)
+    per_branch = predict_profile(model, table, norms=pc.norms)[pc.account]
+    return tuple(float(v) for v in unit_profile(model, per_branch, "block"))
 
 
 # ---- analytic cost model (what the tables report next to measured latency) ------------------

@@ -86,6 +86,11 @@ class Adapter(abc.ABC):
     def surrogate(self, model: nn.Module, gains: dict[str, nn.Module]) -> Callable[[], torch.Tensor]:
         """A loss function of the model with its branches swapped for the given gains."""
 
+    def wiring(self) -> str | None:
+        """Each branch's residual update with the modules named (where its norms sit), for a
+        family whose layers say it differently from one another; ``None``: nothing to add."""
+        return None
+
 
 class ScorableAdapter(Adapter):
     """A family the post hoc scorers (:mod:`gfa_theory.instrument.importance`) run on: its

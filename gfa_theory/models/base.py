@@ -8,7 +8,7 @@ entry point of the floors above.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,24 @@ def check_kind(kind: str) -> None:
     """Units come in two kinds: ``branch`` and ``block``."""
     if kind not in ("branch", "block"):
         raise ConfigError(f"unit kind must be 'branch' or 'block', got {kind!r}")
+
+
+NormRole = Literal["pre", "out", "post", "head", "skip"]
+
+
+class NormCall(NamedTuple):
+    """One call of a norm (or skip map) in a forward pass, and where it sits in the wiring
+    (:mod:`gfa_theory.theory.gains`): ``pre`` / ``out`` on branch ``index``'s input / output,
+    ``post`` after the sum that writes stream position ``index``, ``head`` on the read-out of
+    supervised block ``index``, ``skip`` on the skip path into position ``index`` (a projection).
+    ``relu``: the call is a whole block whose output is a ReLU of the sum (a post-activation
+    ResNet), so the gain is read from the output's sign pattern, not from the module's Jacobian."""
+
+    module: nn.Module
+    role: NormRole
+    index: int
+    name: str
+    relu: bool = False
 
 
 class ResidualModel(nn.Module):

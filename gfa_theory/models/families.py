@@ -1,8 +1,9 @@
 """The model-family registry: the one place that knows which family a model belongs to.
 
 :data:`ADAPTERS` holds one :class:`~gfa_theory.models.adapter.Adapter` per family (this
-package's GPT and ResNet, torchvision ResNets, Hugging Face GPT-2 and Llama-family causal LMs, and
-the scoring views of the foreign families);
+package's GPT and ResNet, torchvision ResNets, Hugging Face GPT-2 and the Llama-like decoder
+families of :data:`~gfa_theory.models.adapters_hf.DECODER_FAMILIES`, and the scoring views of the
+foreign families); :func:`hf_families` lists the Hugging Face ones (what the README lists);
 :func:`find_adapter` picks a model's, optionally one with a capability (post hoc scoring,
 pruning). To add a family, subclass the adapter protocol and call :func:`register_adapter`.
 
@@ -22,7 +23,7 @@ a different number of times than its layout says is an error: the adapter's layo
 with the model's wiring.
 
 Finally, :func:`parse_model_spec` builds a model of any family by name (``gpt``,
-``torchvision:resnet18``, ``hf:gpt2``, ``hf:llama``).
+``torchvision:resnet18``, ``hf:gpt2``, ``hf:llama``, ``hf:qwen2``, ...).
 """
 from __future__ import annotations
 
@@ -43,10 +44,11 @@ from gfa_theory.models.adapter import (
     copy_with,
 )
 from gfa_theory.models.adapters_hf import (
+    DECODER_FAMILIES,
     HFCausalLMView,
     HFCausalLMViewAdapter,
+    HFDecoderAdapter,
     HFGPT2Adapter,
-    HFLlamaAdapter,
 )
 from gfa_theory.models.adapters_package import GPTAdapter, ResNetAdapter
 from gfa_theory.models.adapters_torchvision import (
@@ -62,7 +64,9 @@ from gfa_theory.theory.path_counts import ScalarGain, first_order_counts
 A = TypeVar("A", bound=Adapter)
 
 ADAPTERS: list[Adapter] = [GPTAdapter(), ResNetAdapter(), TorchvisionResNetAdapter(), TorchvisionViewAdapter(),
-                           HFGPT2Adapter(), HFLlamaAdapter(), HFCausalLMViewAdapter()]
+                           HFGPT2Adapter(), *(HFDecoderAdapter(f) for f in DECODER_FAMILIES),
+                           HFCausalLMViewAdapter()]
+VIEWS = (TorchvisionViewAdapter, HFCausalLMViewAdapter)  # the package's own wrappers, not families
 
 # What is missing when no adapter of a capability reads a model (``{model}``, ``{names}``).
 _MISSING = {
@@ -84,9 +88,19 @@ def find_adapter(model: nn.Module, capability: type[A] = Adapter) -> A:
     for adapter in ADAPTERS:
         if isinstance(adapter, capability) and adapter.matches(model):
             return adapter
-    names = ", ".join(a.name for a in ADAPTERS if isinstance(a, capability))
     template = _MISSING.get(capability, _MISSING[Adapter])
-    raise ConfigError(template.format(model=type(model).__name__, names=names))
+    raise ConfigError(template.format(model=type(model).__name__, names=", ".join(supported_families(capability))))
+
+
+def supported_families(capability: type[Adapter] = Adapter) -> list[str]:
+    """Names of the registered families with ``capability`` (what a refusal lists)."""
+    return [a.name for a in ADAPTERS if isinstance(a, capability) and not isinstance(a, VIEWS)]
+
+
+def hf_families() -> list[tuple[str, str]]:
+    """``(hf:<key> spec, label)`` of every registered Hugging Face family, in registry order."""
+    return [(f"hf:{a.name.removeprefix('hf-')}", a.label) for a in ADAPTERS
+            if a.name.startswith("hf-") and not isinstance(a, VIEWS)]
 
 
 def module_layout(model: nn.Module) -> Layout:
@@ -200,7 +214,7 @@ def _fan_in_rows(adapter: Adapter, layout: Layout, by_branch: dict[int, tuple[Un
         group_rows.append({"blocks": list(group), "shared": len(group) > 1, "applications": applications,
                            "names": [u.name for u in slot_units], "fan_in": sum(by_slot),
                            "fan_in_by_slot": by_slot})
-    return {"model": adapter.name, "source": "autograd", "N": layout.N, "B": layout.B,
+    return {"model": adapter.name, "source": "autograd", "wiring": adapter.wiring(), "N": layout.N, "B": layout.B,
             "layout": layout.to_dict(), "max_order": 1, "branches": branch_rows,
             "blocks": block_rows, "groups": group_rows}
 
@@ -208,7 +222,8 @@ def _fan_in_rows(adapter: Adapter, layout: Layout, by_branch: dict[int, tuple[Un
 def module_fan_in(model: nn.Module) -> dict:
     """Fan-in of ``model`` counted by autograd on its surrogate, in the JSON shape of
     :meth:`gfa_theory.theory.symbolic.FanInResult.to_dict` (``paths_by_order`` holds orders 0 and 1),
-    plus the unit ``name`` of each branch, block and group slot."""
+    plus the unit ``name`` of each branch, block and group slot and the family's ``wiring``
+    (:meth:`Adapter.wiring`)."""
     model = unwrap(model)
     adapter = find_adapter(model)
     layout = adapter.layout(model)
@@ -225,14 +240,16 @@ TORCHVISION_FAMILIES = ("resnet", "resnext", "wide_resnet")
 HF_GPT2_DEFAULTS = {"n_layer": 12, "n_embd": 64, "n_head": 4, "n_positions": 128, "vocab_size": 256}
 HF_LLAMA_DEFAULTS = {"num_hidden_layers": 12, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
                      "num_key_value_heads": 2, "max_position_embeddings": 128, "vocab_size": 256}
-# spec name -> (config class, model class, defaults) in transformers
+# spec name -> (config class, model class, defaults) in transformers; the decoder families
+# share Llama's small widths (grouped-query attention: 2 key/value heads for 4 query heads)
 HF_FAMILIES = {"gpt2": ("GPT2Config", "GPT2LMHeadModel", HF_GPT2_DEFAULTS),
-               "llama": ("LlamaConfig", "LlamaForCausalLM", HF_LLAMA_DEFAULTS)}
+               **{f.key: (f.config_class, f.model_class, {**HF_LLAMA_DEFAULTS, **f.tiny}) for f in DECODER_FAMILIES}}
 
 
 def parse_model_spec(spec: str, overrides: list[str] | dict | None = None) -> nn.Module:
-    """Build a model from ``gpt``, ``resnet``, ``torchvision:NAME`` (weights=None) or ``hf:gpt2`` /
-    ``hf:llama`` (from a config, never pretrained weights), with ``key=value`` overrides."""
+    """Build a model from ``gpt``, ``resnet``, ``torchvision:NAME`` (weights=None) or ``hf:<family>``
+    (``hf:gpt2``, ``hf:llama``, ``hf:qwen2``, ...: from a config, never pretrained weights), with
+    ``key=value`` overrides."""
     if spec in ("gpt", "resnet"):
         return build_model(spec, overrides)
     family, _, name = spec.partition(":")
@@ -252,7 +269,8 @@ def parse_model_spec(spec: str, overrides: list[str] | dict | None = None) -> nn
         if name not in HF_FAMILIES:
             raise ConfigError(f"unknown Hugging Face model '{name}' (choices: {', '.join(HF_FAMILIES)})")
         return _hf_model(name, kwargs)
-    raise ConfigError(f"unknown model '{spec}' (choices: gpt, resnet, torchvision:NAME, hf:gpt2, hf:llama)")
+    raise ConfigError(f"unknown model '{spec}' (choices: gpt, resnet, torchvision:NAME, "
+                      f"{', '.join('hf:' + k for k in HF_FAMILIES)})")
 
 
 def _hf_model(name: str, kwargs: dict) -> nn.Module:
@@ -262,19 +280,21 @@ def _hf_model(name: str, kwargs: dict) -> nn.Module:
         raise ConfigError(f"hf:{name} needs the 'transformers' package (pip install 'gfa-theory[hf]')") from None
     config_name, model_name, defaults = HF_FAMILIES[name]
     config_cls, model_cls = getattr(transformers, config_name), getattr(transformers, model_name)
-    valid = set(config_cls().to_dict())
-    unknown = sorted(set(kwargs) - valid)
+    reference = config_cls().to_dict()
+    unknown = sorted(set(kwargs) - set(reference))
     if unknown:
         raise ConfigError(f"unknown {config_name} key '{unknown[0]}'")
     try:
         kw = {**defaults, **kwargs}
-        for special in ("bos_token_id", "eos_token_id"):  # GPT-2's 50256 is outside a small vocab
-            kw.setdefault(special, kw["vocab_size"] - 1)
+        for special in ("bos_token_id", "eos_token_id", "pad_token_id"):  # GPT-2's 50256 is outside a small vocab
+            if isinstance(reference.get(special), int):
+                kw.setdefault(special, kw["vocab_size"] - 1)
         return model_cls(config_cls(**kw))
     except (TypeError, ValueError, AssertionError) as exc:
         raise ConfigError(f"hf:{name}: {exc}") from None
 
 
-__all__ = ["ADAPTERS", "Adapter", "AppliedGain", "DTYPE", "HF_FAMILIES", "HF_GPT2_DEFAULTS", "HF_LLAMA_DEFAULTS", "HFCausalLMView", "PrunableAdapter", "ScorableAdapter",
+__all__ = ["ADAPTERS", "Adapter", "AppliedGain", "DECODER_FAMILIES", "DTYPE", "HF_FAMILIES", "hf_families",
+           "supported_families", "HF_GPT2_DEFAULTS", "HF_LLAMA_DEFAULTS", "HFCausalLMView", "PrunableAdapter", "ScorableAdapter",
            "TorchvisionView", "TupleOutput", "copy_with", "find_adapter", "get_layout", "get_units",
            "module_fan_in", "module_layout", "parse_model_spec", "register_adapter", "unwrap"]

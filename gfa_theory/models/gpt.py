@@ -43,6 +43,7 @@ from gfa_theory.errors import ConfigError
 from gfa_theory.models.base import (
     MAX_BLOCKS,
     MAX_DIM,
+    NormCall,
     ResidualModel,
     bounded,
     check_kind,
@@ -406,6 +407,31 @@ class GPT(ResidualModel):
 
     def _applications(self, u: int) -> list[int]:
         return [a for a, v in enumerate(self.schedule, start=1) if v == u]
+
+    def norm_calls(self, final_only: bool = False) -> list[NormCall]:
+        """Every LayerNorm call of one forward pass with targets, in call order, with its place in
+        the wiring: the pre-norm a branch reads through (pre, peri), Peri-LN's output norm, the
+        norm after each sum under Post-LN (Mix-LN's first applications; DeepNorm), ``ln_f`` on
+        each head. Ablated or skipped units change the calls: refused."""
+        if self.disabled or self.skipped:
+            raise ConfigError("norm calls of a model with ablated units or skipped applications are not declared")
+        calls, B = [], len(self.schedule)
+        position = {br.index: br.position for br in self.layout().branches()}
+        for a, u in enumerate(self.schedule, start=1):
+            blk, mode = self.h[u], self.modes[a - 1]
+            for j, name in enumerate(("ln_1", "ln_2")):
+                i = 2 * a - 1 + j
+                if mode != "post":
+                    calls.append(NormCall(getattr(blk, name), "pre", i, f"h.{u}.{name}"))
+                    if mode == "peri":
+                        calls.append(NormCall(getattr(blk, name + "o"), "out", i, f"h.{u}.{name}o"))
+                elif not self.config.parallel:
+                    calls.append(NormCall(getattr(blk, name), "post", position[i], f"h.{u}.{name}"))
+            if mode == "post" and self.config.parallel:  # one sum, normalised by ln_1
+                calls.append(NormCall(blk.ln_1, "post", position[2 * a], f"h.{u}.ln_1"))
+        heads = [B] if final_only else [m for m in self.supervised]
+        calls += [NormCall(self.ln_f, "head", m, "ln_f") for m in heads]
+        return calls
 
     def units(self, kind: str = "branch") -> list[Unit]:
         """Branch units ``h.u.attn`` / ``h.u.mlp`` (pre-norm included) or block units ``h.u``,

@@ -27,6 +27,7 @@ from gfa_theory.errors import ConfigError
 from gfa_theory.models.base import (
     MAX_BLOCKS,
     MAX_DIM,
+    NormCall,
     ResidualModel,
     bounded,
     check_kind,
@@ -187,6 +188,28 @@ class ResNet(ResidualModel):
         # one branch per block: disabling the block or its branch is the same ablation
         return {k + 1 for k in range(len(self.blocks))
                 if f"blocks.{k}" in self.disabled or f"blocks.{k}.branch" in self.disabled}
+
+    def norm_calls(self, final_only: bool = False) -> list[NormCall]:
+        """The norms and skip maps on the wiring, in call order: a projection shortcut (skip into
+        position ``b``; with its BatchNorm in the post variant), the first BatchNorm of a
+        pre-activation branch (pre) or the last of a post-activation one (out), the ReLU after a
+        post-activation sum (post), a pre-activation head's BatchNorm and ReLU (head)."""
+        if self.disabled:
+            raise ConfigError("norm calls of a model with ablated units are not declared")
+        calls = []
+        for k, blk in enumerate(self.blocks):
+            b = k + 1
+            if not isinstance(blk.shortcut, nn.Identity):
+                calls.append(NormCall(blk.shortcut, "skip", b, f"blocks.{k}.shortcut"))
+            if blk.post:
+                calls.append(NormCall(blk.branch[4], "out", b, f"blocks.{k}.branch.4"))
+                calls.append(NormCall(blk, "post", b, f"blocks.{k}", relu=True))
+            else:
+                calls.append(NormCall(blk.branch[0], "pre", b, f"blocks.{k}.branch.0"))
+        if self.config.variant == "preact":
+            heads = [self.config.B] if final_only else self.supervised
+            calls += [NormCall(self.heads[str(m)].norm, "head", m, f"heads.{m}.norm") for m in heads]
+        return calls
 
     def layout(self) -> Layout:
         blocks = tuple(LayoutBlock(1, False, f"blocks.{k}") for k in range(len(self.blocks)))

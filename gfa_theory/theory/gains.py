@@ -25,6 +25,24 @@ A norm follows one of two limits of the order-<=1 contributions (one vector per 
 ``order=k`` generalises both limits to the paths of order <= k (a path's gain is the product of
 its branch and skip gains; the orthogonal limit squares every gain).
 
+*Norm gains.* A norm on the residual path multiplies every path through it by its backward gain
+(about ``gamma / RMS`` of its input for LayerNorm / RMSNorm: :func:`layernorm_gain` gives the
+exact RMS singular value). The wiring sets where it sits:
+
+* ``norms`` (``n_p``, per stream position): a norm after the sum that writes ``p`` (Post-LN,
+  Mix-LN's post-LN applications, DeepNorm's post-norm): ``x_p = N_p(a_p x_{p-1} + sum f_w)``,
+  so ``a_p + sum g_w`` becomes ``n_p (a_p + sum g_w)``;
+* ``heads`` (``h_m``, per head in the supervision order): the final norm a head reads through
+  (``ln_f``; a pre-activation ResNet's head BatchNorm), which weighs head ``m``'s paths;
+* ``pre`` / ``out`` (per branch): the norm a branch reads its input through (Pre-LN, Peri-LN,
+  a pre-activation ResNet's first BatchNorm) and one on its output (Peri-LN, a post-activation
+  ResNet's last BatchNorm). Both sit on that branch's own paths only, so they enter as factors of
+  its gain (:func:`effective_branch_gains`; a measured branch Jacobian already contains them);
+  ``out`` and the ``n_p`` of the position a branch writes also lie between the branch's function
+  and the stream, so what reaches the branch's parameters is ``out_i n_p(i) P_p(i)``.
+
+Norm and skip gains ride along like skip gains: a path's order counts branch gains only.
+
 Everything here exists twice on purpose: sympy expressions in the symbols ``g_j`` (and
 ``a_p``) for reading and LaTeX, and a float recursion (:func:`path_sums`) for evaluation at any
 depth; the tests check them against each other and both against autograd on linear surrogates
@@ -63,12 +81,36 @@ def _position_gains(layout: Layout, gains: Sequence) -> list[list]:
     return out
 
 
-def _skips(layout: Layout, identity: Sequence | None, one) -> list:
+def _skips(layout: Layout, identity: Sequence | None, one, what: str = "skip gains") -> list:
     if identity is None:
         return [one] * layout.n_positions
     if len(identity) != layout.n_positions:
-        raise ConfigError(f"{len(identity)} skip gains for {layout.n_positions} stream positions")
+        raise ConfigError(f"{len(identity)} {what} for {layout.n_positions} stream positions")
     return list(identity)
+
+
+def _per(values: Sequence | None, n: int, one, what: str) -> list:
+    """``values`` checked to length ``n`` (``None``: ``n`` ones)."""
+    if values is None:
+        return [one] * n
+    if len(values) != n:
+        raise ConfigError(f"{len(values)} {what} for {n}")
+    return list(values)
+
+
+class _Wiring:
+    """Skip, position-norm, head and branch-output gains of one layout (defaults 1), checked."""
+
+    def __init__(self, layout: Layout, one, identity=None, norms=None, heads=None, out=None) -> None:
+        self.skips = _skips(layout, identity, one)
+        self.norms = _skips(layout, norms, one, "norm gains")
+        heads = _per(heads, len(layout.supervision), one, "head gains")
+        self.head_at = dict(zip(layout.head_positions(), heads))  # head position -> its gain
+        self.out = _per(out, layout.N, one, "branch output gains")
+
+    def arrival(self, br) -> object:
+        """Factor between the stream position a branch writes and its function's output."""
+        return self.out[br.index - 1] * self.norms[br.position - 1]
 
 
 # ---- symbolic ---------------------------------------------------------------------------------
@@ -81,106 +123,189 @@ def _truncate(poly: sp.Poly, order: int | None) -> sp.Poly:
 
 def path_sum_expressions(layout: Layout, order: int | None = None,
                          gains: Sequence[sp.Symbol] | None = None,
-                         identity: Sequence[sp.Expr] | None = None) -> list[sp.Expr]:
+                         identity: Sequence[sp.Expr] | None = None,
+                         norms: Sequence[sp.Expr] | None = None,
+                         heads: Sequence[sp.Expr] | None = None,
+                         out: Sequence[sp.Expr] | None = None) -> list[sp.Expr]:
     """``[P_k(1), ..., P_k(N)]`` as sympy expressions (``order=None``: the full product).
 
     ``gains`` default to :func:`gain_symbols` ``(N)``; ``identity`` (skip gains per stream
-    position) defaults to 1. The order counts branch gains only, so skip gains ride along.
+    position), ``norms`` (position norm gains ``n_p``), ``heads`` (head norm gains, in the
+    supervision order) and ``out`` (branch output norm gains) default to 1 (module docstring).
+    The order counts branch gains only, so the others ride along.
     Expanded polynomials: meant for layouts of tens of branches.
     """
     _check_order(order)
     g = tuple(gains) if gains is not None else gain_symbols(layout.N)
     by_pos = _position_gains(layout, g)
-    skips = _skips(layout, identity, sp.Integer(1))
-    heads = set(layout.head_positions())
+    w = _Wiring(layout, sp.Integer(1), identity, norms, heads, out)
     gens = tuple(g)
     P = [sp.Poly(0, *gens)] * (layout.n_positions + 1)
-    cur = sp.Poly(1, *gens)  # the last position is always read
+    cur = sp.Poly(w.head_at[layout.n_positions], *gens)  # the last position is always read
     P[-1] = cur
     for p in range(layout.n_positions, 0, -1):
-        step = sp.Poly(skips[p - 1] + sum(by_pos[p - 1]), *gens)
-        cur = _truncate(step * cur, order) + (1 if p - 1 in heads else 0)
+        step = sp.Poly(w.norms[p - 1] * (w.skips[p - 1] + sum(by_pos[p - 1])), *gens)
+        cur = _truncate(step * cur, order) + w.head_at.get(p - 1, 0)
         P[p - 1] = cur
-    return [P[br.position].as_expr() for br in layout.branches()]
+    return [w.arrival(br) * P[br.position].as_expr() for br in layout.branches()]
 
 
-def full_product_expressions(layout: Layout, gains: Sequence[sp.Symbol] | None = None
-                             ) -> list[sp.Expr]:
-    """``P(i) = sum_m prod_{p' in (p(i), q(m)]} (1 + sum_{w writes p'} g_w)``, unexpanded."""
+def full_product_expressions(layout: Layout, gains: Sequence[sp.Symbol] | None = None,
+                             identity: Sequence[sp.Expr] | None = None,
+                             norms: Sequence[sp.Expr] | None = None,
+                             heads: Sequence[sp.Expr] | None = None,
+                             out: Sequence[sp.Expr] | None = None) -> list[sp.Expr]:
+    """``P(i) = out_i n_p(i) sum_m h_m prod_{p' in (p(i), q(m)]} n_p' (a_p' + sum_{w writes p'} g_w)``,
+    unexpanded (every gain but ``g`` defaults to 1: the plain ``sum_m prod (1 + sum g_w)``)."""
     g = tuple(gains) if gains is not None else gain_symbols(layout.N)
     by_pos = _position_gains(layout, g)
-    out = []
+    w = _Wiring(layout, sp.Integer(1), identity, norms, heads, out)
+    res = []
     for br in layout.branches():
-        terms = [sp.Mul(*[1 + sum(by_pos[p - 1]) for p in range(br.position + 1, q + 1)])
-                 for q in layout.head_positions() if q >= br.position]
-        out.append(sp.Add(*terms))
-    return out
+        terms = [h * sp.Mul(*[w.norms[p - 1] * (w.skips[p - 1] + sum(by_pos[p - 1]))
+                              for p in range(br.position + 1, q + 1)])
+                 for q, h in w.head_at.items() if q >= br.position]
+        res.append(w.arrival(br) * sp.Add(*terms))
+    return res
 
 
-def aligned_expressions(layout: Layout, gains: Sequence[sp.Symbol] | None = None) -> list[sp.Expr]:
-    """Aligned limit of the order-<=1 contributions: ``sum_m (1 + sum_{j in (i, m]} g_j)``."""
-    return path_sum_expressions(layout, order=1, gains=gains)
+def aligned_expressions(layout: Layout, gains: Sequence[sp.Symbol] | None = None,
+                        **wiring: Sequence[sp.Expr] | None) -> list[sp.Expr]:
+    """Aligned limit of the order-<=1 contributions: ``sum_m (1 + sum_{j in (i, m]} g_j)``
+    (``wiring``: ``identity``, ``norms``, ``heads``, ``out`` as in :func:`path_sum_expressions`)."""
+    return path_sum_expressions(layout, order=1, gains=gains, **wiring)
 
 
-def orthogonal_expressions(layout: Layout, gains: Sequence[sp.Symbol] | None = None
-                           ) -> list[sp.Expr]:
-    """Orthogonal limit: ``sqrt(sum_m (1 + sum_{j in (i, m]} g_j^2))``."""
+def orthogonal_expressions(layout: Layout, gains: Sequence[sp.Symbol] | None = None,
+                           **wiring: Sequence[sp.Expr] | None) -> list[sp.Expr]:
+    """Orthogonal limit: ``sqrt(sum_m (1 + sum_{j in (i, m]} g_j^2))``, every gain squared."""
     g = tuple(gains) if gains is not None else gain_symbols(layout.N)
-    squared = path_sum_expressions(layout, order=1, gains=g)
+    sq = {k: None if v is None else [x ** 2 for x in v] for k, v in wiring.items()}
+    squared = path_sum_expressions(layout, order=1, gains=g, **sq)
     return [sp.sqrt(e.subs({x: x ** 2 for x in g}, simultaneous=True)) for e in squared]
 
 
 # ---- numeric ----------------------------------------------------------------------------------
 def path_sums(layout: Layout, gains: Sequence[float], order: int | None = None,
-              identity: Sequence[float] | None = None) -> np.ndarray:
+              identity: Sequence[float] | None = None, norms: Sequence[float] | None = None,
+              heads: Sequence[float] | None = None, out: Sequence[float] | None = None) -> np.ndarray:
     """``P_k(i)`` for every branch at numeric gains (float64), by the degree-split recursion.
 
     Each position keeps its series by path order ``d = 0..k``; a position written with gain
-    ``s_p`` maps ``c_d -> a_p c_d + s_p c_{d-1}``. O(positions * k); ``order=None`` is the full
-    product (one scalar per position).
+    ``s_p`` maps ``c_d -> n_p (a_p c_d + s_p c_{d-1})``. O(positions * k); ``order=None`` is the
+    full product (one scalar per position). ``identity`` (skip gains ``a_p``), ``norms`` (position
+    norm gains ``n_p``), ``heads`` (head norm gains, supervision order) and ``out`` (branch output
+    norm gains) default to 1: the module docstring says where each norm of a wiring goes.
     """
     _check_order(order)
     g = np.asarray(gains, dtype=np.float64)
     by_pos = _position_gains(layout, list(g))
-    skips = _skips(layout, identity, 1.0)
-    heads = set(layout.head_positions())
+    w = _Wiring(layout, 1.0, identity, norms, heads, out)
     width = 1 if order is None else order + 1
     cur = np.zeros(width)
-    cur[0] = 1.0
+    cur[0] = float(w.head_at[layout.n_positions])
     P = [cur] * (layout.n_positions + 1)
     for p in range(layout.n_positions, 0, -1):
         s = float(sum(by_pos[p - 1]))
-        nxt = skips[p - 1] * cur
+        nxt = w.skips[p - 1] * cur
         if order is None:
             nxt = nxt + s * cur
         else:
             nxt[1:] += s * cur[:-1]
-        if p - 1 in heads:
-            nxt[0] += 1.0
+        nxt = w.norms[p - 1] * nxt
+        if p - 1 in w.head_at:
+            nxt[0] += float(w.head_at[p - 1])
         cur = nxt
         P[p - 1] = cur
-    return np.array([P[br.position].sum() for br in layout.branches()])
+    return np.array([float(w.arrival(br)) * P[br.position].sum() for br in layout.branches()])
 
 
 def aligned_limit(layout: Layout, gains: Sequence[float], order: int = 1,
-                  identity: Sequence[float] | None = None) -> np.ndarray:
-    """Norm of the order-<=k contributions when they all point one way: the path sum."""
-    return path_sums(layout, gains, order, identity)
+                  identity: Sequence[float] | None = None, **wiring: Sequence[float] | None) -> np.ndarray:
+    """Norm of the order-<=k contributions when they all point one way: the path sum
+    (``wiring``: ``norms``, ``heads``, ``out`` as in :func:`path_sums`)."""
+    return path_sums(layout, gains, order, identity, **wiring)
 
 
 def orthogonal_limit(layout: Layout, gains: Sequence[float], order: int = 1,
-                     identity: Sequence[float] | None = None) -> np.ndarray:
+                     identity: Sequence[float] | None = None, **wiring: Sequence[float] | None) -> np.ndarray:
     """Norm of the order-<=k contributions when all are mutually orthogonal:
-    ``sqrt`` of the path sum with every gain squared."""
-    g = np.square(np.asarray(gains, dtype=np.float64))
-    a = None if identity is None else np.square(np.asarray(identity, dtype=np.float64))
-    return np.sqrt(path_sums(layout, g, order, a))
+    ``sqrt`` of the path sum with every gain (branch, skip, norm) squared."""
+    def sq(v):
+        return None if v is None else np.square(np.asarray(v, dtype=np.float64))
+
+    return np.sqrt(path_sums(layout, sq(gains), order, sq(identity), **{k: sq(v) for k, v in wiring.items()}))
 
 
 def full_product(layout: Layout, gains: Sequence[float],
-                 identity: Sequence[float] | None = None) -> np.ndarray:
+                 identity: Sequence[float] | None = None, **wiring: Sequence[float] | None) -> np.ndarray:
     """The full product ``P(i)``: the scalar gradient of a linear surrogate with these gains."""
-    return path_sums(layout, gains, None, identity)
+    return path_sums(layout, gains, None, identity, **wiring)
+
+
+ACCOUNTS = ("counts", "aligned", "orthogonal", "product")
+
+
+def accounts(layout: Layout, gains: Sequence[float], identity: Sequence[float] | None = None,
+             **wiring: Sequence[float] | None) -> dict[str, np.ndarray]:
+    """Every account's branch profile: counts ``F(i)`` (no gains), the aligned and orthogonal
+    limits and the full product at these gains (``wiring``: ``norms``, ``heads``, ``out``)."""
+    ones = [1.0] * layout.N
+    return {"counts": path_sums(layout, ones, 1),
+            "aligned": aligned_limit(layout, gains, identity=identity, **wiring),
+            "orthogonal": orthogonal_limit(layout, gains, identity=identity, **wiring),
+            "product": full_product(layout, gains, identity, **wiring)}
+
+
+def effective_branch_gains(inner: Sequence[float], pre: Sequence[float] | None = None,
+                           out: Sequence[float] | None = None,
+                           scale: Sequence[float] | None = None) -> np.ndarray:
+    """Gain of each branch seen from the stream: ``out_i * g_i * s_i * pre_i`` (its function's
+    gain ``inner``, the norm it reads through, LayerNorm Scaling's factor ``s_i``, its output norm)."""
+    g = np.asarray(inner, dtype=np.float64)
+    for v in (pre, out, scale):
+        if v is not None:
+            if len(v) != len(g):
+                raise ConfigError(f"{len(v)} norm gains for {len(g)} branches")
+            g = g * np.asarray(v, dtype=np.float64)
+    return g
+
+
+# ---- the norms' own Jacobians -----------------------------------------------------------------
+def layernorm_gain(x: np.ndarray, weight: np.ndarray | None = None, eps: float = 1e-5,
+                   centered: bool = True) -> float:
+    """Exact RMS singular value of a LayerNorm (``centered``) or RMSNorm Jacobian over tokens.
+
+    ``x``: (..., C) inputs, one norm per row. Per row ``J = diag(gamma) (P - c u u^T) / s`` with
+    ``P`` the centring projection (identity for RMSNorm), ``s = sqrt(var + eps)`` (mean square
+    for RMSNorm), ``u`` the unit centred input and ``c = var / s^2``, so ``||J||_F^2 =
+    sum_k gamma_k^2 (P_kk - (2c - c^2) u_k^2) / s^2``; the gain is ``sqrt(sum ||J||_F^2 / (rows C))``,
+    about ``rms(gamma) / RMS(x) * sqrt((C - 2) / C)`` for a LayerNorm whose input has zero mean.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    C = x.shape[-1]
+    rows = x.reshape(-1, C)
+    xc = rows - rows.mean(-1, keepdims=True) if centered else rows
+    var = np.square(xc).mean(-1, keepdims=True)
+    s2 = var + eps
+    c = var / s2
+    norm = np.sqrt(np.square(xc).sum(-1, keepdims=True))
+    u2 = np.divide(np.square(xc), np.square(norm), out=np.zeros_like(xc), where=norm > 0)
+    gam2 = np.ones(C) if weight is None else np.square(np.asarray(weight, dtype=np.float64))
+    diag = (1.0 - 1.0 / C) if centered else 1.0
+    fro2 = ((gam2 * (diag - (2 * c - c ** 2) * u2)) / s2).sum(-1)
+    return float(np.sqrt(fro2.sum() / (rows.shape[0] * C)))
+
+
+def log_profile_error(pred: Sequence[float], target: Sequence[float]) -> float:
+    """RMS over units of ``log(pred / mean pred) - log(target / mean target)``: a scale-free
+    profile error (0: the right shape), the mechanism study's score of an account against ``A``."""
+    p, t = np.asarray(pred, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    if p.shape != t.shape or p.ndim != 1 or not len(p):
+        raise ConfigError(f"a profile error needs two equal-length profiles, got {p.shape} and {t.shape}")
+    if not (np.all(p > 0) and np.all(t > 0) and np.all(np.isfinite(p)) and np.all(np.isfinite(t))):
+        raise ConfigError("a profile error needs finite positive profiles")
+    return float(np.sqrt(np.mean((np.log(p / p.mean()) - np.log(t / t.mean())) ** 2)))
 
 
 def evaluate(exprs: Sequence[sp.Expr], gains: Sequence[float],

@@ -114,12 +114,21 @@ class LayoutSurrogate(nn.Module):
     :class:`FormalGain`) of ``N`` gains.
     ``branch_probes[i-1]`` is added to branch ``i``'s output at that application only, like a
     tensor hook on the output.
+
+    Norms and skips (all scalars, default 1; see :mod:`gfa_theory.theory.gains`): branch ``i``
+    computes ``out_i * (f_i(pre_i * x) + z_i)`` (its probe ``z_i`` sits inside its output norm),
+    a position is written as ``x_p = norms_p * (identity_p * x_{p-1} + sum of its branch outputs)``
+    and head ``m`` adds ``heads_m * x`` to the loss.
     """
 
     def __init__(self, layout, gain, probe_shape: tuple[int, ...] = (),
-                 share: bool = True, dtype: torch.dtype = torch.float64) -> None:
+                 share: bool = True, dtype: torch.dtype = torch.float64,
+                 identity=None, norms=None, heads=None, pre=None, out=None) -> None:
         super().__init__()
         self.layout = layout
+        P, N, H = layout.n_positions, layout.N, len(layout.supervision)
+        self.identity, self.norms = _ones(identity, P), _ones(norms, P)
+        self.heads, self.pre, self.out = _ones(heads, H), _ones(pre, N), _ones(out, N)
         per_branch = isinstance(gain, (list, tuple)) or (isinstance(gain, torch.Tensor) and gain.dim() == 1)
         if per_branch and share:
             raise ValueError("per-branch gains need share=False (a shared module has one gain)")
@@ -151,21 +160,32 @@ class LayoutSurrogate(nn.Module):
         return [g.probe for g in self.gains]
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
-        x, heads = x0, []
+        x, heads, p = x0, [], 0
         for b, blk in enumerate(self.layout.blocks, start=1):
             outs = []
             for ix in self._by_block[b]:
                 f = self.gains[self.module_of[ix]]
-                y = f(x) + self.branch_probes[ix - 1]
+                y = self.out[ix - 1] * (f(self.pre[ix - 1] * x) + self.branch_probes[ix - 1])
                 if blk.parallel:
                     outs.append(y)  # siblings all read the block input
                 else:
-                    x = x + y
+                    p += 1
+                    x = self.norms[p - 1] * (self.identity[p - 1] * x + y)
             if blk.parallel:
-                x = x + torch.stack(outs).sum(0)
+                p += 1
+                x = self.norms[p - 1] * (self.identity[p - 1] * x + torch.stack(outs).sum(0))
             if b in self.layout.supervision:
-                heads.append(x)
+                heads.append(self.heads[self.layout.supervision.index(b)] * x)
         return torch.stack(heads).sum(0)
+
+
+def _ones(values, n: int) -> list[float]:
+    """Scalar multipliers of a surrogate (``None``: ``n`` ones)."""
+    if values is None:
+        return [1.0] * n
+    if len(values) != n:
+        raise ValueError(f"{len(values)} multipliers for {n} slots")
+    return [float(v) for v in values]
 
 
 @dataclass
@@ -293,22 +313,24 @@ class GainPaths:
         return [sum(c[: k + 1]) for c in self.by_order]
 
 
-def gain_paths(layout, gains, max_order: int | None = None) -> GainPaths:
+def gain_paths(layout, gains, max_order: int | None = None, **wiring) -> GainPaths:
     """Gain-weighted path sums of ``layout`` with branch ``i`` the linear map ``y = g_i x``.
 
     The full product is ``dL/dz_i`` of the plain linear surrogate (one backward pass, per-branch
     scalar gains); the split by order comes from the formal-series surrogate with
-    :class:`FormalGain` branches, read like :func:`count_paths`.
+    :class:`FormalGain` branches, read like :func:`count_paths`. ``wiring``: the surrogate's
+    skip and norm gains (``identity``, ``norms``, ``heads``, ``pre``, ``out``; see
+    :class:`LayoutSurrogate`), which multiply without raising a path's order.
     """
     gains = [float(v) for v in gains]
     K = max(layout.n_positions - 1 if max_order is None else max_order, 1)
     model = LayoutSurrogate(layout, [FormalGain(v, K) for v in gains], probe_shape=(K + 1,),
-                            share=False)
+                            share=False, **wiring)
     x0 = torch.zeros(K + 1, dtype=torch.float64)
     x0[0] = 1.0
     grads = torch.autograd.grad(model(x0)[K], model.branch_probes)
     by_order = [g.flip(0).tolist() for g in grads]
-    plain = LayoutSurrogate(layout, torch.tensor(gains, dtype=torch.float64), share=False)
+    plain = LayoutSurrogate(layout, torch.tensor(gains, dtype=torch.float64), share=False, **wiring)
     loss = plain(torch.ones((), dtype=torch.float64))
     product = [float(g) for g in torch.autograd.grad(loss, plain.branch_probes)]
     return GainPaths(K, by_order, product)

@@ -25,6 +25,8 @@ Symbol      Meaning
 ``g_j``     gain of branch ``j`` (scalar surrogate of its Jacobian ``J_j``;
             :mod:`gfa_theory.theory.gains`); ``G_i(t)`` is every ``g_j = t``
 ``a_p``     gain of the skip into position ``p`` (1 for an identity; ``alpha`` under DeepNorm)
+``n_p``     gain of a norm after the sum writing position ``p`` (Post-LN; 1 where none);
+            ``h_m`` of the norm head ``m`` reads through, ``o_i`` of branch ``i``'s output norm
 ``P_k(i)``  order-<=k path sum: paths of order <= k to branch ``i``, each weighted by the
             product of its gains; ``P_1`` at unit gains is ``F(i)``, ``P = P_inf`` the full
             product ``sum_m prod (a_p + sum_w g_w)``

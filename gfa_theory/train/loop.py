@@ -49,7 +49,7 @@ from gfa_theory.config import to_dict
 from gfa_theory.devices import check_device
 from gfa_theory.errors import GFAError, RunStoreError, TrainingError
 from gfa_theory.instrument.evaluation import evaluate
-from gfa_theory.instrument.gains import GainMonitor
+from gfa_theory.instrument.gains import GainMonitor, heldout_gains
 from gfa_theory.instrument.tracking import (
     GradientTracker,
     UnitNorms,
@@ -185,8 +185,43 @@ def _sample_gains(monitor: GainMonitor, model: nn.Module, step: int, x: torch.Te
 
 def _gain_rows(monitor: GainMonitor) -> dict[str, list]:
     """The sampled rows as plain columns (a checkpoint holds them: a resumed run writes the same table)."""
-    df = monitor.to_frame()
+    return _frame_rows(monitor.to_frame())
+
+
+def _frame_rows(df: pd.DataFrame) -> dict[str, list]:
     return {c: [None if pd.isna(v) else v for v in df[c].tolist()] for c in df.columns}
+
+
+HELDOUT_GAINS_FILE = "heldout_gains.csv"  # gains on held-out batches at train.heldout_gain_steps
+HELDOUT_GAIN_BATCHES = 2  # validation batches per sample when train.heldout_gain_batches is None
+
+
+class HeldoutGains:
+    """Branch and norm gains on fixed validation batches at the declared steps of a run
+    (``train.heldout_gain_steps``). The batches are the run's first evaluation
+    batches, drawn once with the data's split seed, so sampling leaves the training RNG alone."""
+
+    def __init__(self, model: nn.Module, cfg: RunConfig, data: Dataset) -> None:
+        tc = cfg.train
+        self.model, self.steps = model, frozenset(tc.heldout_gain_steps)
+        self.seed = tc.seed
+        n = tc.heldout_gain_batches or HELDOUT_GAIN_BATCHES
+        self._batches = lambda: list(run_eval_batches(data, cfg, "val", n_batches=n))
+        self.batches: list | None = None
+        self.frames: list[pd.DataFrame] = []
+
+    def maybe(self, step: int, device: torch.device) -> None:
+        if step not in self.steps:
+            return
+        if self.batches is None:
+            self.batches = [(x.to(device), y.to(device)) for x, y in self._batches()]
+        # eval mode but BatchNorm on batch statistics, every module's mode and buffer restored after
+        self.frames.append(heldout_gains(self.model, self.batches, GAIN_PROBES, self.seed + step, step))
+
+    def to_frame(self) -> pd.DataFrame:
+        if not self.frames:
+            return pd.DataFrame(columns=["step", "unit", "index", "quantity", "value"])
+        return pd.concat(self.frames, ignore_index=True)
 
 
 # ---- the trainer -------------------------------------------------------------------------------
@@ -223,6 +258,9 @@ class Trainer:
                                            series_every=tc.series_every, max_steps=tc.steps,
                                            accumulate=bool(tc.accumulate), track_updates=bool(tc.track_updates))
         self.gains = _gain_monitor(self.raw_model, tc, self.world)
+        # every rank measures the same batches (a SyncBatchNorm in batch mode needs all of them);
+        # rank 0 writes the table
+        self.heldout_gains = HeldoutGains(self.raw_model, cfg, data) if tc.heldout_gain_steps else None
         self.block_norms = UnitNorms(self.raw_model.units("block")) if tc.intervention != "none" else None
         self.hooks = list(on_after_backward)
         self.params = [p for p in self.raw_model.parameters() if p.requires_grad]
@@ -240,6 +278,8 @@ class Trainer:
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         if self.gains is not None:
             _sample_gains(self.gains, self.raw_model, self.step, x, y)
+        if self.heldout_gains is not None:
+            self.heldout_gains.maybe(self.step, self.device)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         _, loss = self.model(x, y)
@@ -322,7 +362,9 @@ class Trainer:
                 "sampler": self.sampler.state_dict(), "rng": rngs,
                 "tracker": None if self.tracker is None else self.tracker.state_dict(),
                 "loss_sum": self._loss_sum.cpu(), "loss_n": self._loss_n, "bad": self._bad.cpu(),
-                **({} if self.gains is None else {"gains": _gain_rows(self.gains)})}
+                **({} if self.gains is None else {"gains": _gain_rows(self.gains)}),
+                **({} if self.heldout_gains is None else
+                   {"heldout_gains": _frame_rows(self.heldout_gains.to_frame())})}
 
     def load_state_dict(self, state: dict) -> None:
         self.raw_model.load_state_dict(state["model"])
@@ -333,6 +375,9 @@ class Trainer:
             self.tracker.load_state_dict(state["tracker"])
         if self.gains is not None:
             self.gains.frames = [pd.DataFrame(state["gains"])] if state["gains"]["step"] else []
+        if self.heldout_gains is not None:
+            rows = state["heldout_gains"]
+            self.heldout_gains.frames = [pd.DataFrame(rows)] if rows["step"] else []
         rngs = state["rng"]
         if len(rngs) != self.world.size:
             raise TrainingError(f"checkpoint was written by {len(rngs)} processes, "
@@ -482,7 +527,8 @@ def _missing_artifacts(rdir: Path, tc: TrainConfig) -> list[str]:
     """The files a finished run must hold (what the studies read) that ``rdir`` lacks."""
     names = [CONFIG_FILE, METRICS_FILE, GRADIENTS_FILE, CHECKPOINT_FILE,
              *(f"{SNAPSHOT_DIR}/step-{s}.pt" for s in _checkpoint_steps(tc)),
-             *([GAINS_FILE] if tc.gain_every else [])]
+             *([GAINS_FILE] if tc.gain_every else []),
+             *([HELDOUT_GAINS_FILE] if tc.heldout_gain_steps else [])]
     return [n for n in names if not (rdir / n).is_file()]
 
 
@@ -723,6 +769,9 @@ class _RunWriter:
             fault_point("gradients")
             if self.trainer.gains is not None:
                 write_csv_atomic(rdir / GAINS_FILE, self.trainer.gains.to_frame().assign(run_id=key, seed=tc.seed))
+            if self.trainer.heldout_gains is not None:
+                write_csv_atomic(rdir / HELDOUT_GAINS_FILE,
+                                 self.trainer.heldout_gains.to_frame().assign(run_id=key, seed=tc.seed))
             missing = _missing_artifacts(rdir, tc)
             if missing:  # never mark a run complete that the studies cannot read
                 raise TrainingError(f"run {key} in {rdir}: {', '.join(missing)} missing after training; "

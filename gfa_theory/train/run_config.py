@@ -93,6 +93,13 @@ class TrainConfig:
     # the loop measures them on the step's batch into gains.csv. None (off) is left out of the
     # config, so runs without it keep their hashes.
     gain_every: int | None = field(default=None, metadata={"omit_if_none": True})
+    # Branch and norm gains on held-out batches at declared steps (before the update of that
+    # step; gfa_theory.instrument.gains.heldout_gains) into heldout_gains.csv: the gains a
+    # prediction made before or early in training can use (early_gain_steps makes a schedule).
+    # ``heldout_gain_batches`` validation batches per sample (None: 2). Both None (off) are left
+    # out of the config, so runs without them keep their hashes.
+    heldout_gain_steps: tuple[int, ...] | None = field(default=None, metadata={"omit_if_none": True})
+    heldout_gain_batches: int | None = field(default=None, metadata={"omit_if_none": True})
 
     def __post_init__(self) -> None:
         def check(name: str, ok: bool, what: str) -> None:
@@ -116,6 +123,18 @@ class TrainConfig:
         if self.gain_every is not None:
             check("gain_every", not isinstance(self.gain_every, bool) and 1 <= self.gain_every <= MAX_STEPS,
                   f"None (off) or in 1..{MAX_STEPS:.0e}")
+        if self.heldout_gain_steps is not None:
+            hs = self.heldout_gain_steps
+            check("heldout_gain_steps", isinstance(hs, (list, tuple)) and 1 <= len(hs) <= min(MAX_POINTS, self.steps)
+                  and all(not isinstance(s, bool) and isinstance(s, int) and 0 <= s < self.steps for s in hs),
+                  "None (off) or a non-empty list of distinct steps in 0..steps-1")
+            check("heldout_gain_steps", len(set(hs)) == len(hs), "a list of distinct steps")
+            object.__setattr__(self, "heldout_gain_steps", tuple(sorted(hs)))
+        if self.heldout_gain_batches is not None:
+            check("heldout_gain_batches", self.heldout_gain_steps is not None,
+                  "None unless heldout_gain_steps is set (it sizes those samples)")
+            check("heldout_gain_batches", not isinstance(self.heldout_gain_batches, bool)
+                  and 1 <= self.heldout_gain_batches <= 1000, "None (2) or in 1..1000")
         check_seed("train.seed", self.seed)
         parse_device(self.device, "train.device")
         for name in ("accumulate", "track_updates"):
