@@ -18,14 +18,17 @@ questions; what was measured, and the verdict of each claim's declared rule, is 
 Each module has a docstring (hypothesis, prediction, method, how to read the result and its
 figure), a ``configs(profile)`` listing its runs, a ``run(profile)`` returning a tidy DataFrame
 (the key statistics in ``df.attrs["summary"]``) and a command line through
-``python -m experiments <name> --profile smoke|default|full``.
+``python -m experiments <name> --profile smoke|lesson|default|full`` (``lesson``: the size the
+notebooks in ``lessons/`` teach from).
 
 The machinery they share, one job per module (imports run downward only):
 
 * :mod:`experiments.plans` — typed study plans: ``plan(profile) -> StudyPlan``, and
   ``gpt_run`` / ``resnet_run`` that turn a plan into a run config;
-* :mod:`experiments.runner` — ``Context``, the one process pool (``map_in_workers``) and the run
-  cache (``run_many``, read back through the run store's checks), ``start`` of a study;
+* :mod:`experiments.executors` — where tasks run: the local process pool, Dask or SLURM (``--executor``),
+  with retries of lost workers and one report of failed tasks;
+* :mod:`experiments.runner` — ``Context``, the one way tasks are dispatched (``map_in_workers``) and
+  the run cache (``run_many``, read back through the run store's checks), ``start`` of a study;
 * :mod:`experiments.units` — unit tables (fan-in, accumulated gradients, ablation importance)
   and the fixed held-out batches;
 * :mod:`experiments.summary` — the summary-row shape and its builders;

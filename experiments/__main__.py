@@ -11,7 +11,8 @@ import argparse
 import sys
 
 from experiments import EXPLORATORY, STUDIES
-from experiments.plans import PROFILES
+from experiments.executors import SCHEMES, check_spec, default_spec
+from experiments.plans import PROFILES, caveat
 from experiments.runner import Context
 from experiments.study_io import format_table, load_study, study_module
 from experiments.verdicts import for_study
@@ -33,10 +34,30 @@ def parser() -> argparse.ArgumentParser:
                    help="results root (default: $GFA_RESULTS or ./results): its runs are reused by config "
                         "hash and the study tables go to studies/PROFILE/NAME/ in it; it must not itself be "
                         "a run directory or another command's result")
-    p.add_argument("--jobs", type=int, default=0, help="parallel training processes (default: CPU cores)")
+    add_executor_options(p)
     p.add_argument("--force", action="store_true", help="retrain instead of reusing cached runs")
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def add_executor_options(p: argparse.ArgumentParser) -> None:
+    """``--executor`` and ``--jobs``, the same for every command that runs studies."""
+    p.add_argument("--executor", default=None,
+                   help=f"where the runs go: {', '.join(SCHEMES)} (default: $GFA_EXECUTOR or local; "
+                        "dask without an address uses $DASK_SCHEDULER_ADDRESS, else starts a local cluster)")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="runs at once, for every executor (default: local: CPU cores, at most 8; dask: every "
+                        "worker of the cluster; slurm: every run of the grid)")
+
+
+def executor_of(args: argparse.Namespace) -> str:
+    return check_spec(args.executor or default_spec())
+
+
+def start_executor(ctx: Context) -> None:
+    """Start (or reach) a cluster before any work: an unreachable address fails in seconds."""
+    if ctx.executor != "local":
+        ctx.pool()
 
 
 def check_jobs(jobs: int) -> None:
@@ -47,14 +68,18 @@ def check_jobs(jobs: int) -> None:
 def run(args: argparse.Namespace) -> int:
     check_jobs(args.jobs)
     check_results_root(results_root(args.out))
-    ctx = Context(args.profile, results_root(args.out), args.jobs, args.force, not args.no_progress)
-    df = study_module(args.name).run(ctx=ctx)
+    with Context(args.profile, results_root(args.out), args.jobs, args.force, not args.no_progress,
+                 executor=executor_of(args)) as ctx:
+        start_executor(ctx)
+        df = study_module(args.name).run(ctx=ctx)
     tables = {s: load_study(ctx, s) for r in for_study(args.name) for s in r.studies}
     text = study_takeaways(args.name, tables, ctx.profile)
     if text:
         print(text + "\n")
     print(format_table(df.attrs["summary"]))
     print(f"\nwritten to {ctx.study_dir(args.name)}")
+    if caveat(args.profile):
+        print(f"\n{caveat(args.profile)}")
     return 0
 
 

@@ -76,7 +76,7 @@ from gfa_theory.methods import taper
 from gfa_theory.methods.taper import TaperConfig, TaperPlan
 from gfa_theory.methods.taper_timing import MODES, TimingConfig, time_models, timing_summary
 from gfa_theory.train.data import load_data
-from gfa_theory.train.loop import RunResult
+from gfa_theory.train.lifecycle import RunResult
 
 from .plans import StudyPlan, gpt_run, plan
 from .runner import Context, run_many, start

@@ -61,7 +61,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from gfa_theory.train.loop import RunResult
+from gfa_theory.train.lifecycle import RunResult
 from gfa_theory.train.run_config import RunConfig, run_key
 
 from .plans import StudyPlan, gpt_run, plan

@@ -106,7 +106,8 @@ from gfa_theory.instrument.tracking import GradientTracker
 from gfa_theory.models.base import logits_and_loss
 from gfa_theory.theory import gains as theory
 from gfa_theory.theory.symbolic import branch_fan_in
-from gfa_theory.train.loop import GAINS_FILE, RunResult
+from gfa_theory.train.loop import GAINS_FILE
+from gfa_theory.train.lifecycle import RunResult
 from gfa_theory.train.store import CHECKPOINT_FILE, load_run, read_checkpoint
 
 from . import gradients_vs_importance
@@ -138,6 +139,8 @@ class MechanismPlan:
 
 PLANS = {"smoke": MechanismPlan(gain_batches=1, gain_probes=2, rank_window=3, small_batch=2,
                                 high_lr=1e-2),
+         "lesson": MechanismPlan(gain_batches=1, gain_probes=2, rank_window=8, small_batch=4,
+                                 high_lr=None),
          "default": MechanismPlan(gain_batches=2, gain_probes=2, rank_window=16, small_batch=4,
                                   high_lr=None),
          "full": MechanismPlan(gain_batches=4, gain_probes=2, rank_window=32, small_batch=16,
@@ -366,7 +369,8 @@ def run(profile: str = "default", ctx: Context | None = None) -> pd.DataFrame:
     """Train (or read back) the arms, measure gains, ranks and importance, score every account, write."""
     ctx, started, _, runs, results = start(NAME, configs, profile, ctx)
     parts = map_in_workers(analyze_run, [(desc, str(res.run_dir), ctx.profile)
-                                         for (desc, _), res in zip(runs, results)], ctx, desc="mechanism")
+                                         for (desc, _), res in zip(runs, results)], ctx, desc="mechanism",
+                           labels=[f"analysis of run {res.run_dir}" for res in results])
     units, blocks, per_run = (pd.concat([x[k] for x in parts], ignore_index=True) for k in ("units", "blocks", "runs"))
     errors = profile_errors(units)
     mp = PLANS[ctx.profile]

@@ -6,6 +6,9 @@ one plan so that identical runs are trained once (the 8-block baseline of the fa
 equalization study's baseline and a pruning study subject).
 
 * ``smoke`` finishes in seconds (tests only: the numbers mean nothing);
+* ``lesson`` teaches: each study's effect at a size a class runs on a laptop CPU in a few minutes
+  (two seeds, one depth; the notebooks in ``lessons/`` run it and say what a short run
+  can and cannot show);
 * ``default`` gives a meaningful answer on 2 CPU cores in minutes;
 * ``full`` is sized for one GPU: it trains and times on ``device="auto"`` (CUDA when present,
   else the CPU); the others on the CPU.
@@ -23,7 +26,7 @@ from gfa_theory.errors import ConfigError
 from gfa_theory.methods.taper import TaperConfig
 from gfa_theory.train.run_config import RunConfig
 
-PROFILES = ("smoke", "default", "full")
+PROFILES = ("smoke", "lesson", "default", "full")
 
 
 # ---- what is trained -----------------------------------------------------------------------------
@@ -201,7 +204,7 @@ class StudyPlan:
     prune: PrunePlan
 
 
-# ---- the three profiles -------------------------------------------------------------------------
+# ---- the profiles -------------------------------------------------------------------------
 
 _PLANS: dict[str, StudyPlan] = {
     "smoke": StudyPlan(
@@ -221,6 +224,23 @@ _PLANS: dict[str, StudyPlan] = {
                               train_batch=2, train_calls=1)),
         prune=PrunePlan(depths=(3,), resnet_depths=((2, 2),), calib_batches=1, calib_subsets=2, random_draws=2,
                         heal_steps=2, heal_lr=3e-4, eval_batches=1, eval_batch_size=4, resnet_eval_batches=1)),
+    "lesson": StudyPlan(
+        profile="lesson",
+        model=ModelSize(n_embd=32, n_head=2, d_ff=128, block_size=32),
+        train=TrainSize(steps=200, batch_size=16, lr=3e-3, sgd_lr=0.3, eval_interval=0, checkpoint_interval=0,
+                        eval_batches=4, series_points=10, warmup_steps=20, gain_every=50),
+        resnet=ResNetSize(widths=(8, 16, 32), steps=150, batch_size=32),
+        depths=(8,), resnet_depths=((2, 2, 2),), seeds=(0, 1),
+        importance=ImportancePlan(batches=4, batch_size=32),
+        equalization=EqualizationPlan(depth=8, sgd_lrs=(0.3,), tune_seed=0, noclip_seeds=(0,)),
+        repetition=RepetitionPlan(base=4, repeats=(2,), controls=(1,)),
+        cascade=CascadePlan(
+            depth=8, steps=200, quantum=16, eval_batches=4, eval_batch_size=32, primary=TaperSpec("fanin", 0.5),
+            budget="params", exploratory=(), sweep_factor=1, sweep_seeds=(),
+            timing=TimingPlan(batch=16, repeats=5, warmup=1, latency_calls=3, throughput_calls=1, threads=1,
+                              train_batch=8, train_calls=1)),
+        prune=PrunePlan(depths=(8,), resnet_depths=((2, 2, 2),), calib_batches=2, calib_subsets=2, random_draws=2,
+                        heal_steps=10, heal_lr=3e-4, eval_batches=4, eval_batch_size=16, resnet_eval_batches=4)),
     "default": StudyPlan(
         profile="default",
         model=ModelSize(n_embd=64, n_head=4, d_ff=256, block_size=64),
@@ -260,6 +280,15 @@ _PLANS: dict[str, StudyPlan] = {
                         random_draws=10, heal_steps=200, heal_lr=1e-4, eval_batches=32, eval_batch_size=64,
                         resnet_eval_batches=0)),
 }
+
+
+def caveat(profile: str) -> str | None:
+    """The line the console prints after a run of ``profile`` whose numbers must not be read as results."""
+    if profile == "smoke":
+        return ("profile smoke: a pipeline check (tiny models, a few steps): its numbers mean nothing, "
+                "even where they point the expected way. For an effect you can read: --profile lesson "
+                "(minutes; the notebooks in lessons/), or default (the report's).")
+    return None
 
 
 def plan(profile: str) -> StudyPlan:

@@ -344,9 +344,10 @@ def analyze_run(desc: dict, run_dir: str, profile: str) -> dict[str, list[dict]]
 
 
 def analyze_all(runs: list[tuple[dict, object]], results, ctx: Context) -> dict[str, pd.DataFrame]:
-    """:func:`analyze_run` on every run, in the studies' process pool; rows stacked per table."""
+    """:func:`analyze_run` on every run, through the studies' executor; rows stacked per table."""
     tasks = [(desc, str(res.run_dir), ctx.profile) for (desc, _), res in zip(runs, results)]
-    parts = map_in_workers(analyze_run, tasks, ctx, desc=f"{NAME}: score, prune, heal")
+    parts = map_in_workers(analyze_run, tasks, ctx, desc=f"{NAME}: score, prune, heal",
+                           labels=[f"pruning of run {res.run_dir}" for res in results])
     return {name: pd.DataFrame([row for p in parts for row in p[name]]) for name in ("raw", "rankings", "cost")}
 
 # ---- tables ----------------------------------------------------------------------------------------

@@ -1,15 +1,16 @@
-"""How studies run: the :class:`Context`, the one process pool and the run cache.
+"""How studies run: the :class:`Context`, the one way tasks are dispatched, and the run cache.
 
-* :class:`Context` says where and how a study runs (profile, results root, worker processes,
-  ``force``, progress bars).
-* :func:`map_in_workers` is the one process pool of the studies: it applies a top-level function
-  to every item in worker processes with one torch thread each (small models parallelize better
-  across runs than inside one), or in this process, also on one thread, when one worker is asked
-  for. The thread count is part of a run's numeric environment, so every path computes the same.
-* :func:`run_many` trains the runs a study needs through that pool and the result cache of
+* :class:`Context` says where and how a study runs (profile, results root, executor and how many
+  tasks at once, ``force``, progress bars).
+* :func:`map_in_workers` is the one way the studies dispatch tasks: it applies a top-level function
+  to every item through the context's executor (:mod:`experiments.executors`: the local process
+  pool by default, or Dask or SLURM), each task on one torch thread (small models parallelize better
+  across runs than inside one), or in this process, also on one thread, when one local worker is
+  asked for. The thread count is part of a run's numeric environment, so every path computes the same.
+* :func:`run_many` trains the runs a study needs through it and the result cache of
   :mod:`gfa_theory.train.store`: a run keyed by its config hash is never trained twice, so studies
   share runs. A finished run is read back through the store's reuse checks
-  (:func:`gfa_theory.train.loop.train` with ``resume=True``: the config, checkpoint and the
+  (:func:`gfa_theory.train.lifecycle.train` with ``resume=True``: the config, checkpoint and the
   recorded thread count must match), so a study never silently reuses a run trained otherwise.
 * :func:`start` is the common opening of a study: its context, clock, plan and runs.
 """
@@ -17,52 +18,74 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import multiprocessing as mp
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 import torch
-from tqdm.auto import tqdm
 
 from gfa_theory.errors import ConfigError, TrainingError
-from gfa_theory.train.loop import RunResult, train
+from gfa_theory.train.lifecycle import RunResult, train
 from gfa_theory.train.run_config import RunConfig, run_key
 from gfa_theory.train.store import is_complete, results_root
 
+from .executors import RUN_THREADS, Executor, check_spec, make_executor
 from .plans import PROFILES, StudyPlan, plan
 
 T = TypeVar("T")
-RUN_THREADS = 1  # torch threads of every study run and analysis worker
 
 
 @dataclass
 class Context:
-    """Where and how a study runs. ``force`` retrains runs once per process (shared runs too)."""
+    """Where and how a study runs. ``force`` retrains runs once per process (shared runs too).
+    ``executor`` and ``jobs``: see :mod:`experiments.executors`; the executor is started on the
+    first task and stopped by :meth:`close` (or at the end of a ``with`` block)."""
 
     profile: str = "default"
     root: Path = field(default_factory=lambda: results_root())
-    jobs: int = 0  # worker processes; 0 = number of CPU cores (at most 8)
+    jobs: int = 0  # tasks at once, for every executor; 0 = its default (local: CPU cores, at most 8)
     force: bool = False
     progress: bool = True
     retrained: set = field(default_factory=set)  # run keys retrained in this process
+    executor: str = "local"
+    _pool: Executor | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise ConfigError(f"unknown profile '{self.profile}' (choices: {', '.join(PROFILES)})")
         self.root = Path(self.root)
-        if self.jobs <= 0:
-            self.jobs = max(1, min(os.cpu_count() or 1, 8))
+        check_spec(self.executor)
 
     def study_dir(self, name: str) -> Path:
         return self.root / "studies" / self.profile / name
 
+    def pool(self) -> Executor:
+        """The executor, started on first use."""
+        if self._pool is None:
+            self._pool = make_executor(self.executor, self.jobs, self.root)
+        return self._pool
 
-# ---- the process pool ----------------------------------------------------------------------------
+    def usage(self) -> dict:
+        """Which executor this context dispatches to, and how many tasks it runs at once (None
+        until it has been started)."""
+        return {"executor": self.executor.split("?", 1)[0].split("://", 1)[0],
+                "workers": None if self._pool is None else self._pool.workers}
+
+    def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.close()
+
+    def __enter__(self) -> "Context":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---- dispatching tasks -------------------------------------------------------------------------
 
 @contextlib.contextmanager
 def run_threads() -> Iterator[None]:
@@ -75,30 +98,13 @@ def run_threads() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _in_worker(fn: Callable[..., T], args: tuple) -> T:
-    torch.set_num_threads(RUN_THREADS)  # a worker process runs nothing else
-    return fn(*args)
-
-
-def map_in_workers(fn: Callable[..., T], items: Sequence[tuple], ctx: Context, desc: str) -> list[T]:
-    """``[fn(*item) for item in items]``, in up to ``ctx.jobs`` spawned worker processes (``fn``
-    must be importable: a module-level function), with a progress bar; results in item order.
-    A worker's exception is re-raised here."""
-    out: list[T] = [None] * len(items)  # type: ignore[list-item]
-    jobs = min(ctx.jobs, len(items))
-    with tqdm(total=len(items), desc=desc, disable=not ctx.progress, dynamic_ncols=True) as bar:
-        if jobs <= 1:
-            with run_threads():
-                for i, args in enumerate(items):
-                    out[i] = fn(*args)
-                    bar.update(1)
-        else:
-            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
-                futs = {pool.submit(_in_worker, fn, args): i for i, args in enumerate(items)}
-                for f in as_completed(futs):
-                    out[futs[f]] = f.result()
-                    bar.update(1)
-    return out
+def map_in_workers(fn: Callable[..., T], items: Sequence[tuple], ctx: Context, desc: str,
+                   labels: Sequence[str] | None = None) -> list[T]:
+    """``[fn(*item) for item in items]`` through ``ctx``'s executor (``fn`` must be importable: a
+    module-level function), with one progress bar; results in item order. A task that fails is
+    reported (``labels``: what names each item, e.g. its run directory) while the others finish,
+    then :class:`~experiments.executors.TasksFailed` lists the failures."""
+    return ctx.pool().map(fn, items, desc, ctx.progress, labels)
 
 
 # ---- the run cache -------------------------------------------------------------------------------
@@ -135,7 +141,8 @@ def run_many(cfgs: Sequence[RunConfig], ctx: Context, desc: str = "runs",
             todo[k] = c
     if todo:
         tasks = [(c.to_dict(), str(ctx.root), not (ctx.force and k not in ctx.retrained)) for k, c in todo.items()]
-        map_in_workers(_train_or_diverge if diverged_as_none else _train_run, tasks, ctx, desc=f"train {desc}")
+        map_in_workers(_train_or_diverge if diverged_as_none else _train_run, tasks, ctx, desc=f"train {desc}",
+                       labels=[f"run {ctx.root / k}" for k in todo])
         if ctx.force:
             ctx.retrained.update(todo)
     out = []

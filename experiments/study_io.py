@@ -2,7 +2,7 @@
 
 A study writes ``<root>/studies/<profile>/<name>/<table>.csv`` and a ``meta.json`` stamp
 (profile, seeds, run ids, config hashes, corpus hashes, package and torch versions, wall time, runs
-trained vs read from the cache),
+trained vs read from the cache, the executor and its workers),
 written last, so a study without ``meta.json`` is unfinished. :func:`load_study` reads the tables
 back (what ``python -m figures`` draws from).
 """
@@ -19,7 +19,7 @@ import torch
 from tabulate import tabulate
 
 from gfa_theory import __version__
-from gfa_theory.train.loop import RunResult
+from gfa_theory.train.lifecycle import RunResult
 from gfa_theory.train.store import write_csv_atomic, write_json_atomic
 
 from .runner import Context
@@ -41,7 +41,9 @@ def stamp(ctx: Context, runs: Iterable[RunResult], study: str, started: float, *
             "data_sha256": sorted({m["data"]["sha256"] for m in metas}),
             # where the time went: runs trained by this call vs read back from the result cache
             "runs_trained": sum(bool(r.trained) for r in runs), "runs_cached": sum(not r.trained for r in runs),
-            "wall_seconds": round(time.time() - started, 1), "layout": LAYOUT, **extra}
+            "wall_seconds": round(time.time() - started, 1), "layout": LAYOUT,
+            **ctx.usage(),  # which executor ran its tasks and how many at once
+            **extra}
 
 
 def write_study(ctx: Context, name: str, tables: dict[str, pd.DataFrame], meta: dict) -> Path:

@@ -16,7 +16,7 @@ import pandas as pd
 from gfa_theory.instrument import importance
 from gfa_theory.theory.symbolic import block_fan_in, branch_fan_in
 from gfa_theory.train.data import load_data, run_eval_batches
-from gfa_theory.train.loop import RunResult
+from gfa_theory.train.lifecycle import RunResult
 from gfa_theory.train.store import load_run
 
 from .plans import ImportancePlan
@@ -89,5 +89,6 @@ def ablation_units(runs: Sequence[tuple[dict, object]], results: Sequence[RunRes
         frames = [_with_ablation(desc, res, imp) for (desc, _), res in zip(runs, results)]
     else:
         frames = map_in_workers(_ablation_table, [(desc, str(res.run_dir), imp) for (desc, _), res in
-                                                  zip(runs, results)], ctx, desc="ablation importance")
+                                                  zip(runs, results)], ctx, desc="ablation importance",
+                                labels=[f"ablation of run {res.run_dir}" for res in results])
     return pd.concat(frames, ignore_index=True)

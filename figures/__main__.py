@@ -17,7 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from experiments.__main__ import check_jobs
+from experiments.__main__ import add_executor_options, check_jobs, executor_of
 from experiments.plans import PROFILES
 from figures import build
 from figures.outputs import OUTPUTS
@@ -39,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
                         "$GFA_RESULTS/figures/PROFILE): new, empty, or holding only files this script "
                         "writes (they are redrawn); anything else is refused unless --force")
     p.add_argument("--results", default=None, help="results root of the runs (default: $GFA_RESULTS or ./results)")
-    p.add_argument("--jobs", type=int, default=0, help="parallel training processes (default: CPU cores)")
+    add_executor_options(p)
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _build(args: argparse.Namespace) -> int:
     check_jobs(args.jobs)
+    args.executor = executor_of(args)
     out = Path(args.out) if args.out else build.default_out(args.profile)
     check_figures_out(out, reproduce_names(OUTPUTS), args.force)
     return build.build(args)

@@ -17,6 +17,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from tqdm.auto import tqdm
 
+from experiments.__main__ import start_executor
+from experiments.plans import caveat
 from experiments.runner import Context
 from experiments.study_io import study_module
 from experiments.upgrade import current
@@ -107,13 +109,15 @@ def build(args) -> int:
     keys = selected(args.only)
     if args.jobs < 0:
         raise ConfigError(f"--jobs must be >= 0, got {args.jobs}")
-    ctx = Context(args.profile, results_root(args.results), args.jobs, args.force, not args.no_progress)
+    ctx = Context(args.profile, results_root(args.results), args.jobs, args.force, not args.no_progress,
+                  executor=getattr(args, "executor", None) or "local")
     out = Path(args.out) if args.out else default_out(args.profile)
     out.mkdir(parents=True, exist_ok=True)
     needed = list(dict.fromkeys(s for k in keys for s in OUTPUTS[k].studies))
     with_report = not args.only
     total = len(needed) + len(keys) + int(with_report)
-    with tqdm(total=total, desc="reproduce", disable=args.no_progress, dynamic_ncols=True) as bar:
+    with ctx, tqdm(total=total, desc="reproduce", disable=args.no_progress, dynamic_ncols=True) as bar:
+        start_executor(ctx)
         tables, metas = run_studies(ctx, needed, bar)
         written = write_outputs(keys, tables, metas, ctx.profile, out, bar)
         if with_report:
@@ -121,4 +125,6 @@ def build(args) -> int:
             written += report.write_report(judge_all(tables, ctx.profile), metas, ctx.profile, out)
             bar.update(1)
     print(f"{len(written)} files in {out} ({time.time() - t0:.1f} s)")
+    if caveat(ctx.profile):
+        print(caveat(ctx.profile))
     return 0

@@ -64,18 +64,22 @@ def _drawn(out: Path) -> list:
 
 def time_table(metas: dict) -> pd.DataFrame:
     """Where the time goes: per study, the wall seconds of its last run (from its ``meta.json``),
-    how many runs that call trained and how many it read from the result cache, and the total.
-    ``n/a`` where a meta predates the run counts."""
+    how many runs that call trained and how many it read from the result cache, which executor ran
+    its tasks with how many workers, and the total. ``n/a`` where a meta predates these fields."""
     rows = []
     for name in sorted(n for n, m in metas.items() if m):
         m = metas[name]
+        ran = m.get("executor", "n/a") + (f" x {m['workers']}" if m.get("workers") else "")
         rows.append({"study": name, "wall seconds (last run)": float(m.get("wall_seconds", math.nan)),
-                     "runs trained": m.get("runs_trained"), "runs read from cache": m.get("runs_cached")})
-    df = pd.DataFrame(rows, columns=["study", "wall seconds (last run)", "runs trained", "runs read from cache"])
+                     "runs trained": m.get("runs_trained"), "runs read from cache": m.get("runs_cached"),
+                     "executor x workers": ran})
+    df = pd.DataFrame(rows, columns=["study", "wall seconds (last run)", "runs trained", "runs read from cache",
+                                     "executor x workers"])
     if df.empty:
         return df
     counts = ["runs trained", "runs read from cache"]
-    total = {"study": "total", "wall seconds (last run)": df["wall seconds (last run)"].sum(min_count=1)}
+    total = {"study": "total", "wall seconds (last run)": df["wall seconds (last run)"].sum(min_count=1),
+             "executor x workers": ""}
     for c in counts:  # a total only when every study recorded its count
         total[c] = int(df[c].sum()) if df[c].notna().all() else None
     df = pd.concat([df, pd.DataFrame([total])], ignore_index=True)

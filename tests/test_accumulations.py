@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from experiments.units import unit_table
-from gfa_theory.train.loop import Trainer, train
+from gfa_theory.train.loop import Trainer
+from gfa_theory.train.lifecycle import train
 from gfa_theory.train.run_config import build_run_config, resolve, run_key
 
 TINY = ["model.n_blocks=3", "model.n_embd=16", "model.n_head=2", "model.d_ff=32", "model.block_size=16",

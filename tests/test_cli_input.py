@@ -263,7 +263,7 @@ def test_closed_pipe_through_a_shell(tmp_path):
 def finished_run(tmp_path_factory):
     """A tiny finished GPT run (the source of the prunes below)."""
     from gfa_theory.models import GPTConfig
-    from gfa_theory.train.loop import train
+    from gfa_theory.train.lifecycle import train
     from gfa_theory.train.run_config import RunConfig, TrainConfig
 
     cfg = RunConfig("gpt", GPTConfig.tiny(n_blocks=3, block_size=16, n_embd=16, n_head=2, d_ff=32),

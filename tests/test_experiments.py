@@ -109,7 +109,7 @@ def test_run_many_refuses_a_run_trained_with_other_settings(tmp_path):
     from experiments.plans import gpt_run, plan
     from experiments.runner import run_many
     from gfa_theory.errors import RunStoreError
-    from gfa_theory.train.loop import train
+    from gfa_theory.train.lifecycle import train
 
     cfg = gpt_run(plan("smoke"), n_blocks=2, seed=1)
     threads = torch.get_num_threads()

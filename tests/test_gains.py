@@ -177,7 +177,8 @@ def test_gain_every_is_hash_neutral_off_and_refuses_bad_values():
 
 
 def test_sampled_gains_leave_training_unchanged_and_survive_a_resume(tmp_path):
-    from gfa_theory.train.loop import GAINS_FILE, Trainer, train  # noqa: PLC0415
+    from gfa_theory.train.loop import GAINS_FILE, Trainer  # noqa: PLC0415
+    from gfa_theory.train.lifecycle import train  # noqa: PLC0415
     from gfa_theory.train.run_config import resolve  # noqa: PLC0415
 
     plain = train(_tiny(), tmp_path, progress=False)

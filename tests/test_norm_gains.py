@@ -301,7 +301,8 @@ def test_heldout_gain_steps_are_hash_neutral_off_and_checked():
 
 
 def test_heldout_gains_leave_training_unchanged_and_survive_a_resume(tmp_path):
-    from gfa_theory.train.loop import HELDOUT_GAINS_FILE, Trainer, train  # noqa: PLC0415
+    from gfa_theory.train.loop import HELDOUT_GAINS_FILE, Trainer  # noqa: PLC0415
+    from gfa_theory.train.lifecycle import train  # noqa: PLC0415
     from gfa_theory.train.run_config import resolve  # noqa: PLC0415
 
     on_args = ("train.heldout_gain_steps=[0,2,5]", "train.heldout_gain_batches=1")

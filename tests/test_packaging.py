@@ -120,3 +120,7 @@ def test_readme_quick_start_block_runs(tmp_path, k, expect):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     proc = _ok(_run([sys.executable, "-c", readme_blocks()[k]], tmp_path, env, timeout=180))
     assert expect in proc.stdout and "fan_in" in proc.stdout, proc.stdout
+    if k == 0:  # the Quick start shows the effect it describes: A falls from the first block to the last
+        rows = [line.split() for line in proc.stdout.splitlines() if re.match(r"\s*\d+\s+h\.\d+\s", line)]
+        a_over_max = [float(r[-1]) for r in rows]
+        assert len(rows) == 8 and a_over_max[0] == 1.0 and a_over_max[-1] < 0.5, proc.stdout

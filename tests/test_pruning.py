@@ -56,7 +56,7 @@ def _zero_block(model, u):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny GPT trained for a few steps: a finished run directory with tracked gradients."""
-    from gfa_theory.train.loop import train
+    from gfa_theory.train.lifecycle import train
     from gfa_theory.train.run_config import RunConfig, TrainConfig
 
     cfg = RunConfig("gpt", GPTConfig.tiny(n_blocks=4, block_size=16, n_embd=32, n_head=2, d_ff=64),

@@ -14,7 +14,7 @@ from experiments.plans import gpt_run, plan
 from experiments.runner import Context
 from experiments.study_io import load_study
 from gfa_theory.errors import ConfigError
-from gfa_theory.train.loop import train
+from gfa_theory.train.lifecycle import train
 from gfa_theory.train.store import load_run, snapshots
 
 matplotlib.use("Agg")

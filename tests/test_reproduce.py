@@ -156,22 +156,27 @@ def test_stamp_records_runs_trained_and_cached(tmp_path):
         d.mkdir()
         (d / "config.json").write_text(json.dumps({"data": {"sha256": "abc"}}))
         runs.append(SimpleNamespace(run_dir=d, config=SimpleNamespace(train=SimpleNamespace(seed=i)), trained=trained))
-    meta = stamp(SimpleNamespace(profile="smoke"), runs, "synthetic", started=0.0)
+    ctx = SimpleNamespace(profile="smoke", usage=lambda: {"executor": "dask", "workers": 2})
+    meta = stamp(ctx, runs, "synthetic", started=0.0)
     assert (meta["runs_trained"], meta["runs_cached"]) == (1, 2) and meta["wall_seconds"] > 0
+    assert (meta["executor"], meta["workers"]) == ("dask", 2)
 
 
 def test_time_table_and_report_section(tmp_path):
     from figures import report
 
-    metas = {"b_study": {"study": "b_study", "wall_seconds": 12.5, "runs_trained": 2, "runs_cached": 4},
-             "a_study": {"study": "a_study", "wall_seconds": 30.0, "runs_trained": 0, "runs_cached": 6}}
+    metas = {"b_study": {"study": "b_study", "wall_seconds": 12.5, "runs_trained": 2, "runs_cached": 4,
+                         "executor": "dask", "workers": 2},
+             "a_study": {"study": "a_study", "wall_seconds": 30.0, "runs_trained": 0, "runs_cached": 6,
+                         "executor": "local", "workers": None}}
     t = report.time_table(metas)
     assert list(t["study"]) == ["a_study", "b_study", "total"]
+    assert list(t["executor x workers"]) == ["local", "dask x 2", ""]
     total = t.iloc[-1]
     assert (total["wall seconds (last run)"], total["runs trained"], total["runs read from cache"]) == ("42.5", "2", "10")
     # a meta written before the run counts were recorded: its counts and the totals' are n/a, seconds still add
     old = report.time_table({**metas, "c_study": {"study": "c_study", "wall_seconds": 7.5}})
-    assert tuple(old.iloc[-1][1:]) == ("50.0", "n/a", "n/a") and tuple(old.iloc[-2][2:]) == ("n/a", "n/a")
+    assert tuple(old.iloc[-1][1:4]) == ("50.0", "n/a", "n/a") and tuple(old.iloc[-2][2:]) == ("n/a", "n/a", "n/a")
     assert report.time_table({}).empty
     claims = judge_all({}, rules=CLAIMS[:1])
     st = report.stamps.merge(metas.values(), "smoke", "REPORT")

@@ -16,12 +16,12 @@ import time
 import pytest
 import torch
 
-from gfa_theory.train import loop as training
+from gfa_theory.train import lifecycle as training
 from gfa_theory.cli import main
 from gfa_theory.errors import ConfigError, RunStoreError, StorageError
 from gfa_theory.methods.taper_timing import TimingConfig
 from gfa_theory.train import store
-from gfa_theory.train.loop import get_or_train, train
+from gfa_theory.train.lifecycle import get_or_train, train
 from gfa_theory.train.run_config import (
     RunConfig,
     TrainConfig,

@@ -111,7 +111,7 @@ def test_gradient_profile_reads_block_A_and_refuses_missing_blocks():
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A tiny finished 3-block GPT run with its gradients."""
-    from gfa_theory.train.loop import train
+    from gfa_theory.train.lifecycle import train
     from gfa_theory.train.run_config import RunConfig, TrainConfig
 
     cfg = RunConfig("gpt", GPTConfig.tiny(n_blocks=3, block_size=16, n_embd=16, n_head=2, d_ff=32),

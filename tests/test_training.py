@@ -14,7 +14,8 @@ import torch
 
 from gfa_theory.errors import ConfigError, TrainingError
 from gfa_theory.train.data import eval_batches, load_data
-from gfa_theory.train.loop import Trainer, get_or_train, lr_multiplier, train
+from gfa_theory.train.loop import Trainer, lr_multiplier
+from gfa_theory.train.lifecycle import get_or_train, train
 from gfa_theory.train.run_config import (
     RunConfig,
     TrainConfig,

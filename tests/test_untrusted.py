@@ -48,7 +48,7 @@ def _cfg(seed: int = 0) -> RunConfig:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A tiny finished run (seed 0)."""
-    from gfa_theory.train.loop import train
+    from gfa_theory.train.lifecycle import train
 
     return train(_cfg(0), tmp_path_factory.mktemp("runs"), progress=False).run_dir
 
@@ -108,13 +108,13 @@ def _prune_run(run, tmp_path):
 
 
 def _reuse(run, tmp_path):
-    from gfa_theory.train.loop import train
+    from gfa_theory.train.lifecycle import train
 
     train(_cfg(0), run.parent, progress=False)
 
 
 def _resume(run, tmp_path):
-    from gfa_theory.train.loop import train
+    from gfa_theory.train.lifecycle import train
 
     (run / DONE_FILE).unlink()
     train(_cfg(0), run.parent, progress=False)
@@ -165,7 +165,7 @@ def test_old_checkpoints_with_a_numpy_rng_state_still_load(run, tmp_path):
     in its checkpoint) is still reused and resumed: only their globals are allowlisted."""
     import numpy as np
 
-    from gfa_theory.train.loop import train
+    from gfa_theory.train.lifecycle import train
     from gfa_theory.train.store import numpy_rng_plain, numpy_rng_state
     from gfa_theory.untrusted import load_torch
 

@@ -1,4 +1,4 @@
-"""The ``gfa`` command: one subcommand per module of this package (fanin, train, taper, prune, bench).
+"""The ``gfa`` command: one subcommand per module of this package (fanin, train, taper, prune, bench, plot).
 
 Every subcommand module exposes ``add_parser(subparsers)`` and ``run(args) -> int``. A user
 mistake (:class:`~gfa_theory.errors.GFAError`) becomes one line on stderr and exit code 2.
@@ -25,6 +25,7 @@ COMMANDS = {
     "taper": "per-block heads and FFN width of a CascadeFormer schedule",
     "prune": "remove the k least important blocks of a trained run or a Hugging Face checkpoint",
     "bench": "timing benchmarks",
+    "plot": "draw one run's accumulated gradient A against fan-in F (PNG)",
 }
 
 # The studies and the figures live in a checkout of the repository, not in the installed

@@ -14,7 +14,7 @@ from tabulate import tabulate
 from gfa_theory.cli import COMMANDS
 from gfa_theory.cli.formats import add_format_argument, render_rows
 from gfa_theory.cli.outdir import check_results_root
-from gfa_theory.train.loop import train
+from gfa_theory.train.lifecycle import train
 from gfa_theory.train.memory import check_training_memory
 from gfa_theory.train.run_config import MODEL_TASKS, build_run_config
 from gfa_theory.train.store import results_root

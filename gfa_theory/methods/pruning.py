@@ -330,7 +330,7 @@ def cascadeflow_prune(source: Any, k: int, quantity: str = "A") -> tuple[nn.Modu
     """Remove the ``k`` blocks with the smallest accumulated gradient ``quantity``.
 
     ``source``: a finished run directory, a :class:`~gfa_theory.train.store.LoadedRun` /
-    :class:`~gfa_theory.train.loop.RunResult`, or a ``(model, gradients)`` pair.
+    :class:`~gfa_theory.train.lifecycle.RunResult`, or a ``(model, gradients)`` pair.
     """
     if isinstance(source, (str, os.PathLike)):
         source = load_run(source)

@@ -55,6 +55,7 @@ SNAPSHOT_DIR = "snapshots"  # model weights at each checkpoint step: step-<s>.pt
 DONE_FILE = "DONE"
 LOCK_FILE = ".lock"  # flock'd while a process trains the run
 FAULT_ENV = "GFA_FAULT_AT"  # tests: "<boundary>[:<n>]" SIGKILLs the process there (see fault_point)
+FAULT_ONCE_ENV = "GFA_FAULT_ONCE"  # tests: a file path; only the process that creates it is killed
 FAULT_POINTS = ("config", "snapshot", "metrics", "checkpoint", "gradients", "done")
 
 
@@ -69,7 +70,9 @@ def fault_point(name: str) -> None:
 
     Boundaries (:data:`FAULT_POINTS`): ``config`` after config.json, ``snapshot`` / ``metrics`` /
     ``checkpoint`` after each of a checkpoint's files (in that order), ``gradients`` after
-    gradients.csv, ``done`` right before the DONE marker.
+    gradients.csv, ``done`` right before the DONE marker. With ``GFA_FAULT_ONCE=<file>`` only the
+    first process to get there (the one that creates ``<file>``) is killed: one worker of a
+    pool or cluster dies, and the retried run goes through.
     """
     spec = os.environ.get(FAULT_ENV)
     if not spec:
@@ -79,6 +82,12 @@ def fault_point(name: str) -> None:
         return
     _fault_counts[name] = _fault_counts.get(name, 0) + 1
     if _fault_counts[name] == (int(nth) if nth.isdigit() else 1):
+        once = os.environ.get(FAULT_ONCE_ENV)
+        if once:
+            try:
+                os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return
         os.kill(os.getpid(), signal.SIGKILL)
 
 
