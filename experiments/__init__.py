@@ -1,19 +1,22 @@
-"""Worked GFA studies, one module per claim, in teaching order.
+"""Worked GFA studies, one module per claim, in teaching order. Each asks one of the paper's
+questions; what was measured, and the verdict of each claim's declared rule, is in the report.
 
-1. :mod:`experiments.fanin_vs_gradients` — accumulated training gradients follow fan-in.
-2. :mod:`experiments.gradients_vs_importance` — and they are associated with post hoc importance.
-3. :mod:`experiments.equalization` — equalizing gradient norms does not restore late layers.
-4. :mod:`experiments.repetition` — parameter-shared repetition raises late-layer fan-in and value.
-5. :mod:`experiments.cascadeformer` — width tapered with depth: loss vs latency and throughput.
+1. :mod:`experiments.fanin_vs_gradients` — do accumulated training gradients follow fan-in (C2-C4)?
+2. :mod:`experiments.gradients_vs_importance` — are they associated with post hoc importance (C5)?
+3. :mod:`experiments.equalization` — does equalizing what each block learns restore late layers?
+   (the paper says it does not: C6, an equivalence test with a declared margin).
+4. :mod:`experiments.repetition` — parameter-shared repetition raises the repeated group's fan-in
+   (counted); does it raise late-layer value beyond parameter- and compute-matched controls (C7)?
+5. :mod:`experiments.cascadeformer` — width tapered with depth: loss vs latency and throughput (C8).
 6. :mod:`experiments.pruning` — CascadeFlow Pruning: removing the blocks of smallest accumulated
-   gradient, against post hoc heuristics, with rank stability and scoring cost.
+   gradient, against post hoc heuristics, with rank stability and scoring cost (C9-C11).
 7. :mod:`experiments.mechanism` — beyond the paper: which account (path counts, gain-weighted
    aligned or orthogonal sums, the measured product) predicts the profile of A, and whether
    stream growth or gradient rank explains the rest (hypotheses H1-H5 in :mod:`experiments.verdicts.mechanism`,
    figures F9-F11, the report's "Beyond the paper").
 8. :mod:`experiments.scale` — along scale: does each verdict hold, strengthen or fade as training
    lengthens (tokens per parameter) and models grow? Its own profiles (``smoke``, ``scale``,
-   ``full``), not part of the default one; the report's "Along scale", figure F12.
+   ``full``), not part of the default one; the report's "Along scale", figure F13.
 
 Each module has a docstring (hypothesis, prediction, method, how to read the result and its
 figure), a ``configs(profile)`` listing its runs, a ``run(profile)`` returning a tidy DataFrame

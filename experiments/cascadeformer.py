@@ -58,8 +58,7 @@ supported, whatever the gap to the full model. CPU timing of small models is noi
 overhead-bound at batch 1: expect the batch-1 latency to follow the FLOPs ratio far less than the
 batched throughput does, and read every ratio against the A/A band.
 
-Table T1 prints the summary row by row with the A/A row last. Figure F8's CascadeFormer panels
-plot the perplexity change against the throughput ratio (A/A band shaded, the token sweep as
+Table T1 prints the summary row by row with the A/A row last. Figure F8's two panels plot the perplexity change against the throughput ratio (A/A band shaded, the token sweep as
 hollow markers) and, per arm, perplexity vs full and narrow uniform and the four speed ratios
 with the A/A IQR ticks and the paper's lines.
 """

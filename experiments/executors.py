@@ -26,6 +26,7 @@ others finish, then :class:`TasksFailed` (one line, exit 2) lists every failure.
 """
 from __future__ import annotations
 
+import abc
 import os
 import sys
 import time
@@ -85,7 +86,7 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {one_line(exc)}"
 
 
-class Executor:
+class Executor(abc.ABC):
     """Applies a function to items, at most :attr:`jobs` at once; subclasses say how one task is
     submitted, waited for and read back."""
 
@@ -95,16 +96,17 @@ class Executor:
         self.jobs = jobs
 
     # ---- what a backend provides ------------------------------------------------------------
+    @abc.abstractmethod
     def submit(self, fn: Callable, args: tuple) -> Any:
-        raise NotImplementedError
+        """A handle for ``fn(*args)`` running on the backend."""
 
+    @abc.abstractmethod
     def wait_any(self, handles: list) -> list:
         """Some finished handles among ``handles`` (blocks until at least one is)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def result(self, handle: Any) -> Any:
         """The task's value; WorkerLost when its worker died, else the task's own exception."""
-        raise NotImplementedError
 
     def close(self) -> None:
         pass

@@ -19,6 +19,13 @@ fan-in: the better-fitting profile is reported, not assumed.
 
 **Reading the result.** ``summary`` has one row per (family, supervision) and test. A positive
 mean rho whose CI excludes 0 supports "A follows fan-in"; the log-log slope says how strongly.
+The exponent rows differ in what they hold fixed: *within runs* fits each run's depth profile (an
+intercept per run); *first block excluded* leaves out block 1, which carries most of A in small
+models; *pooled* fits across runs of every depth; *+ depth* adds relative depth as a regressor,
+and since the run intercept absorbs ``log N``, what is left of ``log F = log(N - i + 1)`` is its
+bend: it falls slowly over the early blocks and steeply at the end. That exponent reads only
+whether A's profile bends the same way; a negative value says it bends the other way (A falls
+steeply over the first block and is nearly flat after it), not that A is larger where fan-in is smaller.
 The per-unit table (``units.csv``) has A and F normalized by their mean within each run, which
 is what figures F2-F4 plot against relative depth: F2 (Transformers) and F3 (ResNets) draw the
 normalized A per block, one curve per network depth with its interval over seeds, and the

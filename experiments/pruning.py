@@ -1,8 +1,8 @@
 """Study 6 — CascadeFlow Pruning: is the accumulated training gradient a good, stable pruning signal?
 
 **Hypothesis (GFA).** A block's accumulated training gradient ``A = sum_t ||grad||`` follows its
-gradient fan-in and is associated with its post hoc importance (studies 1 and 2). If so, the
-blocks with the smallest ``A`` are the ones a network misses least: ranking blocks by ``A``
+gradient fan-in and is associated with its post hoc importance (what studies 1 and 2 test). If so,
+the blocks with the smallest ``A`` are the ones a network misses least: ranking blocks by ``A``
 ("CascadeFlow") should prune as well as the post hoc heuristics, for free (``A`` is recorded
 during ordinary training: no calibration data, no extra forward or backward pass), and its
 ranking should be stable, because it integrates the whole of training rather than one snapshot of
@@ -37,7 +37,7 @@ visible. Rank stability of each method's full layer ranking is Kendall tau (and 
   prefix of the final sum, so part of its agreement is mechanical; read it as "would pruning early
   pick the same blocks", which is the practical question.
 
-**Control: depth order.** ``A`` decays with depth (it follows fan-in), so CascadeFlow's ranking is
+**Control: depth order.** ``A`` decays with depth (study 1 measures how closely it follows fan-in), so CascadeFlow's ranking is
 close to "remove the last ``k``" (``last``), the ranking depth alone predicts. Last-k is therefore
 the primary baseline of the claim, fixed before results are read (:data:`DEPTH_ORDER`). Per run:
 Kendall tau between CascadeFlow's ranking and depth order (last block first); at each ``k``,

@@ -43,7 +43,7 @@ needs a StudyPlan profile per point) and the deep-supervision claims.
 
 **Reading the result.** This study computes numbers only. The claim rules run unchanged on every
 point's tables and the trend rule (:mod:`experiments.verdicts.scale`) decides whether each
-statistic strengthens, holds steady or fades; the report's "Along scale" section and figure F12
+statistic strengthens, holds steady or fades; the report's "Along scale" section and figure F13
 (each statistic against tokens/param and against parameters, with t-intervals over seeds) come
 from those findings. Read the per-point verdicts first: a regime such as "holds up to 3
 tokens/param, not beyond" says where a one-point verdict can be trusted.
@@ -329,7 +329,7 @@ def measure_point(sp: ScalePlan, pt: Point, runs: list, results: list[RunResult]
 # ---- trends --------------------------------------------------------------------------------------
 
 def point_means(seed_stats: pd.DataFrame) -> pd.DataFrame:
-    """Per point and statistic: mean over seeds with its t-interval (what F12 draws)."""
+    """Per point and statistic: mean over seeds with its t-interval (what F13 draws)."""
     rows = []
     for (pt, stat), d in seed_stats.groupby(["point", "statistic"], sort=False):
         first = d.iloc[0]

@@ -2,14 +2,14 @@
 
     python -m figures --profile default          # what `make reproduce` runs
     python -m figures --profile smoke --only F1,T5 --out /tmp/figs
-    python -m figures --profile scale            # the scale study only: F12 and the "Along scale" report
+    python -m figures --profile scale            # the scale study only: F13 and the "Along scale" report
 
 Runs from a checkout of the repository: the arguments are checked here, the work is done by
 :func:`figures.build.build`. A user mistake is one line on stderr and exit status 2.
 
-Modules (each imports only those listed before it): ``stamp`` (provenance stamps), ``plots``
-(draw only), ``gfa``, ``efficiency`` and ``mechanism`` (the builders: study tables to figures and tables),
-``outputs`` (the static list F1-F11, T1-T6, B1), ``report`` (REPORT.md and the README), ``build``
+Modules (each imports only those listed before it): ``stamp`` (provenance stamps), ``names`` (the
+display name of every arm, schedule and method), ``plots`` (draw only), ``gfa``, ``efficiency`` and ``mechanism`` (the builders: study tables to figures and tables),
+``outputs`` (the static list F1-F12, T1-T6, B1), ``report`` (REPORT.md and the README), ``build``
 (runs the studies, writes every output).
 """
 from __future__ import annotations

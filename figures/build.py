@@ -42,7 +42,7 @@ def default_out(profile: str) -> Path:
 
 def selected(only: str | None, profile: str = "default") -> list[str]:
     """The output keys of ``--only`` (all when not given) that ``profile`` builds: the scale
-    study's (F12) only where it runs (:data:`experiments.scale.FIGURE_PROFILES`), and nothing else
+    study's (F13) only where it runs (:data:`experiments.scale.FIGURE_PROFILES`), and nothing else
     for a profile that has only that study. An unknown key is a user error."""
     keys = list(ALL) if not only else [k.strip().upper() for k in only.split(",") if k.strip()]
     unknown = [k for k in keys if k not in ALL]

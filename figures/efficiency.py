@@ -1,4 +1,4 @@
-"""Builders of F8, T1-T4 and T6: CascadeFormer (``experiments/cascadeformer.py``) and CascadeFlow
+"""Builders of F8, F12, T1-T4 and T6: CascadeFormer (``experiments/cascadeformer.py``) and CascadeFlow
 Pruning (``experiments/pruning.py``).
 
 Read from the study tables:
@@ -24,7 +24,7 @@ from experiments.verdicts import cascadeformer as c8_rule
 from experiments.verdicts.toolkit import THRESHOLDS
 from gfa_theory.instrument.stats import format_interval, format_p, mean_ci
 
-from . import plots
+from . import names, plots
 
 
 def _table(tables, study: str, name: str) -> pd.DataFrame | None:
@@ -65,7 +65,7 @@ def _c8_short(row) -> str:
 
 def _t1_row(r) -> dict:
     row = {
-        "arm": r["label"], "role": r["role"], "steps": int(r["steps"]), "seeds": int(r["n_seeds"]),
+        "arm": names.schedule(r["label"]), "role": r["role"], "steps": int(r["steps"]), "seeds": int(r["n_seeds"]),
         "tokens/param": r["tokens_per_param"], "params": int(r["params"]), "params vs uniform": r["params_ratio"],
         "FLOPs vs uniform": r["flops_ratio"],
         "held-out loss [CI95]": _t1_interval(r["val_loss"], r["val_loss_ci_low"], r["val_loss_ci_high"]),
@@ -143,7 +143,7 @@ def cascade_speed_panel(tables, ax=None):
                                     THRESHOLDS.paper_throughput_ratio, ax=ax)
 
 
-# ---- the pruning panels of F8 -----------------------------------------------------------------
+# ---- the pruning panels of F12 ----------------------------------------------------------------
 
 def pruning_curves(results: pd.DataFrame, stage: str, metric: str, relative: bool) -> pd.DataFrame:
     """One model's ``metric`` at each ``k`` and ``stage`` for every method: mean with 95 %
@@ -186,22 +186,28 @@ def pruning_panel(tables, stage: str = "pruned", model: str | None = None, metri
 
 
 def f8(tables):
-    """F8: the two CascadeFormer panels (top) and pruning perplexity vs k without and with healing
-    (bottom; each seed relative to its unpruned model, one y range for both), one legend for the
-    pruning methods under the figure."""
-    fig, axs = plt.subplots(2, 2, figsize=(10.5, 8.2))
-    cascade_tradeoff_panel(tables, ax=axs[0][0])
-    cascade_speed_panel(tables, ax=axs[0][1])
-    pruning_panel(tables, "pruned", relative=True, ax=axs[1][0])
-    pruning_panel(tables, "healed", relative=True, ax=axs[1][1])
-    if axs[1][0].axison and axs[1][1].axison:  # one y range: healing gains read across the panels
-        lo = min(axs[1][0].get_ylim()[0], axs[1][1].get_ylim()[0])
-        hi = max(axs[1][0].get_ylim()[1], axs[1][1].get_ylim()[1])
-        for a in axs[1]:
-            a.set_ylim(lo, hi)
-    handles, labels = axs[1][0].get_legend_handles_labels()
+    """F8: CascadeFormer, perplexity against throughput (top) and every arm's perplexity and speed
+    ratios (bottom), each legend beside its panel."""
+    fig, axs = plt.subplots(2, 1, figsize=(8.0, 7.6))
+    cascade_tradeoff_panel(tables, ax=axs[0])
+    cascade_speed_panel(tables, ax=axs[1])
+    return fig
+
+
+def f12(tables):
+    """F12: pruning perplexity vs k without and with healing (each seed relative to its unpruned
+    model, one y range for both), one legend for the methods under the figure."""
+    fig, axs = plt.subplots(1, 2, figsize=(8.0, 4.0), sharey=True)
+    pruning_panel(tables, "pruned", relative=True, ax=axs[0])
+    pruning_panel(tables, "healed", relative=True, ax=axs[1])
+    if axs[0].axison and axs[1].axison:  # one y range: healing gains read across the panels
+        lo = min(axs[0].get_ylim()[0], axs[1].get_ylim()[0])
+        hi = max(axs[0].get_ylim()[1], axs[1].get_ylim()[1])
+        axs[0].set_ylim(lo, hi)
+        axs[1].set_ylabel("")
+    handles, labels = axs[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=5, fontsize=7.5,
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, fontsize=7.5,
                    frameon=False, title="pruning method (error bars: 95 % CI over seeds)", title_fontsize=7.5)
     return fig
 
@@ -221,7 +227,7 @@ def _per_k(results: pd.DataFrame, metric: str, scale: float = 1.0, fmt: str = ".
                 dm = d[(d["k"] == k) & (d["method"] == m)]
                 if dm.empty:
                     continue
-                row = {"model": model, "k": int(k), "method": "unpruned" if m == "none" else m,
+                row = {"model": model, "k": int(k), "method": names.method(m),
                        "seeds": int(dm["seed"].nunique())}
                 for stage in pr.STAGES:
                     v = dm.loc[dm["stage"] == stage, metric] * scale
@@ -288,7 +294,7 @@ def t4(tables) -> pd.DataFrame:
     rows = []
     for model in _models(_table(tables, pr.NAME, "results")):
         for m in pr.METHODS:
-            row = {"model": model, "method": m, **_stability_cells(stab, model, m)}
+            row = {"model": model, "method": names.method(m), **_stability_cells(stab, model, m)}
             c = cost[(cost["model"] == model) & (cost["method"] == m)]
             if not c.empty:
                 c = c.iloc[0]

@@ -2,21 +2,21 @@
 
 Each builder takes the study tables (``{study: {table: frame}}``), computes what its panels show
 (fan-in and path counts from :mod:`gfa_theory.theory`, means with 95 % t-intervals over seeds,
-OLS fits) and hands the finished numbers to :mod:`figures.plots`.
+the study's own slopes) and hands the finished numbers to :mod:`figures.plots`.
 """
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import statsmodels.formula.api as smf
 
+from experiments.summary import pick
 from gfa_theory.instrument.stats import format_interval, format_p, mean_ci
 from gfa_theory.theory.layout import Block, Layout
 from gfa_theory.theory.path_counts import first_order
 from gfa_theory.theory.symbolic import analyze, closed_form_profile
 
-from . import plots
+from . import names, plots
 
 THEORY_N = 24  # F1: branches of the stack whose fan-in profile is drawn
 REPETITION_B = 6  # F1: blocks of the Transformer whose last block is repeated
@@ -137,39 +137,33 @@ def f4(t):
 
 # ---- F5: gradients vs importance ---------------------------------------------------------------
 
-def importance_fit(units: pd.DataFrame, family: str) -> tuple[pd.DataFrame, pd.DataFrame, tuple]:
-    """The blocks of ``family`` with both values, the OLS fit of normalized ablation importance on
-    normalized A (standard errors clustered by run) with its 95 % band on 50 points, and its slope
-    (estimate, low, high)."""
+def importance_line(units: pd.DataFrame, summary: pd.DataFrame, family: str) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """The blocks of ``family`` with both values, and C5's slope as the study measured it (OLS of
+    normalized ablation importance on normalized A with a relative-depth control, cluster-robust by
+    run): a line through the blocks' mean point, where the fitted plane meets the mean depth, and
+    the estimate [95 % CI] as text. Nothing is fitted here: the figure shows the study's number."""
     d = units[units.family == family].dropna(subset=["A_norm", "imp_ablation_norm"])
-    fit = smf.ols("imp_ablation_norm ~ A_norm", data=d).fit(
-        cov_type="cluster", cov_kwds={"groups": pd.factorize(d["run_id"])[0]})
-    xs = np.linspace(d["A_norm"].min(), d["A_norm"].max(), 50)
-    pred = fit.get_prediction(pd.DataFrame({"A_norm": xs})).summary_frame(alpha=0.05)
-    line = pd.DataFrame({"x": xs, "mean": pred["mean"].to_numpy(), "lo": pred["mean_ci_lower"].to_numpy(),
-                         "hi": pred["mean_ci_upper"].to_numpy()})
-    ci = fit.conf_int().loc["A_norm"]
-    return d, line, (fit.params["A_norm"], ci[0], ci[1])
+    r = pick(summary, family=family, quantity="ols_depth", arm="ablation", subset="all")  # C5's tested row
+    if r is None:
+        return d, pd.DataFrame(columns=["x", "mean"]), "n/a"
+    xs = np.array([d["A_norm"].min(), d["A_norm"].max()])
+    line = pd.DataFrame({"x": xs, "mean": d["imp_ablation_norm"].mean() + r["estimate"] * (xs - d["A_norm"].mean())})
+    return d, line, format_interval(r["estimate"], r["ci_low"], r["ci_high"], ".2f")
 
 
 def f5(t):
-    u = t["gradients_vs_importance"]["units"]
+    study = t["gradients_vs_importance"]
     fig, axs = _fig(2)
     for family, ax in zip(("transformer", "resnet"), axs):
-        plots.plot_importance_vs_gradient(*importance_fit(u, family), family, ax=ax)
+        plots.plot_importance_vs_gradient(*importance_line(study["units"], study["summary"], family), family, ax=ax)
     return fig
 
 
 # ---- F6, F7: equalization and repetition -------------------------------------------------------
 
-EQUALIZATION_LABELS = {"none": "baseline", "equalize": "equalized gradients",
-                       "global_rescale": "global rescale (effective-lr control)",
-                       "equalize_update": "equalized updates"}
-
-
-def _arm_label(arm: str) -> str:
+def _equalization_label(arm: str) -> str:
     opt, inter = arm.split("/")
-    label = EQUALIZATION_LABELS.get(inter, inter)
+    label = names.intervention(inter)
     if opt == "adamw" and inter == "equalize":
         label += " (placebo)"
     return label + (" no-clip" if "no-clip" in opt else "")
@@ -180,14 +174,14 @@ def equalization_bands(units: pd.DataFrame, optimizer: str, col: str) -> list[tu
     learning rate; ``col="share"`` is the block's share of its run's positive ablation importance."""
     d = units[(units.optimizer == optimizer) & units.tuned.astype(bool)].copy()
     d["share"] = importance_share(d)
-    return [(_arm_label(arm), bands(g, "order", col)) for arm, g in d.groupby("arm", sort=False)]
+    return [(_equalization_label(arm), bands(g, "order", col)) for arm, g in d.groupby("arm", sort=False)]
 
 
 def f6(t):
     u = t["equalization"]["units"]
-    fig, axs = plt.subplots(2, 3, figsize=(4.2 * 3, 3.3 * 2), squeeze=False)
-    for row, optimizer in zip(axs, ("adamw", "sgd")):
-        name = "SGD" if optimizer == "sgd" else "AdamW"
+    fig, axs = plt.subplots(3, 2, figsize=(4.2 * 2, 3.3 * 3), squeeze=False)  # two columns: README width
+    for row, optimizer in zip(axs.T, ("adamw", "sgd")):
+        name = names.OPTIMIZERS[optimizer]
         plots.plot_arm_profiles(equalization_bands(u, optimizer, "imp_ablation"), "ablation delta-loss (nats, symlog)",
                                 f"{name}: block ablation delta-loss", ax=row[0], symlog=1e-2)
         plots.plot_arm_profiles(equalization_bands(u, optimizer, "share"), "share of ablation importance (symlog)",
@@ -201,7 +195,7 @@ def f6(t):
     return fig
 
 
-def _arm_label(variant: str) -> str:
+def _repetition_label(variant: str) -> str:
     """A variant with its role: the parameter-matched and the compute-matched controls named."""
     if variant == "baseline":
         return "baseline (parameter-matched)"
@@ -216,26 +210,26 @@ def _arm_order(variants) -> list[str]:
 def repetition_application_bands(apps: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """Per arm, each block application's ablation delta-loss (skipped alone; nats) over seeds,
     x = the application's position."""
-    return [(_arm_label(v), bands(apps[apps.variant == v], "application", "imp_application"))
+    return [(_repetition_label(v), bands(apps[apps.variant == v], "application", "imp_application"))
             for v in _arm_order(apps.variant.unique())]
 
 
 def repetition_joint_bands(joint: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """Per arm, the delta-loss of skipping its last m applications together, over seeds, x = m."""
-    return [(_arm_label(v), bands(joint[joint.variant == v], "m", "delta_loss"))
+    return [(_repetition_label(v), bands(joint[joint.variant == v], "m", "delta_loss"))
             for v in _arm_order(joint.variant.unique())]
 
 
 def repetition_fanin_shares(fanin: pd.DataFrame) -> pd.DataFrame:
     """Each parameter group's share of its arm's total group fan-in (autograd path counts)."""
     d = fanin.copy()
-    d["variant"] = d["variant"].map(_arm_label)
+    d["variant"] = d["variant"].map(_repetition_label)
     return d[["order", "F_share", "variant"]]
 
 
 def f7(t):
     rep = t["repetition"]
-    fig, (a, b, c) = _fig(3)
+    fig, (a, b, c) = plt.subplots(3, 1, figsize=(6.0, 3.2 * 3))  # stacked: readable at README width
     if rep.get("applications") is None or rep.get("joint") is None or rep.get("fanin") is None:
         for ax in (a, b, c):
             plots.plot_note("rerun the repetition study: per-application tables missing", ax=ax)

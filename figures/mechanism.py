@@ -24,9 +24,9 @@ from experiments import mechanism as mech
 from experiments.verdicts import HYPOTHESES, judge_all, render
 from gfa_theory.instrument.stats import mean_ci
 
+from . import names
+
 PALETTE = dict(zip(("A", *mech.ACCOUNTS), sns.color_palette("colorblind")))
-ACCOUNT_LABELS = {"counts": "counts $F$", "aligned": "aligned $\\sum g$", "orthogonal": "orthogonal $\\sqrt{\\sum g^2}$",
-                  "product": "full product $\\prod(1+g)$"}
 
 
 def _panels(keys: list, ncols: int, w: float = 3.4, h: float = 2.8):
@@ -46,7 +46,7 @@ def _arm_order(frame: pd.DataFrame) -> list[tuple[str, int]]:
 
 
 def _label(arm: str, B: int) -> str:
-    return f"{arm} (B={B})"
+    return f"{names.arm(arm)} (B={B})"
 
 
 def profile_bands(units: pd.DataFrame) -> pd.DataFrame:
@@ -68,7 +68,7 @@ def f9(t):
     u["A_mean"] = u.groupby("run_id")["A"].transform("mean")
     bands = profile_bands(u)
     keys = _arm_order(bands)
-    fig, axs = _panels(keys, 4)
+    fig, axs = _panels(keys, 2)  # two columns: readable at README width
     for (arm, B), ax in zip(keys, axs):
         d = bands[(bands.arm == arm) & (bands.depth_B == B)]
         for s in ("A", *mech.ACCOUNTS):
@@ -78,7 +78,7 @@ def f9(t):
                 ax.fill_between(c.depth, np.maximum(c.lo, c["mean"] / 10), c.hi, color=PALETTE[s], alpha=0.25, lw=0)
                 ax.plot(c.depth, c["mean"], "o-", color=PALETTE[s], ms=3, lw=1.6, label="measured $A$")
             else:
-                ax.plot(c.depth, c["mean"], "--", color=PALETTE[s], lw=1.2, label=ACCOUNT_LABELS[s])
+                ax.plot(c.depth, c["mean"], "--", color=PALETTE[s], lw=1.2, label=names.ACCOUNTS[s])
         ax.set_yscale("log")
         ax.set_title(_label(arm, B), fontsize=9)
         ax.set_xlabel("relative depth of the branch", fontsize=8)
@@ -98,7 +98,7 @@ def error_bands(errors: pd.DataFrame) -> pd.DataFrame:
 def f10(t):
     b = error_bands(t[mech.NAME]["errors"])
     keys = _arm_order(b)
-    fig, ax = plt.subplots(figsize=(max(7.0, 0.75 * len(keys) + 2), 3.6))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(keys) + 1.5), 4.2))
     width = 0.8 / len(mech.ACCOUNTS)
     for k, acc in enumerate(mech.ACCOUNTS):
         for src, marker, fill in (("training", "o", True), ("final", "o", False)):
@@ -115,11 +115,11 @@ def f10(t):
                 continue  # counts have no gains: one marker
             ax.errorbar(xs, ms, yerr=[lo, hi], fmt=marker, ms=4, capsize=2, lw=1, color=PALETTE[acc],
                         mfc=PALETTE[acc] if fill else "none",
-                        label=ACCOUNT_LABELS[acc] + ("" if fill else " (final-model gains)"))
+                        label=names.ACCOUNTS[acc] + ("" if fill else " (final-model gains)"))
     ax.set_xticks(range(len(keys)), [_label(*k) for k in keys], rotation=35, ha="right", fontsize=7)
     ax.set_ylabel("log-profile error (RMS over branches)", fontsize=8)
     ax.set_yscale("log")
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)  # off the data and the ticks
     ax.grid(axis="y", alpha=0.3)
     return fig
 
@@ -128,10 +128,11 @@ def f11(t):
     tabs = t[mech.NAME]
     runs = tabs["runs"][tabs["runs"]["family"] == "transformer"]
     units = tabs["units"][tabs["units"]["family"] == "transformer"]
-    fig, axs = plt.subplots(1, 3, figsize=(13.5, 3.6))
+    fig, axs = plt.subplots(3, 1, figsize=(7.5, 10.2))  # stacked: readable at README width
     order = [a for a, _ in _arm_order(runs)]
-    hue_order = list(dict.fromkeys(order))
-    sns.scatterplot(data=runs, x="stream_growth", y="excess_slope", hue="arm", hue_order=hue_order, style="depth_B",
+    hue_order = [names.arm(a) for a in dict.fromkeys(order)]
+    runs = runs.assign(arm=runs["arm"].map(names.arm), blocks=runs["depth_B"])  # legend titles in words
+    sns.scatterplot(data=runs, x="stream_growth", y="excess_slope", hue="arm", hue_order=hue_order, style="blocks",
                     ax=axs[0], s=30, palette="tab10")
     axs[0].axhline(0, color="0.6", lw=0.8)
     axs[0].set_xlabel("stream growth: log-slope of RMS($x$) over depth", fontsize=8)
@@ -139,22 +140,22 @@ def f11(t):
     axs[0].set_title("H3: stream growth vs what counts leave", fontsize=9)
     g = (units.groupby(["arm", "depth_B", "order"]).agg(depth=("depth", "mean"), gain=("jacobian_gain", "mean"))
          .reset_index())
-    g["label"] = g["arm"] + " B=" + g["depth_B"].astype(str)
+    g["label"] = g["arm"].map(names.arm) + " B=" + g["depth_B"].astype(str)
     sns.lineplot(data=g, x="depth", y="gain", hue="label", ax=axs[1], lw=1, palette="tab20", legend="brief")
     axs[1].set_yscale("log")
     axs[1].set_xlabel("relative depth of the branch", fontsize=8)
     axs[1].set_ylabel("branch Jacobian gain $g$ (training mean)", fontsize=8)
     axs[1].set_title("Measured gains per arm", fontsize=9)
     sns.scatterplot(data=runs, x="mean_window_relative_rank", y="exponent", hue="arm", hue_order=hue_order,
-                    style="depth_B", ax=axs[2], s=30, palette="tab10", legend=False)
+                    style="blocks", ax=axs[2], s=30, palette="tab10", legend=False)
     for y, name in ((1.0, "aligned: $A \\propto F$"), (0.5, "orthogonal: $A \\propto \\sqrt{F}$")):
         axs[2].axhline(y, color="0.6", lw=0.8, ls=":")
         axs[2].text(axs[2].get_xlim()[0], y, name, fontsize=6, va="bottom", color="0.4")
     axs[2].set_xlabel("relative window effective rank of block gradients", fontsize=8)
     axs[2].set_ylabel("within-run exponent of $A$ on $F$", fontsize=8)
-    axs[2].set_title("H4: gradient rank vs agreement with counts", fontsize=9)
     for ax in axs[:2]:
-        ax.legend(fontsize=5, ncol=2)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    axs[2].set_title("H4: gradient rank vs agreement with counts (colours and markers as in the top panel)", fontsize=9)
     for ax in axs:
         ax.tick_params(labelsize=7)
     return fig

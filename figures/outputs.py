@@ -1,4 +1,4 @@
-"""Every output of ``python -m figures``, in one static list: figures F1-F11, tables T1-T6 and B1, each
+"""Every output of ``python -m figures``, in one static list: figures F1-F12, tables T1-T6 and B1, each
 with its title, the studies it reads and the function that builds it from their tables (a
 matplotlib Figure for a figure, a DataFrame for a table).
 
@@ -44,8 +44,10 @@ OUTPUTS: dict[str, Output] = {o.key: o for o in (
            gfa.f6),
     Output("F7", "figure", "Parameter-shared repetition: per-application importance, group fan-in and "
            "equal-applications ablation", ("repetition",), gfa.f7),
-    Output("F8", "figure", "CascadeFormer vs uniform; CascadeFlow Pruning: perplexity vs blocks removed",
-           (cf.NAME, pr.NAME), efficiency.f8),
+    Output("F8", "figure", "CascadeFormer vs uniform: perplexity, latency and throughput at one parameter budget",
+           (cf.NAME,), efficiency.f8),
+    Output("F12", "figure", "CascadeFlow Pruning: perplexity vs blocks removed, without and with healing",
+           (pr.NAME,), efficiency.f12),
     Output("T1", "table", "CascadeFormer vs uniform Transformer (same depth and training budget)", (cf.NAME,),
            efficiency.t1),
     Output("T2", "table", "Pruning: held-out perplexity (ResNet: loss) at each k, every method, without and with "
@@ -72,11 +74,12 @@ OUTPUTS: dict[str, Output] = {o.key: o for o in (
 
 # outputs of the scale study: drawn only for the profiles that run it (experiments.scale.FIGURE_PROFILES)
 ALONG_SCALE: dict[str, Output] = {o.key: o for o in (
-    Output("F12", "figure", "Along scale: each statistic vs tokens per parameter and vs parameters "
-           "(t-intervals over seeds)", ("scale",), scale_figures.f12),
+    Output("F13", "figure", "Along scale: each statistic vs tokens per parameter and vs parameters "
+           "(t-intervals over seeds)", ("scale",), scale_figures.f13),
 )}
 
 
 def figures() -> list[Output]:
-    """The figures, in order (the report and the README embed them)."""
+    """The figures, in order (the report and the README embed them): F12, split off F8, sits beside it;
+    F13 (along scale) last, where its profile drew it."""
     return [o for o in (*OUTPUTS.values(), *ALONG_SCALE.values()) if o.kind == "figure"]

@@ -18,11 +18,9 @@ import seaborn as sns  # noqa: E402
 sns.set_theme(context="paper", style="whitegrid", font_scale=1.0)
 PALETTE = sns.color_palette("colorblind")
 
+from . import names  # noqa: E402
+
 # pruning methods: CascadeFlow bold, the oracle black dashed, the chance floor grey
-METHOD_LABELS = {"cascadeflow": "CascadeFlow ($A$)", "cascadeflow_rms": "CascadeFlow ($A_{rms}$)",
-                 "bi": "Block Influence", "angular": "angular distance (span)", "taylor": "Taylor",
-                 "magnitude": "weight magnitude", "random": "random (mean of draws)", "last": "last-$k$",
-                 "ablation": "greedy ablation (oracle)", "none": "unpruned"}
 METHOD_STYLE = {
     "cascadeflow": dict(color=PALETTE[0], lw=2.4, marker="o", ls="-", zorder=5),
     "cascadeflow_rms": dict(color=PALETTE[0], lw=1.4, marker="o", ls="--", mfc="white", zorder=4),
@@ -136,17 +134,16 @@ def plot_deep_supervision(band: pd.DataFrame, fans: pd.DataFrame, B: int, family
 
 # ---- F5: gradients vs importance ---------------------------------------------------------------
 
-def plot_importance_vs_gradient(points: pd.DataFrame, fit: pd.DataFrame, slope: tuple[float, float, float],
-                                family: str, ax=None):
+def plot_importance_vs_gradient(points: pd.DataFrame, line: pd.DataFrame, slope: str, family: str, ax=None):
     """Ablation importance (normalized within run) against normalized A, one point per block
-    (``points``: A_norm, imp_ablation_norm, depth_B), with the OLS fit line and its 95 % band
-    (``fit``: x, mean, lo, hi) and the slope (estimate, low, high) in the legend."""
+    (``points``: A_norm, imp_ablation_norm, depth_B), with the study's slope as a line (``line``:
+    x, mean) and, formatted, in the legend (``slope``)."""
     ax = _ax(ax)
     sns.scatterplot(data=points, x="A_norm", y="imp_ablation_norm", hue="depth_B", palette="viridis",
                     s=14, ax=ax, legend="full")
-    ax.plot(fit["x"], fit["mean"], color="k", lw=1.2,
-            label=f"OLS slope {slope[0]:.2f} [{slope[1]:.2f}, {slope[2]:.2f}]")
-    ax.fill_between(fit["x"], fit["lo"], fit["hi"], color="k", alpha=0.12, lw=0)
+    if len(line):
+        ax.plot(line["x"], line["mean"], color="k", lw=1.2,
+                label=f"C5's slope, depth-controlled:\n{slope}")
     ax.set_xlabel("accumulated gradient $A$ / mean over blocks")
     ax.set_ylabel("ablation importance / mean over blocks")
     ax.set_title(f"{family}: gradients vs importance")
@@ -204,6 +201,7 @@ def plot_cascade_tradeoff(summary: pd.DataFrame, margin_pct: float, paper_throug
     ax.plot([paper_throughput], [0], marker="*", ms=11, color="gold", mec="k", ls="none",
             label="paper: +9.4 % throughput")
     main_steps = summary["steps"].min()
+    sweep_steps = sorted(int(v) for v in summary.loc[summary["steps"] != main_steps, "steps"].unique())
     for _, r in summary[summary["steps"] == main_steps].iterrows():
         sched = r["schedule"]
         x, y = r["throughput_ratio"], r["ppl_gap_pct"]
@@ -211,17 +209,20 @@ def plot_cascade_tradeoff(summary: pd.DataFrame, margin_pct: float, paper_throug
         yerr = np.nan_to_num([[abs(y - r["ppl_gap_pct_ci_low"])], [abs(r["ppl_gap_pct_ci_high"] - y)]])
         c = _taper_color(sched)
         ax.errorbar([x], [y], xerr=xerr, yerr=yerr, color=c, marker=TAPER_MARKERS.get(sched, "o"), ms=5,
-                    capsize=2, elinewidth=0.8, ls="none", label=f"{r['label']} ({r['role']})")
+                    capsize=2, elinewidth=0.8, ls="none", label=f"{names.schedule(r['label'])} ({r['role']})")
         for _, t in summary[(summary["steps"] != main_steps) & (summary["label"] == r["label"])].iterrows():
+            # the sweep point sits at its arm's main throughput (timed once): no text label, the
+            # legend says what hollow markers are, so nothing overlaps
             ax.plot([x, x], [y, t["ppl_gap_pct"]], color=c, lw=0.7, ls=":")
             ax.plot([x], [t["ppl_gap_pct"]], marker=TAPER_MARKERS.get(sched, "o"), mfc="none", color=c, ms=6,
                     ls="none")
-            ax.annotate(f"{int(t['steps'])} steps", (x, t["ppl_gap_pct"]), textcoords="offset points",
-                        xytext=(3, -7), fontsize=6, color=c)
+    if sweep_steps:
+        ax.plot([], [], marker="o", mfc="none", color="0.3", ls=":", lw=0.7,
+                label=f"same arm trained {', '.join(map(str, sweep_steps))} steps (token sweep)")
     ax.set_xlabel("throughput ratio vs full uniform (tokens/s, large batch)")
-    ax.set_ylabel("held-out perplexity change vs full uniform (%)")
-    ax.set_title("CascadeFormer at one parameter budget (hollow: token sweep)")
-    ax.legend(fontsize=6, loc="best")
+    ax.set_ylabel("perplexity change vs full uniform (%)")
+    ax.set_title(f"Perplexity vs throughput ({int(main_steps)} training steps)")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     return ax
 
 
@@ -258,15 +259,15 @@ def plot_cascade_speed(tapered: pd.DataFrame, paper_latency: float, paper_throug
     ax.axhline(paper_latency, color=PALETTE[2], ls=":", lw=1, label=f"paper latency {paper_latency:.3f}")
     ax.axhline(paper_throughput, color=PALETTE[3], ls=":", lw=1, label=f"paper throughput {paper_throughput:.3f}")
     top = max(float(np.nanmax(np.asarray(b[3], float))) for b in bars)
-    ax.set_ylim(min(0.5, float(np.nanmin(d["params_ratio"])) - 0.05), 1.3 * top)  # room for the legend
-    ax.set_xticks(x, [f"{lab}\n({role})" for lab, role in zip(d["label"], d["role"])], fontsize=7)
+    ax.set_ylim(min(0.5, float(np.nanmin(d["params_ratio"])) - 0.05), 1.05 * top)
+    ax.set_xticks(x, [f"{names.schedule(lab)}\n({role})" for lab, role in zip(d["label"], d["role"])], fontsize=7)
     ax.set_ylabel("ratio (grey ticks: A/A control IQR)")
-    ax.set_title("CascadeFormer vs full uniform: perplexity and speed")
-    ax.legend(fontsize=5.5, ncol=2)
+    ax.set_title("Perplexity and speed per arm, vs full uniform")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     return ax
 
 
-# ---- F8: pruning -------------------------------------------------------------------------------
+# ---- F12: pruning ------------------------------------------------------------------------------
 
 def _pruning_ylabel(metric: str, family: str, relative: bool) -> str:
     names = {"perplexity": "held-out perplexity", "loss": "held-out loss (nats)",
@@ -298,7 +299,7 @@ def plot_pruning_curve(curves: pd.DataFrame, model: str, family: str, metric: st
         if m == "random" and clip_random:
             err = None  # its values are written in the panel; its bars would span it
         # error bars, not bands: nine overlapping bands would hide every line
-        ax.errorbar(x, mean, yerr=err, label=METHOD_LABELS[m], ms=4 if m != "ablation" else 6.5, capsize=1.5,
+        ax.errorbar(x, mean, yerr=err, label=names.method(m), ms=4 if m != "ablation" else 6.5, capsize=1.5,
                     elinewidth=0.7, **METHOD_STYLE[m])
         if m != "random":
             lows.append(np.nanmin(np.fmin(lo, mean)))
@@ -359,7 +360,7 @@ def plot_arm_profiles(bands: list[tuple[str, pd.DataFrame]], ylabel: str, title:
     return ax
 
 
-# ---- F12: along scale --------------------------------------------------------------------------
+# ---- F13: along scale --------------------------------------------------------------------------
 
 def plot_along_scale(series: list[tuple[str, pd.DataFrame]], xlabel: str, ylabel: str, ref: float | None = None,
                      ax=None):

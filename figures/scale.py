@@ -1,4 +1,4 @@
-"""Builder of F12 (``experiments/scale.py``): each statistic of the scale study against tokens per
+"""Builder of F13 (``experiments/scale.py``): each statistic of the scale study against tokens per
 parameter (left) and parameters (right), point means with t-intervals over seeds (its
 ``point_means.csv``). The verdicts along scale are judged in :mod:`experiments.verdicts.scale`."""
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _band(means: pd.DataFrame, stat: str, on: str, x: str) -> pd.DataFrame:
                          "lo": d["ci_low"].to_numpy(float), "hi": d["ci_high"].to_numpy(float)})
 
 
-def f12(tables: dict):
+def f13(tables: dict):
     means = tables[sc.NAME]["point_means"]
     fig, axes = plt.subplots(len(PANELS), 2, figsize=(8.4, 2.6 * len(PANELS)), squeeze=False)
     for row, (stats, ylabel, ref) in enumerate(PANELS):

@@ -137,13 +137,15 @@ def test_t1_and_f8_panels(study):
     from experiments.verdicts import BY_KEY, judge
     from experiments.verdicts import cascadeformer as c8r
     from experiments.verdicts.toolkit import MISSING
+    from figures import names
     from figures import efficiency as ef
 
     ctx, _ = study
     tables = {cf.NAME: load_study(ctx, cf.NAME)}
     t1 = ef.t1(tables)
     arms = cf.schedules("smoke")
-    assert t1["arm"].tolist()[:len(arms)] == arms and t1["arm"].iloc[-1] == "A/A control (uniform copy)"
+    assert t1["arm"].tolist()[:len(arms)] == [names.schedule(a) for a in arms]  # in words: "fan-in taper"
+    assert t1["arm"].iloc[-1] == "A/A control (uniform copy)"
     assert {"params", "params vs uniform", "FLOPs vs uniform", "tokens/param", "perplexity [CI95]",
             "loss gap vs uniform [paired CI95]", "loss gap vs narrow [paired CI95]", "latency ratio [IQR]",
             "throughput ratio [IQR]", "train-step latency ratio [IQR]", "train throughput ratio [IQR]",
@@ -155,6 +157,10 @@ def test_t1_and_f8_panels(study):
         ax = panel(tables)
         assert ax.has_data()
         assert not panel({}).axison  # a missing study draws a note, not an error
+    fig = ef.f8(tables)
+    labels = [t.get_text() for ax in fig.axes for t in (ax.get_legend().get_texts() if ax.get_legend() else [])]
+    assert names.schedule("fanin") + " (primary)" in labels and not any("fanin" in t for t in labels)
+    assert not [t for ax in fig.axes for t in ax.texts]  # no free-floating labels to collide
     found = judge(BY_KEY["C8"], tables)
     direct = c8r.c8(tables[cf.NAME]["summary"])
     assert (found.verdict, repr(found.primary), found.why) == (direct.verdict, repr(direct.primary), direct.why)
@@ -162,7 +168,7 @@ def test_t1_and_f8_panels(study):
     # T1 prints C8's own tests, read from the finding (the main comparison's primary row)
     from gfa_theory.instrument.stats import format_p
     p = direct.arms["p_comparable"][direct.arms["label"] == "fanin"].iloc[0]
-    assert t1.loc[t1["arm"] == "fanin", "non-inferior vs uniform p"].iloc[0] == format_p(p)
+    assert t1.loc[t1["arm"] == names.schedule("fanin"), "non-inferior vs uniform p"].iloc[0] == format_p(p)
     assert judge(BY_KEY["C9"], tables).verdict == MISSING  # the pruning study is not in these tables
 
 
@@ -172,6 +178,6 @@ def test_t1_f8_and_c8_are_listed():
     from figures.outputs import OUTPUTS
 
     assert OUTPUTS["T1"].studies == (cf.NAME,) and OUTPUTS["T1"].build is ef.t1
-    assert cf.NAME in OUTPUTS["F8"].studies and OUTPUTS["F8"].build is ef.f8
+    assert OUTPUTS["F8"].studies == (cf.NAME,) and OUTPUTS["F8"].build is ef.f8
     assert [c.key for c in CLAIMS].count("C8") == 1
     assert next(c for c in CLAIMS if c.key == "C8").studies == (cf.NAME,)

@@ -66,6 +66,7 @@ def test_table_format(layout_file):
     assert header[:5] == ["i", "block", "slot", "F(i)", "F/max"] and header[5] == "k=0"
     assert lines[2].split()[:5] == ["1", "1", "0", "14", "1.000"]
     assert any(line.split()[:2] == ["3,4", "21"] for line in lines)  # shared-group table
+    assert any(line.strip().startswith("k=0..3: paths through exactly k later branches") for line in lines)  # legend
     assert lines[-1].startswith("autograd check: agrees")
 
 

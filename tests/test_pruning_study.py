@@ -1,5 +1,5 @@
 """The pruning study (experiments/pruning.py): smoke run, stability helpers, checkpoint rankings,
-T2-T4 / F8 builders and the C9-C11 verdict rules."""
+T2-T4 / F12 builders and the C9-C11 verdict rules."""
 import json
 import math
 from dataclasses import replace
@@ -279,6 +279,7 @@ def test_t6_table(study):
 
 def test_t2_t3_t4_tables(study):
     from figures import efficiency as ef
+    from figures import names
 
     ctx, results, tables = study
     t = {pr.NAME: tables}
@@ -294,14 +295,15 @@ def test_t2_t3_t4_tables(study):
     assert len(t3) == len(t2) + int(t2.model.str.startswith("transformer").sum())
     t4 = ef.t4(t)
     assert len(t4) == results["model"].nunique() * len(pr.METHODS)
-    cf_row = t4[t4.method == "cascadeflow"].iloc[0]
+    assert "cascadeflow" not in set(t4.method) and "bi" not in set(t2.method)  # methods named in words
+    cf_row = t4[t4.method == names.method("cascadeflow")].iloc[0]
     assert cf_row["tau calibration [min, max]"].endswith("(by construction)") and cf_row["forward passes"] == "0"
     assert (t4["tau checkpoints [min, max]"] == "n/a").all()  # not measured in smoke
     for df in (t2, t3, t4):
         assert "%" not in df.to_csv()  # a bare % would comment out the rest of a LaTeX row
 
 
-def test_f8_and_pruning_panels(study):
+def test_f12_and_pruning_panels(study):
     import matplotlib.pyplot as plt
 
     from figures import efficiency as ef
@@ -316,22 +318,25 @@ def test_f8_and_pruning_panels(study):
                           metric="accuracy")
     assert ax.get_ylabel() == "top-1 accuracy"
     assert not ef.pruning_panel({}).axison  # a missing study draws a note, not an error
+    fig = ef.f12(t)
+    assert len(fig.axes) == 2 and fig.legends and all(ax.axison for ax in fig.axes)
     fig = ef.f8(t)  # the CascadeFormer panels note their missing study
-    assert len(fig.axes) == 4 and fig.legends
+    assert len(fig.axes) == 2 and not any(ax.axison for ax in fig.axes)
     plt.close("all")
 
 
-def test_f8_t1_to_t4_and_claims_are_listed():
+def test_f8_f12_t1_to_t4_and_claims_are_listed():
     from figures import efficiency as ef
     from experiments.verdicts import CLAIMS
     from figures.outputs import OUTPUTS
 
-    assert OUTPUTS["F8"].build is ef.f8 and set(OUTPUTS["F8"].studies) == {"cascadeformer", "pruning"}
+    assert OUTPUTS["F12"].build is ef.f12 and OUTPUTS["F12"].studies == ("pruning",)
     for key in ("T2", "T3", "T4"):
         assert OUTPUTS[key].studies == ("pruning",) and OUTPUTS[key].kind == "table"
         assert "%" not in OUTPUTS[key].title  # the title is the LaTeX caption
     assert OUTPUTS["T1"].studies == ("cascadeformer",)
-    assert [OUTPUTS[k].build for k in ("T1", "F8", "T2", "T3", "T4")] == [ef.t1, ef.f8, ef.t2, ef.t3, ef.t4]
+    assert [OUTPUTS[k].build for k in ("T1", "F8", "F12", "T2", "T3", "T4")] == [ef.t1, ef.f8, ef.f12, ef.t2, ef.t3,
+                                                                                 ef.t4]
     keys = [c.key for c in CLAIMS]
     assert all(keys.count(k) == 1 for k in ("C8", "C9", "C10", "C11"))
 

@@ -67,10 +67,12 @@ def test_reproduce_smoke_writes_every_stamped_output(smoke_root, tmp_path):
 
 
 def test_outputs_and_claims_are_static_lists():
-    assert list(OUTPUTS) == [f"F{i}" for i in range(1, 9)] + [f"T{i}" for i in range(1, 7)] + ["F9", "F10", "F11", "B1"]
+    assert list(OUTPUTS) == ([f"F{i}" for i in range(1, 9)] + ["F12"] + [f"T{i}" for i in range(1, 7)]
+                             + ["F9", "F10", "F11", "B1"])
     assert all(o.kind == ("figure" if k.startswith("F") else "table") and callable(o.build)
                for k, o in OUTPUTS.items())
-    assert OUTPUTS["F8"].build is efficiency.f8 and set(OUTPUTS["F8"].studies) == {"cascadeformer", "pruning"}
+    assert OUTPUTS["F8"].build is efficiency.f8 and OUTPUTS["F8"].studies == ("cascadeformer",)
+    assert OUTPUTS["F12"].build is efficiency.f12 and OUTPUTS["F12"].studies == ("pruning",)
     assert OUTPUTS["T1"].studies == ("cascadeformer",) and OUTPUTS["T5"].build is gfa.t5
     assert [c.key for c in CLAIMS] == [f"C{i}" for i in range(1, 12)]
     assert all("%" not in o.title for o in OUTPUTS.values())  # the title is the LaTeX caption
@@ -94,6 +96,51 @@ def test_plots_only_draw():
         if name.startswith("plot_"):
             sig = inspect.signature(fn)
             assert "ax" in sig.parameters and sig.parameters["ax"].default is None, name
+
+
+def test_f5_draws_the_studys_slope_and_no_builder_fits_one():
+    """F5's line and legend are C5's depth-controlled slope from the study summary, not a fit of
+    the figure's own; the builders import no regression library."""
+    units = pd.DataFrame({"family": "transformer", "A_norm": [0.5, 1.0, 1.5, 1.0], "imp_ablation_norm": [0.2, 1.0, 1.8, 1.0]})
+    key = {"family": "transformer", "arm": "ablation", "subset": "all"}
+    summary = pd.DataFrame([{**key, "quantity": "ols", "estimate": 1.6, "ci_low": 1.0, "ci_high": 2.2},
+                            {**key, "quantity": "ols_depth", "estimate": 2.36, "ci_low": 2.23, "ci_high": 2.48},
+                            {**key, "quantity": "ols_depth", "subset": "no_first_block", "estimate": 9.0,
+                             "ci_low": 8.0, "ci_high": 10.0}])
+    points, line, text = gfa.importance_line(units, summary, "transformer")
+    assert text == "2.36 [2.23, 2.48]" and len(points) == 4
+    assert (line["mean"].iloc[1] - line["mean"].iloc[0]) / (line["x"].iloc[1] - line["x"].iloc[0]) == pytest.approx(2.36)
+    assert line["mean"].mean() == pytest.approx(1.0)  # through the blocks' mean point
+    for module in (gfa, efficiency):
+        assert "statsmodels" not in inspect.getsource(module), module.__name__
+
+
+def test_every_rules_evidence_is_an_output_that_reads_its_studies():
+    """The figure and table ids a claim or hypothesis cites exist, and each reads one of the rule's
+    studies (F8 was split: C8 cites F8, the CascadeFormer figure; C9 cites F12, the pruning one)."""
+    from experiments.verdicts import RULES
+
+    for rule in RULES:
+        for key in (k.strip() for k in rule.evidence.split(",") if k.strip() not in ("", "as C2")):
+            assert key in OUTPUTS, (rule.key, key)
+            assert not OUTPUTS[key].studies or set(OUTPUTS[key].studies) & set(rule.studies), (rule.key, key)
+
+
+def test_arms_and_methods_have_display_names_in_one_place():
+    """Every arm, schedule, intervention and method a reader meets has its words in figures.names,
+    and no builder keeps a second map."""
+    from experiments import mechanism, pruning
+    from figures import mechanism as mech_figures
+    from figures import names
+    from gfa_theory.methods.taper import SCHEDULES
+
+    for code in (*mechanism.ARMS, *mechanism.SETTINGS):
+        assert code in names.ARMS
+    assert set(SCHEDULES) <= set(names.SCHEDULES) and set(pruning.METHODS) <= set(names.METHODS)
+    assert names.arm("post") == "Post-LN" and names.arm("ln_scaling") == "LayerNorm Scaling"
+    for module in (figures.plots, gfa, efficiency, mech_figures):
+        src = inspect.getsource(module)
+        assert "_LABELS = {" not in src and '"Post-LN"' not in src, module.__name__
 
 
 # ---- where the time goes -------------------------------------------------------------------------
@@ -137,3 +184,14 @@ def test_time_table_and_report_section(tmp_path):
     section = text.split("## Where the time goes", 1)[1]
     assert "| a_study" in section and "| total" in section and "42.5" in section
     assert "## Where the time goes" not in report.report_text(claims, st, "smoke", tmp_path)
+
+
+def test_equalization_arms_are_named_in_words():
+    """F6's legend: the intervention in words, the optimizer's placebo and no-clip variants marked
+    (a second helper of the same name once shadowed this one and left code names in the legend)."""
+    units = pd.DataFrame({"optimizer": "sgd", "tuned": True, "arm": ["sgd/none", "sgd no-clip/equalize"] * 2,
+                          "run_id": ["a", "b", "a", "b"], "order": [1, 1, 2, 2], "imp_ablation": [1.0, 2.0, 3.0, 4.0]})
+    labels = [label for label, _ in gfa.equalization_bands(units, "sgd", "imp_ablation")]
+    assert labels == ["baseline", "equalized gradients no-clip"]
+    placebo = gfa.equalization_bands(units.assign(optimizer="adamw", arm="adamw/equalize"), "adamw", "imp_ablation")
+    assert [label for label, _ in placebo] == ["equalized gradients (placebo)"]

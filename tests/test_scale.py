@@ -52,8 +52,8 @@ def test_smoke_study_end_to_end(smoke_tables):
         assert len(f.points["tokens"]) == len(sp.tokens_per_param) and len(f.points["size"]) == len(sp.widths)
     section = "\n".join(render.along_scale_section(found, "smoke"))
     assert section.startswith("## Along scale") and "C8" in section and "not measured" not in section.lower()
-    from figures.scale import f12
-    assert isinstance(f12({sc.NAME: tables}), matplotlib.figure.Figure)
+    from figures.scale import f13
+    assert isinstance(f13({sc.NAME: tables}), matplotlib.figure.Figure)
 
 
 def test_per_point_verdicts_are_the_claim_rules_unchanged(smoke_tables):
@@ -160,8 +160,8 @@ def test_scale_is_its_own_study_not_part_of_the_default_profile():
     with pytest.raises(ConfigError, match="not part of the default profile"):
         sc.scale_plan("default")
     assert gpt_run(plan("default"), n_blocks=8, seed=0).data.corpus is None  # default configs unchanged
-    assert "F12" not in build.selected(None, "default") and "F12" not in build.selected(None, "smoke")
-    assert build.selected(None, "scale") == ["F12"] and "F12" in build.selected(None, "full")
+    assert "F13" not in build.selected(None, "default") and "F13" not in build.selected(None, "smoke")
+    assert build.selected(None, "scale") == ["F13"] and "F13" in build.selected(None, "full")
     sp = sc.scale_plan("scale")
     assert sp.tokens_per_param == (1.0, 3.0, 10.0, 20.0) and sp.base_width == 48 and sp.depth == 8
     assert sp.widths == (32, 48, 96) and sp.size_tokens_per_param == 3.0 and len(sp.seeds) == 3

@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -171,3 +172,30 @@ def test_cli_table_json_and_errors():
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "budget" in bad.stderr
     bad = run("--blocks", "0")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_unreachable_budget_says_why_and_what_to_change(capsys):
+    """At a GPT-2 vocabulary and width 128 the embedding and head dominate the FLOPs: no fan-in
+    taper with floor r=0.5 reaches 0.85, and the error gives the strongest taper's budget; that
+    budget itself is reachable, and so is 0.85 at sizes where the blocks dominate."""
+    args = ["taper", "--blocks", "8", "--schedule", "fanin", "--vocab", "50257", "--context", "1024"]
+    assert gfa([*args, "--match", "flops=0.85"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "embedding and head" in err[0] and "lower --r" in err[0], err
+    reached = float(err[0].split("ask for at least ")[1].split(",")[0])
+    assert 0.85 < reached < 1
+    assert gfa([*args, "--match", f"flops={reached}", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["flops_ratio"] <= reached + 1e-9
+    wide = ["--n-embd", "768", "--heads", "12", "--d-ff", "3072"]
+    assert gfa([*args[:2], "12", *args[3:], *wide, "--match", "flops=0.85", "--format", "json"]) == 0
+    assert abs(json.loads(capsys.readouterr().out)["flops_ratio"] - 0.85) < 0.01
+
+
+def test_readme_conflict_example_is_the_error_it_describes(capsys):
+    """The README's example of contradicting options: --match solves alpha, so --alpha conflicts."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    example = "gfa taper --blocks 8 --schedule fanin --alpha 0.5 --match flops=0.85"
+    assert f"`{example}`" in readme
+    assert gfa(example.split()[1:]) == 2
+    err = capsys.readouterr().err
+    assert "--match and --alpha conflict: --match solves alpha" in err and len(err.strip().splitlines()) == 1, err

@@ -88,7 +88,7 @@ CLAIMS: tuple[Rule, ...] = (
          "T1, F8", (cf.NAME,), "transformer", _reads(cf.NAME, "summary", cascadeformer.c8)),
     Rule("C9", "CascadeFlow prunes better (perplexity)",
          "CascadeFlow Pruning (remove the blocks with the smallest accumulated training gradient) outperforms "
-         "standard pruning heuristics on perplexity.", pruning.C9_RULE, "F8, T2, T6", (pr.NAME,), "transformer",
+         "standard pruning heuristics on perplexity.", pruning.C9_RULE, "F12, T2, T6", (pr.NAME,), "transformer",
          pruning.judge_c9),
     Rule("C10", "CascadeFlow ranks more stably",
          "CascadeFlow Pruning outperforms standard heuristics on rank stability.", pruning.C10_RULE, "T4",

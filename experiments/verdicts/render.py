@@ -205,7 +205,7 @@ def along_scale_section(findings, profile: str) -> list[str]:
         return lines + [f"Not measured for this profile (`{profile}`): the scale study runs with "
                         f"`python -m experiments scale --profile scale` (or `full`).", ""]
     lines += ["Each claim rule, unchanged, at every ladder point; each statistic's slope per decade of tokens/param "
-              "and of parameters (t-interval over seeds). Figure F12 draws the statistics.", "",
+              "and of parameters (t-interval over seeds). Figure F13 draws the statistics.", "",
               along_scale_table(findings).to_markdown(index=False), "",
               "<details><summary>Verdict at every point, and every trend</summary>", "",
               point_table(findings).to_markdown(index=False), "", trends_table(findings).to_markdown(index=False),

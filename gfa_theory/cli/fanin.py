@@ -440,6 +440,7 @@ def _table(result: symbolic.FanInResult, closed_form: str | None = None, names: 
                for k in range(shown)]
             for n, (br, nf) in enumerate(zip(result.branches, result.fan_in_normalized))]
     lines += _aligned(header, rows)
+    lines += [f"  {line}" for line in _legend(shown)]
     lines.append("")
     lines += _aligned(["block", *unit, "branches", "F(b)"],
                       [[str(bl.block)] + ([names["blocks"][n]] if names else [])
@@ -452,6 +453,15 @@ def _table(result: symbolic.FanInResult, closed_form: str | None = None, names: 
                           [[",".join(map(str, g.blocks)), str(g.fan_in),
                             ",".join(map(str, g.fan_in_by_slot))] for g in shared])
     return "\n".join(lines)
+
+
+def _legend(shown: int) -> list[str]:
+    """What the columns of the branch table count (printed under it)."""
+    return ["i: branch (forward order); slot: its place in its block; F(i): fan-in, the gradient paths reaching",
+            "branch i from the loss heads through at most one later branch; F/max: F(i) / the largest F(i);",
+            f"k=0..{shown - 1}: paths through exactly k later branches (k=0: identity paths, one per head at or after "
+            "the branch),",
+            "so F(i) = (k=0) + (k=1); F(b) below: a block's fan-in, the sum of its branches' F(i)"]
 
 
 def _aligned(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -214,8 +214,7 @@ def match(cfg: TaperConfig, target: float, budget: Literal["params", "flops"] = 
         make = lambda s: plan(replace(cfg, r=1.0 - (1.0 - 1e-3) * s))  # noqa: E731
     best = make(1.0)
     if cost(best) > target + 1e-9:
-        floor = f" and floor r={cfg.r}" if cfg.schedule in _ALPHA_MATCHED else ""
-        raise ConfigError(f"cannot reach {target:.3f} x uniform {budget} with schedule {cfg.schedule}{floor}")
+        raise ConfigError(_unreachable(cfg, target, budget, cost(best)))
     lo, hi, above = 0.0, 1.0, make(0.0)
     for _ in range(iters):
         mid = (lo + hi) / 2
@@ -227,6 +226,27 @@ def match(cfg: TaperConfig, target: float, budget: Literal["params", "flops"] = 
     if nearest and cost(above) - target < target - cost(best):
         return above
     return best
+
+
+def _unreachable(cfg: TaperConfig, target: float, budget: str, reached: float) -> str:
+    """Why no strength of the schedule meets the budget, and what to change: the embedding, the
+    head and the norms are part of the budget but no taper shrinks them."""
+    zero = (0,) * cfg.B
+    base = uniform_plan(cfg)
+    if budget == "params":
+        fixed = count_params(cfg.n_embd, zero, cfg.head_dim, zero, cfg.vocab_size, cfg.block_size) / base.params()
+    else:
+        fixed = flops_per_token(cfg.n_embd, zero, cfg.head_dim, zero, cfg.vocab_size,
+                                cfg.block_size) / base.flops_per_token()
+    strongest = (f"every block after the first at the floor r={cfg.r:g}" if cfg.schedule in _ALPHA_MATCHED
+                 else "the last block at the narrowest whole head and FFN quantum")
+    floor = "lower --r, " if cfg.schedule in _ALPHA_MATCHED else ""
+    least = math.ceil(reached * 1000) / 1000  # printed rounded up: a fraction the taper does reach
+    return (f"cannot reach {target:.3f} x uniform {budget} with schedule {cfg.schedule}: its strongest taper "
+            f"({strongest}) reaches {reached:.3f} x, because the embedding and head, which no taper shrinks, are "
+            f"{100 * fixed:.0f} % of the {budget} at vocab {cfg.vocab_size} and width {cfg.n_embd}; {floor}ask for "
+            f"at least {least:.3f}, or give sizes where the blocks dominate (larger --n-embd and --d-ff, "
+            "or a smaller --vocab)")
 
 
 def gradient_profile(gradients, B: int) -> tuple[float, ...]:
