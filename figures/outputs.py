@@ -1,6 +1,7 @@
 """Every output of ``python -m figures``, in one static list: figures F1-F12, tables T1-T6 and B1, each
 with its title, the studies it reads and the function that builds it from their tables (a
-matplotlib Figure for a figure, a DataFrame for a table).
+matplotlib Figure for a figure, a DataFrame for a table). :data:`ALONG_SCALE` holds F13, the scale
+study's figure, drawn only for the profiles that run that study.
 
 Outputs go under the checkout (``figures/`` and ``paper/`` are never installed), so paths are
 taken from :data:`REPO`, not from the working directory.
