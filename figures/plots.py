@@ -274,7 +274,7 @@ def _pruning_ylabel(metric: str, family: str, relative: bool) -> str:
              "accuracy": "next-token accuracy" if family == "transformer" else "top-1 accuracy"}
     ratio = metric == "perplexity"
     if relative:
-        return f"{names[metric]} / unpruned model's" if ratio else f"{names[metric]} - unpruned model's"
+        return f"{names[metric]}\n/ unpruned model's" if ratio else f"{names[metric]}\n- unpruned model's"
     return names[metric] + (" (log scale)" if ratio else "")
 
 
@@ -311,11 +311,12 @@ def plot_pruning_curve(curves: pd.DataFrame, model: str, family: str, metric: st
     if clip_random and "random" in methods and highs:
         top, bottom = max(highs), min(lows)
         pad = 0.08 * (top - bottom or abs(top) or 1.0)
-        ax.set_ylim(bottom - pad, top + 3 * pad)
-        if any(v > top + 3 * pad for kk, v in zip(*rand) if kk > 0):
+        ax.set_ylim(bottom - pad, top + 5 * pad)  # headroom for the line that names random's values
+        if any(v > top + 5 * pad for kk, v in zip(*rand) if kk > 0):
             ax.text(0.02, 0.97, "random (runs off the top): " + ", ".join(
                 f"k={int(kk)}: {v:.3g}" for kk, v in zip(*rand) if kk > 0),
-                transform=ax.transAxes, ha="left", va="top", fontsize=6.5, color="0.35")
+                transform=ax.transAxes, ha="left", va="top", fontsize=6.5, color="0.35",
+                bbox=dict(facecolor="white", edgecolor="none", alpha=0.85, pad=1.5))
     ax.set_xticks(range(int(curves["k"].max()) + 1))
     ax.set_xlabel(f"blocks removed $k$ (of {depth_B})")
     ax.set_ylabel(_pruning_ylabel(metric, family, relative))
