@@ -20,6 +20,7 @@ from gfa_theory.models.gpt import NormConfig
 from gfa_theory.theory import gains
 from gfa_theory.theory import path_counts as paths
 from gfa_theory.theory.layout import Layout
+from test_paths import orthogonal_jacobians
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 values = st.floats(0.05, 3.0, allow_nan=False, allow_infinity=False)
@@ -81,12 +82,7 @@ def _orthogonal_net(layout, g, a, n, h):
     ``a_p``, a norm gain ``n_p`` after each sum and head gains ``h_m``: autograd's gradient norm at
     each branch output."""
     H, N = len(layout.supervision), layout.N
-    D = (N + 1) * H
-    J = torch.zeros(N, D, D, dtype=torch.float64)
-    for j in range(1, N + 1):
-        for m in range(H):
-            J[j - 1, m * (N + 1), m * (N + 1) + j] = g[j - 1]
-    probes = [torch.zeros(D, dtype=torch.float64, requires_grad=True) for _ in range(N)]
+    D, J, probes = orthogonal_jacobians(layout, g)
     x, loss, p = torch.ones(D, dtype=torch.float64), 0.0, 0
     for b, blk in enumerate(layout.blocks, start=1):
         mine = [br.index for br in layout.branches() if br.block == b]

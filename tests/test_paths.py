@@ -220,6 +220,19 @@ def test_aligned_and_orthogonal_limits_are_norms_of_explicit_contributions(layou
     _close(gains.orthogonal_limit(layout, g), orthogonal, rel=1e-9)
 
 
+def orthogonal_jacobians(layout, g):
+    """``(D, J, probes)`` of the orthogonal linear net below: ``J[j - 1]`` maps head ``m``'s read-out
+    direction onto branch ``j``'s private direction with gain ``g_j``; one zero probe per branch."""
+    H, N = len(layout.supervision), layout.N
+    D = (N + 1) * H
+    J = torch.zeros(N, D, D, dtype=torch.float64)
+    for j in range(1, N + 1):
+        for m in range(H):
+            J[j - 1, m * (N + 1), m * (N + 1) + j] = g[j - 1]
+    probes = [torch.zeros(D, dtype=torch.float64, requires_grad=True) for _ in range(N)]
+    return D, J, probes
+
+
 def _orthogonal_network_gradients(layout, g):
     """Autograd on a linear residual net whose order-1 contributions are exactly orthogonal.
 
@@ -229,12 +242,7 @@ def _orthogonal_network_gradients(layout, g):
     point in distinct directions.
     """
     H, N = len(layout.supervision), layout.N
-    D = (N + 1) * H
-    J = torch.zeros(N, D, D, dtype=torch.float64)
-    for j in range(1, N + 1):
-        for m in range(H):
-            J[j - 1, m * (N + 1), m * (N + 1) + j] = g[j - 1]
-    probes = [torch.zeros(D, dtype=torch.float64, requires_grad=True) for _ in range(N)]
+    D, J, probes = orthogonal_jacobians(layout, g)
     x = torch.ones(D, dtype=torch.float64)
     loss, branches = 0.0, layout.branches()
     for b, blk in enumerate(layout.blocks, start=1):
