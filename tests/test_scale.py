@@ -163,8 +163,8 @@ def test_scale_is_its_own_study_not_part_of_the_default_profile():
     assert "F13" not in build.selected(None, "default") and "F13" not in build.selected(None, "smoke")
     assert build.selected(None, "scale") == ["F13"] and "F13" in build.selected(None, "full")
     sp = sc.scale_plan("scale")
-    assert sp.tokens_per_param == (1.0, 3.0, 10.0, 20.0) and sp.base_width == 48 and sp.depth == 8
-    assert sp.widths == (32, 48, 96) and sp.size_tokens_per_param == 3.0 and len(sp.seeds) == 3
+    assert sp.tokens_per_param == (1.0, 3.0, 10.0, 20.0) and sp.base_width == 32 and sp.depth == 8
+    assert sp.widths == (32, 64, 96) and sp.size_tokens_per_param == 1.0 and len(sp.seeds) == 3
     assert min(sp.tune_at) == min(sp.tokens_per_param) and max(sp.tune_at) >= 10 and len(sp.lrs) >= 3
     params = [sc.uniform_params(sp, sc.Point(w, sp.size_tokens_per_param)) for w in sp.widths]
     assert max(params) / min(params) >= 8
