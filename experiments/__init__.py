@@ -17,6 +17,11 @@ questions; what was measured, and the verdict of each claim's declared rule, is 
 8. :mod:`experiments.scale` — along scale: does each verdict hold, strengthen or fade as training
    lengthens (tokens per parameter) and models grow? Its own profiles (``smoke``, ``scale``,
    ``full``), not part of the default one; the report's "Along scale", figure F13.
+9. :mod:`experiments.prediction` — beyond the paper, part 2: can the profile of A be predicted
+   before training, for every norm placement (Pre-, Post-, Peri-, Mix-LN, DeepNorm, LayerNorm
+   Scaling, the ResNets), and how early? Hypotheses H6-H7 in :mod:`experiments.verdicts.prediction`,
+   figure F14; trained by the ``scale`` profile at the default profile's model size (not by the
+   default profile, whose 30-minute budget is full), and by ``full`` and ``smoke``.
 
 Each module has a docstring (hypothesis, prediction, method, how to read the result and its
 figure), a ``configs(profile)`` listing its runs, a ``run(profile)`` returning a tidy DataFrame
@@ -41,10 +46,11 @@ The machinery they share, one job per module (imports run downward only):
   its saved tables.
 
 Above the study modules, :mod:`experiments.verdicts` holds every rule (claims C1-C11, hypotheses
-H1-H5) from summary rows to findings, and its renderer (the report's table, a study's takeaway).
+H1-H7) from summary rows to findings, and its renderer (the report's table, a study's takeaway).
 """
 
 STUDIES = ("fanin_vs_gradients", "gradients_vs_importance", "equalization", "repetition", "cascadeformer",
            "pruning", "mechanism")
 EXPLORATORY = ()  # runnable with python -m experiments, not part of the report
 ALONG_SCALE = ("scale",)  # its own profiles: the report's "Along scale" where they run
+OUTSIDE_DEFAULT = ("prediction",)  # in the report, trained by the scale, full and smoke profiles only

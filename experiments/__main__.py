@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from experiments import ALONG_SCALE, EXPLORATORY, STUDIES
+from experiments import ALONG_SCALE, EXPLORATORY, OUTSIDE_DEFAULT, STUDIES
 from experiments.executors import SCHEMES, check_spec, default_spec
 from experiments.plans import PROFILES, caveat
 from experiments.runner import Context
@@ -28,8 +28,8 @@ MAX_JOBS = 256  # training processes at once (each holds a model, torch and its 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments",
                                 description="Run a worked study and print its key statistics.")
-    p.add_argument("name", choices=STUDIES + EXPLORATORY + ALONG_SCALE, metavar="NAME",
-                   help=f"study: {', '.join(STUDIES + EXPLORATORY + ALONG_SCALE)}")
+    p.add_argument("name", choices=STUDIES + EXPLORATORY + OUTSIDE_DEFAULT + ALONG_SCALE, metavar="NAME",
+                   help=f"study: {', '.join(STUDIES + EXPLORATORY + OUTSIDE_DEFAULT + ALONG_SCALE)}")
     p.add_argument("--profile", default="default", choices=PROFILES)
     p.add_argument("--out", default=None,
                    help="results root (default: $GFA_RESULTS or ./results): its runs are reused by config "

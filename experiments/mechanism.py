@@ -159,10 +159,15 @@ SETTINGS = ("pre_small_batch", "pre_high_lr")
 GAIN_ARMS = ("post", "peri", "ln_scaling", "embed_x8")  # H2: the placement changes the gains
 
 
+def deepnorm_alpha(n_blocks: int) -> float:
+    """DeepNorm's skip gain ``alpha = (2N)^(1/4)`` for ``N = 2 n_blocks`` branches."""
+    return float((2 * 2 * n_blocks) ** 0.25)
+
+
 def _norm(arm: str, n_blocks: int) -> dict | None:
     norm = ARMS[arm]
-    if norm is not None and norm.get("alpha", 1.0) is None:  # DeepNorm: alpha = (2N)^(1/4)
-        norm = {**norm, "alpha": float((2 * 2 * n_blocks) ** 0.25)}
+    if norm is not None and norm.get("alpha", 1.0) is None:  # DeepNorm
+        norm = {**norm, "alpha": deepnorm_alpha(n_blocks)}
     return norm
 
 

@@ -13,7 +13,9 @@ equalization study's baseline and a pruning study subject).
 * ``full`` is sized for one GPU: it trains and times on ``device="auto"`` (CUDA when present,
   else the CPU); the others on the CPU.
 * ``scale`` has no StudyPlan: it runs only the scale study, whose ladders are its own plan
-  (:data:`experiments.scale.SCALE_PLANS`, also for ``smoke`` and ``full``); :func:`plan` refuses it.
+  (:data:`experiments.scale.SCALE_PLANS`, also for ``smoke`` and ``full``), and the prediction
+  study, which trains at the ``default`` plan's size (:data:`experiments.prediction.SIZES`);
+  :func:`plan` refuses it.
 
 :func:`gpt_run` and :func:`resnet_run` turn a plan into the :class:`RunConfig` of one run. Their
 configs, hence the runs' hashes and cached result directories, must stay byte-identical when this
@@ -29,9 +31,10 @@ from gfa_theory.methods.taper import TaperConfig
 from gfa_theory.train.run_config import RunConfig
 
 PROFILES = ("smoke", "lesson", "default", "full", "scale")
-# profiles that have no StudyPlan: ``scale`` runs only the scale study (its own plan:
-# :func:`experiments.scale.scale_plan`), so no other study is sized for it
-STUDY_ONLY = {"scale": "scale"}
+# profiles that have no StudyPlan, and the only studies they run: ``scale`` runs the scale study
+# (its own plan: :func:`experiments.scale.scale_plan`) and the prediction study (at the default
+# plan's size: the default profile's budget has no room for it), so no other study is sized for it
+STUDY_ONLY: dict[str, tuple[str, ...]] = {"scale": ("scale", "prediction")}
 
 
 # ---- what is trained -----------------------------------------------------------------------------
@@ -300,8 +303,9 @@ def caveat(profile: str) -> str | None:
 def plan(profile: str) -> StudyPlan:
     """The plan of ``profile`` (one of :data:`PROFILES`)."""
     if profile in STUDY_ONLY:
-        raise ConfigError(f"profile '{profile}' has only the {STUDY_ONLY[profile]} study: "
-                          f"python -m experiments {STUDY_ONLY[profile]} --profile {profile}")
+        only = STUDY_ONLY[profile]
+        raise ConfigError(f"profile '{profile}' has only the {' and '.join(only)} studies: "
+                          + "; ".join(f"python -m experiments {s} --profile {profile}" for s in only))
     if profile not in _PLANS:
         raise ConfigError(f"unknown profile '{profile}' (choices: {', '.join(PROFILES)})")
     return _PLANS[profile]

@@ -21,7 +21,7 @@ from pathlib import Path
 from experiments.__main__ import add_executor_options, check_jobs, executor_of
 from experiments.plans import PROFILES
 from figures import build
-from figures.outputs import ALONG_SCALE, OUTPUTS
+from figures.outputs import ALONG_SCALE, OUTPUTS, PREDICTION
 from gfa_theory.cli.outdir import check_figures_out, reproduce_names
 from gfa_theory.errors import report_user_errors
 
@@ -54,7 +54,7 @@ def _build(args: argparse.Namespace) -> int:
     check_jobs(args.jobs)
     args.executor = executor_of(args)
     out = Path(args.out) if args.out else build.default_out(args.profile)
-    check_figures_out(out, reproduce_names([*OUTPUTS, *ALONG_SCALE]), args.force)
+    check_figures_out(out, reproduce_names([*OUTPUTS, *ALONG_SCALE, *PREDICTION]), args.force)
     return build.build(args)
 
 

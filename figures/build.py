@@ -30,9 +30,9 @@ from gfa_theory.train.store import results_root, write_bytes_atomic, write_text_
 
 from . import report
 from . import stamp as stamps
-from .outputs import ALONG_SCALE, GENERATED, OUTPUTS
+from .outputs import ALONG_SCALE, DRAWN_FOR, GENERATED, OUTPUTS, PREDICTION
 
-ALL = {**OUTPUTS, **ALONG_SCALE}
+ALL = {**OUTPUTS, **ALONG_SCALE, **PREDICTION}
 
 
 def default_out(profile: str) -> Path:
@@ -42,14 +42,14 @@ def default_out(profile: str) -> Path:
 
 def selected(only: str | None, profile: str = "default") -> list[str]:
     """The output keys of ``--only`` (all when not given) that ``profile`` builds: the scale
-    study's (F13) only where it runs (:data:`experiments.scale.FIGURE_PROFILES`), and nothing else
-    for a profile that has only that study. An unknown key is a user error."""
+    study's (F13) and the prediction study's (F14) only where they run (:data:`figures.outputs.DRAWN_FOR`),
+    and nothing else for a profile that has only those studies. An unknown key is a user error."""
     keys = list(ALL) if not only else [k.strip().upper() for k in only.split(",") if k.strip()]
     unknown = [k for k in keys if k not in ALL]
     if unknown:
         raise ConfigError(f"unknown output '{unknown[0]}' (choices: {', '.join(ALL)})")
-    along = profile in scale_study.FIGURE_PROFILES
-    return [k for k in keys if (k in ALONG_SCALE and along) or (k in OUTPUTS and profile not in STUDY_ONLY)]
+    return [k for k in keys if (k in DRAWN_FOR and profile in DRAWN_FOR[k])
+            or (k in OUTPUTS and profile not in STUDY_ONLY)]
 
 
 # ---- writing ----------------------------------------------------------------------------------

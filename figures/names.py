@@ -10,11 +10,15 @@ from __future__ import annotations
 ARMS = {"pre": "Pre-LN", "post": "Post-LN", "peri": "Peri-LN", "mix": "Mix-LN", "deepnorm": "DeepNorm",
         "ln_scaling": "LayerNorm Scaling", "embed_x8": "Pre-LN, embeddings x8",
         "pre_small_batch": "Pre-LN, smaller batch", "pre_high_lr": "Pre-LN, larger learning rate",
-        "resnet_preact": "pre-activation ResNet", "resnet_post": "post-activation ResNet"}
+        "resnet_preact": "pre-activation ResNet", "resnet_post": "post-activation ResNet",
+        "resnet": "pre-activation ResNet"}
 # CascadeFormer width schedules (gfa_theory.methods.taper.SCHEDULES)
 SCHEDULES = {"uniform": "uniform", "narrow": "narrow uniform", "fanin": "fan-in taper", "linear": "linear taper",
              "cosine": "cosine taper", "step": "step taper", "inverse": "inverse taper",
-             "measured": "measured-A taper"}
+             "measured": "measured-A taper", "predicted": "predicted-A taper"}
+# gain windows of the prediction study (experiments.prediction.WINDOWS)
+WINDOWS = {"init": "initialization", "1%": "first 1 %", "5%": "first 5 %", "25%": "first 25 %",
+           "training": "all of training", "final": "final model"}
 # equalization interventions (train.intervention) and optimizers
 INTERVENTIONS = {"none": "baseline", "equalize": "equalized gradients",
                  "global_rescale": "global rescale (effective-lr control)", "equalize_update": "equalized updates"}
@@ -31,6 +35,10 @@ METHODS = {"cascadeflow": "CascadeFlow (A)", "cascadeflow_rms": "CascadeFlow (RM
 
 def arm(code: str) -> str:
     return ARMS.get(code, code)
+
+
+def window(code: str) -> str:
+    return WINDOWS.get(code, code)
 
 
 def schedule(code: str) -> str:

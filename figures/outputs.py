@@ -1,7 +1,8 @@
 """Every output of ``python -m figures``, in one static list: figures F1-F12, tables T1-T6 and B1, each
 with its title, the studies it reads and the function that builds it from their tables (a
 matplotlib Figure for a figure, a DataFrame for a table). :data:`ALONG_SCALE` holds F13, the scale
-study's figure, drawn only for the profiles that run that study.
+study's figure, and :data:`PREDICTION` F14, the prediction study's, each drawn only for the
+profiles that run its study (:data:`DRAWN_FOR`).
 
 Outputs go under the checkout (``figures/`` and ``paper/`` are never installed), so paths are
 taken from :data:`REPO`, not from the working directory.
@@ -13,11 +14,14 @@ from pathlib import Path
 from typing import Callable
 
 from experiments import cascadeformer as cf
+from experiments import prediction
 from experiments import pruning as pr
+from experiments import scale as scale_study
 
 from . import efficiency, gfa
 from . import scale as scale_figures
 from . import mechanism as mech_figures
+from . import prediction as prediction_figures
 
 REPO = Path(__file__).resolve().parent.parent  # the checkout
 GENERATED = REPO / "figures" / "generated"  # the default profile's outputs, committed (the README shows them)
@@ -78,9 +82,19 @@ ALONG_SCALE: dict[str, Output] = {o.key: o for o in (
     Output("F13", "figure", "Along scale: each statistic vs tokens per parameter and vs parameters "
            "(t-intervals over seeds)", ("scale",), scale_figures.f13),
 )}
+# outputs of the prediction study: drawn only for the profiles that run it
+# (experiments.prediction.FIGURE_PROFILES; not the default profile, whose budget is full)
+PREDICTION: dict[str, Output] = {o.key: o for o in (
+    Output("F14", "figure", "Beyond the paper: the profile of A predicted before training, per norm placement, "
+           "and the error against how early the gains were measured (t-intervals over seeds)", (prediction.NAME,),
+           prediction_figures.f14),
+)}
+# the profiles each of those outputs is drawn for (every other output: the profiles with a StudyPlan)
+DRAWN_FOR: dict[str, tuple[str, ...]] = {**{k: scale_study.FIGURE_PROFILES for k in ALONG_SCALE},
+                                         **{k: prediction.FIGURE_PROFILES for k in PREDICTION}}
 
 
 def figures() -> list[Output]:
     """The figures, in order (the report and the README embed them): F12, split off F8, sits beside it;
-    F13 (along scale) last, where its profile drew it."""
-    return [o for o in (*OUTPUTS.values(), *ALONG_SCALE.values()) if o.kind == "figure"]
+    F13 (along scale) and F14 (prediction) last, where their profiles drew them."""
+    return [o for o in (*OUTPUTS.values(), *ALONG_SCALE.values(), *PREDICTION.values()) if o.kind == "figure"]

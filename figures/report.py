@@ -33,8 +33,10 @@ def scale(profile: str) -> str:
     """What was trained here, next to what the paper trained: parameter and token counts of the
     models this profile builds, and the orders of magnitude between them and the paper's largest."""
     if profile in STUDY_ONLY:
-        return (f"Profile `{profile}` runs only the {STUDY_ONLY[profile]} study: its ladders are described in "
-                f"\"Along scale\" below; every other claim is not measured for this profile.")
+        return (f"Profile `{profile}` runs only the {' and '.join(STUDY_ONLY[profile])} studies: the scale study's "
+                f"ladders are described in \"Along scale\" below, the prediction study (H6, H7) trains at the "
+                f"default profile's size (`experiments/prediction.py`); every other claim is not measured for "
+                f"this profile.")
     p = plan(profile)
     m = p.model
     g, r = regime(profile, "transformer"), regime(profile, "resnet")

@@ -1,10 +1,10 @@
-"""Every claim of the abstract (C1-C11), the mechanism study's hypotheses (H1-H5), and the rule
+"""Every claim of the abstract (C1-C11), the mechanism and prediction studies' hypotheses (H1-H7), and the rule
 that judges each: numbers in, a :class:`~experiments.verdicts.toolkit.Finding` out.
 
 One room per concept: :mod:`.toolkit` (verdicts, findings, every threshold declared once, the
 shared tests), the rules grouped by study (:mod:`.fanin` C1-C4, :mod:`.importance` C5,
 :mod:`.equalization` C6, :mod:`.repetition` C7, :mod:`.cascadeformer` C8, :mod:`.pruning` C9-C11,
-:mod:`.mechanism` H1-H5) and one renderer (:mod:`.render`: the report's table and details,
+:mod:`.mechanism` H1-H5, :mod:`.prediction` H6-H7) and one renderer (:mod:`.render`: the report's table and details,
 LaTeX, the README table and a study's console takeaway). Rules read the studies' summary rows by
 their structured key (:func:`experiments.summary.pick`), never by a label. The studies compute
 numbers only; what counts as "comparable", "better" or "proportional" is decided here.
@@ -27,10 +27,11 @@ from gfa_theory.models import build_model
 from .. import cascadeformer as cf
 from .. import pruning as pr
 from ..plans import gpt_run, plan, resnet_run
-from . import cascadeformer, equalization, fanin, importance, mechanism, pruning, repetition
+from . import cascadeformer, equalization, fanin, importance, mechanism, prediction, pruning, repetition
 from .toolkit import MISSING, THRESHOLDS, Finding, Regime, Verdict, missing, undefined
 
 FANIN, IMPORTANCE, MECHANISM = "fanin_vs_gradients", "gradients_vs_importance", "mechanism"
+PREDICTION = "prediction"
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,10 @@ def _reads(study: str, table: str, rule: Callable[[pd.DataFrame], Finding], empt
 
 def _mechanism(h: Callable[[dict], Finding]):
     return lambda tables: h(tables[MECHANISM])
+
+
+def _prediction(h: Callable[[dict], Finding]):
+    return lambda tables: h(tables[PREDICTION])
 
 
 CLAIMS: tuple[Rule, ...] = (
@@ -114,6 +119,15 @@ HYPOTHESES: tuple[Rule, ...] = (
          "Every accumulation proxy (A, net gradient, A beyond noise, updates, displacement) tracks held-out ablation "
          "importance under claim C5's rule", mechanism.H5_RULE, "F11", (MECHANISM,), "transformer",
          _mechanism(mechanism.h5)),
+    # the prediction study: trained in the scale and full profiles (not the default one, whose budget is
+    # full); its findings carry their own regime (the default model size)
+    Rule("H6", "Gains at initialization predict the trained profile",
+         "Gains measured at initialization (and over the first 1 % / 5 % of training) predict the trained profile "
+         "of A no worse than the training-averaged product", prediction.H6_RULE, "F14", (PREDICTION,), None,
+         _prediction(prediction.h6)),
+    Rule("H7", "With norm gains, Post-LN fits like Pre-LN",
+         "With the norms' own gains in the account, Post-LN's profile error falls to the Pre-LN level",
+         prediction.H7_RULE, "F14", (PREDICTION,), None, _prediction(prediction.h7)),
 )
 
 RULES: tuple[Rule, ...] = CLAIMS + HYPOTHESES

@@ -48,7 +48,7 @@ HOLDS, MIXED, FAILS, INCONCLUSIVE, MISSING = (Verdict.HOLDS, Verdict.MIXED, Verd
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Every threshold and margin of every rule (claims C1-C11 and hypotheses H1-H5), with its
+    """Every threshold and margin of every rule (claims C1-C11 and hypotheses H1-H7), with its
     meaning in ``metadata["means"]`` (the report's threshold table prints it)."""
 
     alpha: float = field(default=stats.ALPHA, metadata={"means": "family-wise, Holm within each claim"})
@@ -85,6 +85,10 @@ class Thresholds:
                                                          "true difference 0)"})
     error_margin: float = field(default=0.05, metadata={"means": "H1: counts' profile error at most this above "
                                                                  "the best gain account (about 5 % per branch)"})
+    prediction_margin: float = field(default=0.05, metadata={"means": "H6: an early window's profile error at most "
+                                                                       "this above the training-averaged one; H7: "
+                                                                       "Post-LN's within +-margin of Pre-LN's (H1's "
+                                                                       "scale: about 5 % per branch)"})
     trend_margin_pct: float = field(default=1.0, metadata={"means": "along scale: a C8 perplexity-gap slope within "
                                                                      "+-margin % per decade (TOST) = holds steady"})
     trend_margin_rho: float = field(default=0.1, metadata={"means": "along scale: a rank-correlation slope within "
