@@ -206,6 +206,8 @@ def analyze_run(desc: dict, run_dir: str, every: int) -> dict[str, pd.DataFrame]
         for setting, norms in NORM_SETTINGS.items():
             preds = predict_profile(model, table_, norms=norms, steps=at)
             for acc in ACCOUNTS:
+                if acc == "counts" and norms:
+                    continue  # counts use no gains: one row per window
                 pred = unit_profile(model, preds[acc], "branch")
                 err_rows.append({**base, "window": window, "account": acc, "norms": setting,
                                  "log_error": log_profile_error(pred, A)})
