@@ -282,8 +282,11 @@ def design(p: StudyPlan, runs: list, results: list[RunResult]) -> tuple[pd.DataF
     rows = []
     for (desc, cfg), res in zip(runs, results):
         loss = importance.evaluate(res.model, batches)
+        m = cfg.model
         rows.append({"run_id": res.run_dir.name, "seed": cfg.train.seed, **desc, "val_loss": loss,
-                     "val_ppl": math.exp(loss), "params": sum(q.numel() for q in res.model.parameters())})
+                     "val_ppl": math.exp(loss), "params": sum(q.numel() for q in res.model.parameters()),
+                     "n_head": ",".join(map(str, m.n_head if isinstance(m.n_head, (list, tuple)) else [m.n_head] * m.n_blocks)),
+                     "d_ff": ",".join(map(str, m.d_ff if isinstance(m.d_ff, (list, tuple)) else [m.d_ff] * m.n_blocks))})
     df = pd.DataFrame(rows)
     by = {lab: d.set_index("seed")["val_loss"] for lab, d in df.groupby("label")}
     out = []

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from tqdm.auto import tqdm
 
+from experiments import prediction as prediction_study
 from experiments import scale as scale_study
 from experiments.__main__ import start_executor
 from experiments.plans import STUDY_ONLY, caveat
@@ -24,6 +25,7 @@ from experiments.runner import Context
 from experiments.study_io import study_module
 from experiments.upgrade import current
 from experiments.verdicts import judge_all
+from experiments.verdicts import prediction as prediction_verdicts
 from experiments.verdicts.scale import along_scale
 from gfa_theory.errors import ConfigError
 from gfa_theory.train.store import results_root, write_bytes_atomic, write_text_atomic
@@ -130,7 +132,8 @@ def build(args) -> int:
         if with_report:
             bar.set_postfix_str("report")
             written += report.write_report(judge_all(tables, ctx.profile), metas, ctx.profile, out,
-                                           along_scale(tables.get(scale_study.NAME)))
+                                           along_scale(tables.get(scale_study.NAME)),
+                                           prediction_verdicts.design(tables.get(prediction_study.NAME)))
             bar.update(1)
     print(f"{len(written)} files in {out} ({time.time() - t0:.1f} s)")
     if caveat(ctx.profile):

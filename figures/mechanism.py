@@ -162,5 +162,6 @@ def f11(t):
 
 
 def b1(tables: dict) -> pd.DataFrame:
-    """Output B1: the hypotheses H1-H5, their verdicts, primary estimates and why."""
-    return render.summary_table(judge_all(tables, rules=HYPOTHESES)).replace(r"\*\*(.*)\*\*", r"\1", regex=True)
+    """Output B1: the mechanism study's hypotheses H1-H5, their verdicts, primary estimates and why."""
+    rules = tuple(r for r in HYPOTHESES if mech.NAME in r.studies)
+    return render.summary_table(judge_all(tables, rules=rules)).replace(r"\*\*(.*)\*\*", r"\1", regex=True)

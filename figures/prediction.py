@@ -14,7 +14,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-from matplotlib.gridspec import GridSpec
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from experiments import prediction as pred
 
@@ -28,6 +29,13 @@ def _arms(frame: pd.DataFrame) -> list[str]:
     return [a for a in (*pred.ARMS, pred.RESNET_ARM) if (frame["arm"] == a).any()]
 
 
+def _log_ticks(ax) -> None:
+    """Plain labels on a log axis (the minor ticks unlabelled: a profile spans less than a decade)."""
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def f14(t):
     tabs = t[pred.NAME]
     prof, summary = tabs["profiles"], tabs["summary"]
@@ -35,33 +43,38 @@ def f14(t):
     colors = dict(zip(arms, sns.color_palette("colorblind", len(arms))))
     ncols = 4
     nrows = max(2, -(-len(arms) // ncols))
-    fig = plt.figure(figsize=(15.5, 2.7 * nrows + 0.6))
-    gs = GridSpec(nrows, ncols + 3, figure=fig, wspace=0.45, hspace=0.55)
+    cells = [f"a{k}" for k in range(nrows * ncols)]
+    mosaic = [[*cells[r * ncols:(r + 1) * ncols], ".", "E"] for r in range(nrows)]
+    fig, axd = plt.subplot_mosaic(mosaic, figsize=(16, 2.9 * nrows + 0.4),
+                                  width_ratios=[1] * ncols + [0.25, 2.2])
     for k, arm in enumerate(arms):
-        ax = fig.add_subplot(gs[k // ncols, k % ncols])
+        ax = axd[cells[k]]
         d = prof[prof["arm"] == arm]
         early = d[d["prediction"] == "early"].sort_values("order")
         train = d[d["prediction"] == "training"].sort_values("order")
         ax.plot(early["depth"], early["A_norm"], "o-", color="black", ms=2.5, lw=1.5, label="trained $A$")
         ax.plot(early["depth"], early["pred_norm"], "--", color=colors[arm], lw=1.4,
-                label="predicted, best early window")
-        ax.plot(train["depth"], train["pred_norm"], ":", color="0.5", lw=1.2, label="predicted, training-averaged")
+                label="predicted: best early window\n(full product, norm gains)")
+        ax.plot(train["depth"], train["pred_norm"], ":", color="0.45", lw=1.3, label="predicted: gains averaged\nover training")
         ax.set_yscale("log")
-        ax.set_title(f"{names.arm(arm)} (gains: {names.window(early['window'].iat[0])})", fontsize=8)
+        _log_ticks(ax)
+        ax.set_title(f"{names.arm(arm)}\ngains: {names.window(early['window'].iat[0])}", fontsize=8)
         ax.tick_params(labelsize=7)
         if k % ncols == 0:
-            ax.set_ylabel("profile / mean", fontsize=8)
-        if k // ncols == nrows - 1 or k + ncols >= len(arms):
+            ax.set_ylabel("profile / its mean", fontsize=8)
+        if k + ncols >= len(arms):
             ax.set_xlabel("relative depth of the branch", fontsize=7)
-    handles, labels = fig.axes[0].get_legend_handles_labels()
-    spare = len(arms) % ncols
-    if spare:  # the legend fills the first empty small-multiple cell
-        lax = fig.add_subplot(gs[len(arms) // ncols, spare])
-        lax.set_axis_off()
-        lax.legend(handles, labels, fontsize=7, loc="center", frameon=False)
+    handles = [Line2D([], [], color="black", marker="o", ms=2.5, lw=1.5),
+               Line2D([], [], color="0.2", ls="--", lw=1.4), Line2D([], [], color="0.45", ls=":", lw=1.3)]
+    labels = ["trained $A$ (mean over seeds)", "predicted: best early window\n(full product, norm gains;\ncolour: the arm's)",
+              "predicted: gains averaged\nover training"]
+    for k in range(len(arms), len(cells)):
+        axd[cells[k]].set_axis_off()
+    if len(arms) < len(cells):  # the legend fills the first empty small-multiple cell
+        axd[cells[len(arms)]].legend(handles, labels, fontsize=7, loc="center", frameon=False)
     else:
-        fig.axes[0].legend(fontsize=6, loc="best")
-    ax = fig.add_subplot(gs[:, ncols:])
+        axd[cells[0]].legend(handles, labels, fontsize=6, loc="best")
+    ax = axd["E"]
     rows = summary[(summary["quantity"] == ACCOUNT) & (summary["subset"] == NORMS)]
     xs = np.arange(len(DRAWN_WINDOWS))
     width = 0.5 / max(1, len(arms))
@@ -72,9 +85,10 @@ def f14(t):
         hi = np.where(np.isfinite(d["ci_high"]), d["ci_high"] - m, 0.0)
         ax.errorbar(xs - 0.25 + (j + 0.5) * width, m, yerr=[lo, hi], fmt="o-", ms=3.5, lw=1.2, capsize=2,
                     color=colors[arm], label=names.arm(arm))
-    ax.set_xticks(xs, [names.window(w) for w in DRAWN_WINDOWS], fontsize=7, rotation=20, ha="right")
-    ax.set_ylabel("log-profile error of the full product with norm gains", fontsize=8)
-    ax.set_xlabel("gains measured over", fontsize=8)
+    ax.set_xticks(xs, [names.window(w) for w in DRAWN_WINDOWS], fontsize=7)
+    ax.set_ylabel("log-profile error (full product, norm gains)", fontsize=8)
+    ax.set_xlabel("window the gains were measured in", fontsize=8)
+    ax.set_title("error vs how early the gains were measured (t-intervals over seeds)", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)

@@ -106,17 +106,20 @@ def _time_section(metas: dict | None) -> list[str]:
 
 
 def report_text(findings: list[Finding], st: dict, profile: str, out: Path, metas: dict | None = None,
-                along=None) -> str:
+                along=None, design: tuple = ()) -> str:
     """REPORT.md: the table of every claim and hypothesis first, then each one's details (folded),
     the scale, the figures and tables drawn into ``out``, the thresholds and where the time goes
     (``metas``: each study's ``meta.json``); ``along``: the scale findings
-    (:func:`experiments.verdicts.scale.along_scale`, None: "not measured for this profile")."""
+    (:func:`experiments.verdicts.scale.along_scale`, None: "not measured for this profile"); ``design``:
+    the prediction study's exploratory CascadeFormer comparison
+    (:func:`experiments.verdicts.prediction.design`, empty where it did not run)."""
     keys = {c.key for c in CLAIMS}
     claims = [f for f in findings if f.key in keys]
     hypotheses = [f for f in findings if f.key not in keys]
     counts = pd.Series([f.verdict.value for f in claims]).value_counts().to_dict()
     lines = ["# Reproduction report", "",
-             "Claims C1-C11 of the paper's abstract and hypotheses H1-H5 of this package's mechanism study, each "
+             "Claims C1-C11 of the paper's abstract and hypotheses H1-H7 of this package's mechanism and prediction "
+             "studies, each "
              "judged by a declared rule from numbers measured by this repository's code. Verdicts of the claims: "
              + ", ".join(f"{v} {n}" for v, n in counts.items()) + ".", "",
              render.summary_table(findings).to_markdown(index=False), "",
@@ -128,9 +131,14 @@ def report_text(findings: list[Finding], st: dict, profile: str, out: Path, meta
         lines += ["## Beyond the paper", "",
                   "Not claims of the paper: what sets the gradient profile (path counts, path gains, stream growth or "
                   "gradient rank), tested by the mechanism study (`experiments/mechanism.py`) under hypotheses and "
-                  "margins declared in `experiments/verdicts/` before its results were read. Figures F9-F11.", ""]
+                  "margins declared in `experiments/verdicts/` before its results were read. Figures F9-F11. H6-H7: "
+                  "whether that profile can be predicted before training, for every norm placement and the ResNets "
+                  "(the prediction study, `experiments/prediction.py`, figure F14); it trains at the default "
+                  "profile's model size but runs in the `scale` (and `full`) profile, so its numbers come from "
+                  "there.", ""]
         for f in hypotheses:
             lines += render.details(f)
+        lines += render.design_section(design)
     lines += render.along_scale_section(along, profile)
     lines += ["## Figures", ""]
     for o in _drawn(out):
@@ -145,12 +153,13 @@ def report_text(findings: list[Finding], st: dict, profile: str, out: Path, meta
     return "\n".join(lines)
 
 
-def write_report(findings: list[Finding], metas: dict, profile: str, out: Path, along=None) -> list[Path]:
+def write_report(findings: list[Finding], metas: dict, profile: str, out: Path, along=None,
+                 design: tuple = ()) -> list[Path]:
     """Write REPORT.md, claims.csv (the findings as numbers) and claims.tex into ``out``; for the
     default profile's committed outputs also paper/REPORT.md, paper/tables/*.tex and the README's
     generated sections. Returns the paths."""
     st = stamps.merge(metas.values(), profile, "REPORT")
-    text = report_text(findings, st, profile, out, metas, along)
+    text = report_text(findings, st, profile, out, metas, along, design)
     target, claims_csv = out / "REPORT.md", out / "claims.csv"
     write_text_atomic(target, text)
     write_text_atomic(claims_csv, render.findings_frame(findings).to_csv(index=False))

@@ -126,4 +126,4 @@ def test_h5_applies_c5s_rule_per_proxy(per_proxy, verdict):
 
 def test_rules_are_declared_and_printed():
     assert THRESHOLDS.error_margin > 0 and f"{THRESHOLDS.error_margin:g}" in beyond.H1_RULE
-    assert [h.key for h in HYPOTHESES] == ["H1", "H2", "H3", "H4", "H5"]
+    assert [h.key for h in HYPOTHESES] == ["H1", "H2", "H3", "H4", "H5", "H6", "H7"]

@@ -40,9 +40,9 @@ def test_reproduce_smoke_writes_every_stamped_output(smoke_root, tmp_path):
                 assert "profile smoke" in f.read_text() or '"profile": "smoke"' in f.read_text()
     report = (out / "REPORT.md").read_text()
     table = report.split("\n\n")[2].splitlines()  # the first thing after the title and one line: the table
-    assert table[0].startswith("|") and len(table) == 2 + 11 + 5  # header, rule, C1-C11, H1-H5
+    assert table[0].startswith("|") and len(table) == 2 + 11 + 7  # header, rule, C1-C11, H1-H7
     assert [row.split("|")[1].strip() for row in table[2:]] == [f"C{i}" for i in range(1, 12)] + [
-        f"H{i}" for i in range(1, 6)]
+        f"H{i}" for i in range(1, 8)]
     for claim in ("C1", "C2", "C5", "C6", "C7", "H1"):
         assert f"<summary><b>{claim}." in report
     assert "profile smoke" in report and "## Thresholds" in report

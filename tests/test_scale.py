@@ -155,13 +155,13 @@ def test_a_point_beyond_about_one_epoch_is_refused():
 
 def test_scale_is_its_own_study_not_part_of_the_default_profile():
     from figures import build
-    with pytest.raises(ConfigError, match="scale study"):
+    with pytest.raises(ConfigError, match="scale and prediction studies"):
         plan("scale")
     with pytest.raises(ConfigError, match="not part of the default profile"):
         sc.scale_plan("default")
     assert gpt_run(plan("default"), n_blocks=8, seed=0).data.corpus is None  # default configs unchanged
     assert "F13" not in build.selected(None, "default") and "F13" not in build.selected(None, "smoke")
-    assert build.selected(None, "scale") == ["F13"] and "F13" in build.selected(None, "full")
+    assert build.selected(None, "scale") == ["F13", "F14"] and "F13" in build.selected(None, "full")
     sp = sc.scale_plan("scale")
     assert sp.tokens_per_param == (1.0, 3.0, 10.0, 20.0) and sp.base_width == 32 and sp.depth == 8
     assert sp.widths == (32, 64, 96) and sp.size_tokens_per_param == 1.0 and len(sp.seeds) == 3
@@ -178,11 +178,11 @@ def test_report_of_the_scale_only_profile(smoke_tables, tmp_path):
     _, _, _, found = smoke_tables
     text = report.report_text(judge_all({}, "scale"), stamp.merge([], "scale", "REPORT"), "scale", tmp_path, {},
                               found)
-    assert "only the scale study" in text and "## Along scale" in text and "| C8 " in text
+    assert "only the scale and prediction studies" in text and "## Along scale" in text and "| C8 " in text
 
 
 def test_other_studies_refuse_the_scale_profile_in_one_line(tmp_path, capsys):
     from experiments.__main__ import main
     assert main(["fanin_vs_gradients", "--profile", "scale", "--out", str(tmp_path / "r"), "--no-progress"]) == 2
     err = capsys.readouterr().err
-    assert "only the scale study" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "only the scale and prediction studies" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -7,6 +7,7 @@ console takeaway). Rules never format; this module never judges.
   [CI], n, margin, figure, why (the report's first screen and the README);
 * :func:`details` — a claim's folded details: the paper's words, every reported number as a
   table, per-arm tables, the rule;
+* :func:`design_section` — the prediction study's exploratory CascadeFormer comparison;
 * :func:`thresholds_table` — every threshold with its meaning;
 * :func:`findings_frame` — the findings as numbers (``claims.csv``);
 * :func:`along_scale_section` — the report's "Along scale" section from the scale findings
@@ -116,6 +117,18 @@ def details(f: Finding, rule: Rule | None = None) -> list[str]:
         lines += [_arms_md(f.arms), ""]
     lines += [f"Rule: {rule.rule}.", "", "</details>", ""]
     return lines
+
+
+def design_section(estimates: tuple[Estimate, ...]) -> list[str]:
+    """The prediction study's exploratory design comparison (Markdown lines; none where it did not run)."""
+    if not estimates:
+        return []
+    return ["### From prediction to design (exploratory)", "",
+            "A CascadeFormer arm whose widths follow the profile of A predicted before training (full product "
+            "with norm gains at initialization, `gfa taper --predict`), matched to the primary fan-in taper's "
+            "parameter budget, against that taper and the narrow uniform model (C8's setting, paired by seed). "
+            "Exploratory: no verdict beyond the difference and its interval.", "",
+            estimates_table(estimates).to_markdown(index=False), ""]
 
 
 def thresholds_table() -> pd.DataFrame:
