@@ -66,6 +66,30 @@ def test_per_point_verdicts_are_the_claim_rules_unchanged(smoke_tables):
     assert first.point == key and first.finding == cascadeformer.c8(c8)
     c2 = by["C2"].points["tokens"][0].finding
     assert c2 == fanin.c2(tables["fanin"][tables["fanin"]["point"] == key].reset_index(drop=True))
+    from experiments.verdicts import pruning as vp
+    c9 = by["C9"].points["tokens"][0].finding
+    again = vp.c9_vs_depth_order(tables["depth_order"][tables["depth_order"]["point"] == key].reset_index(drop=True))
+    assert (c9.verdict, c9.why, c9.primary.estimate) == (again.verdict, again.why, again.primary.estimate)
+
+
+def test_c9_cases_compare_cascadeflow_with_last_k_on_every_uniform_run(smoke_tables):
+    """C9 along scale: per uniform run and k = 1..B/2, the two pruned models' held-out losses; the
+    difference is exactly 0 where both remove the same blocks (the same pruned model)."""
+    _, _, tables, _ = smoke_tables
+    cases, sp = tables["c9_cases"], sc.scale_plan("smoke")
+    assert set(cases["k"]) == set(range(1, sp.depth // 2 + 1)) and set(cases["stage"]) == {"pruned"}
+    n_uniform = len(sc.points(sp)) * len(sp.seeds)
+    assert len(cases) == n_uniform * (sp.depth // 2)
+    same = ~cases["differs"].astype(bool)
+    assert (cases.loc[same, "loss_diff"] == 0).all()
+    for _, d in cases.groupby("run_id"):  # each method removes k distinct blocks, nested in k
+        for col in ("removed_last", "removed_cascadeflow"):
+            sets = [r.split(";") for r in d.sort_values("k")[col]]
+            assert [len(set(r)) for r in sets] == list(range(1, len(sets) + 1))
+            assert all(a == b[:len(a)] for a, b in zip(sets, sets[1:]))
+    stats_ = tables["seed_stats"]
+    c9 = stats_[stats_["statistic"] == "c9_gap_last_mean"]
+    assert len(c9) == n_uniform and np.isfinite(c9["value"]).all()
 
 
 # ---- the trend rule on synthetic rows: every outcome ---------------------------------------------
