@@ -95,8 +95,9 @@ from .units import ablation_units, heldout_batches
 NAME = "scale"
 FIGURE_PROFILES = ("scale", "full")  # the profiles whose `python -m figures` runs this study (not default)
 MAX_EPOCHS = 1.05  # "about one epoch": a point above it is refused before training
-TUNING_RULE = (f"per arm, at each tuning point: {RULE}; every ladder point trains each arm at the lr tuned at the "
-               f"nearest tuning point in log tokens/param (one that has the arm)")
+TUNING_RULE = (f"per arm, at each tuning point (the shortest and a >= 10 tokens/param point of the tokens ladder, and "
+               f"every other width of the size ladder): {RULE}; every ladder point trains each arm at the lr tuned at "
+               f"the nearest tuning point that has the arm, nearest in log width first, then in log tokens/param")
 # the per-seed statistics the trends are fitted to, and the sign that means "more support for the claim"
 STATISTICS = {
     "c8_gap_narrow_pct": ("C8", -1.0, "primary vs narrow uniform: perplexity change (%)"),
@@ -239,24 +240,34 @@ def arm_run(sp: ScalePlan, pt: Point, arm: str, seed: int, lr: float) -> tuple[d
             "epochs": epochs}, cfg
 
 
+def tuning_points(sp: ScalePlan) -> list[Point]:
+    """Where the lr is tuned: ``tune_at`` on the tokens ladder (at ``base_width``) and every other
+    width of the size ladder at its tokens/param (a rate tuned at one width does not carry to
+    another: the effective learning rate moves with width)."""
+    pts = [Point(sp.base_width, t) for t in sp.tune_at]
+    return pts + [Point(w, sp.size_tokens_per_param) for w in sp.widths if w != sp.base_width]
+
+
 def tuning_configs(sp: ScalePlan) -> list[tuple[dict, object]]:
-    """The lr sweep: every arm x lr on the tuning seed at each tuning point (at ``base_width``)."""
-    return [arm_run(sp, Point(sp.base_width, t), arm, sp.tune_seed, lr) for t in sp.tune_at
-            for arm in arms(sp, Point(sp.base_width, t)) for lr in sp.lrs]
+    """The lr sweep: every arm x lr on the tuning seed at each tuning point."""
+    return [arm_run(sp, pt, arm, sp.tune_seed, lr) for pt in tuning_points(sp) for arm in arms(sp, pt)
+            for lr in sp.lrs]
 
 
 def lr_for(sp: ScalePlan, tuned: dict, pt: Point, arm: str) -> float:
-    """:data:`TUNING_RULE`: the lr tuned at the nearest tuning point (in log tokens/param) that has the arm."""
-    have = [t for t in sp.tune_at if (t, arm) in tuned]
+    """:data:`TUNING_RULE`: the lr tuned at the nearest tuning point that has the arm, nearest first in
+    log width, then in log tokens/param (``tuned``: (width, tokens/param, arm) -> lr)."""
+    have = [(w, t) for w, t, a in tuned if a == arm]
     if not have:
         raise ConfigError(f"arm {arm} is tuned at no tuning point")
-    near = min(have, key=lambda t: (abs(math.log(t) - math.log(pt.tokens_per_param)), t))
-    return tuned[(near, arm)]
+    near = min(have, key=lambda wt: (abs(math.log(wt[0] / pt.width)), abs(math.log(wt[1] / pt.tokens_per_param)),
+                                     wt[1]))
+    return tuned[(*near, arm)]
 
 
 def configs(profile: str, tuned: dict | None = None) -> list[tuple[dict, object]]:
     """(descriptors, RunConfig) of the study's runs: without ``tuned`` the lr sweep; with it
-    ((tuning point, arm) -> lr), every point x arm x seed at its tuned lr."""
+    ((width, tokens/param, arm) -> lr), every point x arm x seed at its tuned lr."""
     sp = scale_plan(profile)
     if tuned is None:
         return tuning_configs(sp)
@@ -270,7 +281,7 @@ def training_tokens(profile: str, tuned_lr: float | None = None) -> dict[int, in
     Divided by measured tokens/s per width (``gfa bench sizes``) it gives the wall time."""
     sp = scale_plan(profile)
     lr = sp.lrs[len(sp.lrs) // 2] if tuned_lr is None else tuned_lr
-    tuned = {(t, a): lr for t in sp.tune_at for a in arms(sp, Point(sp.base_width, t))}
+    tuned = {(pt.width, pt.tokens_per_param, a): lr for pt in tuning_points(sp) for a in arms(sp, pt)}
     runs = {run_key(c): (d, c) for d, c in configs(profile) + configs(profile, tuned)}
     out: dict[int, int] = {}
     for d, c in runs.values():
@@ -279,9 +290,12 @@ def training_tokens(profile: str, tuned_lr: float | None = None) -> dict[int, in
 
 
 def tune(sp: ScalePlan, runs: list, results: list[RunResult | None]) -> tuple[dict, pd.DataFrame]:
-    rows = [{"tune_point": d["target_tokens_per_param"], "arm": d["schedule"], "lr": d["lr"],
-             "final_val_loss": final_val_loss(r)} for (d, _), r in zip(runs, results)]
-    return lowest_loss_lr(pd.DataFrame(rows), by=["tune_point", "arm"])
+    rows = [{"tune_width": d["width"], "tune_point": d["target_tokens_per_param"], "arm": d["schedule"],
+             "lr": d["lr"], "final_val_loss": final_val_loss(r)} for (d, _), r in zip(runs, results)]
+    tuned, table = lowest_loss_lr(pd.DataFrame(rows), by=["tune_width", "tune_point", "arm"])
+    # a rate at the sweep's edge may not be the best one: said in the table (and the report)
+    edge = table["lr"].isin((min(sp.lrs), max(sp.lrs))) & table["tuned"]
+    return tuned, table.assign(at_sweep_edge=edge)
 
 
 # ---- per-point measurement -----------------------------------------------------------------------
@@ -427,6 +441,6 @@ def run(profile: str = "scale", ctx: Context | None = None) -> pd.DataFrame:
     diverged = [run_key(c) for (_, c), r in zip(first, first_res) if r is None]
     meta = {"scale_plan": {k: v for k, v in dataclasses.asdict(sp).items() if k not in ("importance", "timing")},
             "points": [pt.key for pt in points(sp)], "tuning_rule": TUNING_RULE, "max_epochs": MAX_EPOCHS,
-            "tuned_lr": {f"{t:g}/{a}": lr for (t, a), lr in tuned.items()}, "diverged": diverged}
+            "tuned_lr": {f"d{w}_tpp{t:g}/{a}": lr for (w, t, a), lr in tuned.items()}, "diverged": diverged}
     return finish(ctx, NAME, tables.pop("c8_runs"), summary, kept, started, main_table="runs", meta=meta,
                   tuning=tuning, point_means=point_means(tables["seed_stats"]), **tables)

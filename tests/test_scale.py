@@ -43,7 +43,8 @@ def test_smoke_study_end_to_end(smoke_tables):
                                                                             sp.inverse_up_to, "schedule"])
     # each arm trains at its tuned lr (the rule's choice at the nearest tuning point)
     tuned = tables["tuning"][tables["tuning"]["tuned"]]
-    assert len(tuned) == len(tuned[["tune_point", "arm"]].drop_duplicates())
+    assert len(tuned) == len(tuned[["tune_width", "tune_point", "arm"]].drop_duplicates())
+    assert {"at_sweep_edge"} <= set(tables["tuning"].columns)
     summary = tables["summary"]
     assert set(summary["quantity"]) == set(sc.STATISTICS) and set(summary["predictor"]) == set(sc.AXES.values())
     assert [f.key for f in found] == list(vs.CLAIMS)
@@ -163,12 +164,24 @@ def test_tuning_rule_ties_to_smaller_and_diverged_is_inf():
     assert tuned == {"a": 1e-3, "b": 3e-3} and table["tuned"].sum() == 2
 
 
-def test_lr_for_uses_the_nearest_tuning_point_in_log_tokens():
+def test_lr_for_uses_the_nearest_tuning_point_in_log_width_then_log_tokens():
     sp = sc.scale_plan("scale")
-    tuned = {(1.0, "uniform"): 1e-3, (10.0, "uniform"): 3e-3, (1.0, "inverse"): 1e-2}
-    assert sc.lr_for(sp, tuned, sc.Point(48, 3.0), "uniform") == 1e-3  # log 3 is nearer log 1 than log 10
-    assert sc.lr_for(sp, tuned, sc.Point(48, 20.0), "uniform") == 3e-3
-    assert sc.lr_for(sp, tuned, sc.Point(48, 20.0), "inverse") == 1e-2  # the nearest point that has the arm
+    tuned = {(32, 1.0, "uniform"): 1e-3, (32, 10.0, "uniform"): 3e-3, (32, 1.0, "inverse"): 1e-2,
+             (96, 1.0, "uniform"): 3e-4}
+    assert sc.lr_for(sp, tuned, sc.Point(32, 3.0), "uniform") == 1e-3  # log 3 is nearer log 1 than log 10
+    assert sc.lr_for(sp, tuned, sc.Point(32, 20.0), "uniform") == 3e-3
+    assert sc.lr_for(sp, tuned, sc.Point(32, 20.0), "inverse") == 1e-2  # the nearest point that has the arm
+    assert sc.lr_for(sp, tuned, sc.Point(96, 1.0), "uniform") == 3e-4  # its own width's rate
+    assert sc.lr_for(sp, tuned, sc.Point(64, 1.0), "uniform") == 3e-4  # log 64/96 is nearer than log 64/32
+    with pytest.raises(ConfigError, match="tuned at no tuning point"):
+        sc.lr_for(sp, tuned, sc.Point(32, 1.0), "narrow")
+
+
+def test_every_width_of_the_size_ladder_is_tuned():
+    sp = sc.scale_plan("scale")
+    pts = sc.tuning_points(sp)
+    assert {p.width for p in pts} == set(sp.widths) | {sp.base_width}
+    assert {p.tokens_per_param for p in pts if p.width == sp.base_width} == set(sp.tune_at)
 
 
 def test_a_point_beyond_about_one_epoch_is_refused():
