@@ -105,7 +105,6 @@ from gfa_theory.instrument.rank import RankMonitor
 from gfa_theory.instrument.tracking import GradientTracker
 from gfa_theory.models.base import logits_and_loss
 from gfa_theory.theory import gains as theory
-from gfa_theory.theory.symbolic import branch_fan_in
 from gfa_theory.train.loop import GAINS_FILE
 from gfa_theory.train.lifecycle import RunResult
 from gfa_theory.train.store import CHECKPOINT_FILE, load_run, read_checkpoint
@@ -210,12 +209,9 @@ def _skip_gains(model, layout) -> list[float] | None:
 
 
 def predictions(layout, gains: np.ndarray, identity: list[float] | None = None) -> dict[str, np.ndarray]:
-    """Each account's branch profile from the layout, measured branch gains and skip gains."""
-    F = branch_fan_in(layout)
-    return {"counts": np.array([F[i] for i in range(1, layout.N + 1)], dtype=float),
-            "aligned": theory.aligned_limit(layout, gains, identity=identity),
-            "orthogonal": theory.orthogonal_limit(layout, gains, identity=identity),
-            "product": theory.full_product(layout, gains, identity=identity)}
+    """Each account's branch profile from the layout, measured branch gains and skip gains
+    (:func:`gfa_theory.theory.gains.accounts`, without norm gains: this study's accounts)."""
+    return theory.accounts(layout, gains, identity=identity)
 
 
 def training_gains(run_dir) -> pd.DataFrame:
@@ -254,18 +250,17 @@ def run_units(run: RunResult, mp: MechanismPlan, **descriptors) -> pd.DataFrame:
 
 def profile_errors(units: pd.DataFrame) -> pd.DataFrame:
     """Per run, account and gain source: RMS of the log-profile error against ``A`` (both
-    mean-normalized). Counts have no gains: their row is the same under both sources."""
+    mean-normalized: :func:`gfa_theory.theory.gains.log_profile_error`). Counts have no gains:
+    their row is the same under both sources."""
     rows = []
     for run_id, d in units.groupby("run_id", sort=False):
-        logA = np.log(d["A"] / d["A"].mean())
         for source in GAIN_SOURCES:
             prefix = "" if source == "training" else "final_"
             for acc in ACCOUNTS:
                 col = f"pred_{acc}" if acc == "counts" else f"pred_{prefix}{acc}"
                 if col not in d:
                     continue
-                pred = d[col]
-                err = np.sqrt(np.mean((np.log(pred / pred.mean()) - logA) ** 2))
+                err = theory.log_profile_error(d[col].to_numpy(float), d["A"].to_numpy(float))
                 rows.append({"run_id": run_id, "seed": int(d["seed"].iat[0]), "family": d["family"].iat[0],
                              "arm": d["arm"].iat[0], "depth_B": int(d["depth_B"].iat[0]), "account": acc,
                              "gains": source, "log_error": float(err)})

@@ -80,7 +80,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from gfa_theory.errors import ConfigError
@@ -288,14 +287,21 @@ def design(p: StudyPlan, runs: list, results: list[RunResult]) -> tuple[pd.DataF
                      "n_head": ",".join(map(str, m.n_head if isinstance(m.n_head, (list, tuple)) else [m.n_head] * m.n_blocks)),
                      "d_ff": ",".join(map(str, m.d_ff if isinstance(m.d_ff, (list, tuple)) else [m.d_ff] * m.n_blocks))})
     df = pd.DataFrame(rows)
+    # the predicted widths can round to another arm's (same budget, FFN multiples of the quantum): then
+    # both are one run (one config hash), and the paired difference is exactly 0
+    runs_of = {lab: set(d["run_id"]) for lab, d in df.groupby("label")}
+    df["same_run_as"] = [",".join(a for a in DESIGN_AGAINST if r in runs_of.get(a, ())) if lab == PREDICTED else ""
+                         for lab, r in zip(df["label"], df["run_id"])]
     by = {lab: d.set_index("seed")["val_loss"] for lab, d in df.groupby("label")}
     out = []
     for against in DESIGN_AGAINST:
         seeds = sorted(set(by[PREDICTED].index) & set(by[against].index))
         r = paired_row(f"{PREDICTED} - {against}: held-out loss", by[PREDICTED][seeds], by[against][seeds],
                        method="paired t over seeds (exploratory)")
+        same = runs_of[PREDICTED] & runs_of[against]
         out.append({**r, "family": "transformer", "setting": "design", "quantity": "loss_gap", "arm": PREDICTED,
-                    "against": against, "subset": "all", "predictor": "", "m": math.nan, "n_groups": r["n"]})
+                    "against": against, "subset": "same runs" if same == runs_of[PREDICTED] else "all",
+                    "predictor": "", "m": math.nan, "n_groups": r["n"]})
     return df, out
 
 

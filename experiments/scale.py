@@ -34,12 +34,15 @@ After training, per point: C8's table (:func:`experiments.cascadeformer.summariz
 perplexity, paired gaps, timing against an A/A copy); from the same full uniform runs, C2's table
 (:func:`experiments.fanin_vs_gradients.summarize`: rho(A, F) and the within-run exponent with and
 without the first block) and C5's (:func:`experiments.gradients_vs_importance.summarize` on held-out
-ablation importance). Per seed, the statistics the trends are fitted to (:data:`STATISTICS`); per
+ablation importance) and C9's primary comparison (:func:`c9_cases`: on each full uniform run, the
+held-out loss after CascadeFlow removes the ``k`` blocks of least ``A`` against last-k, k = 1..B/2,
+no healing; :func:`experiments.pruning.depth_order_table` pairs them on the runs where the two
+remove different blocks). Per seed, the statistics the trends are fitted to (:data:`STATISTICS`); per
 statistic and ladder, the slope on log10 tokens/param and on log10 parameters, one slope per seed,
 their mean with a t-interval over seeds (``summary``).
 
-Not measured along scale yet: C9's CascadeFlow-vs-last-k differences (the pruning study's analysis
-needs a StudyPlan profile per point) and the deep-supervision claims.
+Not measured along scale: C9's other heuristics and healing (the pruning study's full analysis),
+and the deep-supervision claims.
 
 **Reading the result.** This study computes numbers only. The claim rules run unchanged on every
 point's tables and the trend rule (:mod:`experiments.verdicts.scale`) decides whether each
@@ -48,13 +51,16 @@ statistic strengthens, holds steady or fades; the report's "Along scale" section
 from those findings. Read the per-point verdicts first: a regime such as "holds up to 3
 tokens/param, not beyond" says where a one-point verdict can be trusted.
 
-**Cost.** ``python -m experiments scale --profile scale`` trains 80 runs (tokens/param 1, 3, 10, 20
-at width 48, 8 blocks; widths 32, 48, 96 at 3 tokens/param; 3 seeds): :func:`training_tokens` gives
-90.4 M training tokens at width 48, 32.8 M at 96 and 3.8 M at 32. At the tokens/s that ``gfa bench
-sizes`` measured for the full uniform models on a heavily loaded machine (48: 4358, 96: 2185, 32: 5405,
-one thread), about twice that when idle, two jobs at a time, that is roughly 2-2.5 h (an upper bound:
-the narrow and tapered arms are about 20 % smaller); not yet run, no result of it is committed. ``full`` extends both
-ladders for one GPU (``device=auto``); ``smoke`` is a tiny variant for the tests (numbers mean nothing).
+**Cost.** ``python -m experiments scale --profile scale`` trains 80 runs (the lr sweep's 21
+and 66 ladder runs, of which the sweep's 7 seed-0 runs at the chosen rates are reused): tokens/param
+1, 3, 10, 20 at width 32 (8 blocks, 0.11 M parameters); widths 32, 64 and 96 at 1 token/param
+(0.11-0.91 M parameters, 8.5x); the lr sweep of 3 rates per arm at 1 and 10 tokens/param; 3 seeds.
+:func:`training_tokens` gives 41.3 M training tokens at width 32, 4.9 M at 64 and 10.9 M at 96.
+``gfa bench sizes`` measured 20.8 k, 14.8 k and 9.1 k tokens/s for the full uniform models of these widths on an idle 2-core machine
+(two threads), so the training alone takes about an hour; the grid was cut to this from one of width 48
+and 3 tokens/param on the size ladder (about 2.3 h). The learning rate is tuned at width 32 only: the
+size ladder's wider models train at the rates tuned there. ``full`` extends both ladders for one GPU
+(``device=auto``); ``smoke`` is a tiny variant for the tests (numbers mean nothing).
 """
 from __future__ import annotations
 
@@ -73,8 +79,12 @@ from gfa_theory.models import build_model
 from gfa_theory.train.lifecycle import RunResult
 from gfa_theory.train.run_config import resolve, run_key, training_epochs
 
+from gfa_theory.instrument.evaluation import evaluate
+from gfa_theory.methods import pruning
+
 from . import cascadeformer as cf
 from . import fanin_vs_gradients, gradients_vs_importance
+from . import pruning as pr
 from .plans import ImportancePlan, ModelSize, StudyPlan, TimingPlan, TrainSize, plan
 from .runner import Context, run_many
 from .study_io import finish
@@ -85,8 +95,9 @@ from .units import ablation_units, heldout_batches
 NAME = "scale"
 FIGURE_PROFILES = ("scale", "full")  # the profiles whose `python -m figures` runs this study (not default)
 MAX_EPOCHS = 1.05  # "about one epoch": a point above it is refused before training
-TUNING_RULE = (f"per arm, at each tuning point: {RULE}; every ladder point trains each arm at the lr tuned at the "
-               f"nearest tuning point in log tokens/param (one that has the arm)")
+TUNING_RULE = (f"per arm, at each tuning point (the shortest and a >= 10 tokens/param point of the tokens ladder, and "
+               f"every other width of the size ladder): {RULE}; every ladder point trains each arm at the lr tuned at "
+               f"the nearest tuning point that has the arm, nearest in log width first, then in log tokens/param")
 # the per-seed statistics the trends are fitted to, and the sign that means "more support for the claim"
 STATISTICS = {
     "c8_gap_narrow_pct": ("C8", -1.0, "primary vs narrow uniform: perplexity change (%)"),
@@ -95,6 +106,7 @@ STATISTICS = {
     "c2_exponent": ("C2", 1.0, "within-run exponent of A on F"),
     "c2_exponent_no_first": ("C2", 1.0, "within-run exponent of A on F, first block excluded"),
     "c5_rho_no_first": ("C5", 1.0, "Spearman rho(ablation, A), first block excluded"),
+    "c9_gap_last_mean": ("C9", -1.0, "CascadeFlow minus last-k: held-out loss, mean over k = 1..B/2 (no healing)"),
 }
 AXES = {"tokens": "log10_tokens_per_param", "size": "log10_params"}
 
@@ -228,24 +240,34 @@ def arm_run(sp: ScalePlan, pt: Point, arm: str, seed: int, lr: float) -> tuple[d
             "epochs": epochs}, cfg
 
 
+def tuning_points(sp: ScalePlan) -> list[Point]:
+    """Where the lr is tuned: ``tune_at`` on the tokens ladder (at ``base_width``) and every other
+    width of the size ladder at its tokens/param (a rate tuned at one width does not carry to
+    another: the effective learning rate moves with width)."""
+    pts = [Point(sp.base_width, t) for t in sp.tune_at]
+    return pts + [Point(w, sp.size_tokens_per_param) for w in sp.widths if w != sp.base_width]
+
+
 def tuning_configs(sp: ScalePlan) -> list[tuple[dict, object]]:
-    """The lr sweep: every arm x lr on the tuning seed at each tuning point (at ``base_width``)."""
-    return [arm_run(sp, Point(sp.base_width, t), arm, sp.tune_seed, lr) for t in sp.tune_at
-            for arm in arms(sp, Point(sp.base_width, t)) for lr in sp.lrs]
+    """The lr sweep: every arm x lr on the tuning seed at each tuning point."""
+    return [arm_run(sp, pt, arm, sp.tune_seed, lr) for pt in tuning_points(sp) for arm in arms(sp, pt)
+            for lr in sp.lrs]
 
 
 def lr_for(sp: ScalePlan, tuned: dict, pt: Point, arm: str) -> float:
-    """:data:`TUNING_RULE`: the lr tuned at the nearest tuning point (in log tokens/param) that has the arm."""
-    have = [t for t in sp.tune_at if (t, arm) in tuned]
+    """:data:`TUNING_RULE`: the lr tuned at the nearest tuning point that has the arm, nearest first in
+    log width, then in log tokens/param (``tuned``: (width, tokens/param, arm) -> lr)."""
+    have = [(w, t) for w, t, a in tuned if a == arm]
     if not have:
         raise ConfigError(f"arm {arm} is tuned at no tuning point")
-    near = min(have, key=lambda t: (abs(math.log(t) - math.log(pt.tokens_per_param)), t))
-    return tuned[(near, arm)]
+    near = min(have, key=lambda wt: (abs(math.log(wt[0] / pt.width)), abs(math.log(wt[1] / pt.tokens_per_param)),
+                                     wt[1]))
+    return tuned[(*near, arm)]
 
 
 def configs(profile: str, tuned: dict | None = None) -> list[tuple[dict, object]]:
     """(descriptors, RunConfig) of the study's runs: without ``tuned`` the lr sweep; with it
-    ((tuning point, arm) -> lr), every point x arm x seed at its tuned lr."""
+    ((width, tokens/param, arm) -> lr), every point x arm x seed at its tuned lr."""
     sp = scale_plan(profile)
     if tuned is None:
         return tuning_configs(sp)
@@ -259,7 +281,7 @@ def training_tokens(profile: str, tuned_lr: float | None = None) -> dict[int, in
     Divided by measured tokens/s per width (``gfa bench sizes``) it gives the wall time."""
     sp = scale_plan(profile)
     lr = sp.lrs[len(sp.lrs) // 2] if tuned_lr is None else tuned_lr
-    tuned = {(t, a): lr for t in sp.tune_at for a in arms(sp, Point(sp.base_width, t))}
+    tuned = {(pt.width, pt.tokens_per_param, a): lr for pt in tuning_points(sp) for a in arms(sp, pt)}
     runs = {run_key(c): (d, c) for d, c in configs(profile) + configs(profile, tuned)}
     out: dict[int, int] = {}
     for d, c in runs.values():
@@ -268,9 +290,12 @@ def training_tokens(profile: str, tuned_lr: float | None = None) -> dict[int, in
 
 
 def tune(sp: ScalePlan, runs: list, results: list[RunResult | None]) -> tuple[dict, pd.DataFrame]:
-    rows = [{"tune_point": d["target_tokens_per_param"], "arm": d["schedule"], "lr": d["lr"],
-             "final_val_loss": final_val_loss(r)} for (d, _), r in zip(runs, results)]
-    return lowest_loss_lr(pd.DataFrame(rows), by=["tune_point", "arm"])
+    rows = [{"tune_width": d["width"], "tune_point": d["target_tokens_per_param"], "arm": d["schedule"],
+             "lr": d["lr"], "final_val_loss": final_val_loss(r)} for (d, _), r in zip(runs, results)]
+    tuned, table = lowest_loss_lr(pd.DataFrame(rows), by=["tune_width", "tune_point", "arm"])
+    # a rate at the sweep's edge may not be the best one: said in the table (and the report)
+    edge = table["lr"].isin((min(sp.lrs), max(sp.lrs))) & table["tuned"]
+    return tuned, table.assign(at_sweep_edge=edge)
 
 
 # ---- per-point measurement -----------------------------------------------------------------------
@@ -284,7 +309,31 @@ def _spearman(x, y) -> float:
     return float(sps.spearmanr(x, y).statistic) if len(x) >= 3 else np.nan
 
 
-def seed_statistics(c8_runs: pd.DataFrame, units: pd.DataFrame) -> list[dict]:
+def c9_cases(uniform: list[RunResult], batches: list) -> pd.DataFrame:
+    """C9's primary comparison on the full uniform runs of one point: per run and ``k`` = 1..B/2,
+    the held-out loss (no healing) of the model CascadeFlow prunes (the ``k`` blocks of least
+    ``A``) and of last-k (depth order), in the pruning study's case rows
+    (:func:`experiments.pruning.depth_order_cases`: zero difference where the two remove the same blocks)."""
+    rows = []
+    for res in uniform:
+        names = pruning.removable_blocks(res.model)
+        K = len(names) // 2
+        orders = {m: pr._rank(m, res.model, res.gradients, None).order for m in (pr.CASCADEFLOW, pr.DEPTH_ORDER)}
+        tau = pr.kendall_tau(orders[pr.CASCADEFLOW], orders[pr.DEPTH_ORDER])
+        for k in range(1, K + 1):
+            removed = {m: list(o[:k]) for m, o in orders.items()}
+            loss = {m: evaluate(pruning.prune(res.model, r), batches).loss for m, r in removed.items()}
+            rows.append({"model": "transformer", "family": "transformer", "depth_B": len(names),
+                         "run_id": res.run_dir.name, "seed": res.config.train.seed, "k": k, "stage": "pruned",
+                         "tau": tau, "differs": set(removed[pr.CASCADEFLOW]) != set(removed[pr.DEPTH_ORDER]),
+                         "removed_cascadeflow": ";".join(removed[pr.CASCADEFLOW]),
+                         "removed_last": ";".join(removed[pr.DEPTH_ORDER]),
+                         "loss_cascadeflow": loss[pr.CASCADEFLOW], "loss_last": loss[pr.DEPTH_ORDER],
+                         "loss_diff": loss[pr.CASCADEFLOW] - loss[pr.DEPTH_ORDER]})
+    return pd.DataFrame(rows)
+
+
+def seed_statistics(c8_runs: pd.DataFrame, units: pd.DataFrame, c9: pd.DataFrame) -> list[dict]:
     """Per seed: the statistics of :data:`STATISTICS` at one point (each from one run or a pair)."""
     rows = []
     by = {a: d.set_index("seed")["val_loss"] for a, d in c8_runs.groupby("schedule")}
@@ -295,7 +344,8 @@ def seed_statistics(c8_runs: pd.DataFrame, units: pd.DataFrame) -> list[dict]:
         u = units[units["seed"] == seed].sort_values("order")
         rest = u[u["order"] > 1]
         vals.update(c2_rho=_spearman(u["F"], u["A"]), c2_exponent=_loglog(u), c2_exponent_no_first=_loglog(rest),
-                    c5_rho_no_first=_spearman(rest["A"], rest["imp_ablation"]))
+                    c5_rho_no_first=_spearman(rest["A"], rest["imp_ablation"]),
+                    c9_gap_last_mean=float(c9.loc[c9["seed"] == seed, "loss_diff"].mean()))
         rows += [{"seed": int(seed), "statistic": k, "value": v} for k, v in vals.items()]
     return rows
 
@@ -315,14 +365,17 @@ def measure_point(sp: ScalePlan, pt: Point, runs: list, results: list[RunResult]
     units["imp_ablation_norm"] = units["imp_ablation"] / units.groupby("run_id")["imp_ablation"].transform("mean")
     fan = fanin_vs_gradients.summarize(units)
     imp = gradients_vs_importance.summarize(units)
+    cases = c9_cases([r for *_, r in uni], batches)
+    depth_order = pr.depth_order_table(cases)
     params = int(c8_runs.loc[c8_runs["schedule"] == cf.REFERENCE, "params"].iloc[0])
     tpp = float(c8_runs.loc[c8_runs["schedule"] == cf.REFERENCE, "tokens_per_param"].iloc[0])
     tag = {"point": pt.key, "width": pt.width, "params": params, "tokens_per_param": tpp,
            "on_tokens": pt.width == sp.base_width, "on_size": pt.tokens_per_param == sp.size_tokens_per_param}
-    stats_rows = [{**tag, **r} for r in seed_statistics(c8_runs, units)]
+    stats_rows = [{**tag, **r} for r in seed_statistics(c8_runs, units, cases)]
     return {name: df.assign(**tag) for name, df in
             (("c8_runs", c8_runs.assign(epochs=[d["epochs"] for d, _ in runs])),
              ("c8", c8), ("fanin", fan), ("importance", imp), ("units", units), ("timing", tsum),
+             ("c9_cases", cases), ("depth_order", depth_order),
              ("seed_stats", pd.DataFrame(stats_rows)))}
 
 
@@ -388,6 +441,6 @@ def run(profile: str = "scale", ctx: Context | None = None) -> pd.DataFrame:
     diverged = [run_key(c) for (_, c), r in zip(first, first_res) if r is None]
     meta = {"scale_plan": {k: v for k, v in dataclasses.asdict(sp).items() if k not in ("importance", "timing")},
             "points": [pt.key for pt in points(sp)], "tuning_rule": TUNING_RULE, "max_epochs": MAX_EPOCHS,
-            "tuned_lr": {f"{t:g}/{a}": lr for (t, a), lr in tuned.items()}, "diverged": diverged}
+            "tuned_lr": {f"d{w}_tpp{t:g}/{a}": lr for (w, t, a), lr in tuned.items()}, "diverged": diverged}
     return finish(ctx, NAME, tables.pop("c8_runs"), summary, kept, started, main_table="runs", meta=meta,
                   tuning=tuning, point_means=point_means(tables["seed_stats"]), **tables)

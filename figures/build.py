@@ -29,6 +29,7 @@ from experiments.verdicts import prediction as prediction_verdicts
 from experiments.verdicts.scale import along_scale
 from gfa_theory.errors import ConfigError
 from gfa_theory.train.store import results_root, write_bytes_atomic, write_text_atomic
+from gfa_theory.untrusted import MAX_LOG_BYTES, read_json, regular_file
 
 from . import report
 from . import stamp as stamps
@@ -37,9 +38,48 @@ from .outputs import ALONG_SCALE, DRAWN_FOR, GENERATED, OUTPUTS, PREDICTION
 ALL = {**OUTPUTS, **ALONG_SCALE, **PREDICTION}
 
 
+SCALE_OUT = GENERATED / "scale"  # the scale profile's outputs, committed: the default report reads its studies
+COMMITTED_STUDIES = SCALE_OUT / "studies"  # each scale-profile study's tables and meta.json, as the cache holds them
+
+
 def default_out(profile: str) -> Path:
-    """Default profile: committed under figures/generated (the README shows it)."""
-    return GENERATED if profile == "default" else results_root() / "figures" / profile
+    """Default and scale profiles: committed under figures/generated (the README shows them)."""
+    if profile == "default":
+        return GENERATED
+    return SCALE_OUT if profile == "scale" else results_root() / "figures" / profile
+
+
+def commit_studies(ctx: Context, names: list[str]) -> list[Path]:
+    """Copy each finished study's tables and meta.json from the result cache into
+    :data:`COMMITTED_STUDIES` (the scale profile's committed outputs), meta.json last."""
+    written = []
+    for name in names:
+        src, dst = ctx.study_dir(name), COMMITTED_STUDIES / name
+        dst.mkdir(parents=True, exist_ok=True)
+        (dst / "meta.json").unlink(missing_ok=True)
+        for stale in dst.glob("*.csv"):
+            stale.unlink()
+        for f in sorted(src.glob("*.csv")) + [src / "meta.json"]:
+            write_bytes_atomic(dst / f.name, f.read_bytes())
+            written.append(dst / f.name)
+    return written
+
+
+def committed_studies(skip: set[str]) -> tuple[dict[str, dict], dict[str, dict]]:
+    """The tables and meta.json of every committed scale-profile study not in ``skip`` (what the
+    default report's "Along scale" and the hypotheses measured there read: numbers, re-judged by
+    the same rules). Sizes are bounded: these are files in the repository, but files nonetheless."""
+    tables, metas = {}, {}
+    if not COMMITTED_STUDIES.is_dir():
+        return tables, metas
+    for d in sorted(p for p in COMMITTED_STUDIES.iterdir() if p.is_dir() and p.name not in skip):
+        meta = d / "meta.json"
+        if not meta.is_file():
+            continue
+        metas[d.name] = read_json(meta, "committed study meta.json")
+        tables[d.name] = {p.stem: pd.read_csv(regular_file(p, "committed study table", MAX_LOG_BYTES))
+                          for p in sorted(d.glob("*.csv"))}
+    return tables, metas
 
 
 def selected(only: str | None, profile: str = "default") -> list[str]:
@@ -128,12 +168,19 @@ def build(args) -> int:
     with ctx, tqdm(total=total, desc="reproduce", disable=args.no_progress, dynamic_ncols=True) as bar:
         start_executor(ctx)
         tables, metas = run_studies(ctx, needed, bar)
+        scale_tables = tables
+        if ctx.profile == "default":  # the scale profile's committed studies: "Along scale" and H6-H7
+            more, more_metas = committed_studies(set(tables))
+            scale_tables = {**tables, **more}
+            metas = {**metas, **{k: v for k, v in more_metas.items() if k not in metas}}
         written = write_outputs(keys, tables, metas, ctx.profile, out, bar)
         if with_report:
             bar.set_postfix_str("report")
-            written += report.write_report(judge_all(tables, ctx.profile), metas, ctx.profile, out,
-                                           along_scale(tables.get(scale_study.NAME)),
-                                           prediction_verdicts.design(tables.get(prediction_study.NAME)))
+            written += report.write_report(judge_all(scale_tables, ctx.profile), metas, ctx.profile, out,
+                                           along_scale(scale_tables.get(scale_study.NAME)),
+                                           prediction_verdicts.design(scale_tables.get(prediction_study.NAME)))
+            if ctx.profile in STUDY_ONLY and out.resolve() == SCALE_OUT.resolve():
+                written += commit_studies(ctx, needed)
             bar.update(1)
     print(f"{len(written)} files in {out} ({time.time() - t0:.1f} s)")
     if caveat(ctx.profile):

@@ -122,7 +122,7 @@ def report_text(findings: list[Finding], st: dict, profile: str, out: Path, meta
              "studies, each "
              "judged by a declared rule from numbers measured by this repository's code. Verdicts of the claims: "
              + ", ".join(f"{v} {n}" for v, n in counts.items()) + ".", "",
-             render.summary_table(findings).to_markdown(index=False), "",
+             render.summary_table(findings, along).to_markdown(index=False), "",
              f"_{stamps.line(st)}_", "", "## Scale", "", scale(profile), "",
              "## Claims of the abstract", "", RULES_NOTE, ""]
     for f in claims:
@@ -139,7 +139,10 @@ def report_text(findings: list[Finding], st: dict, profile: str, out: Path, meta
         for f in hypotheses:
             lines += render.details(f)
         lines += render.design_section(design)
-    lines += render.along_scale_section(along, profile)
+    scale_dir = out / "scale" if along is not None and profile == "default" else None
+    lines += render.along_scale_section(along, profile, None if scale_dir is None else {
+        "command": "python -m figures --profile scale", "report": "scale/REPORT.md",
+        "figure": "scale/F13.png" if (scale_dir / "F13.png").is_file() else None})
     lines += ["## Figures", ""]
     for o in _drawn(out):
         lines += [f"**{o.key}. {o.title}** ([PDF]({o.key}.pdf))", "", f"![{o.key}]({o.key}.png)", ""]
@@ -173,8 +176,9 @@ def write_report(findings: list[Finding], metas: dict, profile: str, out: Path, 
         for tex in out.glob("T*.tex"):
             write_text_atomic(tex_dir / tex.name, tex.read_text())
         write_text_atomic(tex_dir / "claims.tex", f"% {stamps.line(st)}\n" + render.latex(
-            render.summary_table(findings), "Claims and hypotheses: verdicts and primary estimates", "tab:claims"))
-        paths += [paper / "REPORT.md", tex_dir / "claims.tex", update_readme(findings, out, st)]
+            render.summary_table(findings, along), "Claims and hypotheses: verdicts and primary estimates",
+            "tab:claims"))
+        paths += [paper / "REPORT.md", tex_dir / "claims.tex", update_readme(findings, out, st, along)]
     return paths
 
 
@@ -187,16 +191,18 @@ def _between(text: str, name: str, body: str) -> str:
     return f"{head}{start}\n{body}\n{end}{tail}"
 
 
-def readme_table(findings: list[Finding]) -> pd.DataFrame:
-    """The README's short table: claim, verdict, primary estimate and why."""
-    t = render.summary_table(findings)
-    return t[["claim", "in short", "verdict", "primary estimate [95 % CI]", "why"]]
+def readme_table(findings: list[Finding], along=None) -> pd.DataFrame:
+    """The README's short table: claim, verdict, where it was measured, its verdict at each point of
+    the scale ladders (with ``along``), primary estimate and why."""
+    t = render.summary_table(findings, along)
+    ladders = [c for c in t.columns if c.startswith("along scale")]
+    return t[["claim", "in short", "verdict", "measured at", *ladders, "primary estimate [95 % CI]", "why"]]
 
 
-def update_readme(findings: list[Finding], out: Path, st: dict) -> Path:
+def update_readme(findings: list[Finding], out: Path, st: dict, along=None) -> Path:
     """Refresh the generated sections of the README (default profile only)."""
     readme = REPO / "README.md"
-    body = (f"_{stamps.line(st)}_\n\n" + readme_table(findings).to_markdown(index=False)
+    body = (f"_{stamps.line(st)}_\n\n" + readme_table(findings, along).to_markdown(index=False)
             + "\n\nEach verdict's numbers, per-arm tables and rule: [paper/REPORT.md](paper/REPORT.md).")
     figs = [f"**{o.key}. {o.title}**\n\n![{o.key}]({_rel(out / f'{o.key}.png')})\n" for o in _drawn(out)]
     text = _between(readme.read_text(), "claims", body)

@@ -43,7 +43,8 @@ def test_smoke_study_end_to_end(smoke_tables):
                                                                             sp.inverse_up_to, "schedule"])
     # each arm trains at its tuned lr (the rule's choice at the nearest tuning point)
     tuned = tables["tuning"][tables["tuning"]["tuned"]]
-    assert len(tuned) == len(tuned[["tune_point", "arm"]].drop_duplicates())
+    assert len(tuned) == len(tuned[["tune_width", "tune_point", "arm"]].drop_duplicates())
+    assert {"at_sweep_edge"} <= set(tables["tuning"].columns)
     summary = tables["summary"]
     assert set(summary["quantity"]) == set(sc.STATISTICS) and set(summary["predictor"]) == set(sc.AXES.values())
     assert [f.key for f in found] == list(vs.CLAIMS)
@@ -66,6 +67,30 @@ def test_per_point_verdicts_are_the_claim_rules_unchanged(smoke_tables):
     assert first.point == key and first.finding == cascadeformer.c8(c8)
     c2 = by["C2"].points["tokens"][0].finding
     assert c2 == fanin.c2(tables["fanin"][tables["fanin"]["point"] == key].reset_index(drop=True))
+    from experiments.verdicts import pruning as vp
+    c9 = by["C9"].points["tokens"][0].finding
+    again = vp.c9_vs_depth_order(tables["depth_order"][tables["depth_order"]["point"] == key].reset_index(drop=True))
+    assert (c9.verdict, c9.why, c9.primary.estimate) == (again.verdict, again.why, again.primary.estimate)
+
+
+def test_c9_cases_compare_cascadeflow_with_last_k_on_every_uniform_run(smoke_tables):
+    """C9 along scale: per uniform run and k = 1..B/2, the two pruned models' held-out losses; the
+    difference is exactly 0 where both remove the same blocks (the same pruned model)."""
+    _, _, tables, _ = smoke_tables
+    cases, sp = tables["c9_cases"], sc.scale_plan("smoke")
+    assert set(cases["k"]) == set(range(1, sp.depth // 2 + 1)) and set(cases["stage"]) == {"pruned"}
+    n_uniform = len(sc.points(sp)) * len(sp.seeds)
+    assert len(cases) == n_uniform * (sp.depth // 2)
+    same = ~cases["differs"].astype(bool)
+    assert (cases.loc[same, "loss_diff"] == 0).all()
+    for _, d in cases.groupby("run_id"):  # each method removes k distinct blocks, nested in k
+        for col in ("removed_last", "removed_cascadeflow"):
+            sets = [r.split(";") for r in d.sort_values("k")[col]]
+            assert [len(set(r)) for r in sets] == list(range(1, len(sets) + 1))
+            assert all(a == b[:len(a)] for a, b in zip(sets, sets[1:]))
+    stats_ = tables["seed_stats"]
+    c9 = stats_[stats_["statistic"] == "c9_gap_last_mean"]
+    assert len(c9) == n_uniform and np.isfinite(c9["value"]).all()
 
 
 # ---- the trend rule on synthetic rows: every outcome ---------------------------------------------
@@ -139,12 +164,24 @@ def test_tuning_rule_ties_to_smaller_and_diverged_is_inf():
     assert tuned == {"a": 1e-3, "b": 3e-3} and table["tuned"].sum() == 2
 
 
-def test_lr_for_uses_the_nearest_tuning_point_in_log_tokens():
+def test_lr_for_uses_the_nearest_tuning_point_in_log_width_then_log_tokens():
     sp = sc.scale_plan("scale")
-    tuned = {(1.0, "uniform"): 1e-3, (10.0, "uniform"): 3e-3, (1.0, "inverse"): 1e-2}
-    assert sc.lr_for(sp, tuned, sc.Point(48, 3.0), "uniform") == 1e-3  # log 3 is nearer log 1 than log 10
-    assert sc.lr_for(sp, tuned, sc.Point(48, 20.0), "uniform") == 3e-3
-    assert sc.lr_for(sp, tuned, sc.Point(48, 20.0), "inverse") == 1e-2  # the nearest point that has the arm
+    tuned = {(32, 1.0, "uniform"): 1e-3, (32, 10.0, "uniform"): 3e-3, (32, 1.0, "inverse"): 1e-2,
+             (96, 1.0, "uniform"): 3e-4}
+    assert sc.lr_for(sp, tuned, sc.Point(32, 3.0), "uniform") == 1e-3  # log 3 is nearer log 1 than log 10
+    assert sc.lr_for(sp, tuned, sc.Point(32, 20.0), "uniform") == 3e-3
+    assert sc.lr_for(sp, tuned, sc.Point(32, 20.0), "inverse") == 1e-2  # the nearest point that has the arm
+    assert sc.lr_for(sp, tuned, sc.Point(96, 1.0), "uniform") == 3e-4  # its own width's rate
+    assert sc.lr_for(sp, tuned, sc.Point(64, 1.0), "uniform") == 3e-4  # log 64/96 is nearer than log 64/32
+    with pytest.raises(ConfigError, match="tuned at no tuning point"):
+        sc.lr_for(sp, tuned, sc.Point(32, 1.0), "narrow")
+
+
+def test_every_width_of_the_size_ladder_is_tuned():
+    sp = sc.scale_plan("scale")
+    pts = sc.tuning_points(sp)
+    assert {p.width for p in pts} == set(sp.widths) | {sp.base_width}
+    assert {p.tokens_per_param for p in pts if p.width == sp.base_width} == set(sp.tune_at)
 
 
 def test_a_point_beyond_about_one_epoch_is_refused():

@@ -41,6 +41,19 @@ def test_mixed_model_recovers_slope(clustered):
     assert row["ci_high"] - row["ci_low"] < ols["ci_high"] - ols["ci_low"]
 
 
+def test_mixed_model_singular_fit_is_a_row_without_estimate(clustered, monkeypatch):
+    """A singular MixedLM fit (no between-run variance, as with per-run normalized values at one
+    depth) is reported as a row with no estimate, not an exception that stops the study."""
+    import statsmodels.regression.mixed_linear_model as mlm
+
+    def singular(self, *a, **k):
+        raise np.linalg.LinAlgError("Singular matrix")
+    monkeypatch.setattr(mlm.MixedLM, "fit", singular)
+    row = stats.mixed_slope(clustered, "y", "x", group="run")
+    assert np.isnan(row["estimate"]) and np.isnan(row["ci_low"]) and "singular" in row["method"]
+    assert row["n"] == 72 and row["n_groups"] == 6
+
+
 def test_loglog_recovers_exponent():
     x = np.linspace(1, 50, 40)
     y = 3.0 * x ** 1.7 * np.exp(np.random.default_rng(1).normal(0, 0.05, x.size))

@@ -174,6 +174,7 @@ def design(tables: dict | None) -> tuple[Estimate, ...]:
     for against in pred.DESIGN_AGAINST:
         r = pick(s, setting="design", quantity="loss_gap", arm=pred.PREDICTED, against=against)
         if r is not None:
+            same = str(r["subset"]) == "same runs"  # the predicted widths rounded to this arm's
             out.append(Estimate.of(r, f"{pred.PREDICTED} - {against}: held-out loss (exploratory)", unit="seeds",
-                                   note="no verdict"))
+                                   note=f"no verdict{'; the same widths, hence the same runs' if same else ''}"))
     return tuple(out)

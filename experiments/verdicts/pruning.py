@@ -148,6 +148,25 @@ def c9(comp: pd.DataFrame, depth: pd.DataFrame | None = None) -> Finding:
                    arms=cells.drop(columns=["family"]))
 
 
+def c9_vs_depth_order(depth: pd.DataFrame) -> Finding:
+    """C9's primary part alone (CascadeFlow vs last-k, :data:`C9_RULE`), as the scale study measures
+    it at each ladder point (no healing, no other heuristics)."""
+    if depth is None or depth.empty:
+        return undefined("no depth-order table")
+    prim, cells = c9_primary(depth)
+    tested = cells[cells["n_differ"] >= 2]
+    never = sorted({int(k) for k in cells.loc[cells["n_differ"] == 0, "k"]})
+    est = tuple(Estimate(f"k = {int(r.k)}: loss CascadeFlow - last-k", r.estimate, r.ci_low, r.ci_high,
+                         int(r.n_differ), p=r.p_holm, p_name="Holm p", fmt="+.4f",
+                         note=f"differs in {int(r.n_differ)} of {int(r.n_runs)} runs")
+                for r in cells.itertuples() if r.n_differ > 0)
+    primary = Estimate("k cells where CascadeFlow beats last-k (Holm; no healing)", int(cells["better"].sum()),
+                       n=len(cells), unit="cells", fmt=".0f")
+    why = (f"vs last-k better in {int(cells['better'].sum())}, worse in {int(cells['worse'].sum())} of {len(cells)} "
+           f"cells ({len(tested)} testable)" + (f"; never differs at k = {', '.join(map(str, never))}" if never else ""))
+    return Finding(prim, primary, why=why, secondary=est, arms=cells.drop(columns=["family"]))
+
+
 def judge_c9(tables: dict) -> Finding:
     t = tables[pr.NAME]
     comp = t.get("comparisons")

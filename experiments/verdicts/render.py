@@ -76,15 +76,38 @@ def study_takeaways(name: str, tables: dict, profile: str | None = None) -> str:
     return "\n\n".join(takeaway(judge(r, tables, profile), r) for r in for_study(name))
 
 
-def summary_table(findings: list[Finding]) -> pd.DataFrame:
-    """One row per finding: the short claim, verdict, primary estimate [CI], n, margin, figure and why."""
+def _ladder_verdicts(axis: str, pts) -> str:
+    """A claim's verdict at each point of one ladder, in ladder order ("holds · mixed · ...")."""
+    return " · ".join(str(p.finding.verdict) for p in pts) if pts else ""
+
+
+def ladder_header(axis: str, along) -> str:
+    """The column name of one ladder: its points, e.g. "at 1 / 3 / 10 / 20 tokens/param"."""
+    xs = sorted({p.axis_value for f in along for p in f.points.get(axis, ())})
+    if axis == "tokens":
+        return "along scale: at " + " / ".join(f"{x:.3g}" for x in xs) + " tokens/param"
+    return "along scale: at " + " / ".join(f"{x / 1e6:.2g}" for x in xs) + " M params"
+
+
+def summary_table(findings: list[Finding], along=None) -> pd.DataFrame:
+    """One row per finding: the short claim, verdict, where it was measured (its regime), primary
+    estimate [CI], n, margin, figure and why; with ``along`` (the scale findings,
+    :func:`experiments.verdicts.scale.along_scale`) also the claim's verdict at every point of each
+    ladder (blank for a claim the scale study does not measure)."""
+    by = {f.key: f for f in along or ()}
     rows = []
     for f in findings:
         rule = BY_KEY[f.key]
         e = f.primary
-        rows.append({"claim": f.key, "in short": f.claim, "verdict": f"**{f.verdict.value}**",
-                     "primary estimate [95 % CI]": (f"{e.label}: {interval(e)}" if e is not None else ""),
-                     "n": _n(e), "margin": _margin(f), "figure": rule.evidence, "why": f.why})
+        row = {"claim": f.key, "in short": f.claim, "verdict": f"**{f.verdict.value}**",
+               "measured at": regime_text(f.regime),
+               "primary estimate [95 % CI]": (f"{e.label}: {interval(e)}" if e is not None else ""),
+               "n": _n(e), "margin": _margin(f), "figure": rule.evidence, "why": f.why}
+        if by:
+            for axis in ("tokens", "size"):
+                sf = by.get(f.key)
+                row[ladder_header(axis, along)] = _ladder_verdicts(axis, sf.points[axis]) if sf else ""
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -211,15 +234,30 @@ def point_table(findings) -> pd.DataFrame:
                          for f in findings for axis, pts in f.points.items() for p in pts])
 
 
-def along_scale_section(findings, profile: str) -> list[str]:
-    """The report's "Along scale" section (Markdown lines); "not measured" without the study."""
+def headline(f) -> str:
+    """A claim's regime along both ladders in one sentence, e.g. "C8 along tokens/param: holds up to
+    1 tokens/param; inconclusive from 3 tokens/param on (primary statistic fades)"."""
+    return "; ".join(f"{AXIS_UNITS[a]}: {regime_statement(f.regimes[a])} (trend {f.movement(a)})"
+                     for a in ("tokens", "size"))
+
+
+def along_scale_section(findings, profile: str, source: dict | None = None) -> list[str]:
+    """The report's "Along scale" section (Markdown lines); "not measured" without the study.
+    ``source``: where a report of another profile read them (``command``, ``report``, ``figure``)."""
     lines = ["## Along scale", ""]
     if findings is None:
         return lines + [f"Not measured for this profile (`{profile}`): the scale study runs with "
-                        f"`python -m experiments scale --profile scale` (or `full`).", ""]
+                        f"`python -m figures --profile scale` (or `full`).", ""]
+    if source is not None:
+        lines += [f"Measured by the `scale` profile (`{source['command']}`), whose outputs are committed: its "
+                  f"report is [{source['report']}]({source['report']}). The claim rules "
+                  f"re-judge its committed tables here.", ""]
     lines += ["Each claim rule, unchanged, at every ladder point; each statistic's slope per decade of tokens/param "
-              "and of parameters (t-interval over seeds). Figure F13 draws the statistics.", "",
-              along_scale_table(findings).to_markdown(index=False), "",
+              "and of parameters (t-interval over seeds). Figure F13 draws the statistics.", ""]
+    lines += [f"- **{f.key}** along {headline(f)}" for f in findings] + [""]
+    if source is not None and source.get("figure"):
+        lines += [f"![F13]({source['figure']})", ""]
+    lines += [along_scale_table(findings).to_markdown(index=False), "",
               "<details><summary>Verdict at every point, and every trend</summary>", "",
               point_table(findings).to_markdown(index=False), "", trends_table(findings).to_markdown(index=False),
               "", f"Rule: {TREND_RULE}.", "", "</details>", ""]

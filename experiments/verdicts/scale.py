@@ -1,8 +1,9 @@
 """Verdicts along scale (study 8, :mod:`experiments.scale`): the claim rules run unchanged at every
 ladder point, one declared trend test per statistic, and the regime each claim's verdict holds in.
 
-* :func:`point_verdicts`: C8 (:func:`.cascadeformer.c8`), C2 (:func:`.fanin.c2`) and C5's rule on
+* :func:`point_verdicts`: C8 (:func:`.cascadeformer.c8`), C2 (:func:`.fanin.c2`), C5's rule on
   the Transformer family (:func:`.importance.association` + :func:`.importance.judge_association`)
+  and C9's primary part (:func:`.pruning.c9_vs_depth_order`: CascadeFlow vs last-k, no healing)
   on each point's own tables.
 * :func:`trend`: :data:`TREND_RULE` on one slope row of the study's summary.
 * :func:`regime_of`: where along a ladder a claim's per-point verdict holds (one change point, or
@@ -20,7 +21,7 @@ import pandas as pd
 from gfa_theory.instrument import stats
 
 from .. import scale as sc
-from . import cascadeformer, fanin, importance
+from . import cascadeformer, fanin, importance, pruning
 from .toolkit import THRESHOLDS as T, Estimate, Finding, Verdict, defined, significant, tost, undefined
 
 
@@ -39,17 +40,18 @@ class Trend(str, enum.Enum):
 # each statistic's steady margin (per decade of the axis), declared once in THRESHOLDS
 MARGINS = {"c8_gap_narrow_pct": T.trend_margin_pct, "c8_gap_full_pct": T.trend_margin_pct,
            "c2_rho": T.trend_margin_rho, "c5_rho_no_first": T.trend_margin_rho,
-           "c2_exponent": T.trend_margin_exponent, "c2_exponent_no_first": T.trend_margin_exponent}
+           "c2_exponent": T.trend_margin_exponent, "c2_exponent_no_first": T.trend_margin_exponent,
+           "c9_gap_last_mean": T.trend_margin_loss}
 # the statistic whose trend says whether a claim strengthens or fades
-PRIMARY = {"C8": "c8_gap_narrow_pct", "C2": "c2_rho", "C5": "c5_rho_no_first"}
+PRIMARY = {"C8": "c8_gap_narrow_pct", "C2": "c2_rho", "C5": "c5_rho_no_first", "C9": "c9_gap_last_mean"}
 CLAIMS = tuple(PRIMARY)
 
 TREND_RULE = (f"Per statistic and ladder: one OLS slope of the per-seed statistic on log10 tokens/param (or log10 "
               f"parameters) per seed, their mean with a t-interval over seeds (df = seeds - 1). Holds steady if a "
               f"TOST puts the slope within +-margin per decade (C8 gaps {T.trend_margin_pct:g} %, correlations "
-              f"{T.trend_margin_rho:g}, exponents {T.trend_margin_exponent:g}); else strengthens (fades) if the "
-              f"two-sided t-test, Holm-adjusted over the statistics of one claim and ladder, is significant in (against) "
-              f"the claim's direction (more negative gap for C8, larger rho or exponent for C2 and C5); else "
+              f"{T.trend_margin_rho:g}, exponents {T.trend_margin_exponent:g}, the C9 loss gap "
+              f"{T.trend_margin_loss:g} nats); else strengthens (fades) if the two-sided t-test, Holm-adjusted over the statistics of one claim and ladder, is significant in (against) "
+              f"the claim's direction (more negative gap for C8 and C9, larger rho or exponent for C2 and C5); else "
               f"inconclusive. A claim's regime is read from its per-point verdicts (the claim rules unchanged)")
 
 
@@ -117,7 +119,8 @@ def _point(frame: pd.DataFrame, key: str) -> pd.DataFrame:
     return frame[frame["point"] == key].reset_index(drop=True)
 
 
-JUDGES = {"C8": ("c8", cascadeformer.c8), "C2": ("fanin", fanin.c2), "C5": ("importance", _c5_transformer)}
+JUDGES = {"C8": ("c8", cascadeformer.c8), "C2": ("fanin", fanin.c2), "C5": ("importance", _c5_transformer),
+          "C9": ("depth_order", pruning.c9_vs_depth_order)}
 
 
 def point_verdicts(tables: dict, claim: str) -> dict:

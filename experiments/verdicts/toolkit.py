@@ -95,6 +95,8 @@ class Thresholds:
                                                                      "+-margin per decade (TOST) = holds steady"})
     trend_margin_exponent: float = field(default=0.1, metadata={"means": "along scale: an exponent slope within "
                                                                           "+-margin per decade (TOST) = holds steady"})
+    trend_margin_loss: float = field(default=0.01, metadata={"means": "along scale: a C9 loss-gap slope within "
+                                                                      "+-margin nats per decade (TOST) = holds steady"})
 
     def rows(self) -> list[tuple[str, float, str]]:
         """(name, value, meaning) of every threshold, in declaration order."""

@@ -116,11 +116,15 @@ def mixed_slope(data: pd.DataFrame, y: str, x: str, group: str, controls: Iterab
     d = data[cols].replace([np.inf, -np.inf], np.nan).dropna().rename(
         columns={y: "_y", x: "_x", **{c: f"_c{k}" for k, c in enumerate(controls)}})
     rhs = " + ".join(["_x", *[f"_c{k}" for k in range(len(tuple(controls)))]])
+    name = test or f"MixedLM {y} ~ {x}" + (f" + {' + '.join(controls)}" if controls else "") + f" | {group}"
     with warnings.catch_warnings():  # convergence chatter on tiny data; the CI says enough
         warnings.simplefilter("ignore")
-        fit = smf.mixedlm(f"_y ~ {rhs}", d, groups=d[group]).fit(reml=True)
+        try:
+            fit = smf.mixedlm(f"_y ~ {rhs}", d, groups=d[group]).fit(reml=True)
+        except np.linalg.LinAlgError:  # e.g. per-run normalized values: no between-run variance to fit
+            return _row(name, np.nan, (np.nan, np.nan), np.nan, len(d), n_groups=d[group].nunique(), se=np.nan,
+                        method="MixedLM (random intercept per run): singular fit, no estimate")
     lo, hi = fit.conf_int(alpha=ALPHA).loc["_x"]
-    name = test or f"MixedLM {y} ~ {x}" + (f" + {' + '.join(controls)}" if controls else "") + f" | {group}"
     return _row(name, fit.params["_x"], (lo, hi), fit.pvalues["_x"], len(d), n_groups=d[group].nunique(),
                 se=float(fit.bse["_x"]), method="MixedLM (random intercept per run)")
 
