@@ -59,9 +59,26 @@ exploratory schedule: no verdict is drawn from it.
 
 **Cost.** :func:`configs` lists 21 runs at the ``scale`` profile (6 Transformer arms x 3 seeds of
 8 blocks, 400 steps, plus 3 ResNets of 2-2-2 blocks, 300 steps); one 8-block run with its held-out
-gain samples took 39 s on one loaded CPU core, a ResNet 11 s. The design comparison adds 3
-``predicted`` runs (300 steps, about 25 s each) and reads the 6 primary / narrow runs from the
-cache. About 8 minutes of training on 2 cores, plus a few seconds of analysis per run.
+gain samples took 39 s on one loaded CPU core, a ResNet 11 s. The design comparison adds up to 3
+``predicted`` runs (300 steps, about 25 s each; none where the predicted widths are the primary's)
+and reads the primary / narrow runs from the cache. About 8-10 minutes on 2 idle cores; the first
+scale run took 27 minutes on 2 cores shared with the scale study's training.
+
+**What the scale profile shows** (8 blocks, 0.41 M parameters, about 1 token per parameter; 3
+seeds; errors are means over seeds; :mod:`experiments.verdicts.prediction` has the verdicts). On
+Pre-LN the product with norm gains has error 0.49 with gains at initialization, 0.48 over the first
+1 %, 0.45 over 5 %, 0.31 over 25 % and 0.28 averaged over training (counts: 0.71): the profile is
+not yet predictable before training, and early gains are worse than the training-averaged ones
+beyond the margin on Pre-LN, Peri-LN, LayerNorm Scaling and the ResNet (H6 does not hold). Under
+Post-LN and DeepNorm it goes the other way: the norm gains measured at initialization (errors 0.89
+and 0.94, against 1.39 and 5.8 without norm gains) beat the training-averaged ones (2.08 and 1.71),
+whose product over 16 positions no longer matches the U-shaped ``A``; over the first 5 % the
+prediction follows its late rise (F14). Post-LN stays above Pre-LN (H7 does not hold: 1.80 [0.72,
+2.88] with training-averaged gains, 0.39 [0.16, 0.62] at initialization). Peri-LN is predicted best
+from 5 % of training on (0.14); for the ResNet the orthogonal limit fits best (0.12 at
+initialization), the product poorly (0.72). Design: at C8's default point the predicted schedule
+rounds to exactly the fan-in taper's widths (same budget, FFN multiples of 32), so the two arms are
+the same runs; both beat the narrow uniform model by 0.038 [0.027, 0.049] nats of held-out loss.
 
 **Reading the result.** ``errors``: one row per run, window, account and norm setting;
 ``summary``: per (arm, window, account, norm setting) the mean error with its t-interval over

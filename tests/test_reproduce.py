@@ -122,8 +122,8 @@ def test_every_rules_evidence_is_an_output_that_reads_its_studies():
 
     for rule in RULES:
         for key in (k.strip() for k in rule.evidence.split(",") if k.strip() not in ("", "as C2")):
-            assert key in OUTPUTS, (rule.key, key)
-            assert not OUTPUTS[key].studies or set(OUTPUTS[key].studies) & set(rule.studies), (rule.key, key)
+            assert key in build.ALL, (rule.key, key)  # F14: the prediction study's, drawn where it runs
+            assert not build.ALL[key].studies or set(build.ALL[key].studies) & set(rule.studies), (rule.key, key)
 
 
 def test_arms_and_methods_have_display_names_in_one_place():
@@ -134,11 +134,15 @@ def test_arms_and_methods_have_display_names_in_one_place():
     from figures import names
     from gfa_theory.methods.taper import SCHEDULES
 
-    for code in (*mechanism.ARMS, *mechanism.SETTINGS):
+    from experiments import prediction
+    from figures import prediction as prediction_figures
+
+    for code in (*mechanism.ARMS, *mechanism.SETTINGS, *prediction.ARMS, prediction.RESNET_ARM):
         assert code in names.ARMS
+    assert set(prediction.WINDOWS) <= set(names.WINDOWS)
     assert set(SCHEDULES) <= set(names.SCHEDULES) and set(pruning.METHODS) <= set(names.METHODS)
     assert names.arm("post") == "Post-LN" and names.arm("ln_scaling") == "LayerNorm Scaling"
-    for module in (figures.plots, gfa, efficiency, mech_figures):
+    for module in (figures.plots, gfa, efficiency, mech_figures, prediction_figures):
         src = inspect.getsource(module)
         assert "_LABELS = {" not in src and '"Post-LN"' not in src, module.__name__
 
