@@ -59,7 +59,8 @@ stream RMS, gains) are in the tables beside the shapes.
 **Limits.** Skip gains are ``alpha`` and the norms' own Jacobians are not measured: under
 Post-LN every path through position ``p`` also passes the norm there, a factor the accounts
 leave out. The first version's DeepNorm, mixed-placement and ResNet arms are cut to fit the
-default profile's budget (the code takes them back as entries of :data:`ARMS`). The window ranks are of held-out gradients at the final weights, not of
+default profile's budget (the code takes them back as entries of :data:`ARMS`); the prediction study
+(:mod:`experiments.prediction`, scale profile) trains them, with the norms' own gains in the accounts. The window ranks are of held-out gradients at the final weights, not of
 a window during training. Arms differ in more than their gains (the embedding scale changes the
 loss too), so H3 and H4 are associations across runs, not interventions.
 

@@ -48,6 +48,7 @@ def test_reproduce_smoke_writes_every_stamped_output(smoke_root, tmp_path):
     assert "profile smoke" in report and "## Thresholds" in report
     assert "## Where the time goes" in report and "| total" in report
     assert "## Beyond the paper" in report
+    assert (out / "F14.png").is_file() and "From prediction to design (exploratory)" in report  # the prediction study
     found = pd.read_csv(out / "claims.csv")  # the findings as numbers
     assert list(found["claim"]) == [r.key for r in judge_all({})] and {"estimate", "ci_low", "margin", "why",
                                                                       "tokens_per_param_max"} <= set(found.columns)
