@@ -54,7 +54,9 @@ def _build(args: argparse.Namespace) -> int:
     check_jobs(args.jobs)
     args.executor = executor_of(args)
     out = Path(args.out) if args.out else build.default_out(args.profile)
-    check_figures_out(out, reproduce_names([*OUTPUTS, *ALONG_SCALE, *PREDICTION]), args.force)
+    # the committed outputs' own folders: the scale profile's (in the default one's) and its studies' tables
+    folders = {build.SCALE_OUT.name, build.COMMITTED_STUDIES.name}
+    check_figures_out(out, reproduce_names([*OUTPUTS, *ALONG_SCALE, *PREDICTION]) | folders, args.force)
     return build.build(args)
 
 

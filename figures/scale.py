@@ -15,6 +15,7 @@ PANELS = (  # (statistics drawn together, y label, reference line)
     (("c2_rho",), "C2: Spearman rho(A, F)", 0.0),
     (("c2_exponent", "c2_exponent_no_first"), "C2: within-run exponent of A on F", 1.0),
     (("c5_rho_no_first",), "C5: rho(ablation, A), no first block", 0.0),
+    (("c9_gap_last_mean",), "C9: loss, CascadeFlow - last-k\n(nats, mean over k, no healing)", 0.0),
 )
 LEGEND = {"c8_gap_narrow_pct": "vs narrow uniform", "c8_gap_full_pct": "vs full uniform",
           "c2_exponent": "all blocks", "c2_exponent_no_first": "first block excluded"}

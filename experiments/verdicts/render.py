@@ -254,7 +254,13 @@ def along_scale_section(findings, profile: str, source: dict | None = None) -> l
                   f"re-judge its committed tables here.", ""]
     lines += ["Each claim rule, unchanged, at every ladder point; each statistic's slope per decade of tokens/param "
               "and of parameters (t-interval over seeds). Figure F13 draws the statistics.", ""]
-    lines += [f"- **{f.key}** along {headline(f)}" for f in findings] + [""]
+    lines += [f"- **{f.key}**{' (its primary part: CascadeFlow vs last-k, no healing)' if f.key == 'C9' else ''} "
+              f"along {headline(f)}" for f in findings] + [""]
+    edge = findings[0].lr_at_edge if findings else ()
+    if edge:
+        lines += ["Caveat: the tuned learning rate sits at the edge of the sweep for "
+                  + ", ".join(f"{arm} at width {w}, {t:g} tokens/param ({lr:g})" for w, t, arm, lr in edge)
+                  + "; a rate beyond the sweep may train these arms better.", ""]
     if source is not None and source.get("figure"):
         lines += [f"![F13]({source['figure']})", ""]
     lines += [along_scale_table(findings).to_markdown(index=False), "",

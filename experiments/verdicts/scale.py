@@ -96,6 +96,8 @@ class ScaleFinding:
     points: dict  # axis -> tuple[PointVerdict, ...] (ordered by the axis)
     regimes: dict  # axis -> ScaleRegime
     trends: tuple[TrendFinding, ...]
+    # (width, tokens/param, arm, lr) of every tuned rate at the edge of the sweep (the best rate may lie beyond it)
+    lr_at_edge: tuple[tuple[int, float, str, float], ...] = ()
 
     def movement(self, axis: str) -> Trend:
         """The trend of the claim's primary statistic along ``axis``."""
@@ -195,11 +197,20 @@ def along_scale(tables: dict | None) -> list[ScaleFinding] | None:
     if tables is None:
         return None
     out = []
+    edge = lr_at_edge(tables.get("tuning"))
     for claim in CLAIMS:
         pts = point_verdicts(tables, claim)
         out.append(ScaleFinding(claim, pts, {a: regime_of(a, p) for a, p in pts.items()},
-                                trend_findings(tables["summary"], claim)))
+                                trend_findings(tables["summary"], claim), edge))
     return out
+
+
+def lr_at_edge(tuning: pd.DataFrame | None) -> tuple[tuple[int, float, str, float], ...]:
+    """The tuned rates that sit at the sweep's lowest or highest value (``at_sweep_edge``)."""
+    if tuning is None or "at_sweep_edge" not in tuning:
+        return ()
+    d = tuning[tuning["at_sweep_edge"].astype(str).isin(("True", "1", "1.0"))]
+    return tuple((int(r.tune_width), float(r.tune_point), str(r.arm), float(r.lr)) for r in d.itertuples())
 
 
 __all__ = ["Trend", "TrendFinding", "ScaleRegime", "ScaleFinding", "TREND_RULE", "trend", "regime_of",
