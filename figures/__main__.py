@@ -21,8 +21,7 @@ from pathlib import Path
 from experiments.__main__ import add_executor_options, check_jobs, executor_of
 from experiments.plans import PROFILES
 from figures import build
-from figures.outputs import ALONG_SCALE, OUTPUTS, PREDICTION
-from gfa_theory.cli.outdir import check_figures_out, reproduce_names
+from gfa_theory.cli.outdir import check_figures_out
 from gfa_theory.errors import report_user_errors
 
 
@@ -54,9 +53,7 @@ def _build(args: argparse.Namespace) -> int:
     check_jobs(args.jobs)
     args.executor = executor_of(args)
     out = Path(args.out) if args.out else build.default_out(args.profile)
-    # the committed outputs' own folders: the scale profile's (in the default one's) and its studies' tables
-    folders = {build.SCALE_OUT.name, build.COMMITTED_STUDIES.name}
-    check_figures_out(out, reproduce_names([*OUTPUTS, *ALONG_SCALE, *PREDICTION]) | folders, args.force)
+    check_figures_out(out, build.own_names(), args.force)
     return build.build(args)
 
 

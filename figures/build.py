@@ -27,6 +27,7 @@ from experiments.upgrade import current
 from experiments.verdicts import judge_all
 from experiments.verdicts import prediction as prediction_verdicts
 from experiments.verdicts.scale import along_scale
+from gfa_theory.cli.outdir import reproduce_names
 from gfa_theory.errors import ConfigError
 from gfa_theory.train.store import results_root, write_bytes_atomic, write_text_atomic
 from gfa_theory.untrusted import MAX_LOG_BYTES, read_json, regular_file
@@ -40,6 +41,13 @@ ALL = {**OUTPUTS, **ALONG_SCALE, **PREDICTION}
 
 SCALE_OUT = GENERATED / "scale"  # the scale profile's outputs, committed: the default report reads its studies
 COMMITTED_STUDIES = SCALE_OUT / "studies"  # each scale-profile study's tables and meta.json, as the cache holds them
+
+
+def own_names() -> set[str]:
+    """What ``python -m figures`` may find in its output folder without ``--force``: the files of
+    every output and the committed outputs' own folders (the scale profile's, inside the default
+    one's, and its studies' tables)."""
+    return reproduce_names(ALL) | {SCALE_OUT.name, COMMITTED_STUDIES.name}
 
 
 def default_out(profile: str) -> Path:
