@@ -101,8 +101,9 @@ def _tables(init_shift: dict, post_shift: float = 0.0, noise=(0.0, 0.002, -0.002
                                  "family": "resnet" if arm == pr.RESNET_ARM else "transformer",
                                  "window": window, "account": "product", "norms": norms,
                                  "log_error": base + shift + extra * (arm == "post") + eps * (1 + (window == "init"))})
-    runs = pd.DataFrame([{"family": "transformer", "params": 200_000, "tokens_per_param": 2.0},
-                         {"family": "resnet", "params": 50_000, "tokens_per_param": np.nan}])
+    runs = pd.DataFrame([{"family": "transformer", "arm": a, "params": 200_000 + 10 * (a == "peri"),
+                          "tokens_per_param": 2.0} for a in pr.ARMS]
+                        + [{"family": "resnet", "arm": pr.RESNET_ARM, "params": 50_000, "tokens_per_param": np.nan}])
     return {"errors": pd.DataFrame(rows), "runs": runs}
 
 
@@ -117,7 +118,7 @@ ARMS = [*pr.ARMS, pr.RESNET_ARM]
 def test_h6_verdicts(shifts, verdict):
     f = vp.h6(_tables(shifts))
     assert f.verdict == verdict, f.why
-    assert f.margin == THRESHOLDS.prediction_margin and f.regime.params_max == 200_000
+    assert f.margin == THRESHOLDS.prediction_margin and (f.regime.params_min, f.regime.params_max) == (50_000, 200_010)
     assert len(f.secondary) == len(ARMS) and set(f.arms["window"]) == {"init", "1%", "5%"}
     assert f.primary.estimate == pytest.approx(np.mean([shifts.get(a, 0.0) for a in ARMS]), abs=1e-9)
 
@@ -132,6 +133,7 @@ def test_h6_is_inconclusive_when_the_seeds_disagree():
 def test_h7_verdicts(shift, verdict):
     f = vp.h7(_tables({}, post_shift=shift))
     assert f.verdict == verdict, f.why
+    assert f.regime.params_min == f.regime.params_max == 200_000  # Post-LN and Pre-LN only
     assert f.primary.estimate == pytest.approx(shift, abs=1e-9)
     # without norm gains Post-LN is 1.0 worse still: reported beside the primary, not judged
     assert f.secondary[0].estimate == pytest.approx(shift + 1.0, abs=1e-9)

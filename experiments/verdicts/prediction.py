@@ -50,12 +50,13 @@ def paired(a: pd.Series, b: pd.Series) -> pd.Series:
     return pd.Series(without_single_interval(stats.paired_difference(a[seeds], b[seeds])))
 
 
-def regime(tables: dict, families: tuple[str, ...]) -> Regime | None:
-    """The models the study trained (its ``runs`` table): parameters and tokens per parameter."""
+def regime(tables: dict, families: tuple[str, ...], arms: tuple[str, ...] | None = None) -> Regime | None:
+    """The models the study trained (its ``runs`` table; ``arms``: only those): parameters and
+    tokens per parameter."""
     r = tables.get("runs")
     if r is None or r.empty:
         return None
-    r = r[r["family"].isin(families)]
+    r = r[r["family"].isin(families) & (r["arm"].isin(arms) if arms is not None else True)]
     tpp = r["tokens_per_param"].dropna()
     return Regime(" and ".join(f for f in families if (r["family"] == f).any()), int(r["params"].min()),
                   int(r["params"].max()), float(tpp.min()) if len(tpp) else np.nan,
@@ -135,7 +136,7 @@ def h7(tables: dict) -> Finding:
     e, plain = _errors(tables), _errors(tables, "without_norms")
     if not ((e["arm"] == H7_ARM).any() and (e["arm"] == H7_REFERENCE).any()):
         return missing("no Post-LN and Pre-LN prediction runs")
-    reg = regime(tables, ("transformer",))
+    reg = regime(tables, ("transformer",), (H7_ARM, H7_REFERENCE))
 
     def diff(errs, arm, window=H7_WINDOW):
         return paired(_by_seed(errs, arm=arm, window=window), _by_seed(errs, arm=H7_REFERENCE, window=window))
