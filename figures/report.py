@@ -196,7 +196,8 @@ def readme_table(findings: list[Finding], along=None) -> pd.DataFrame:
     the scale ladders (with ``along``), primary estimate and why."""
     t = render.summary_table(findings, along)
     ladders = [c for c in t.columns if c.startswith("along scale")]
-    return t[["claim", "in short", "verdict", "measured at", *ladders, "primary estimate [95 % CI]", "why"]]
+    return t[[c for c in ("claim", "in short", "verdict", "measured at", *ladders, "primary estimate [95 % CI]", "why")
+              if c in t.columns]]
 
 
 def update_readme(findings: list[Finding], out: Path, st: dict, along=None) -> Path:

@@ -85,7 +85,7 @@ def ladder_header(axis: str, along) -> str:
     """The column name of one ladder: its points, e.g. "at 1 / 3 / 10 / 20 tokens/param"."""
     xs = sorted({p.axis_value for f in along for p in f.points.get(axis, ())})
     if axis == "tokens":
-        return "along scale: at " + " / ".join(f"{x:.3g}" for x in xs) + " tokens/param"
+        return "along scale: at " + " / ".join(f"{x:.2g}" for x in xs) + " tokens/param"
     return "along scale: at " + " / ".join(f"{x / 1e6:.2g}" for x in xs) + " M params"
 
 
@@ -108,7 +108,9 @@ def summary_table(findings: list[Finding], along=None) -> pd.DataFrame:
                 sf = by.get(f.key)
                 row[ladder_header(axis, along)] = _ladder_verdicts(axis, sf.points[axis]) if sf else ""
         rows.append(row)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    # no finding here says where it was measured (e.g. the hypotheses alone): no empty column
+    return out.drop(columns="measured at") if len(out) and not out["measured at"].any() else out
 
 
 def _p(e: Estimate) -> str:
