@@ -11,12 +11,13 @@ from typing import Callable
 
 import pandas as pd
 
+from gfa_theory.train.run_config import run_key
 from gfa_theory.train.store import write_csv_atomic, write_json_atomic
 
 from . import cascadeformer, equalization, fanin_vs_gradients, gradients_vs_importance, mechanism, pruning, repetition
 from .plans import plan
 from .runner import Context
-from .study_io import LAYOUT, load_study
+from .study_io import LAYOUT, load_study, study_module
 
 Tables = dict[str, pd.DataFrame]
 
@@ -59,3 +60,17 @@ def current(ctx: Context, name: str) -> Tables | None:
         write_csv_atomic(ctx.study_dir(name) / f"{table}.csv", frame)
     write_json_atomic(path, {**meta, "layout": LAYOUT})
     return load_study(ctx, name)
+
+
+def stale(ctx: Context, name: str) -> bool:
+    """Whether finished study ``name``'s cached tables were computed for another plan: its plan
+    (the study's ``configs(profile)``, before any result) lists a run the cached study did not use
+    (its ``meta.json`` ``config_hashes``). The runs stay cached: rerunning the study retrains only
+    the new ones. A study whose plan depends on its own results (the scale study's tuned rates) is
+    checked on the part known before them (its lr sweep)."""
+    path = ctx.study_dir(name) / "meta.json"
+    module = study_module(name)
+    if not path.is_file() or not hasattr(module, "configs"):
+        return False
+    used = set(json.loads(path.read_text()).get("config_hashes", ()))
+    return any(run_key(cfg).split("-", 1)[1] not in used for _, cfg in module.configs(ctx.profile))

@@ -23,7 +23,7 @@ from experiments.__main__ import start_executor
 from experiments.plans import STUDY_ONLY, caveat
 from experiments.runner import Context
 from experiments.study_io import study_module
-from experiments.upgrade import current
+from experiments.upgrade import current, stale
 from experiments.verdicts import judge_all
 from experiments.verdicts import prediction as prediction_verdicts
 from experiments.verdicts.scale import along_scale
@@ -139,7 +139,8 @@ def run_studies(ctx: Context, names: list[str], bar) -> tuple[dict[str, dict], d
     metas: dict[str, dict] = {}
     for name in names:
         bar.set_postfix_str(f"study {name}")
-        if ctx.force or current(ctx, name) is None:  # an older layout is upgraded, not rerun
+        # an older layout is upgraded, not rerun; tables computed for another plan are recomputed
+        if ctx.force or current(ctx, name) is None or stale(ctx, name):
             study_module(name).run(ctx=ctx)
         tables[name] = current(ctx, name)
         metas[name] = json.loads((ctx.study_dir(name) / "meta.json").read_text())

@@ -223,3 +223,28 @@ def test_other_studies_refuse_the_scale_profile_in_one_line(tmp_path, capsys):
     assert main(["fanin_vs_gradients", "--profile", "scale", "--out", str(tmp_path / "r"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "only the scale and prediction studies" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cached_tables_of_another_plan_are_stale(smoke_tables, tmp_path):
+    """`python -m figures` recomputes a cached study whose plan now lists a run it did not use
+    (a changed grid), instead of drawing the old tables; the runs themselves stay cached."""
+    import json
+    import shutil
+
+    from experiments.upgrade import stale
+    ctx, *_ = smoke_tables
+    assert not stale(ctx, sc.NAME)
+    copy = Context("smoke", tmp_path, jobs=1, progress=False)
+    shutil.copytree(ctx.study_dir(sc.NAME), copy.study_dir(sc.NAME))
+    meta = json.loads((copy.study_dir(sc.NAME) / "meta.json").read_text())
+    assert not stale(copy, sc.NAME)
+    meta["config_hashes"] = meta["config_hashes"][1:]
+    (copy.study_dir(sc.NAME) / "meta.json").write_text(json.dumps(meta))
+    dropped = set(json.loads((ctx.study_dir(sc.NAME) / "meta.json").read_text())["config_hashes"]) - set(
+        meta["config_hashes"])
+    from gfa_theory.train.run_config import run_key
+    sweep = {run_key(c).split("-", 1)[1] for _, c in sc.configs("smoke")}
+    assert stale(copy, sc.NAME) == bool(dropped & sweep)
+    meta["config_hashes"] = []
+    (copy.study_dir(sc.NAME) / "meta.json").write_text(json.dumps(meta))
+    assert stale(copy, sc.NAME)
