@@ -52,18 +52,18 @@ statistic strengthens, holds steady or fades; the report's "Along scale" section
 from those findings. Read the per-point verdicts first: a regime such as "holds up to 3
 tokens/param, not beyond" says where a one-point verdict can be trusted.
 
-**Cost.** ``python -m experiments scale --profile scale`` trains 96 runs (the lr sweep's 45 and 66
+**Cost.** ``python -m experiments scale --profile scale`` trains 111 runs (the lr sweep's 60 and 66
 ladder runs, of which the sweep's 15 seed-0 runs at the chosen rates are reused): tokens/param 1, 3,
 10, 20 at width 32 (8 blocks, 0.11 M parameters); widths 32, 64 and 96 at 1 token/param (0.11-0.91 M
-parameters, 8.5x); the lr sweep of 3 rates per arm at 1 and 10 tokens/param and at widths 64 and 96;
-3 seeds. :func:`training_tokens` gives 41.3 M training tokens at width 32, 8.2 M at 64 and 18.2 M at
+parameters, 8.5x); the lr sweep of 4 rates per arm at 1 and 10 tokens/param and at widths 64 and 96;
+3 seeds. :func:`training_tokens` gives 44.9 M training tokens at width 32, 9.9 M at 64 and 21.8 M at
 96; ``gfa bench sizes`` measured 20.8 k, 14.8 k and 9.1 k tokens/s for the full uniform models of
 these widths on an idle 2-core machine (two threads). Measured, in resumed parts on an idle 2-core
-machine: the width-32 sweep 3 min, the 59 ladder runs 27 min, the sweep at widths 64 and 96 with
-the 12 runs it changed 15 min, each point's analysis about 2 min (about 47 min in all). The grid was
-cut to this from one of width 48 and 3 tokens/param on the size ladder (about 2.3 h of training).
-``full`` extends both ladders for one GPU (``device=auto``); ``smoke`` is a tiny variant for the
-tests (numbers mean nothing).
+machine: a 3-rate sweep at width 32, 3 min; the 59 ladder runs, 27 min; the sweep at widths 64 and
+96 with the 12 runs it changed, 15 min; the fourth rate (3e-2, 15 runs) with the 5 runs it changed,
+10 min; each point's analysis about 2 min (about 57 min in all). The grid was cut to this from one
+of width 48 and 3 tokens/param on the size ladder (about 2.3 h of training). ``full`` extends both
+ladders for one GPU (``device=auto``); ``smoke`` is a tiny variant for the tests (numbers mean nothing).
 """
 from __future__ import annotations
 
