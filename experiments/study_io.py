@@ -21,6 +21,7 @@ from tabulate import tabulate
 from gfa_theory import __version__
 from gfa_theory.train.lifecycle import RunResult
 from gfa_theory.train.store import write_csv_atomic, write_json_atomic
+from gfa_theory.untrusted import MAX_LOG_BYTES, regular_file
 
 from .runner import Context
 
@@ -69,12 +70,24 @@ def finish(ctx: Context, name: str, main: pd.DataFrame, summary: pd.DataFrame, r
     return main
 
 
-def load_study(ctx: Context, name: str) -> dict[str, pd.DataFrame] | None:
-    """The tables of a finished study, or None when it has not been run for this profile."""
-    d = ctx.study_dir(name)
+def read_tables(d: Path) -> dict[str, pd.DataFrame] | None:
+    """The tables of the finished study in folder ``d`` (the result cache's or a committed copy),
+    or None without its ``meta.json``. Each is a regular file of bounded size: a results folder may
+    come from someone else."""
     if not (d / "meta.json").is_file():
         return None
-    return {p.stem: pd.read_csv(p) for p in sorted(d.glob("*.csv"))}
+    return {p.stem: pd.read_csv(regular_file(p, "study table", MAX_LOG_BYTES)) for p in sorted(d.glob("*.csv"))}
+
+
+def load_study(ctx: Context, name: str) -> dict[str, pd.DataFrame] | None:
+    """The tables of a finished study, or None when it has not been run for this profile."""
+    return read_tables(ctx.study_dir(name))
+
+
+def flags(column: pd.Series) -> pd.Series:
+    """A boolean column of a table read back from CSV (``True``/``1``; pandas keeps it as text
+    or numbers when it has missing values), as booleans."""
+    return column.astype(str).isin(("True", "1", "1.0"))
 
 
 def study_module(name: str):

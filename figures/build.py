@@ -22,7 +22,7 @@ from experiments import scale as scale_study
 from experiments.__main__ import start_executor
 from experiments.plans import STUDY_ONLY, caveat
 from experiments.runner import Context
-from experiments.study_io import study_module
+from experiments.study_io import read_tables, study_module
 from experiments.upgrade import current, stale
 from experiments.verdicts import judge_all
 from experiments.verdicts import prediction as prediction_verdicts
@@ -30,7 +30,7 @@ from experiments.verdicts.scale import along_scale
 from gfa_theory.cli.outdir import reproduce_names
 from gfa_theory.errors import ConfigError
 from gfa_theory.train.store import results_root, write_bytes_atomic, write_text_atomic
-from gfa_theory.untrusted import MAX_LOG_BYTES, read_json, regular_file
+from gfa_theory.untrusted import read_json
 
 from . import report
 from . import stamp as stamps
@@ -81,12 +81,9 @@ def committed_studies(skip: set[str]) -> tuple[dict[str, dict], dict[str, dict]]
     if not COMMITTED_STUDIES.is_dir():
         return tables, metas
     for d in sorted(p for p in COMMITTED_STUDIES.iterdir() if p.is_dir() and p.name not in skip):
-        meta = d / "meta.json"
-        if not meta.is_file():
-            continue
-        metas[d.name] = read_json(meta, "committed study meta.json")
-        tables[d.name] = {p.stem: pd.read_csv(regular_file(p, "committed study table", MAX_LOG_BYTES))
-                          for p in sorted(d.glob("*.csv"))}
+        found = read_tables(d)  # None: an unfinished copy (no meta.json)
+        if found is not None:
+            tables[d.name], metas[d.name] = found, read_json(d / "meta.json", "committed study meta.json")
     return tables, metas
 
 

@@ -7,6 +7,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from experiments import scale as sc
+from experiments.study_io import flags
 
 from . import plots
 
@@ -22,7 +23,7 @@ LEGEND = {"c8_gap_narrow_pct": "vs narrow uniform", "c8_gap_full_pct": "vs full 
 
 
 def _band(means: pd.DataFrame, stat: str, on: str, x: str) -> pd.DataFrame:
-    d = means[(means["quantity"] == stat) & means[on].astype(str).isin(("True", "1", "1.0"))].sort_values(x)
+    d = means[(means["quantity"] == stat) & flags(means[on])].sort_values(x)
     return pd.DataFrame({"x": d[x].to_numpy(float), "mean": d["estimate"].to_numpy(float),
                          "lo": d["ci_low"].to_numpy(float), "hi": d["ci_high"].to_numpy(float)})
 

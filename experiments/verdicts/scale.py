@@ -21,6 +21,7 @@ import pandas as pd
 from gfa_theory.instrument import stats
 
 from .. import scale as sc
+from ..study_io import flags
 from . import cascadeformer, fanin, importance, pruning
 from .toolkit import THRESHOLDS as T, Estimate, Finding, Verdict, defined, significant, tost, undefined
 
@@ -132,7 +133,7 @@ def point_verdicts(tables: dict, claim: str) -> dict:
     info = means.drop_duplicates("setting").set_index("setting")
     out = {}
     for axis, on, x in (("tokens", "on_tokens", "tokens_per_param"), ("size", "on_size", "params")):
-        pts = info[info[on].astype(str).isin(("True", "1", "1.0"))].sort_values(x)
+        pts = info[flags(info[on])].sort_values(x)
         out[axis] = tuple(PointVerdict(k, float(r[x]), rule(_point(frame, k))) for k, r in pts.iterrows())
     return out
 
@@ -209,7 +210,7 @@ def lr_at_edge(tuning: pd.DataFrame | None) -> tuple[tuple[int, float, str, floa
     """The tuned rates that sit at the sweep's lowest or highest value (``at_sweep_edge``)."""
     if tuning is None or "at_sweep_edge" not in tuning:
         return ()
-    d = tuning[tuning["at_sweep_edge"].astype(str).isin(("True", "1", "1.0"))]
+    d = tuning[flags(tuning["at_sweep_edge"])]
     return tuple((int(r.tune_width), float(r.tune_point), str(r.arm), float(r.lr)) for r in d.itertuples())
 
 
